@@ -1,0 +1,148 @@
+"""Validated parameters for every task. Published as-is in the OpenAPI schema and in GET /v1/tasks."""
+
+from __future__ import annotations
+
+import unicodedata
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+AudioFormat = Literal["wav", "flac", "mp3"]
+
+DEMUCS_SOURCES: dict[str, tuple[str, ...]] = {
+    "htdemucs": ("drums", "bass", "other", "vocals"),
+    "htdemucs_ft": ("drums", "bass", "other", "vocals"),
+    "htdemucs_6s": ("drums", "bass", "other", "vocals", "guitar", "piano"),
+}
+
+WHISPER_MODELS = (
+    "tiny", "tiny.en", "base", "base.en", "small", "small.en", "medium", "medium.en",
+    "large-v1", "large-v2", "large-v3", "large-v3-turbo",
+)  # fmt: skip
+
+# Whisper's language codes (whisper.tokenizer.LANGUAGES keys), copied so the API needs no torch to validate.
+WHISPER_LANGUAGES = frozenset(
+    "en zh de es ru ko fr ja pt tr pl ca nl ar sv it id hi fi vi he uk el ms cs ro da hu ta no th ur hr bg lt la "
+    "mi ml cy sk te fa lv bn sr az sl kn et mk br eu is hy ne mn bs kk sq sw gl mr pa si km sn yo so af oc ka be "
+    "tg sd gu am yi lo uz fo ht ps tk nn mt sa lb my bo tl mg as tt haw ln ha ba jw su yue".split()
+)
+
+
+class _Params(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _reject_control_chars(text: str) -> str:
+    if any(unicodedata.category(ch) in ("Cc", "Cf") for ch in text):
+        raise ValueError("must not contain control characters")
+    return text
+
+
+class SeparateParams(_Params):
+    model: Literal["htdemucs", "htdemucs_ft", "htdemucs_6s"] = "htdemucs"
+    stems: list[str] | None = Field(default=None, description="Subset of the model's sources; default all.")
+    two_stems: str | None = Field(default=None, description='One source, e.g. "vocals": gives it and its no_<source>.')
+    shifts: int = Field(default=1, ge=0, le=10)
+    overlap: float = Field(default=0.25, ge=0.0, le=0.9)
+    format: AudioFormat = "wav"
+
+    @model_validator(mode="after")
+    def _check_stems(self) -> SeparateParams:
+        sources = DEMUCS_SOURCES[self.model]
+        if self.stems is not None and self.two_stems is not None:
+            raise ValueError("give either stems or two_stems, not both")
+        if self.stems is not None:
+            if not self.stems:
+                raise ValueError("stems must not be empty")
+            unknown = [s for s in self.stems if s not in sources]
+            if unknown or len(set(self.stems)) != len(self.stems):
+                raise ValueError(f"stems must be distinct names from {list(sources)}")
+        if self.two_stems is not None and self.two_stems not in sources:
+            raise ValueError(f"two_stems must be one of {list(sources)}")
+        return self
+
+    def output_stems(self) -> list[str]:
+        if self.two_stems:
+            return [self.two_stems, f"no_{self.two_stems}"]
+        return list(self.stems or DEMUCS_SOURCES[self.model])
+
+
+class EnhanceParams(_Params):
+    atten_lim_db: float | None = Field(default=None, ge=0, le=100, description="Noise attenuation limit; none = unlimited.")
+    format: AudioFormat = "wav"
+
+
+class TranscribeParams(_Params):
+    model: Literal[WHISPER_MODELS] = "large-v3-turbo"  # type: ignore[valid-type]
+    language: str | None = Field(default=None, description="ISO 639-1 code; none = detect.")
+    task: Literal["transcribe", "translate"] = "transcribe"
+    word_timestamps: bool = False
+
+    @field_validator("language")
+    @classmethod
+    def _known_language(cls, value: str | None) -> str | None:
+        if value is not None and value not in WHISPER_LANGUAGES:
+            raise ValueError("unknown language code")
+        return value
+
+    @model_validator(mode="after")
+    def _english_only_models(self) -> TranscribeParams:
+        if self.model.endswith(".en") and (self.language not in (None, "en") or self.task == "translate"):
+            raise ValueError(f"{self.model} is English-only: language must be en and task transcribe")
+        return self
+
+
+class MidiParams(_Params):
+    onset_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
+    frame_threshold: float = Field(default=0.3, ge=0.0, le=1.0)
+    min_note_ms: float = Field(default=127.70, ge=1.0, le=5000.0)
+    min_hz: float | None = Field(default=None, ge=20.0, le=8000.0)
+    max_hz: float | None = Field(default=None, ge=20.0, le=8000.0)
+    melodia_trick: bool = True
+    multiple_pitch_bends: bool = False
+
+    @model_validator(mode="after")
+    def _range(self) -> MidiParams:
+        if self.min_hz is not None and self.max_hz is not None and self.min_hz >= self.max_hz:
+            raise ValueError("min_hz must be below max_hz")
+        return self
+
+
+GENERATE_MAX_SECONDS = {"stable-audio-open": 47.0, "audioldm2": 30.0}
+
+
+class GenerateParams(_Params):
+    model: Literal["stable-audio-open", "audioldm2"] = "stable-audio-open"
+    prompt: str = Field(min_length=1, max_length=500)
+    negative_prompt: str | None = Field(default=None, max_length=500)
+    duration_s: float = Field(default=10.0, gt=0.0, le=47.0)
+    steps: int = Field(default=100, ge=1, le=250)
+    guidance_scale: float = Field(default=7.0, ge=0.0, le=20.0)
+    seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
+    variants: int = Field(default=1, ge=1, le=4)
+
+    @field_validator("prompt", "negative_prompt")
+    @classmethod
+    def _printable(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        _reject_control_chars(value)
+        if not value.strip():
+            raise ValueError("must not be blank")
+        return value
+
+    @model_validator(mode="after")
+    def _duration_fits_model(self) -> GenerateParams:
+        limit = GENERATE_MAX_SECONDS[self.model]
+        if self.duration_s > limit:
+            raise ValueError(f"duration_s must be at most {limit} for {self.model}")
+        return self
+
+
+TASK_PARAMS: dict[str, type[_Params]] = {
+    "separate": SeparateParams,
+    "enhance": EnhanceParams,
+    "transcribe": TranscribeParams,
+    "midi": MidiParams,
+    "generate": GenerateParams,
+}

@@ -1,0 +1,216 @@
+"""The credit ledger: every balance change is one transaction that appends an entry with a unique idempotency key
+and moves the account's `available`/`held` by the same amounts, so the ledger sum always equals the balance.
+
+Concurrency: a hold is a conditional UPDATE (`available >= cost`), safe under READ COMMITTED because Postgres
+re-checks the WHERE clause against the newest row version. Capture and release are guarded transitions of the
+hold row out of 'pending', so a replayed completion or a reaper racing a worker applies at most once.
+Every function here runs in its own transaction, or as a savepoint inside the caller's (e.g. the submit
+transaction that creates the job, its hold and its dispatch together).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+from uuid import UUID
+
+from psycopg import AsyncConnection
+from psycopg.rows import dict_row
+
+LedgerKind = Literal["grant", "purchase", "hold", "capture", "release", "refund", "adjustment"]
+
+
+class InsufficientCredits(Exception):
+    def __init__(self, required: int, available: int) -> None:
+        super().__init__(f"this job needs {required} credits and {available} are available")
+        self.required = required
+        self.available = available
+
+
+class UnknownAccount(Exception):
+    pass
+
+
+class UnknownPurchase(Exception):
+    """A refund for a payment we have no purchase for (yet): the caller decides whether Stripe should retry."""
+
+
+@dataclass(frozen=True)
+class Balance:
+    available: int
+    held: int
+
+
+@dataclass(frozen=True)
+class InvariantViolation:
+    user_id: UUID
+    available: int
+    held: int
+    ledger_available: int
+    ledger_held: int
+
+
+async def _post(
+    conn: AsyncConnection,
+    user_id: UUID,
+    kind: LedgerKind,
+    key: str,
+    available_delta: int,
+    held_delta: int,
+    *,
+    job_id: UUID | None = None,
+    reference: str | None = None,
+    require_available: int | None = None,
+) -> bool:
+    """Append one entry and apply it to the account. False when the key was already used (a replay).
+
+    With `require_available`, the account must have at least that much available, else InsufficientCredits
+    and nothing is written.
+    """
+    async with conn.transaction():
+        inserted = await conn.execute(
+            "INSERT INTO ledger_entries (user_id, kind, idempotency_key, available_delta, held_delta, job_id,"
+            " reference) VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
+            (user_id, kind, key, available_delta, held_delta, job_id, reference),
+        )
+        if await inserted.fetchone() is None:
+            return False
+        updated = await conn.execute(
+            "UPDATE accounts SET available = available + %s, held = held + %s, updated_at = now()"
+            " WHERE user_id = %s AND (%s::bigint IS NULL OR available >= %s::bigint) RETURNING available",
+            (available_delta, held_delta, user_id, require_available, require_available),
+        )
+        if await updated.fetchone() is None:
+            row = await (await conn.execute("SELECT available FROM accounts WHERE user_id = %s", (user_id,))).fetchone()
+            if row is None:
+                raise UnknownAccount(str(user_id))
+            # Raising rolls back this savepoint, ledger entry included.
+            raise InsufficientCredits(required=require_available or 0, available=row[0])
+        return True
+
+
+async def ensure_account(conn: AsyncConnection, user_id: UUID, *, welcome_grant: int) -> bool:
+    """Create the account if missing and give the welcome grant, once ever. True when the grant was applied."""
+    async with conn.transaction():
+        await conn.execute("INSERT INTO accounts (user_id) VALUES (%s) ON CONFLICT DO NOTHING", (user_id,))
+        if welcome_grant <= 0:
+            return False
+        return await _post(conn, user_id, "grant", f"grant:{user_id}", welcome_grant, 0)
+
+
+async def hold(conn: AsyncConnection, user_id: UUID, job_id: UUID, amount: int, expires_at: datetime) -> None:
+    """Reserve `amount` for the job. Raises InsufficientCredits (nothing written) when available < amount."""
+    async with conn.transaction():
+        await _post(conn, user_id, "hold", f"hold:{job_id}", -amount, amount, job_id=job_id, require_available=amount)
+        await conn.execute(
+            "INSERT INTO holds (job_id, user_id, amount, expires_at) VALUES (%s, %s, %s, %s)",
+            (job_id, user_id, amount, expires_at),
+        )
+
+
+async def _settle(conn: AsyncConnection, job_id: UUID, to_state: str, kind: LedgerKind) -> bool:
+    async with conn.transaction():
+        cursor = await conn.execute(
+            "UPDATE holds SET state = %s, settled_at = now() WHERE job_id = %s AND state = 'pending'"
+            " RETURNING user_id, amount",
+            (to_state, job_id),
+        )
+        row = await cursor.fetchone()
+        if row is None:
+            return False  # already captured, released or expired: the first settlement won
+        user_id, amount = row
+        available_delta = 0 if kind == "capture" else amount
+        return await _post(conn, user_id, kind, f"{kind}:{job_id}", available_delta, -amount, job_id=job_id)
+
+
+async def capture(conn: AsyncConnection, job_id: UUID) -> bool:
+    """Spend the job's hold. True only for the one call that moved it out of 'pending'."""
+    return await _settle(conn, job_id, "captured", "capture")
+
+
+async def release(conn: AsyncConnection, job_id: UUID, *, expired: bool = False) -> bool:
+    """Return the job's hold to available. True only for the one call that moved it out of 'pending'."""
+    return await _settle(conn, job_id, "expired" if expired else "released", "release")
+
+
+async def purchase(
+    conn: AsyncConnection,
+    user_id: UUID,
+    checkout_session_id: str,
+    *,
+    pack: str,
+    credits: int,
+    amount_total: int,
+    currency: str,
+    payment_intent: str | None,
+) -> bool:
+    """Grant a paid checkout session's credits, once per session. True when this call granted them."""
+    async with conn.transaction():
+        await conn.execute(
+            "INSERT INTO purchases (checkout_session_id, user_id, pack, credits, amount_total, currency,"
+            " payment_intent, status) VALUES (%s, %s, %s, %s, %s, %s, %s, 'paid')"
+            " ON CONFLICT (checkout_session_id) DO UPDATE SET status = 'paid', updated_at = now(),"
+            " payment_intent = coalesce(purchases.payment_intent, EXCLUDED.payment_intent)"
+            " WHERE purchases.status = 'open'",
+            (checkout_session_id, user_id, pack, credits, amount_total, currency, payment_intent),
+        )
+        return await _post(
+            conn, user_id, "purchase", f"purchase:{checkout_session_id}", credits, 0, reference=checkout_session_id
+        )
+
+
+async def refund(conn: AsyncConnection, payment_intent: str, refund_id: str, amount_refunded: int) -> int:
+    """Claw back credits for a refund. `amount_refunded` is Stripe's cumulative refunded amount for the charge, so
+    events arriving twice or out of order never claw back more than the refunded share. Returns credits taken."""
+    async with conn.transaction():
+        cursor = await conn.cursor(row_factory=dict_row).execute(
+            "SELECT * FROM purchases WHERE payment_intent = %s FOR UPDATE", (payment_intent,)
+        )
+        purchase_row = await cursor.fetchone()
+        if purchase_row is None:
+            raise UnknownPurchase(payment_intent)
+        if purchase_row["amount_total"] <= 0:
+            return 0
+        cumulative = min(amount_refunded, purchase_row["amount_total"])
+        if cumulative <= purchase_row["amount_refunded"]:
+            return 0  # an older or repeated event: a later one already covered this much
+        target = math.floor(purchase_row["credits"] * cumulative / purchase_row["amount_total"])
+        clawback = target - purchase_row["credits_refunded"]
+        applied = clawback > 0 and await _post(
+            conn, purchase_row["user_id"], "refund", f"refund:{refund_id}", -clawback, 0, reference=refund_id
+        )
+        if clawback > 0 and not applied:
+            return 0  # this refund id was already applied
+        status = "refunded" if cumulative >= purchase_row["amount_total"] else "partially_refunded"
+        await conn.execute(
+            "UPDATE purchases SET amount_refunded = %s, credits_refunded = %s, status = %s, updated_at = now()"
+            " WHERE checkout_session_id = %s",
+            (cumulative, max(target, purchase_row["credits_refunded"]), status, purchase_row["checkout_session_id"]),
+        )
+        return max(clawback, 0)
+
+
+async def adjust(conn: AsyncConnection, user_id: UUID, key: str, delta: int, *, note: str | None = None) -> bool:
+    """An operator's correction or a local top-up (`studio token --credits`). Idempotent by `adjustment:<key>`."""
+    return await _post(conn, user_id, "adjustment", f"adjustment:{key}", delta, 0, reference=note)
+
+
+async def balance(conn: AsyncConnection, user_id: UUID) -> Balance:
+    row = await (await conn.execute("SELECT available, held FROM accounts WHERE user_id = %s", (user_id,))).fetchone()
+    if row is None:
+        raise UnknownAccount(str(user_id))
+    return Balance(available=row[0], held=row[1])
+
+
+async def invariant_violations(conn: AsyncConnection) -> list[InvariantViolation]:
+    """Every account whose balance differs from the sum of its ledger entries (empty when all is well)."""
+    cursor = await conn.execute(
+        "SELECT a.user_id, a.available, a.held, coalesce(sum(e.available_delta), 0)::bigint,"
+        " coalesce(sum(e.held_delta), 0)::bigint"
+        " FROM accounts a LEFT JOIN ledger_entries e ON e.user_id = a.user_id"
+        " GROUP BY a.user_id, a.available, a.held"
+        " HAVING a.available <> coalesce(sum(e.available_delta), 0) OR a.held <> coalesce(sum(e.held_delta), 0)"
+    )
+    return [InvariantViolation(*row) for row in await cursor.fetchall()]

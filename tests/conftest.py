@@ -54,3 +54,78 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is absent")
     return SHARED_DATA
+
+
+# ---- API harness: the real app on the test database, local storage, the local worker pool, builtin engines ----
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str) -> Any:
+    from api.settings import Settings
+
+    return Settings(
+        database_url=database_url,
+        state_dir=tmp_path / "state",
+        engines="builtin",
+        secret_key="test-secret-key-not-for-production-000000000000",
+        public_base_url="http://testserver",
+        stripe_secret_key=None,
+        stripe_webhook_secret=None,
+    )
+
+
+@pytest.fixture
+async def app_state(settings: Any, database_url: str) -> AsyncIterator[Any]:
+    from api.app import AppState
+    from api.database import open_pool, secret_key
+    from api.dispatch import LocalDispatcher
+    from api.storage import LocalStorage
+
+    pool = await open_pool(database_url, settings)
+    signing_key = secret_key(settings)
+    dispatcher = LocalDispatcher(settings, database_url)
+    state = AppState(
+        settings=settings,
+        pool=pool,
+        database_url=database_url,
+        storage=LocalStorage(settings.state_dir / "files", signing_key, settings.public_base_url),
+        dispatcher=dispatcher,
+        signing_key=signing_key,
+    )
+    yield state
+    await dispatcher.close()
+    await pool.close()
+
+
+@pytest.fixture
+async def client(app_state: Any) -> AsyncIterator[Any]:
+    """An httpx client speaking real HTTP semantics to the ASGI app, with its lifespan (background loops) running."""
+    import httpx
+
+    from api.app import create_app
+    from api.services import background_services
+
+    app = create_app(app_state, background=background_services(app_state))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+            yield http
+
+
+async def _make_user(app_state: Any, email: str) -> dict[str, Any]:
+    from api.auth import ensure_user, mint_local_token
+
+    user_id = await ensure_user(app_state, email)
+    token = mint_local_token(app_state.settings, app_state.signing_key, user_id, email)
+    return {"id": user_id, "email": email, "token": token, "headers": {"Authorization": f"Bearer {token}"}}
+
+
+@pytest.fixture
+async def alice(app_state: Any) -> dict[str, Any]:
+    """A local user with the welcome grant and a bearer token: {'id', 'email', 'token', 'headers'}."""
+    return await _make_user(app_state, "alice@example.com")
+
+
+@pytest.fixture
+async def bob(app_state: Any) -> dict[str, Any]:
+    return await _make_user(app_state, "bob@example.com")

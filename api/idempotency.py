@@ -1,0 +1,125 @@
+"""`Idempotency-Key` for POST /v1/jobs, with Stripe's semantics (SPEC section 3), keyed per user.
+
+- The first request with a key claims it (an INSERT that only one concurrent request can win) and, when it
+  succeeds, stores its status and body; the same key with the same body within the TTL replays them.
+- The same key with a different body: 422 `idempotency_key_reused`.
+- While the first request is still running: 409 `idempotency_in_flight`.
+- A failed first attempt frees the key instead of storing the error. Every error path of a submit leaves nothing
+  created and nothing charged, so a retry with the same key cannot double-charge, and replaying a 402 or a 503
+  would only stop a client from retrying after topping up or after an outage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+from psycopg import AsyncConnection
+from psycopg.types.json import Jsonb
+
+from api.errors import Problem
+
+MAX_KEY_LENGTH = 255
+REPLAY_HEADER = "Idempotent-Replayed"
+
+
+@dataclass(frozen=True)
+class Replay:
+    status: int
+    body: dict[str, Any]
+
+
+def check_key(key: str) -> str:
+    if not key or len(key) > MAX_KEY_LENGTH or not key.isascii() or not key.isprintable():
+        raise Problem(
+            400,
+            "invalid_idempotency_key",
+            "Invalid Idempotency-Key",
+            f"Use 1-{MAX_KEY_LENGTH} printable ASCII characters, e.g. a UUID.",
+        )
+    return key
+
+
+def request_hash(parts: Mapping[str, Any]) -> str:
+    """A stable fingerprint of what the request asks for (task, params, input digest or URL, webhook fields)."""
+    canonical = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+async def claim(conn: AsyncConnection, user_id: UUID, key: str, fingerprint: str, ttl_seconds: int) -> Replay | None:
+    """None when this request now owns the key (it must `complete` or `abandon` it); a Replay when it already ran.
+
+    Raises 422 for a reused key with another body and 409 while the first request is in flight.
+    """
+    for _ in range(3):
+        inserted = await conn.execute(
+            "INSERT INTO idempotency_records (user_id, key, request_hash, expires_at)"
+            " VALUES (%s, %s, %s, now() + make_interval(secs => %s)) ON CONFLICT (user_id, key) DO NOTHING"
+            " RETURNING 1",
+            (user_id, key, fingerprint, ttl_seconds),
+        )
+        if await inserted.fetchone() is not None:
+            return None
+        cursor = await conn.execute(
+            "SELECT request_hash, state, response_status, response_body, expires_at > now()"
+            " FROM idempotency_records WHERE user_id = %s AND key = %s",
+            (user_id, key),
+        )
+        row = await cursor.fetchone()
+        if row is None:
+            continue  # freed by a failed first attempt between our INSERT and SELECT: try to claim again
+        stored_hash, state, status, body, live = row
+        if not live:
+            await conn.execute(
+                "DELETE FROM idempotency_records WHERE user_id = %s AND key = %s AND expires_at <= now()",
+                (user_id, key),
+            )
+            continue
+        if stored_hash != fingerprint:
+            raise Problem(
+                422,
+                "idempotency_key_reused",
+                "Idempotency-Key reused",
+                "This key was used with a different request body; use a new key for a new request.",
+            )
+        if state == "in_flight":
+            raise Problem(
+                409,
+                "idempotency_in_flight",
+                "Request in progress",
+                "A request with this Idempotency-Key is still being processed; retry shortly.",
+                headers={"Retry-After": "1"},
+            )
+        return Replay(status=status, body=body)
+    raise Problem(
+        409,
+        "idempotency_in_flight",
+        "Request in progress",
+        "This Idempotency-Key is changing hands; retry shortly.",
+        headers={"Retry-After": "1"},
+    )
+
+
+async def complete(conn: AsyncConnection, user_id: UUID, key: str, status: int, body: Mapping[str, Any]) -> None:
+    await conn.execute(
+        "UPDATE idempotency_records SET state = 'done', response_status = %s, response_body = %s"
+        " WHERE user_id = %s AND key = %s",
+        (status, Jsonb(dict(body)), user_id, key),
+    )
+
+
+async def abandon(conn: AsyncConnection, user_id: UUID, key: str) -> None:
+    """Free the key after a failed attempt (see the module docstring for why errors are not stored)."""
+    await conn.execute(
+        "DELETE FROM idempotency_records WHERE user_id = %s AND key = %s AND state = 'in_flight'", (user_id, key)
+    )
+
+
+async def purge_expired(conn: AsyncConnection) -> int:
+    """Delete records past their TTL (the reaper may call this; claims also drop an expired record they meet)."""
+    cursor = await conn.execute("DELETE FROM idempotency_records WHERE expires_at <= now()")
+    return cursor.rowcount

@@ -1,0 +1,460 @@
+"""Receiving a job's input: a streamed multipart upload or an https URL fetched behind an SSRF guard, then a probe.
+
+Both paths write to a temp file while counting bytes and hashing, and stop at `max_upload_bytes` (413), so a
+large or endless body never fills the disk or memory. Error choices (documented in the README's error table):
+
+- a declared content type that is not audio (or a generic binary type), or a container outside
+  wav/flac/mp3/ogg/m4a: 415 `unsupported_media_type`;
+- bytes FFmpeg cannot decode: 422 `undecodable_audio` (the request is well formed, its content is not audio);
+- a zero-byte file: 422 `empty_file`; a container with no samples: 422 `empty_audio`;
+- longer than `max_duration_seconds`: 422 `audio_too_long` (413 is kept for byte size).
+
+URL fetches: https only (http only when the policy allows it, for tests); the host is resolved once, every
+address is checked (no private, loopback, link-local, multicast, reserved, unspecified or cloud-metadata
+address; IPv4-mapped IPv6 is unwrapped) and the connection goes to the checked address with the original name
+as Host and TLS SNI, so a DNS answer that changes between check and connect (rebinding) cannot redirect it.
+Redirects are followed by hand, each target checked the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import hashlib
+import ipaddress
+import socket
+import tempfile
+import unicodedata
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+from python_multipart.exceptions import FormParserError
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+from api.errors import Problem
+from inference.audio import AudioInfo, probe
+from inference.base import EngineError
+
+_CHUNK = 1 << 16
+MAX_FIELD_BYTES = 64 * 1024  # `params` and the other text fields are small JSON
+MAX_REDIRECTS = 3
+
+# Declared types we accept: any audio/*, plus the generic binary types browsers and curl send for unknown files.
+_GENERIC_TYPES = frozenset(
+    {
+        "",
+        "application/octet-stream",
+        "binary/octet-stream",
+        "application/ogg",
+        "video/ogg",
+        "video/mp4",
+        "application/mp4",
+    }
+)
+# FFmpeg demuxer name -> the extension the input is stored under. Anything else is 415.
+CONTAINER_EXTENSIONS = {
+    "wav": ".wav",
+    "flac": ".flac",
+    "mp3": ".mp3",
+    "ogg": ".ogg",
+    "mov,mp4,m4a,3gp,3g2,mj2": ".m4a",
+}
+CONTENT_TYPES = {
+    ".wav": "audio/wav",
+    ".flac": "audio/flac",
+    ".mp3": "audio/mpeg",
+    ".ogg": "audio/ogg",
+    ".m4a": "audio/mp4",
+}
+SUPPORTED_FORMATS = ("wav", "flac", "mp3", "ogg", "m4a")
+# Named explicitly even though the generic checks below already cover them: these are the addresses attackers aim at.
+METADATA_ADDRESSES = frozenset(
+    {
+        ipaddress.ip_address("169.254.169.254"),
+        ipaddress.ip_address("fd00:ec2::254"),
+        ipaddress.ip_address("100.100.100.200"),
+    }
+)
+
+
+@dataclass
+class ReceivedInput:
+    path: Path
+    filename: str
+    content_type: str
+    bytes: int = 0
+    sha256: str = ""
+
+
+@dataclass
+class MultipartBody:
+    fields: dict[str, str] = field(default_factory=dict)
+    file: ReceivedInput | None = None
+
+
+@dataclass(frozen=True)
+class FetchPolicy:
+    """Relaxations for tests only: production keeps both False."""
+
+    allow_http: bool = False
+    allow_private: bool = False
+
+
+def too_large(max_bytes: int) -> Problem:
+    return Problem(
+        413,
+        "payload_too_large",
+        "The input is too large",
+        f"Inputs are limited to {max_bytes} bytes.",
+        max_bytes=max_bytes,
+    )
+
+
+def _unsupported_type(declared: str) -> Problem:
+    return Problem(
+        415,
+        "unsupported_media_type",
+        "Unsupported media type",
+        f"{declared!r} is not an audio type; send one of {', '.join(SUPPORTED_FORMATS)}.",
+        supported_formats=list(SUPPORTED_FORMATS),
+    )
+
+
+def check_declared_type(content_type: str | None) -> None:
+    """415 unless the declared type could be audio. The probe decides what the bytes really are."""
+    main = (content_type or "").split(";", 1)[0].strip().lower()
+    if not (main.startswith("audio/") or main in _GENERIC_TYPES):
+        raise _unsupported_type(main)
+
+
+def safe_filename(name: str | None, default: str = "input") -> str:
+    """The last path segment without control characters, at most 200 characters: shown back to the user only."""
+    base = (name or "").replace("\\", "/").rsplit("/", 1)[-1]
+    cleaned = "".join(ch for ch in base if unicodedata.category(ch)[0] != "C").strip()
+    return cleaned[:200] or default
+
+
+class _Sink:
+    """A temp file that counts and hashes what is written and refuses to grow past the cap."""
+
+    def __init__(self, directory: Path, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.hash = hashlib.sha256()
+        self.size = 0
+        handle, name = tempfile.mkstemp(dir=directory, prefix="input-")
+        self.path = Path(name)
+        self._file = open(handle, "wb")
+
+    def write(self, data: bytes) -> None:
+        self.size += len(data)
+        if self.size > self.max_bytes:
+            raise too_large(self.max_bytes)
+        self.hash.update(data)
+        # Small synchronous writes into the page cache: cheaper than a thread hop per chunk.
+        self._file.write(data)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class _MultipartReader:
+    """Streams one multipart body: text fields into memory (small), the `file` part straight into a capped temp file."""
+
+    def __init__(self, directory: Path, max_bytes: int, charset: str) -> None:
+        self.directory, self.max_bytes, self.charset = directory, max_bytes, charset
+        self.body = MultipartBody()
+        self._sink: _Sink | None = None
+        self._header_name = b""
+        self._header_value = b""
+        self._headers: dict[bytes, bytes] = {}
+        self._name = ""
+        self._data = bytearray()
+        self._is_file = False
+
+    def on_part_begin(self) -> None:
+        self._headers, self._data, self._is_file = {}, bytearray(), False
+
+    def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self._header_name += data[start:end]
+
+    def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self._header_value += data[start:end]
+
+    def on_header_end(self) -> None:
+        self._headers[self._header_name.lower()] = self._header_value
+        self._header_name, self._header_value = b"", b""
+
+    def on_headers_finished(self) -> None:
+        _, options = parse_options_header(self._headers.get(b"content-disposition", b""))
+        if b"name" not in options:
+            raise Problem(400, "bad_request", "Malformed multipart body", "Every part needs a name.")
+        self._name = options[b"name"].decode(self.charset, "replace")
+        if b"filename" in options or self._name == "file":
+            if self._name != "file" or self._sink is not None:
+                raise Problem(422, "invalid_request", "Unexpected file part", "Send exactly one file, as `file`.")
+            check_declared_type(self._headers.get(b"content-type", b"").decode("latin-1"))
+            self._is_file = True
+            self._sink = _Sink(self.directory, self.max_bytes)
+            filename = options.get(b"filename", b"").decode(self.charset, "replace")
+            self.body.file = ReceivedInput(
+                path=self._sink.path,
+                filename=safe_filename(filename),
+                content_type=self._headers.get(b"content-type", b"application/octet-stream").decode("latin-1"),
+            )
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        if self._is_file:
+            assert self._sink is not None
+            self._sink.write(data[start:end])
+            return
+        if len(self._data) + (end - start) > MAX_FIELD_BYTES:
+            raise Problem(
+                413,
+                "payload_too_large",
+                "A form field is too large",
+                f"Text fields are limited to {MAX_FIELD_BYTES} bytes.",
+            )
+        self._data += data[start:end]
+
+    def on_part_end(self) -> None:
+        if self._is_file:
+            assert self._sink is not None and self.body.file is not None
+            self._sink.close()
+            self.body.file.bytes = self._sink.size
+            self.body.file.sha256 = self._sink.hash.hexdigest()
+        elif self._name in self.body.fields:
+            raise Problem(422, "invalid_request", "Repeated form field", f"`{self._name}` appears more than once.")
+        else:
+            self.body.fields[self._name] = self._data.decode(self.charset, "replace")
+
+    def close(self) -> None:
+        if self._sink is not None:
+            self._sink.close()
+
+
+def check_content_length(header: str | None, max_bytes: int, slack: int = MAX_FIELD_BYTES) -> None:
+    """Refuse early when the client announces a body we would refuse anyway (`slack` covers the form fields)."""
+    if header is None:
+        return
+    try:
+        length = int(header)
+    except ValueError:
+        raise Problem(400, "bad_request", "Invalid Content-Length") from None
+    if length > max_bytes + slack:
+        raise too_large(max_bytes)
+
+
+async def read_multipart(
+    content_type: str, stream: AsyncIterator[bytes], directory: Path, max_bytes: int
+) -> MultipartBody:
+    """Parse a multipart/form-data body. The caller deletes `directory` (it owns the temp file)."""
+    _, options = parse_options_header(content_type)
+    boundary = options.get(b"boundary")
+    if not boundary:
+        raise Problem(400, "bad_request", "Malformed multipart body", "The Content-Type has no boundary.")
+    charset = options.get(b"charset", b"utf-8").decode("latin-1")
+    try:
+        charset = codecs.lookup(charset).name
+    except LookupError:
+        charset = "latin-1"
+    reader = _MultipartReader(directory, max_bytes, charset)
+    callbacks = {
+        name: getattr(reader, name)
+        for name in (
+            "on_part_begin",
+            "on_part_data",
+            "on_part_end",
+            "on_header_field",
+            "on_header_value",
+            "on_header_end",
+            "on_headers_finished",
+        )
+    }
+    try:
+        parser = MultipartParser(boundary, callbacks)  # type: ignore[arg-type]
+        async for chunk in stream:
+            parser.write(chunk)
+        parser.finalize()
+    except FormParserError as exc:
+        raise Problem(400, "bad_request", "Malformed multipart body", "The body is not valid multipart.") from exc
+    finally:
+        reader.close()
+    if reader.body.file is not None and reader.body.file.sha256 == "":
+        raise Problem(400, "bad_request", "Malformed multipart body", "The file part is truncated.")
+    return reader.body
+
+
+# ---- URL inputs ----
+
+
+def _not_allowed(detail: str) -> Problem:
+    return Problem(422, "input_url_not_allowed", "The input URL is not allowed", detail)
+
+
+def check_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> None:
+    """Refuse any address that is not plainly on the public internet."""
+    if isinstance(address, ipaddress.IPv6Address):
+        embedded = address.ipv4_mapped or address.sixtofour
+        if embedded is not None:
+            check_address(embedded)
+        if address.teredo is not None:
+            raise _not_allowed("Teredo addresses are not allowed.")
+    if address in METADATA_ADDRESSES:
+        raise _not_allowed("Cloud metadata addresses are not allowed.")
+    if (
+        address.is_private
+        or address.is_loopback
+        or address.is_link_local
+        or address.is_multicast
+        or address.is_reserved
+        or address.is_unspecified
+        or not address.is_global
+    ):
+        raise _not_allowed(f"{address} is not a public address.")
+
+
+async def resolve_checked(host: str, port: int, policy: FetchPolicy) -> str:
+    """Resolve once and return one checked address to connect to. Numeric forms (2130706433, 0x7f.1) resolve too."""
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise Problem(
+            422, "input_fetch_failed", "The input URL could not be fetched", f"The host {host!r} does not resolve."
+        ) from exc
+    addresses = [ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in infos]
+    if not addresses:
+        raise Problem(422, "input_fetch_failed", "The input URL could not be fetched", f"{host!r} has no address.")
+    if not policy.allow_private:
+        # Every answer must pass: a name answering both a public and a private address is refused.
+        for address in addresses:
+            check_address(address)
+    return str(addresses[0])
+
+
+def _checked_url(url: str, policy: FetchPolicy) -> httpx.URL:
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError) as exc:
+        raise _not_allowed("The input URL is not a valid URL.") from exc
+    allowed = ("https", "http") if policy.allow_http else ("https",)
+    if parsed.scheme not in allowed:
+        raise _not_allowed("The input URL must use https.")
+    if not parsed.host:
+        raise _not_allowed("The input URL has no host.")
+    if parsed.userinfo:
+        raise _not_allowed("Credentials in the input URL are not allowed.")
+    return parsed
+
+
+def _filename_from_url(url: httpx.URL) -> str:
+    return safe_filename(urlsplit(str(url)).path, default="input")
+
+
+async def fetch_url(
+    url: str, directory: Path, *, max_bytes: int, timeout: float, policy: FetchPolicy = FetchPolicy()
+) -> ReceivedInput:
+    """Download `url` into `directory` behind the SSRF guard, with a byte cap and an overall timeout."""
+    target = _checked_url(url, policy)
+    try:
+        async with asyncio.timeout(timeout):
+            async with httpx.AsyncClient(follow_redirects=False, timeout=timeout, trust_env=False) as client:
+                for _ in range(MAX_REDIRECTS + 1):
+                    port = target.port or (443 if target.scheme == "https" else 80)
+                    address = await resolve_checked(target.host, port, policy)
+                    pinned = target.copy_with(host=address)
+                    host_header = target.host if target.port is None else f"{target.host}:{target.port}"
+                    request = client.build_request(
+                        "GET",
+                        pinned,
+                        headers={"Host": host_header, "Accept": "audio/*, */*;q=0.5"},
+                        extensions={"sni_hostname": target.host},
+                    )
+                    response = await client.send(request, stream=True)
+                    try:
+                        if response.is_redirect and "location" in response.headers:
+                            target = _checked_url(str(target.join(response.headers["location"])), policy)
+                            continue
+                        return await _save_response(response, target, directory, max_bytes)
+                    finally:
+                        await response.aclose()
+                raise Problem(422, "input_fetch_failed", "The input URL could not be fetched", "Too many redirects.")
+    except TimeoutError as exc:
+        raise Problem(
+            422,
+            "input_fetch_failed",
+            "The input URL could not be fetched",
+            f"The download did not finish within {timeout:g} s.",
+        ) from exc
+    except httpx.HTTPError as exc:
+        raise Problem(
+            422, "input_fetch_failed", "The input URL could not be fetched", "The server could not be reached."
+        ) from exc
+
+
+async def _save_response(response: httpx.Response, url: httpx.URL, directory: Path, max_bytes: int) -> ReceivedInput:
+    if response.status_code != 200:
+        raise Problem(
+            422,
+            "input_fetch_failed",
+            "The input URL could not be fetched",
+            f"The server answered HTTP {response.status_code}.",
+        )
+    check_content_length(response.headers.get("content-length"), max_bytes, slack=0)
+    declared = response.headers.get("content-type", "application/octet-stream")
+    check_declared_type(declared)
+    sink = _Sink(directory, max_bytes)
+    try:
+        async for chunk in response.aiter_raw(_CHUNK):
+            sink.write(chunk)
+    finally:
+        sink.close()
+    return ReceivedInput(
+        path=sink.path,
+        filename=_filename_from_url(url),
+        content_type=declared,
+        bytes=sink.size,
+        sha256=sink.hash.hexdigest(),
+    )
+
+
+# ---- probing ----
+
+
+@dataclass(frozen=True)
+class ProbedInput:
+    info: AudioInfo
+    extension: str  # what the input is stored under, from the detected container (not the client's name)
+
+    @property
+    def content_type(self) -> str:
+        return CONTENT_TYPES[self.extension]
+
+
+async def probe_input(path: Path, max_duration_s: float) -> ProbedInput:
+    """Decode the headers in a thread; map failures to the 4xx documented above."""
+    try:
+        info = await asyncio.to_thread(probe, path)
+    except EngineError as exc:
+        raise Problem(422, exc.code, "The input is not usable audio", str(exc)) from exc
+    extension = CONTAINER_EXTENSIONS.get(info.container)
+    if extension is None:
+        raise Problem(
+            415,
+            "unsupported_media_type",
+            "Unsupported audio format",
+            f"{info.container} audio is not supported; send one of {', '.join(SUPPORTED_FORMATS)}.",
+            supported_formats=list(SUPPORTED_FORMATS),
+        )
+    if info.duration_s > max_duration_s:
+        raise Problem(
+            422,
+            "audio_too_long",
+            "The audio is too long",
+            f"The audio lasts {info.duration_s:.1f} s; the limit is {max_duration_s:g} s.",
+            duration_s=round(info.duration_s, 3),
+            max_duration_s=max_duration_s,
+        )
+    return ProbedInput(info=info, extension=extension)

@@ -1,0 +1,264 @@
+"""The job as users see it: one shape for GET /v1/jobs/{id}, the job list, SSE `done` events and webhook bodies.
+
+`job_resource` is pure (row in, JSON-safe dict out) and never exposes storage keys; `with_download_urls` adds
+signed URLs, minted on each call, for the places that hand out downloads (GET, list, webhooks).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from typing import Any, Literal
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field
+
+JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
+WEBHOOK_EVENTS = ("job.started", "job.progress", "job.succeeded", "job.failed", "job.canceled")
+_INPUT_KEYS = (
+    "source",
+    "filename",
+    "bytes",
+    "content_type",
+    "duration_s",
+    "sample_rate",
+    "channels",
+    "codec",
+    "container",
+    "url",
+    "sha256",
+)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _seconds(start: datetime | None, end: datetime | None) -> float | None:
+    if start is None or end is None:
+        return None
+    return round(max((end - start).total_seconds(), 0.0), 3)
+
+
+def job_links(job_id: str) -> dict[str, str]:
+    base = f"/v1/jobs/{job_id}"
+    return {"self": base, "events": f"{base}/events", "cancel": f"{base}/cancel"}
+
+
+def job_resource(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The public view of a jobs row (as db.jobs reads it). Pure: no clock, no I/O."""
+    job_id = str(row["id"])
+    created, started, finished = row["created_at"], row.get("started_at"), row.get("finished_at")
+    metrics = dict(row.get("metrics") or {})
+    outputs_deleted = row.get("outputs_deleted_at") is not None
+    outputs = (
+        []
+        if outputs_deleted
+        else [
+            {
+                "name": out["name"],
+                "content_type": out.get("content_type"),
+                "bytes": out.get("bytes"),
+                "metadata": out.get("metadata") or {},
+            }
+            for out in row.get("outputs") or []
+        ]
+    )
+    input_meta = row.get("input_meta") or {}
+    error = row.get("error")
+    webhook = None
+    if row.get("webhook_url"):
+        webhook = {
+            "url": row["webhook_url"],
+            "events": list(row.get("webhook_events") or WEBHOOK_EVENTS),
+            "last_delivery": row.get("last_delivery"),
+        }
+    return {
+        "id": job_id,
+        "object": "job",
+        "task": row["task"],
+        "status": row["status"],
+        "progress": float(row.get("progress") or 0.0),
+        "stage": row.get("stage"),
+        "cancel_requested": bool(row.get("cancel_requested")),
+        "params": dict(row["params"]),
+        "cost": int(row["cost"]),
+        "input": {key: input_meta[key] for key in _INPUT_KEYS if key in input_meta} or None,
+        "outputs": outputs,
+        "outputs_expire_at": _iso(row.get("outputs_expire_at")),
+        "outputs_deleted": outputs_deleted,
+        "error": {"code": error.get("code"), "message": error.get("message")} if error else None,
+        "timings": {
+            "created_at": _iso(created),
+            "started_at": _iso(started),
+            "finished_at": _iso(finished),
+            "deadline_at": _iso(row.get("deadline_at")),
+            "queued_seconds": _seconds(created, started or finished),
+            "running_seconds": _seconds(started, finished),
+        },
+        "metrics": {
+            **metrics,
+            "audio_seconds": metrics.get("audio_seconds"),
+            "compute_seconds": metrics.get("compute_seconds"),
+        },
+        "webhook": webhook,
+        "links": job_links(job_id),
+    }
+
+
+async def with_download_urls(
+    state: Any, resource: dict[str, Any], row: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """`resource` with a fresh signed `url` and `expires_at` on each output. `row` (the jobs row the resource was
+    built from) supplies the storage keys; without it the row is read from the database."""
+    if not resource["outputs"]:
+        return resource
+    if row is None:
+        from db.jobs import get_job
+
+        async with state.pool.connection() as conn:
+            row = await get_job(conn, UUID(resource["id"]))
+        if row is None:
+            return resource
+    refs = {out["name"]: out["ref"] for out in row.get("outputs") or []}
+    seconds = state.settings.signed_url_seconds
+    expires_at = _iso(state.clock() + timedelta(seconds=seconds))
+    outputs = []
+    for out in resource["outputs"]:
+        ref = refs.get(out["name"])
+        if ref is None:
+            outputs.append(out)
+            continue
+        url = await state.storage.signed_url(state.settings.outputs_bucket, ref, seconds, out["name"])
+        outputs.append({**out, "url": url, "expires_at": expires_at})
+    return {**resource, "outputs": outputs}
+
+
+# ---- response models (OpenAPI) ----
+
+
+class JobError(BaseModel):
+    code: str | None = Field(description="Stable machine-readable code, e.g. `undecodable_audio`.")
+    message: str | None
+
+
+class JobOutput(BaseModel):
+    name: str
+    content_type: str | None
+    bytes: int | None
+    metadata: dict[str, Any] = {}
+    url: str | None = Field(default=None, description="Signed download URL, minted on each GET.")
+    expires_at: str | None = None
+
+
+class JobTimings(BaseModel):
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    deadline_at: str | None
+    queued_seconds: float | None
+    running_seconds: float | None
+
+
+class JobMetrics(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    audio_seconds: float | None = None
+    compute_seconds: float | None = None
+
+
+class JobWebhook(BaseModel):
+    url: str
+    events: list[str]
+    last_delivery: dict[str, Any] | None
+
+
+class JobLinks(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+    self_: str = Field(alias="self")
+    events: str
+    cancel: str
+
+
+_EXAMPLE_ID = "5f0c6a3e-9a53-4c4e-9a0f-1d2f9b7c8e11"
+JOB_EXAMPLE: dict[str, Any] = {
+    "id": _EXAMPLE_ID,
+    "object": "job",
+    "task": "separate",
+    "status": "succeeded",
+    "progress": 1.0,
+    "stage": "done",
+    "cancel_requested": False,
+    "params": {
+        "model": "htdemucs",
+        "two_stems": "vocals",
+        "shifts": 1,
+        "overlap": 0.25,
+        "format": "wav",
+        "stems": None,
+    },
+    "cost": 8,
+    "input": {
+        "source": "upload",
+        "filename": "song.mp3",
+        "bytes": 3145728,
+        "duration_s": 121.4,
+        "sample_rate": 44100,
+        "channels": 2,
+        "codec": "mp3",
+        "container": "mp3",
+    },
+    "outputs": [
+        {
+            "name": "vocals.wav",
+            "content_type": "audio/wav",
+            "bytes": 21420044,
+            "metadata": {},
+            "url": "https://api.example.com/v1/files/outputs/...",
+            "expires_at": "2026-01-01T13:00:00+00:00",
+        }
+    ],
+    "outputs_expire_at": "2026-01-08T12:03:10+00:00",
+    "outputs_deleted": False,
+    "error": None,
+    "timings": {
+        "created_at": "2026-01-01T12:00:00+00:00",
+        "started_at": "2026-01-01T12:00:02+00:00",
+        "finished_at": "2026-01-01T12:03:10+00:00",
+        "deadline_at": "2026-01-01T14:00:00+00:00",
+        "queued_seconds": 2.0,
+        "running_seconds": 188.0,
+    },
+    "metrics": {"audio_seconds": 121.4, "compute_seconds": 185.2},
+    "webhook": None,
+    "links": job_links(_EXAMPLE_ID),
+}
+
+
+class JobOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [JOB_EXAMPLE]})
+
+    id: UUID
+    object: Literal["job"] = "job"
+    task: str
+    status: JobStatus
+    progress: float = Field(ge=0, le=1)
+    stage: str | None
+    cancel_requested: bool
+    params: dict[str, Any]
+    cost: int = Field(description="Credits held at submit; captured on success, released otherwise.")
+    input: dict[str, Any] | None
+    outputs: list[JobOutput]
+    outputs_expire_at: str | None
+    outputs_deleted: bool
+    error: JobError | None
+    timings: JobTimings
+    metrics: JobMetrics
+    webhook: JobWebhook | None
+    links: JobLinks
+
+
+class JobList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[JobOut]
+    has_more: bool
+    next_cursor: str | None = Field(description="Pass as `cursor` to get the next (older) page.")

@@ -1,0 +1,41 @@
+"""The one price table (SPEC section 2): credits = max(minimum, ceil(rate x units)).
+
+Units come from `TaskSpec.price_units`: audio minutes for audio tasks, variants x output seconds for generation.
+Quotes, submits and `GET /v1/tasks` all read this table, so a price shown is the price held.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from pydantic import BaseModel
+
+from inference.registry import TASKS, PriceUnit
+
+
+@dataclass(frozen=True)
+class Rate:
+    rate: float  # credits per unit
+    unit: PriceUnit
+    minimum: int  # credits charged at least, so tiny jobs still cover their start-up cost
+
+
+# Rough GPU cost per unit, rounded up to whole credits. One credit is about one US cent (see settings' packs).
+RATES: dict[str, Rate] = {
+    "separate": Rate(rate=4.0, unit="audio_minute", minimum=2),
+    "enhance": Rate(rate=1.0, unit="audio_minute", minimum=1),
+    "transcribe": Rate(rate=2.0, unit="audio_minute", minimum=1),
+    "midi": Rate(rate=1.0, unit="audio_minute", minimum=1),
+    "generate": Rate(rate=0.5, unit="variant_second", minimum=2),
+}
+
+# Float noise (e.g. 180.00000001 s from a container header) must not tip a price over to the next credit.
+_EPSILON = 1e-9
+
+
+def price(task: str, params: BaseModel, audio_seconds: float | None) -> int:
+    """Credits for one job of `task` with validated `params` on `audio_seconds` of input (None for text tasks)."""
+    rate = RATES[task]
+    units = TASKS[task].price_units(params, audio_seconds)
+    return max(rate.minimum, math.ceil(rate.rate * units - _EPSILON))

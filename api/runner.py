@@ -1,0 +1,330 @@
+"""The one job runner every worker uses (a local worker process or a Modal function): claim, run, store, settle.
+
+Idempotent under duplicate delivery: the claim is a guarded UPDATE (queued -> running, or a running job whose
+heartbeat went stale), every later write is guarded on `status = 'running'` and this attempt's number, outputs go
+to deterministic keys (a retry overwrites, never duplicates) and the ledger applies a capture or release once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import tempfile
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+from uuid import UUID
+
+import psycopg
+from psycopg import AsyncConnection
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from api.protocols import Storage
+from api.settings import Settings
+from db import ledger
+from inference.base import Engine, EngineError, EngineResult
+from inference.params import TASK_PARAMS
+
+log = logging.getLogger("studio.runner")
+
+INTERNAL_ERROR = {
+    "code": "internal_error",
+    "message": "The job failed because of an error on our side; no credits were charged. Retry later.",
+}
+
+
+class JobCanceled(Exception):
+    """Raised inside the engine thread at its next progress report once the user asked to cancel."""
+
+
+class JobLost(Exception):
+    """This attempt no longer owns the job (the reaper failed it, or another attempt re-claimed it)."""
+
+
+def build_engine(settings: Settings, task: str, model_key: str) -> Engine:
+    """Load the engine for (task, model_key): the slow part, done once per worker."""
+    if settings.engines == "builtin":
+        from inference.builtin import build_engine as builtin
+
+        return builtin(model_key, settings.weights_path, task=task)
+    from inference.registry import load_engine
+
+    # Only the generation factory takes the licence switch; the others take no options.
+    options: dict[str, Any] = {"allow_noncommercial": settings.allow_noncommercial_models} if task == "generate" else {}
+    return load_engine(task, model_key, settings.weights_path, **options)
+
+
+@dataclass
+class WorkerContext:
+    """What a worker keeps across jobs: configuration, how to reach Postgres, storage, and its loaded engines."""
+
+    settings: Settings
+    connect: Callable[[], Awaitable[AsyncConnection]]
+    storage: Storage
+    engines: dict[tuple[str, str], Engine] = field(default_factory=dict)
+    heartbeat_interval: float = 0.5  # seconds between progress/heartbeat writes (the throttle)
+
+    def engine(self, task: str, model_key: str) -> Engine:
+        key = (task, model_key)
+        if key not in self.engines:
+            self.engines[key] = build_engine(self.settings, task, model_key)
+        return self.engines[key]
+
+
+class _Progress:
+    """Shared between the engine thread (reports) and the heartbeat task (writes, reads cancel_requested)."""
+
+    def __init__(self) -> None:
+        self.fraction = 0.0
+        self.stage: str | None = "running"
+        self.canceled = threading.Event()
+        self.lost = threading.Event()
+        self.done = asyncio.Event()  # set by the runner: the heartbeat writes no more
+
+    def report(self, fraction: float, stage: str | None = None) -> None:
+        if self.lost.is_set():
+            raise JobLost()
+        if self.canceled.is_set():
+            raise JobCanceled()
+        self.fraction = min(1.0, max(0.0, float(fraction)))
+        if stage:
+            self.stage = stage[:64]
+
+
+async def _enqueue(conn: AsyncConnection, job_id: UUID, event: str) -> None:
+    from api.webhooks import enqueue_job_event
+
+    await enqueue_job_event(conn, job_id, event)
+
+
+async def _claim(
+    conn: AsyncConnection, job_id: UUID, settings: Settings, dispatch_id: str | None
+) -> dict[str, Any] | None:
+    async with conn.transaction():
+        cursor = conn.cursor(row_factory=dict_row)
+        await cursor.execute(
+            "UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = coalesce(started_at, now()),"
+            " heartbeat_at = now(), progress = 0, stage = 'starting',"
+            " dispatch_id = coalesce(%s, dispatch_id)"
+            " WHERE id = %s AND NOT cancel_requested AND (status = 'queued' OR (status = 'running'"
+            " AND coalesce(heartbeat_at, started_at) < now() - make_interval(secs => %s))"
+            # Modal runs one attempt of a FunctionCall at a time: a retry of the same call (after preemption or a
+            # crash) means the earlier attempt is gone, so it takes the job over without waiting for staleness.
+            " OR (status = 'running' AND %s::text IS NOT NULL AND dispatch_id = %s::text))"
+            " RETURNING id, user_id, task, params, model_key, input_ref, input_meta, attempts",
+            (dispatch_id, job_id, settings.heartbeat_timeout_seconds, dispatch_id, dispatch_id),
+        )
+        job = await cursor.fetchone()
+        if job is not None and job["attempts"] == 1:
+            await _enqueue(conn, job_id, "job.started")
+    return job
+
+
+async def _heartbeat(conn: AsyncConnection, job_id: UUID, attempt: int, progress: _Progress, interval: float) -> None:
+    sent: tuple[float, str | None] | None = None
+    while True:
+        snapshot = (progress.fraction, progress.stage)
+        async with conn.transaction():
+            cursor = await conn.execute(
+                "UPDATE jobs SET heartbeat_at = now(), progress = %s, stage = %s"
+                " WHERE id = %s AND status = 'running' AND attempts = %s RETURNING cancel_requested",
+                (snapshot[0], snapshot[1], job_id, attempt),
+            )
+            row = await cursor.fetchone()
+            if row is not None and sent is not None and snapshot[0] > sent[0]:
+                await _enqueue(conn, job_id, "job.progress")  # the webhooks module throttles these
+        if row is None:
+            progress.lost.set()
+            return
+        if row[0]:
+            progress.canceled.set()
+            return
+        sent = snapshot
+        try:
+            await asyncio.wait_for(progress.done.wait(), interval)
+            return
+        except TimeoutError:
+            continue
+
+
+async def _finish(
+    conn: AsyncConnection,
+    job_id: UUID,
+    attempt: int,
+    status: str,
+    settings: Settings,
+    *,
+    error: dict[str, str] | None = None,
+    outputs: list[dict[str, Any]] | None = None,
+    metrics: dict[str, Any] | None = None,
+) -> str | None:
+    """Settle this attempt in one transaction: final state, capture or release, webhook. Returns the state written,
+    or None when the job is no longer this attempt's (someone else settled it: nothing is written)."""
+    try:
+        async with conn.transaction():
+            cursor = await conn.execute(
+                "SELECT status, attempts, cancel_requested FROM jobs WHERE id = %s FOR UPDATE", (job_id,)
+            )
+            row = await cursor.fetchone()
+            if row is None or row[0] != "running" or row[1] != attempt:
+                return None
+            if status == "succeeded" and row[2]:
+                status = "canceled"  # the user canceled while we were storing outputs: honour it, charge nothing
+            if status == "succeeded":
+                await conn.execute(
+                    "UPDATE jobs SET status = 'succeeded', progress = 1, stage = NULL, outputs = %s, metrics = %s,"
+                    " finished_at = now(), outputs_expire_at = now() + make_interval(secs => %s) WHERE id = %s",
+                    (Jsonb(outputs or []), Jsonb(metrics or {}), settings.output_retention_seconds, job_id),
+                )
+                await ledger.capture(conn, job_id)
+            else:
+                await conn.execute(
+                    "UPDATE jobs SET status = %s, stage = NULL, error = %s, metrics = metrics || %s,"
+                    " finished_at = now() WHERE id = %s",
+                    (status, Jsonb(error) if error else None, Jsonb(metrics or {}), job_id),
+                )
+                await ledger.release(conn, job_id)
+            await _enqueue(conn, job_id, f"job.{status}")
+    except psycopg.errors.CheckViolation:
+        # The final-state trigger refused: another path settled the job between our check and our write.
+        return None
+    return status
+
+
+async def _delete_input(ctx: WorkerContext, conn: AsyncConnection, job_id: UUID) -> None:
+    """Inputs go as soon as the job is final (SPEC section 3); the retention sweep catches any we miss."""
+    cursor = await conn.execute(
+        "SELECT input_ref FROM jobs WHERE id = %s AND status IN ('succeeded', 'failed', 'canceled')"
+        " AND input_ref IS NOT NULL",
+        (job_id,),
+    )
+    row = await cursor.fetchone()
+    if row is None:
+        return
+    await ctx.storage.delete(ctx.settings.inputs_bucket, [row[0]])
+    await conn.execute("UPDATE jobs SET input_ref = NULL WHERE id = %s AND input_ref = %s", (job_id, row[0]))
+
+
+async def _execute(
+    ctx: WorkerContext, job: dict[str, Any], workdir: Path, progress: _Progress, outputs: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """Download, run, upload. Appends each stored output to `outputs` as it goes (so a failed upload's siblings
+    can be cleaned up) and returns the metrics to record."""
+    settings = ctx.settings
+    input_path: Path | None = None
+    if job["input_ref"]:
+        suffix = PurePosixPath(job["input_ref"]).suffix
+        input_path = await ctx.storage.get_file(settings.inputs_bucket, job["input_ref"], workdir / f"input{suffix}")
+    params = TASK_PARAMS[job["task"]].model_validate(job["params"])
+    engine = await asyncio.to_thread(ctx.engine, job["task"], job["model_key"])
+    out_dir = workdir / "out"
+    out_dir.mkdir()
+    started = time.monotonic()
+    result: EngineResult = await asyncio.to_thread(engine.run, input_path, params, out_dir, progress.report)
+    compute_seconds = time.monotonic() - started
+    for output in result.outputs:
+        key = f"{job['user_id']}/{job['id']}/{output.name}"
+        size = await ctx.storage.put_file(settings.outputs_bucket, key, output.path, output.content_type)
+        outputs.append(
+            {
+                "name": output.name,
+                "ref": key,
+                "content_type": output.content_type,
+                "bytes": size,
+                "metadata": output.metadata,
+            }
+        )
+    metrics: dict[str, Any] = dict(result.metrics)
+    metrics.setdefault("audio_seconds", (job["input_meta"] or {}).get("duration_s"))
+    metrics["compute_seconds"] = round(compute_seconds, 3)
+    return metrics
+
+
+async def run_job(ctx: WorkerContext, job_id: UUID, *, dispatch_id: str | None = None) -> str:
+    """Run one job to a final state. Returns the state this call wrote, or "skipped" (not ours to run: final,
+    canceled, or running under another live attempt) or "lost" (reaped or re-claimed while we ran).
+
+    `dispatch_id` names the execution running this attempt (Modal's FunctionCall id): it is recorded at the
+    claim so the reaper asks about the execution that really holds the job.
+    """
+    async with await ctx.connect() as conn:
+        job = await _claim(conn, job_id, ctx.settings, dispatch_id)
+        if job is None:
+            return "skipped"
+        attempt = job["attempts"]
+        progress = _Progress()
+        heartbeat = asyncio.create_task(_heartbeat(conn, job_id, attempt, progress, ctx.heartbeat_interval))
+        outputs: list[dict[str, Any]] = []
+        try:
+            with tempfile.TemporaryDirectory(prefix="studio-job-") as tmp:
+                metrics = await _execute(ctx, job, Path(tmp), progress, outputs)
+            await _stop(heartbeat, progress)
+            status = await _finish(conn, job_id, attempt, "succeeded", ctx.settings, outputs=outputs, metrics=metrics)
+        except JobCanceled:
+            await _stop(heartbeat, progress)
+            status = await _finish(conn, job_id, attempt, "canceled", ctx.settings)
+        except JobLost:
+            await _stop(heartbeat, progress)
+            status = None
+        except EngineError as exc:
+            await _stop(heartbeat, progress)
+            status = await _finish(
+                conn, job_id, attempt, "failed", ctx.settings, error={"code": exc.code, "message": str(exc)}
+            )
+        except Exception:
+            log.exception("job %s failed unexpectedly", job_id)
+            await _stop(heartbeat, progress)
+            status = await _finish(conn, job_id, attempt, "failed", ctx.settings, error=INTERNAL_ERROR)
+        if status != "succeeded" and outputs:
+            await _drop_orphans(ctx, conn, job_id, [item["ref"] for item in outputs])
+        await _delete_input(ctx, conn, job_id)
+        return status or "lost"
+
+
+async def _stop(heartbeat: asyncio.Task[None], progress: _Progress) -> None:
+    # A clean stop rather than task.cancel(): cancelling mid-query would leave the shared connection in doubt.
+    progress.done.set()
+    try:
+        await heartbeat
+    except Exception:
+        # Without heartbeats the reaper would eventually fail the job; the settlement below decides first.
+        log.exception("heartbeat of a job failed")
+
+
+async def _drop_orphans(ctx: WorkerContext, conn: AsyncConnection, job_id: UUID, keys: list[str]) -> None:
+    # Another attempt may have succeeded with the same deterministic keys: its files are the job's outputs.
+    row = await (await conn.execute("SELECT status FROM jobs WHERE id = %s", (job_id,))).fetchone()
+    if row is None or row[0] != "succeeded":
+        await ctx.storage.delete(ctx.settings.outputs_bucket, keys)
+
+
+# ---- the local worker process (api.dispatch.LocalDispatcher) ----
+
+_worker_loop: asyncio.AbstractEventLoop | None = None
+_worker_contexts: dict[tuple[str, str], WorkerContext] = {}
+
+
+def worker_context(settings: Settings, database_url: str, signing_key: str) -> WorkerContext:
+    from api.database import connect
+    from api.storage import build_storage
+
+    async def connect_db() -> AsyncConnection:
+        return await connect(database_url, settings)
+
+    return WorkerContext(settings=settings, connect=connect_db, storage=build_storage(settings, signing_key))
+
+
+def run_in_worker(job_id: str, database_url: str, settings: Settings, signing_key: str) -> str:
+    """Entry point in a pool process: one event loop and one context (engines included) per process, reused."""
+    global _worker_loop
+    if _worker_loop is None:
+        # One loop for the process's life: storage clients keep connections bound to the loop that made them.
+        _worker_loop = asyncio.new_event_loop()
+    key = (database_url, settings.model_dump_json())
+    if key not in _worker_contexts:
+        _worker_contexts[key] = worker_context(settings, database_url, signing_key)
+    return _worker_loop.run_until_complete(run_job(_worker_contexts[key], UUID(job_id)))

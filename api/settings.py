@@ -1,0 +1,90 @@
+"""All configuration, from the environment (Modal Secrets in production). Documented in README.md's table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class CreditPack(BaseSettings):
+    id: str
+    name: str
+    credits: int = Field(gt=0)
+    amount: int = Field(gt=0, description="Price in the currency's smallest unit (cents).")
+    currency: str = "usd"
+
+
+DEFAULT_PACKS = [
+    CreditPack(id="starter", name="Starter: 500 credits", credits=500, amount=500),
+    CreditPack(id="studio", name="Studio: 3,000 credits", credits=3000, amount=2500),
+    CreditPack(id="label", name="Label: 15,000 credits", credits=15000, amount=10000),
+]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="STUDIO_", extra="ignore")
+
+    # Where things run (SPEC section 5). Unset DATABASE_URL = embedded Postgres under state_dir.
+    database_url: str | None = Field(default=None, validation_alias=AliasChoices("DATABASE_URL"))
+    # Supabase's transaction pooler (port 6543) has no prepared statements.
+    database_pooler: bool = False
+    state_dir: Path = Path(".state")
+    weights_dir: Path | None = None  # default: state_dir / "weights"
+    public_base_url: str = "http://127.0.0.1:8000"
+    secret_key: str | None = None  # signs local download URLs and local tokens; generated into state_dir if unset
+
+    # Auth (Supabase access tokens and API keys)
+    supabase_url: str | None = Field(default=None, validation_alias=AliasChoices("SUPABASE_URL"))
+    supabase_jwt_secret: str | None = Field(default=None, validation_alias=AliasChoices("SUPABASE_JWT_SECRET"))
+    supabase_service_role_key: str | None = Field(
+        default=None, validation_alias=AliasChoices("SUPABASE_SERVICE_ROLE_KEY")
+    )
+    jwt_algorithms: list[str] = ["ES256", "RS256"]  # accepted algorithms; HS256 only with supabase_jwt_secret
+    jwt_audience: str = "authenticated"
+    jwks_cache_seconds: int = 600  # Supabase caches its key set up to ~20 min; we refresh sooner
+
+    # Storage
+    storage_backend: Literal["local", "supabase"] = "local"
+    inputs_bucket: str = "inputs"
+    outputs_bucket: str = "outputs"
+    signed_url_seconds: int = 3600
+    output_retention_seconds: int = 7 * 24 * 3600
+
+    # Jobs
+    dispatcher: Literal["local", "modal"] = "local"
+    local_workers: int = 1
+    engines: Literal["real", "builtin"] = "real"  # builtin: the small DSP engine, for tests and demos without weights
+    allow_noncommercial_models: bool = False
+    max_upload_bytes: int = 200 * 1024 * 1024
+    max_duration_seconds: float = 20 * 60
+    input_fetch_timeout_seconds: float = 30.0
+    job_deadline_seconds: int = 2 * 3600
+    heartbeat_timeout_seconds: int = 300
+    max_running_jobs_per_user: int = 2
+    rate_limit_per_minute: int = 120
+    prefer_wait_max_seconds: int = 60
+    idempotency_ttl_seconds: int = 24 * 3600
+
+    # Money
+    welcome_credits: int = 100
+    packs: list[CreditPack] = DEFAULT_PACKS
+    stripe_secret_key: str | None = Field(default=None, validation_alias=AliasChoices("STRIPE_SECRET_KEY"))
+    stripe_webhook_secret: str | None = Field(default=None, validation_alias=AliasChoices("STRIPE_WEBHOOK_SECRET"))
+    stripe_api_base: str | None = None  # tests point the SDK at a local server
+    checkout_success_url: str = "http://127.0.0.1:8000/billing/success?session_id={CHECKOUT_SESSION_ID}"
+    checkout_cancel_url: str = "http://127.0.0.1:8000/billing/canceled"
+
+    # Background loops in local mode (Modal runs the reaper and retention as Cron functions)
+    reaper_interval_seconds: float = 60.0
+    webhook_retry_horizon_seconds: int = 26 * 3600  # SPEC: retry for at least 24 h
+
+    @property
+    def weights_path(self) -> Path:
+        return self.weights_dir or self.state_dir / "weights"
+
+    @property
+    def stripe_enabled(self) -> bool:
+        return bool(self.stripe_secret_key)

@@ -1,0 +1,57 @@
+"""Benchmark for the transcribe engine, on the CPU with the tiny scripted whisper checkpoint from
+tests/tiny_whisper.py (real weights cannot be downloaded here): it measures our overhead around whisper (decoding
+with PyAV, progress hook, writers) and the peak memory of a 20-minute input, not whisper's speed on real models.
+
+"direct" is whisper used directly on the same model: soundfile + soxr to 16 kHz mono, `whisper.transcribe`, the
+result dumped as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+import whisper
+
+from bench.inference.common import BenchCase
+from inference.base import no_progress
+from inference.params import TranscribeParams
+from inference.transcribe import TranscribeEngine, build_engine
+from tests.tiny_whisper import build_tiny_whisper
+
+RATE = 44_100
+
+
+def make_input(minutes: float, folder: Path) -> Path:
+    """Mono 44.1 kHz 16-bit audio with syllable-like voiced bursts and pauses, written in chunks."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"speech_{minutes:g}min.wav"
+    total = int(minutes * 60 * RATE)
+    with sf.SoundFile(str(path), "w", samplerate=RATE, channels=1, subtype="PCM_16") as out:
+        for start in range(0, total, RATE * 10):
+            t = np.arange(start, min(total, start + RATE * 10)) / RATE
+            voice = np.sin(2 * np.pi * 180 * t) * np.clip(np.sin(2 * np.pi * 3 * t), 0, None)
+            out.write((0.3 * voice * (np.sin(2 * np.pi * 0.1 * t) > -0.5)).astype(np.float32))
+    return path
+
+
+def _setup(scratch: Path) -> TranscribeEngine:
+    model_key, sha256 = build_tiny_whisper(scratch)
+    return build_engine(model_key, scratch, device="cpu", sha256=sha256)
+
+
+def _ours(engine: TranscribeEngine, input_path: Path, out_dir: Path) -> None:
+    engine.run(input_path, TranscribeParams(), out_dir, no_progress)
+
+
+def _direct(engine: TranscribeEngine, input_path: Path, out_dir: Path) -> None:
+    data, rate = sf.read(str(input_path), dtype="float32", always_2d=True)
+    samples = soxr.resample(data.mean(axis=1), rate, whisper.audio.SAMPLE_RATE, quality="HQ").astype(np.float32)
+    result = whisper.transcribe(engine.model, samples, fp16=False)
+    (out_dir / "result.json").write_text(json.dumps(result, ensure_ascii=False, default=str))
+
+
+CASES = [BenchCase("transcribe tiny scripted whisper (CPU)", _setup, _ours, _direct, make_input)]

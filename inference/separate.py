@@ -1,0 +1,188 @@
+"""Music source separation with demucs 4.1.0 (htdemucs, htdemucs_ft, htdemucs_6s).
+
+Weights are a local demucs repo at `weights_dir / "demucs/<model>"` (the `.th` files named `<sig>-<sha256[:8]>.th`
+plus the bag yaml), loaded by demucs's own `get_model(name, repo=...)`, which verifies the checksums.
+
+Bounded memory: `apply_model` already runs the network on ~8 s segments, but it returns the whole track as one
+(sources, channels, samples) float32 tensor and builds one or two more of that size on the way (the shift trick,
+bags). We instead run it on long windows that overlap by a short cross-fade and stream every window's stems
+straight into the output files, so memory holds the decoded input plus one window of stems, whatever the length.
+
+Precision: fp32 on CUDA and CPU. demucs ships no half-precision path and its published SDR is measured in fp32;
+its STFT/iSTFT and complex masking are where fp16 loses accuracy, and fp32 fits easily (a few GB on an A10G).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+import torch
+from demucs.apply import BagOfModels, apply_model
+from demucs.pretrained import get_model
+from pydantic import BaseModel
+
+from inference import audio
+from inference.base import EngineError, EngineResult, OutputFile, ProgressFn, no_progress
+from inference.params import SeparateParams
+
+# 60 s windows with 2 s cross-fades: ~3% extra compute, ~90 MB of stems per window for 4 sources.
+DEFAULT_CHUNK_SECONDS = 60.0
+DEFAULT_CROSSFADE_SECONDS = 2.0
+
+_SOUNDFILE_FORMATS = {"wav": ("WAV", "PCM_24"), "flac": ("FLAC", "PCM_24"), "mp3": ("MP3", "MPEG_LAYER_III")}
+
+
+def build_engine(
+    model_key: str,
+    weights_dir: Path,
+    *,
+    device: str | None = None,
+    chunk_seconds: float = DEFAULT_CHUNK_SECONDS,
+    crossfade_seconds: float = DEFAULT_CROSSFADE_SECONDS,
+) -> SeparateEngine:
+    repo = weights_dir / model_key
+    if not repo.is_dir():
+        raise FileNotFoundError(f"no demucs weights at {repo}: pull {model_key} first")
+    name = model_key.removeprefix("demucs/")
+    model = get_model(name, repo=repo)  # checks each file's sha256 prefix against its name
+    target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return SeparateEngine(name, model.to(target), target, chunk_seconds, crossfade_seconds)
+
+
+class SeparateEngine:
+    def __init__(
+        self, name: str, model: torch.nn.Module, device: torch.device, chunk_seconds: float, crossfade_seconds: float
+    ) -> None:
+        if not 0 < crossfade_seconds < chunk_seconds:
+            raise ValueError("crossfade_seconds must be positive and shorter than chunk_seconds")
+        self.name = name
+        self.model = model
+        self.device = device
+        self.sources: list[str] = list(model.sources)
+        self.samplerate: int = model.samplerate
+        self.channels: int = model.audio_channels
+        self.chunk = int(chunk_seconds * self.samplerate)
+        self.crossfade = int(crossfade_seconds * self.samplerate)
+
+    def run(
+        self, input_path: Path | None, params: BaseModel, out_dir: Path, progress: ProgressFn = no_progress
+    ) -> EngineResult:
+        if input_path is None:
+            raise EngineError("separate needs an audio file", code="missing_input")
+        assert isinstance(params, SeparateParams)
+        if params.model != self.name:
+            raise ValueError(f"this engine runs {self.name}, the job asks for {params.model}")
+        stems = params.output_stems()
+        progress(0.0, "decoding")
+        mix = self._load(input_path)
+        length = mix.shape[-1]
+        # demucs normalises by the whole track's statistics (demucs.api.Separator.separate_tensor).
+        reference = mix.mean(0)
+        mean, std = float(reference.mean()), float(reference.std()) + 1e-8
+        del reference
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        paths = {stem: out_dir / f"{stem}.{params.format}" for stem in stems}
+        writers = {
+            stem: _open_writer(path, params.format, self.samplerate, self.channels) for stem, path in paths.items()
+        }
+        try:
+            for block in self._separate(mix, mean, std, params, progress):
+                for stem, writer in writers.items():
+                    writer.write(np.clip(self._stem(block, stem, params).numpy(), -1.0, 1.0).T)
+        finally:
+            for writer in writers.values():
+                writer.close()
+        progress(1.0, "done")
+        metadata = {"sample_rate": self.samplerate, "channels": self.channels, "duration_s": length / self.samplerate}
+        return EngineResult(
+            outputs=[
+                OutputFile(path.name, path, audio.CONTENT_TYPES[params.format], {"stem": stem, **metadata})
+                for stem, path in paths.items()
+            ],
+            metrics={"audio_seconds": length / self.samplerate},
+        )
+
+    def _load(self, path: Path) -> torch.Tensor:
+        """The decoded track at the model's rate and channel count (demucs's convert_audio_channels rules)."""
+        decoded = torch.from_numpy(audio.decode(path, sample_rate=self.samplerate))
+        if decoded.shape[0] == 1:
+            return decoded.expand(self.channels, -1)  # a view: mono is not copied
+        return decoded[: self.channels]
+
+    def _stem(self, block: torch.Tensor, stem: str, params: SeparateParams) -> torch.Tensor:
+        if stem == f"no_{params.two_stems}":
+            keep = self.sources.index(params.two_stems)
+            return block.sum(0) - block[keep]
+        return block[self.sources.index(stem)]
+
+    def _separate(
+        self, mix: torch.Tensor, mean: float, std: float, params: SeparateParams, progress: ProgressFn
+    ) -> Any:
+        """Yield consecutive (sources, channels, samples) blocks of the separated track, in order.
+
+        Window k covers [k*chunk, (k+1)*chunk + crossfade); where two windows overlap, a linear cross-fade hands
+        over from one to the next, so each window's edges (where the model saw no context) weigh little. The chunk
+        is a whole number of apply_model's segment strides, so inside a window the segments fall where they fall
+        for the whole track: away from the joins the result equals whole-track apply_model (with shifts=0).
+        """
+        length = mix.shape[-1]
+        stride = int((1 - params.overlap) * int(self._segment_seconds() * self.samplerate))
+        chunk = max(1, round(self.chunk / stride)) * stride
+        starts = list(range(0, max(length - self.crossfade, 1), chunk))
+        tail: torch.Tensor | None = None
+        for index, start in enumerate(starts):
+            end = min(length, start + chunk + self.crossfade)
+            window = (mix[:, start:end] - mean) / std
+            fraction = index / len(starts), (index + 1) / len(starts)
+            estimate = self._apply(
+                window, params, lambda f, lo=fraction[0], hi=fraction[1]: lo + f * (hi - lo), progress
+            )
+            estimate = estimate * std + mean
+            if tail is not None:
+                ramp = (torch.arange(tail.shape[-1], dtype=estimate.dtype) + 0.5) / tail.shape[-1]
+                estimate[..., : tail.shape[-1]] = tail * (1 - ramp) + estimate[..., : tail.shape[-1]] * ramp
+            if index == len(starts) - 1:
+                yield estimate
+            else:
+                tail = estimate[..., chunk:].clone()
+                yield estimate[..., :chunk]
+
+    def _segment_seconds(self) -> float:
+        first = self.model.models[0] if isinstance(self.model, BagOfModels) else self.model
+        return float(first.segment)
+
+    def _apply(self, window: torch.Tensor, params: SeparateParams, scale: Any, progress: ProgressFn) -> torch.Tensor:
+        models = len(self.model.models) if isinstance(self.model, BagOfModels) else 1
+        shifts = max(params.shifts, 1)
+        length = window.shape[-1]
+
+        def on_segment(info: dict[str, Any]) -> None:
+            # apply_model reports each segment's start/end; a raise here (cancellation) stops the remaining ones.
+            if info.get("state") != "end":
+                return
+            within = min(1.0, info["segment_offset"] / length)
+            progress(
+                0.99 * scale((info["model_idx_in_bag"] + (info["shift_idx"] + within) / shifts) / models), "separating"
+            )
+
+        with torch.inference_mode():
+            estimate = apply_model(
+                self.model,
+                window[None],
+                shifts=params.shifts,
+                split=True,
+                overlap=params.overlap,
+                device=self.device,
+                callback=on_segment,
+            )
+        return estimate[0].cpu()
+
+
+def _open_writer(path: Path, fmt: str, sample_rate: int, channels: int) -> sf.SoundFile:
+    """A streaming writer in audio.encode's formats (24-bit wav/flac, mp3); audio.py only writes whole arrays."""
+    container, subtype = _SOUNDFILE_FORMATS[fmt]
+    return sf.SoundFile(str(path), "w", samplerate=sample_rate, channels=channels, format=container, subtype=subtype)

@@ -1,0 +1,284 @@
+"""Speech to text with openai-whisper: transcript.json / .txt / .srt / .vtt.
+
+Loading: the checkpoint is `weights_dir/whisper/<name>/<name>.pt` in whisper's own format. We verify its sha256
+ourselves (streamed) and then hand whisper the file path, instead of `whisper.load_model(name, download_root=...)`,
+because on a mismatch or a missing file whisper's loader silently tries to download from the internet (and would
+overwrite the read-only weights volume). The expected sha256 and the alignment heads (the cross-attention heads
+word timestamps use; a bare path loses them) come from whisper's own tables for official names, so the result is
+exactly what `load_model(name)` builds. Any other name (tests' tiny random checkpoints) must come with its sha256
+and gets whisper's default heads.
+
+Input: decoded to a 16 kHz mono float32 array with inference.audio (PyAV), so no ffmpeg CLI is needed.
+
+Long audio: whisper slides 30 s windows over a log-mel of the whole input, computed on the CPU in one go. For
+20 minutes the array is 77 MB and the whole-input STFT/mel adds about 0.6 GB of host memory (bench/inference:
+peak RSS 1.0 GiB at 20 min vs 0.43 GiB at 1 min with the tiny model); the GPU only ever holds the model and one
+30 s window, so GPU memory does not grow with duration.
+
+Progress follows whisper's own frame counter (the tqdm bar in whisper.transcribe, which advances as each window's
+segments are committed); see `_whisper_progress`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+import whisper
+from pydantic import BaseModel
+
+from inference import audio
+from inference.base import EngineResult, OutputFile, ProgressFn
+from inference.params import TranscribeParams
+
+SAMPLE_RATE = whisper.audio.SAMPLE_RATE  # 16 kHz
+DECODE_SHARE = 0.05  # progress fraction given to decoding the input; transcription gets the rest
+
+CONTENT_TYPES = {
+    "json": "application/json",
+    "txt": "text/plain; charset=utf-8",
+    "srt": "application/x-subrip",
+    "vtt": "text/vtt",
+}
+
+
+@dataclass(frozen=True)
+class Word:
+    word: str
+    start: float
+    end: float
+    probability: float
+
+
+@dataclass(frozen=True)
+class Segment:
+    start: float
+    end: float
+    text: str
+    words: tuple[Word, ...] | None = None  # None when word timestamps were not asked for
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    path: Path
+    sha256: str
+    alignment_heads: bytes | None
+
+
+def official_checkpoint(name: str, folder: Path) -> Checkpoint | None:
+    """Where an official model's file lives and what it must hash to, from whisper's own tables; None if unknown."""
+    url = whisper._MODELS.get(name)
+    if url is None:
+        return None
+    return Checkpoint(
+        path=folder / os.path.basename(url), sha256=url.split("/")[-2], alignment_heads=whisper._ALIGNMENT_HEADS[name]
+    )
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_checkpoint(checkpoint: Checkpoint, device: str) -> whisper.Whisper:
+    if not checkpoint.path.is_file():
+        raise FileNotFoundError(f"{checkpoint.path} is missing: pull the whisper weights first")
+    if sha256_file(checkpoint.path) != checkpoint.sha256:
+        raise RuntimeError(f"{checkpoint.path} does not match its expected sha256")
+    model = whisper.load_model(str(checkpoint.path), device=device)
+    if checkpoint.alignment_heads is not None:
+        model.set_alignment_heads(checkpoint.alignment_heads)
+    return model
+
+
+# whisper.transcribe has no progress callback; we swap the `tqdm` module it looks up for the duration of a call,
+# so calls in one process are serialised (one model, one device: they would queue anyway).
+_TRANSCRIBE_LOCK = threading.Lock()
+# The module, not the function whisper/__init__.py re-exports under the same name.
+_WHISPER_TRANSCRIBE_MODULE = importlib.import_module("whisper.transcribe")
+
+
+@contextmanager
+def _whisper_progress(progress: ProgressFn, start: float) -> Iterator[None]:
+    class FrameProgress:
+        def __init__(self, total: int, **_: Any) -> None:
+            self.total = max(1, total)
+            self.done = 0
+
+        def __enter__(self) -> FrameProgress:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            return None
+
+        def update(self, frames: int) -> None:
+            self.done += frames
+            progress(start + (1.0 - start) * min(1.0, self.done / self.total), "transcribing")
+
+    original = _WHISPER_TRANSCRIBE_MODULE.tqdm
+    _WHISPER_TRANSCRIBE_MODULE.tqdm = SimpleNamespace(tqdm=FrameProgress)
+    try:
+        yield
+    finally:
+        _WHISPER_TRANSCRIBE_MODULE.tqdm = original
+
+
+class TranscribeEngine:
+    def __init__(self, model: whisper.Whisper, name: str) -> None:
+        self.model = model
+        self.name = name
+        self.fp16 = model.device.type == "cuda"  # fp16 on GPU; whisper only supports fp32 on the CPU
+
+    def run(self, input_path: Path | None, params: BaseModel, out_dir: Path, progress: ProgressFn) -> EngineResult:
+        assert isinstance(params, TranscribeParams) and input_path is not None
+        progress(0.0, "decoding")
+        samples = audio.decode(input_path, sample_rate=SAMPLE_RATE, mono=True)[0]
+        duration = len(samples) / SAMPLE_RATE
+        progress(DECODE_SHARE, "transcribing")
+        with _TRANSCRIBE_LOCK, _whisper_progress(progress, DECODE_SHARE):
+            result = whisper.transcribe(
+                self.model,
+                samples,
+                verbose=None,
+                language=params.language,
+                task=params.task,
+                word_timestamps=params.word_timestamps,
+                fp16=self.fp16,
+            )
+        segments = [_segment(raw, params.word_timestamps) for raw in result["segments"]]
+        segments = [segment for segment in segments if segment.text]
+        language = str(result["language"])
+
+        files = {
+            "transcript.json": write_json(
+                segments, language=language, task=params.task, model=self.name, duration=duration
+            ),
+            "transcript.txt": write_txt(segments),
+            "transcript.srt": write_srt(segments),
+            "transcript.vtt": write_vtt(segments),
+        }
+        outputs = []
+        for name, text in files.items():
+            path = out_dir / name
+            path.write_text(text, encoding="utf-8")
+            outputs.append(
+                OutputFile(
+                    name=name,
+                    path=path,
+                    content_type=CONTENT_TYPES[path.suffix[1:]],
+                    metadata={"language": language, "segments": len(segments)},
+                )
+            )
+        progress(1.0, "done")
+        return EngineResult(outputs=outputs, metrics={"audio_seconds": duration})
+
+
+def _segment(raw: dict[str, Any], with_words: bool) -> Segment:
+    start = float(raw["start"])
+    words = None
+    if with_words:
+        words = tuple(
+            Word(word=str(w["word"]), start=float(w["start"]), end=float(w["end"]), probability=float(w["probability"]))
+            for w in raw.get("words", [])
+        )
+    return Segment(start=start, end=max(start, float(raw["end"])), text=str(raw["text"]).strip(), words=words)
+
+
+def _seconds(value: float) -> float:
+    return round(value, 3)
+
+
+def write_json(segments: list[Segment], *, language: str, task: str, model: str, duration: float) -> str:
+    def segment_json(index: int, segment: Segment) -> dict[str, Any]:
+        item: dict[str, Any] = {
+            "id": index,
+            "start": _seconds(segment.start),
+            "end": _seconds(segment.end),
+            "text": segment.text,
+        }
+        if segment.words is not None:
+            item["words"] = [
+                {
+                    "word": w.word,
+                    "start": _seconds(w.start),
+                    "end": _seconds(w.end),
+                    "probability": round(w.probability, 4),
+                }
+                for w in segment.words
+            ]
+        return item
+
+    document = {
+        "language": language,
+        "task": task,
+        "model": model,
+        "duration": _seconds(duration),
+        "text": " ".join(segment.text for segment in segments),
+        "segments": [segment_json(index, segment) for index, segment in enumerate(segments)],
+    }
+    return json.dumps(document, ensure_ascii=False, indent=2) + "\n"
+
+
+def write_txt(segments: list[Segment]) -> str:
+    return "".join(f"{_cue_text(segment.text)}\n" for segment in segments)
+
+
+def _timestamp(seconds: float, decimal_marker: str) -> str:
+    millis = max(0, round(seconds * 1000))  # round once, then split: 59.9996 s must not print as 00:00:60
+    hours, millis = divmod(millis, 3_600_000)
+    minutes, millis = divmod(millis, 60_000)
+    secs, millis = divmod(millis, 1000)
+    return f"{hours:02d}:{minutes:02d}:{secs:02d}{decimal_marker}{millis:03d}"
+
+
+def _cue_text(text: str) -> str:
+    # A blank line ends a cue and "-->" starts a timing line in both SRT and VTT: keep text on one safe line.
+    return " ".join(text.split()).replace("-->", "->")
+
+
+def write_srt(segments: list[Segment]) -> str:
+    return "".join(
+        f"{index}\n{_timestamp(s.start, ',')} --> {_timestamp(s.end, ',')}\n{_cue_text(s.text)}\n\n"
+        for index, s in enumerate(segments, start=1)
+    )
+
+
+def write_vtt(segments: list[Segment]) -> str:
+    cues = "".join(
+        f"{_timestamp(s.start, '.')} --> {_timestamp(s.end, '.')}\n{_cue_text(s.text)}\n\n" for s in segments
+    )
+    return f"WEBVTT\n\n{cues}"
+
+
+def build_engine(
+    model_key: str, weights_dir: Path, *, device: str | None = None, sha256: str | None = None
+) -> TranscribeEngine:
+    """Load `whisper/<name>` from `weights_dir/whisper/<name>/`.
+
+    Official names are checked against whisper's own sha256 and get their alignment heads; `sha256` is only for
+    other checkpoints (`<name>.pt` in whisper's format), which have no official hash to check against.
+    """
+    name = model_key.removeprefix("whisper/")
+    folder = Path(weights_dir) / model_key
+    checkpoint = official_checkpoint(name, folder)
+    if checkpoint is None:
+        if sha256 is None:
+            raise ValueError(f"{name} is not an official whisper model: give the sha256 of its checkpoint")
+        checkpoint = Checkpoint(path=folder / f"{name}.pt", sha256=sha256, alignment_heads=None)
+    elif sha256 is not None and sha256 != checkpoint.sha256:
+        raise ValueError(f"sha256 given for {name} differs from the official one")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return TranscribeEngine(load_checkpoint(checkpoint, device), name)

@@ -1,0 +1,288 @@
+"""The Modal deployment: `modal deploy modal_app.py`.
+
+One App holds the API (ASGI, no torch in its image), one GPU worker class per engine, a function that fills the
+weights Volume, and the schedules (reaper, webhook retries, retention). Everything below is wiring: the API,
+runner, reaper and engines are the same code local mode runs. Configuration is read at deploy time from the
+environment (STUDIO_MODAL_*; see README "Deploy to Modal"), secrets at run time from Modal Secrets.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import modal
+
+APP_NAME = os.environ.get("STUDIO_MODAL_APP", "audio-studio")
+ROOT = Path(__file__).resolve().parent
+PYPROJECT = str(ROOT / "pyproject.toml")
+WEIGHTS_MOUNT = "/weights"
+GPU = os.environ.get("STUDIO_MODAL_GPU", "A10G")
+MAX_CONTAINERS = int(os.environ.get("STUDIO_MODAL_MAX_CONTAINERS", "10"))
+SCALEDOWN_SECONDS = int(os.environ.get("STUDIO_MODAL_SCALEDOWN_SECONDS", "300"))
+JOB_TIMEOUT_SECONDS = int(os.environ.get("STUDIO_MODAL_JOB_TIMEOUT_SECONDS", "3600"))
+API_MAX_INPUTS = int(os.environ.get("STUDIO_MODAL_API_MAX_INPUTS", "100"))
+
+# Secrets (names and keys documented in README "Deploy to Modal"); nothing secret is baked into an image.
+SECRETS = [
+    modal.Secret.from_name("studio-database"),  # DATABASE_URL
+    modal.Secret.from_name("studio-supabase"),  # SUPABASE_URL, SUPABASE_SERVICE_ROLE_KEY, [SUPABASE_JWT_SECRET]
+    modal.Secret.from_name("studio-stripe"),  # STRIPE_SECRET_KEY, STRIPE_WEBHOOK_SECRET
+    modal.Secret.from_name("studio-app"),  # STUDIO_SECRET_KEY, STUDIO_PUBLIC_BASE_URL
+]
+
+# Non-secret production wiring, the same in every container.
+PRODUCTION_ENV = {
+    "STUDIO_DISPATCHER": "modal",
+    "STUDIO_STORAGE_BACKEND": "supabase",
+    "STUDIO_DATABASE_POOLER": "true",  # Supabase's transaction pooler: no prepared statements
+    "STUDIO_WEIGHTS_DIR": WEIGHTS_MOUNT,
+    "STUDIO_STATE_DIR": "/tmp/studio",
+    "STUDIO_JOB_DEADLINE_SECONDS": str(JOB_TIMEOUT_SECONDS + 900),  # the reaper never beats Modal's own timeout
+    "HF_HUB_OFFLINE": "1",  # weights come from the Volume only
+}
+
+weights_volume = modal.Volume.from_name("studio-weights", create_if_missing=True)
+_SOURCE_IGNORE = ["**/__pycache__", "**/*.pyc"]  # keep db/migrations/*.sql, which the default would drop
+
+
+def _image(*groups: str, nodeps: bool = False) -> modal.Image:
+    """Python 3.11 + ffmpeg + the pyproject's core deps and the named optional groups, pinned as in pyproject."""
+    image = (
+        modal.Image.debian_slim(python_version="3.11")
+        .apt_install("ffmpeg")
+        .pip_install_from_pyproject(PYPROJECT, optional_dependencies=list(groups))
+    )
+    if nodeps:
+        # The same single step README and CI use for packages whose declared deps cannot be met (basic-pitch).
+        image = image.add_local_file(ROOT / "scripts" / "install_nodeps.sh", "/opt/install_nodeps.sh", copy=True)
+        image = image.run_commands("PIP='python -m pip' bash /opt/install_nodeps.sh")
+    return (
+        image.env(PRODUCTION_ENV)
+        .add_local_file(ROOT / "models.lock", "/root/models.lock")
+        .add_local_python_source("api", "inference", "db", ignore=_SOURCE_IGNORE)
+    )
+
+
+IMAGES = {
+    "api": _image(),
+    "separation": _image("separation"),
+    "enhancement": _image("enhancement"),
+    "transcription": _image("transcription", nodeps=True),
+    "generation": _image("generation"),
+}
+
+app = modal.App(APP_NAME)
+_READ_ONLY_WEIGHTS = {WEIGHTS_MOUNT: weights_volume.with_mount_options(read_only=True)}
+# A preempted or crashed container's input is retried; the runner's claim makes a retry resume the same job
+# without double outputs or double capture (see api/runner.py).
+_WORKER_RETRIES = modal.Retries(max_retries=2, initial_delay=5.0, backoff_coefficient=2.0, max_delay=60.0)
+
+
+class _JobWorker:
+    """Shared body of the per-engine worker classes: load once per container, then run jobs by id."""
+
+    task: str = ""
+    preload_models: tuple[str, ...] = ()  # models.lock keys loaded at container start
+
+    @modal.enter(snap=True)
+    def load_code(self) -> None:
+        # Imports (torch, the engine module) are the slow, GPU-free part of a cold start: snapshot them.
+        import importlib
+
+        from api.runner import worker_context
+        from api.settings import Settings
+        from inference.registry import TASKS
+
+        importlib.import_module(TASKS[self.task].engine_factory.split(":")[0])
+        settings = Settings()
+        self.context = worker_context(settings, settings.database_url or "", settings.secret_key or "")
+        if not TASKS[self.task].gpu:
+            self._load_engines()  # CPU engines load entirely inside the snapshot
+
+    @modal.enter(snap=False)
+    def load_gpu_engines(self) -> None:
+        from inference.registry import TASKS
+
+        if TASKS[self.task].gpu:
+            self._load_engines()  # CUDA is only there after the snapshot is restored
+
+    def _load_engines(self) -> None:
+        for model_key in self.preload_models:
+            self.context.engine(self.task, model_key)
+
+    @modal.method()
+    def run(self, job_id: str) -> str:
+        import asyncio
+        from uuid import UUID
+
+        from api.runner import run_job
+
+        # One event loop for the container's life: storage clients keep connections bound to the loop that made
+        # them. The method is sync, so Modal runs one job at a time per container: the GPU is never shared.
+        if getattr(self, "loop", None) is None:
+            self.loop = asyncio.new_event_loop()
+        return self.loop.run_until_complete(
+            run_job(self.context, UUID(job_id), dispatch_id=modal.current_function_call_id())
+        )
+
+
+def _worker_options(family: str, *, gpu: bool) -> dict[str, Any]:
+    return {
+        "image": IMAGES[family],
+        "gpu": GPU if gpu else None,
+        "volumes": _READ_ONLY_WEIGHTS,
+        "secrets": SECRETS,
+        "timeout": JOB_TIMEOUT_SECONDS,
+        "retries": _WORKER_RETRIES,
+        "scaledown_window": SCALEDOWN_SECONDS,
+        "max_containers": MAX_CONTAINERS,
+        "enable_memory_snapshot": True,
+    }
+
+
+@app.cls(**_worker_options("separation", gpu=True))
+class SeparateWorker(_JobWorker):
+    task = "separate"
+    preload_models = ("demucs/htdemucs",)
+
+
+@app.cls(**_worker_options("enhancement", gpu=False), cpu=4.0)
+class EnhanceWorker(_JobWorker):
+    """DeepFilterNet3's official runtime is a streaming CPU model (realtime factor ~0.05): a GPU would idle."""
+
+    task = "enhance"
+    preload_models = ("deepfilternet3",)
+
+
+@app.cls(**_worker_options("transcription", gpu=True))
+class TranscribeWorker(_JobWorker):
+    task = "transcribe"
+    preload_models = ("whisper/large-v3-turbo",)
+
+
+@app.cls(**_worker_options("transcription", gpu=False), cpu=4.0)
+class MidiWorker(_JobWorker):
+    """basic-pitch's ONNX model is small; onnxruntime on CPU keeps it off the GPU bill."""
+
+    task = "midi"
+    preload_models = ("basic-pitch",)
+
+
+@app.cls(**_worker_options("generation", gpu=True))
+class GenerateWorker(_JobWorker):
+    task = "generate"
+    preload_models = ("stable-audio-open",)
+
+
+WORKERS = {
+    "separate": SeparateWorker,
+    "enhance": EnhanceWorker,
+    "transcribe": TranscribeWorker,
+    "midi": MidiWorker,
+    "generate": GenerateWorker,
+}
+
+
+def production_state() -> Any:
+    """The API's collaborators on Modal: Supabase Postgres and Storage, Stripe, and the Modal dispatcher."""
+    from psycopg_pool import AsyncConnectionPool
+
+    from api.app import AppState
+    from api.billing import build_stripe_client
+    from api.database import connection_kwargs, secret_key
+    from api.modal_dispatch import ModalDispatcher
+    from api.settings import Settings
+    from api.storage import build_storage
+
+    settings = Settings()
+    if not settings.database_url:
+        raise RuntimeError("DATABASE_URL is not set: create the studio-database secret (README, Deploy to Modal)")
+    signing_key = secret_key(settings)
+    pool = AsyncConnectionPool(
+        settings.database_url, min_size=1, max_size=10, open=False, kwargs=connection_kwargs(settings)
+    )
+    return AppState(
+        settings=settings,
+        pool=pool,
+        database_url=settings.database_url,
+        storage=build_storage(settings, signing_key),
+        dispatcher=ModalDispatcher(WORKERS),
+        signing_key=signing_key,
+        stripe=build_stripe_client(settings),
+    )
+
+
+class _OpenPool:
+    """Opens the pool inside the ASGI app's event loop (the app object is built before that loop runs)."""
+
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool
+
+    async def start(self) -> None:
+        await self.pool.open(wait=True)
+
+    async def stop(self) -> None:
+        await self.pool.close()
+
+
+@app.function(image=IMAGES["api"], secrets=SECRETS, scaledown_window=SCALEDOWN_SECONDS, timeout=600)
+@modal.concurrent(max_inputs=API_MAX_INPUTS)
+@modal.asgi_app()
+def api() -> Any:
+    from api.app import create_app
+    from api.services import background_services
+
+    state = production_state()
+    return create_app(state, background=[_OpenPool(state.pool), *background_services(state)])
+
+
+async def _scheduled(job: str) -> dict[str, int]:
+    """One pass of a schedule, with its own short-lived pool (Cron containers are cold and brief)."""
+    from api.dispatch import dispatch_ready
+    from api.reaper import clean_retention, reap
+    from api.webhooks import WebhookDeliverer
+
+    state = production_state()
+    await state.pool.open(wait=True)
+    try:
+        if job == "reap":
+            report = await reap(state.pool, state.dispatcher, state.settings, state.clock())
+            started = await dispatch_ready(state)  # jobs that waited for their user's running-job cap
+            return {"failed": len(report.failed), "canceled": len(report.canceled), "dispatched": started}
+        if job == "webhooks":
+            return {"delivered": await WebhookDeliverer(state).deliver_due()}
+        report = await clean_retention(state.pool, state.storage, state.settings, state.clock())
+        return {"inputs_deleted": report.inputs_deleted, "outputs_deleted": report.outputs_deleted}
+    finally:
+        await state.pool.close()
+
+
+# Cron, not Period: a Period restarts its clock at every deploy.
+@app.function(image=IMAGES["api"], secrets=SECRETS, schedule=modal.Cron("*/2 * * * *"), timeout=300)
+async def reaper() -> dict[str, int]:
+    """Fail jobs past their deadline or whose worker is gone, release their holds, start capped jobs."""
+    return await _scheduled("reap")
+
+
+@app.function(image=IMAGES["api"], secrets=SECRETS, schedule=modal.Cron("* * * * *"), timeout=300)
+async def webhook_retries() -> dict[str, int]:
+    """Deliver due webhook retries (API containers scale to zero, so retries cannot rely on them)."""
+    return await _scheduled("webhooks")
+
+
+@app.function(image=IMAGES["api"], secrets=SECRETS, schedule=modal.Cron("17 * * * *"), timeout=900)
+async def retention() -> dict[str, int]:
+    """Delete inputs of finished jobs and outputs past their retention."""
+    return await _scheduled("retention")
+
+
+@app.function(image=IMAGES["api"], volumes={WEIGHTS_MOUNT: weights_volume}, timeout=4 * 3600)
+def download_models(names: list[str] | None = None) -> list[str]:
+    """Fill the weights Volume with the same code as `studio models pull`, then commit it for the workers."""
+    from inference.models import pull
+
+    pulled = pull(names, Path(WEIGHTS_MOUNT))
+    weights_volume.commit()
+    return [entry.key for entry in pulled]

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The main job on one machine: install (idempotent), start the embedded Postgres, apply migrations, make a demo
+# user with credits, print its token and a working curl line, then serve the API + local worker on 127.0.0.1:8000.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install.sh
+.venv/bin/studio db migrate
+echo "== demo user demo@localhost (token below; export it as STUDIO_TOKEN for the studio CLI) =="
+.venv/bin/studio token --email demo@localhost --credits 1000 --curl
+exec .venv/bin/studio serve --host 127.0.0.1 --port "${PORT:-8000}"

@@ -1,0 +1,120 @@
+"""Dispatch: real worker processes running the builtin engine, the per-user running cap, and recovery."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import psycopg
+import pytest
+
+from api.dispatch import DispatchError, dispatch_job, dispatch_ready
+from api.reaper import ReaperLoop
+from db import ledger
+from tests.jobs_support import job_row, job_status, ledger_kinds, make_job, make_user, wait_until, write_tone
+
+
+@pytest.fixture
+def tone(tmp_path: Path) -> Path:
+    return write_tone(tmp_path / "tone.wav")
+
+
+def _final(conn: psycopg.AsyncConnection, *job_ids: UUID) -> Any:
+    async def check() -> bool:
+        return all([await job_status(conn, job_id) in ("succeeded", "failed", "canceled") for job_id in job_ids])
+
+    return check
+
+
+async def test_dispatched_job_runs_in_a_worker_process(
+    app_state: Any, conn: psycopg.AsyncConnection, tone: Path
+) -> None:
+    user = await make_user(conn)
+    job_id = await make_job(conn, app_state.storage, app_state.settings, user, tone, cost=10)
+
+    await dispatch_job(app_state, job_id)
+    dispatch_id = (await job_row(conn, job_id))["dispatch_id"]
+    assert dispatch_id.startswith("local:")
+
+    await wait_until(_final(conn, job_id), timeout=120, what="the worker to finish the job")
+    job = await job_row(conn, job_id)
+    assert job["status"] == "succeeded", job["error"]
+    stored = app_state.storage.path_for(app_state.settings.outputs_bucket, job["outputs"][0]["ref"])
+    assert stored.stat().st_size == job["outputs"][0]["bytes"]
+    assert await ledger_kinds(conn, job_id) == ["hold", "capture"]
+
+    async def ended() -> bool:
+        return not await app_state.dispatcher.is_alive(dispatch_id)
+
+    await wait_until(ended, what="the dispatch to end")
+    assert not await app_state.dispatcher.is_alive("local:unknown")
+
+
+async def test_running_cap_queues_extra_jobs_until_a_slot_frees(
+    app_state: Any, conn: psycopg.AsyncConnection, tone: Path
+) -> None:
+    settings = app_state.settings
+    settings.max_running_jobs_per_user = 1
+    settings.reaper_interval_seconds = 3600  # only a finished run may wake the loop in this test
+    alice, bob = await make_user(conn), await make_user(conn)
+    first = await make_job(conn, app_state.storage, settings, alice, tone)
+    second = await make_job(conn, app_state.storage, settings, alice, tone)
+    bobs = await make_job(conn, app_state.storage, settings, bob, tone)
+    # Left over by a previous API process: queued with a dispatch that no longer exists.
+    orphan = await make_job(conn, app_state.storage, settings, await make_user(conn), tone)
+    await conn.execute("UPDATE jobs SET dispatch_id = 'local:previous-process' WHERE id = %s", (orphan,))
+
+    for job_id in (first, second, bobs):
+        await dispatch_job(app_state, job_id)
+    assert (await job_row(conn, first))["dispatch_id"] is not None
+    assert (await job_row(conn, second))["dispatch_id"] is None  # alice is at her cap: it waits
+    assert (await job_row(conn, bobs))["dispatch_id"] is not None  # bob has his own slot
+
+    loop = ReaperLoop(app_state)
+    await loop.start()
+    try:
+        await wait_until(_final(conn, first, second, bobs, orphan), timeout=120, what="all jobs to finish")
+    finally:
+        await loop.stop()
+    for job_id in (first, second, bobs, orphan):
+        assert await job_status(conn, job_id) == "succeeded"
+        assert await ledger_kinds(conn, job_id) == ["hold", "capture"]
+    assert await ledger.invariant_violations(conn) == []
+    assert await dispatch_ready(app_state) == 0
+
+
+class RefusingDispatcher:
+    """Stands for a dispatcher whose backend (Modal) is down."""
+
+    async def dispatch(self, job_id: UUID, task: str) -> str:
+        raise ConnectionError("modal is unreachable")
+
+    async def is_alive(self, dispatch_id: str) -> bool:
+        return False
+
+    async def cancel(self, dispatch_id: str) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_failed_dispatch_fails_the_job_and_releases_the_hold(
+    app_state: Any, conn: psycopg.AsyncConnection, tone: Path
+) -> None:
+    app_state.dispatcher = RefusingDispatcher()
+    user = await make_user(conn, credits=100)
+    job_id = await make_job(conn, app_state.storage, app_state.settings, user, tone, cost=30)
+
+    with pytest.raises(DispatchError):
+        await dispatch_job(app_state, job_id)
+
+    job = await job_row(conn, job_id)
+    assert job["status"] == "failed" and job["error"]["code"] == "dispatch_failed"
+    balance = await ledger.balance(conn, user)
+    assert (balance.available, balance.held) == (100, 0)
+    # dispatch_ready leaves a refused job queued for the next pass instead of failing it.
+    retry = await make_job(conn, app_state.storage, app_state.settings, user, tone, cost=30)
+    assert await dispatch_ready(app_state) == 0
+    assert await job_status(conn, retry) == "queued"

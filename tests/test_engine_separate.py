@@ -1,0 +1,194 @@
+"""The separate engine on a tiny random HTDemucs saved as a local demucs repo, loaded the way real weights are."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import yaml
+from demucs.apply import apply_model
+from demucs.htdemucs import HTDemucs
+from demucs.states import get_state, save_with_checksum
+
+from inference.base import EngineError
+from inference.params import DEMUCS_SOURCES, SeparateParams
+from inference.separate import build_engine
+
+pytestmark = pytest.mark.engine
+RATE = 44100
+
+
+def _tiny_htdemucs(seed: int) -> HTDemucs:
+    torch.manual_seed(seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # demucs warns about zero-size init at these tiny widths
+        return HTDemucs(
+            list(DEMUCS_SOURCES["htdemucs"]), channels=4, depth=4, dconv_comp=2, t_layers=1, t_heads=2, segment=2
+        )
+
+
+def _save(model: HTDemucs, repo: Path, sig: str) -> None:
+    """demucs's release format: {klass, args, kwargs, state (fp16)} saved as `<sig>-<sha256[:8]>.th`."""
+    args, kwargs = model._init_args_kwargs
+    package = {"klass": model.__class__, "args": args, "kwargs": kwargs, "state": get_state(model, None, half=True)}
+    save_with_checksum(package, repo / f"{sig}.th")
+
+
+@pytest.fixture(scope="session")
+def weights(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("weights")
+    single = root / "demucs" / "htdemucs"
+    single.mkdir(parents=True)
+    _save(_tiny_htdemucs(0), single, "a1b2c3d4")
+    (single / "htdemucs.yaml").write_text(yaml.safe_dump({"models": ["a1b2c3d4"]}))
+    bag = root / "demucs" / "htdemucs_ft"
+    bag.mkdir(parents=True)
+    for index, sig in enumerate(["0000aaaa", "1111bbbb"]):
+        _save(_tiny_htdemucs(index + 1), bag, sig)
+    weights_per_model = [[1.0, 0.0, 1.0, 0.0], [0.0, 1.0, 0.0, 1.0]]
+    (bag / "htdemucs_ft.yaml").write_text(
+        yaml.safe_dump({"models": ["0000aaaa", "1111bbbb"], "weights": weights_per_model})
+    )
+    return root
+
+
+@pytest.fixture(scope="session")
+def engine(weights):
+    return build_engine("demucs/htdemucs", weights, device="cpu")
+
+
+def _write_input(path: Path, seconds: float, rate: int = RATE, channels: int = 2) -> Path:
+    t = np.arange(int(seconds * rate)) / rate
+    rng = np.random.default_rng(0)
+    left = 0.2 * np.sin(2 * np.pi * 220 * t) + 0.02 * rng.standard_normal(t.size)
+    right = 0.2 * np.sin(2 * np.pi * 330 * t) + 0.02 * rng.standard_normal(t.size)
+    data = np.stack([left, right][:channels], axis=1).astype(np.float32)
+    sf.write(str(path), data, rate, subtype="FLOAT")
+    return path
+
+
+@pytest.fixture(scope="session")
+def song(tmp_path_factory) -> Path:
+    return _write_input(tmp_path_factory.mktemp("input") / "song.wav", 3.0)
+
+
+def _read(path: Path) -> np.ndarray:
+    data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    assert rate == RATE
+    return data.T
+
+
+def test_checksum_is_verified_on_load(weights, tmp_path):
+    repo = tmp_path / "demucs" / "htdemucs"
+    repo.mkdir(parents=True)
+    source = next((weights / "demucs" / "htdemucs").glob("*.th"))
+    corrupted = bytearray(source.read_bytes())
+    corrupted[-1] ^= 0xFF
+    (repo / source.name).write_bytes(bytes(corrupted))
+    (repo / "htdemucs.yaml").write_text((weights / "demucs" / "htdemucs" / "htdemucs.yaml").read_text())
+    with pytest.raises(RuntimeError, match="checksum"):
+        build_engine("demucs/htdemucs", tmp_path, device="cpu")
+    with pytest.raises(FileNotFoundError):
+        build_engine("demucs/htdemucs_6s", tmp_path, device="cpu")
+
+
+def test_all_stems_match_demucs_apply_model(engine, song, tmp_path):
+    """One window (chunk longer than the track): the files equal demucs's own normalise/apply/denormalise."""
+    events: list[float] = []
+    result = engine.run(song, SeparateParams(shifts=0), tmp_path, lambda fraction, stage: events.append(fraction))
+
+    assert [o.name for o in result.outputs] == ["drums.wav", "bass.wav", "other.wav", "vocals.wav"]
+    assert result.metrics["audio_seconds"] == pytest.approx(3.0)
+    assert events[0] == 0.0 and events[-1] == 1.0 and events == sorted(events) and len(events) > 3
+
+    mix = torch.from_numpy(_read(song))
+    reference = mix.mean(0)
+    mean, std = reference.mean(), reference.std() + 1e-8
+    with torch.inference_mode():
+        expected = apply_model(engine.model, ((mix - mean) / std)[None], shifts=0, split=True, overlap=0.25)[0]
+    expected = (expected * std + mean).clamp(-1, 1).numpy()
+    for index, output in enumerate(result.outputs):
+        assert output.content_type == "audio/wav" and output.metadata["stem"] == output.name.removesuffix(".wav")
+        np.testing.assert_allclose(_read(output.path), expected[index], atol=1e-5)
+
+
+def test_two_stems_is_the_stem_and_the_sum_of_the_others(engine, song, tmp_path):
+    full = engine.run(song, SeparateParams(shifts=0), tmp_path / "full", lambda f, s: None)
+    pair = engine.run(song, SeparateParams(shifts=0, two_stems="vocals"), tmp_path / "pair", lambda f, s: None)
+    stems = {o.name: _read(o.path) for o in full.outputs}
+
+    assert [o.name for o in pair.outputs] == ["vocals.wav", "no_vocals.wav"]
+    np.testing.assert_allclose(_read(pair.outputs[0].path), stems["vocals.wav"], atol=1e-6)
+    others = stems["drums.wav"] + stems["bass.wav"] + stems["other.wav"]
+    np.testing.assert_allclose(_read(pair.outputs[1].path), np.clip(others, -1, 1), atol=1e-5)
+
+
+def test_long_input_runs_in_crossfaded_windows(engine, weights, tmp_path):
+    """6 s in two windows (3 s + 0.5 s cross-fade, on the model's 1.5 s segment grid): away from the join the stems
+    equal the single-window run exactly; the join itself is a blend; lengths and progress stay right."""
+    song = _write_input(tmp_path / "six.wav", 6.0)
+    whole = engine.run(song, SeparateParams(stems=["vocals", "drums"], shifts=0), tmp_path / "whole", lambda f, s: None)
+    windowed = build_engine("demucs/htdemucs", weights, device="cpu", chunk_seconds=3.0, crossfade_seconds=0.5)
+    events: list[float] = []
+    result = windowed.run(
+        song,
+        SeparateParams(stems=["vocals", "drums"], shifts=0),
+        tmp_path / "windowed",
+        lambda fraction, stage: events.append(fraction),
+    )
+
+    assert [o.name for o in result.outputs] == ["vocals.wav", "drums.wav"]
+    # Window 1 is exact from 3.5 s (join end) on; window 0 up to 3.5 s - 2 s segment = 1.5 s.
+    exact = np.r_[0 : int(1.5 * RATE), int(3.5 * RATE) : 6 * RATE]
+    for mine, reference in zip(result.outputs, whole.outputs, strict=True):
+        data, expected = _read(mine.path), _read(reference.path)
+        assert data.shape == expected.shape == (2, 6 * RATE)
+        np.testing.assert_allclose(data[:, exact], expected[:, exact], atol=1e-6)
+        assert np.isfinite(data).all()
+    assert events[0] == 0.0 and events[-1] == 1.0 and events == sorted(events)
+
+
+def test_mono_48k_input_and_compressed_formats(engine, tmp_path):
+    song = _write_input(tmp_path / "mono.wav", 1.5, rate=48000, channels=1)
+    flac = engine.run(song, SeparateParams(stems=["bass"], format="flac"), tmp_path / "flac", lambda f, s: None)
+    mp3 = engine.run(song, SeparateParams(stems=["bass"], format="mp3"), tmp_path / "mp3", lambda f, s: None)
+
+    info = sf.info(str(flac.outputs[0].path))
+    assert (info.format, info.samplerate, info.channels, info.frames) == ("FLAC", RATE, 2, int(1.5 * RATE))
+    assert flac.outputs[0].content_type == "audio/flac" and flac.outputs[0].name == "bass.flac"
+    info = sf.info(str(mp3.outputs[0].path))
+    assert (info.format, info.samplerate, info.channels) == ("MP3", RATE, 2)
+    assert info.duration == pytest.approx(1.5, abs=0.1)
+    assert mp3.outputs[0].content_type == "audio/mpeg"
+
+
+def test_bag_of_models(weights, song, tmp_path):
+    bag = build_engine("demucs/htdemucs_ft", weights, device="cpu")
+    events: list[float] = []
+    result = bag.run(
+        song,
+        SeparateParams(model="htdemucs_ft", stems=["other"], shifts=0),
+        tmp_path,
+        lambda fraction, stage: events.append(fraction),
+    )
+    assert _read(result.outputs[0].path).shape == (2, 3 * RATE)
+    assert events == sorted(events) and events[-1] == 1.0
+    with pytest.raises(ValueError, match="htdemucs_ft"):
+        bag.run(song, SeparateParams(model="htdemucs"), tmp_path, lambda f, s: None)
+
+
+def test_bad_input_raises_engine_error(engine, tmp_path):
+    junk = tmp_path / "junk.mp3"
+    junk.write_bytes(b"this is not audio at all" * 100)
+    with pytest.raises(EngineError) as caught:
+        engine.run(junk, SeparateParams(), tmp_path / "out", lambda f, s: None)
+    assert caught.value.code == "undecodable_audio"
+
+    empty = tmp_path / "empty.wav"
+    sf.write(str(empty), np.zeros((0, 2), np.float32), RATE)
+    with pytest.raises(EngineError):
+        engine.run(empty, SeparateParams(), tmp_path / "out", lambda f, s: None)

@@ -1,0 +1,186 @@
+"""Whisper transcription through the real engine and loader, on a tiny scripted checkpoint (tests/tiny_whisper.py).
+
+Real weights cannot be downloaded here; the tiny checkpoint is in whisper's own format and goes through the same
+sha256 check, `whisper.load_model` and `whisper.transcribe` as the official ones. It always says "hello world".
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from inference.base import EngineError
+from inference.params import WHISPER_LANGUAGES, WHISPER_MODELS, TranscribeParams
+from inference.registry import load_engine
+from inference.transcribe import (
+    Segment,
+    TranscribeEngine,
+    Word,
+    build_engine,
+    official_checkpoint,
+    write_json,
+    write_srt,
+    write_txt,
+    write_vtt,
+)
+from tests.tiny_whisper import SCRIPT_LANGUAGE, build_tiny_whisper
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:
+    weights_dir = tmp_path_factory.mktemp("weights")
+    model_key, sha256 = build_tiny_whisper(weights_dir)
+    return weights_dir, model_key, sha256
+
+
+@pytest.fixture(scope="session")
+def engine(tiny: tuple[Path, str, str]) -> TranscribeEngine:
+    weights_dir, model_key, sha256 = tiny
+    built = load_engine("transcribe", model_key, weights_dir, sha256=sha256)
+    assert isinstance(built, TranscribeEngine)
+    return built
+
+
+@pytest.fixture(scope="session")
+def speech_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """4 s of stereo 44.1 kHz audio: the engine must downmix and resample it to 16 kHz mono itself."""
+    rate = 44_100
+    t = np.arange(4 * rate) / rate
+    voice = (0.3 * np.sin(2 * np.pi * 180 * t) * np.clip(np.sin(2 * np.pi * 3 * t), 0, None)).astype(np.float32)
+    path = tmp_path_factory.mktemp("input") / "speech.wav"
+    sf.write(path, np.stack([voice, voice]).T, rate)
+    return path
+
+
+def transcribe(engine: TranscribeEngine, source: Path, out_dir: Path, **params: object) -> tuple[dict, list[float]]:
+    progress: list[float] = []
+    result = engine.run(
+        source, TranscribeParams(**params), out_dir, lambda fraction, stage=None: progress.append(fraction)
+    )
+    assert [o.name for o in result.outputs] == ["transcript.json", "transcript.txt", "transcript.srt", "transcript.vtt"]
+    assert all(o.path.parent == out_dir and o.path.is_file() for o in result.outputs)
+    assert result.metrics["audio_seconds"] == pytest.approx(4.0, abs=1e-3)
+    return json.loads((out_dir / "transcript.json").read_text(encoding="utf-8")), progress
+
+
+@pytest.mark.engine
+def test_transcribes_with_language_detection(engine: TranscribeEngine, speech_file: Path, tmp_path: Path) -> None:
+    document, progress = transcribe(engine, speech_file, tmp_path)
+
+    assert document["language"] == SCRIPT_LANGUAGE and document["language"] in WHISPER_LANGUAGES
+    assert document["task"] == "transcribe" and document["duration"] == pytest.approx(4.0)
+    assert document["text"] == "hello world"
+    assert document["segments"] == [{"id": 0, "start": 0.0, "end": 1.0, "text": "hello world"}]
+    assert (tmp_path / "transcript.txt").read_text() == "hello world\n"
+    assert (tmp_path / "transcript.srt").read_text() == "1\n00:00:00,000 --> 00:00:01,000\nhello world\n\n"
+    assert (tmp_path / "transcript.vtt").read_text() == "WEBVTT\n\n00:00:00.000 --> 00:00:01.000\nhello world\n\n"
+    assert progress[0] == 0.0 and progress[-1] == 1.0 and progress == sorted(progress)
+
+
+@pytest.mark.engine
+def test_word_timestamps_when_asked(engine: TranscribeEngine, speech_file: Path, tmp_path: Path) -> None:
+    document, _ = transcribe(engine, speech_file, tmp_path, word_timestamps=True)
+
+    (segment,) = document["segments"]
+    words = segment["words"]
+    assert [w["word"] for w in words] == [" hello", " world"]
+    for word in words:
+        assert segment["start"] <= word["start"] <= word["end"] <= segment["end"]
+        assert 0.0 <= word["probability"] <= 1.0
+    assert words[0]["end"] <= words[1]["start"]
+
+
+@pytest.mark.engine
+def test_given_language_and_translate_task(engine: TranscribeEngine, speech_file: Path, tmp_path: Path) -> None:
+    document, _ = transcribe(engine, speech_file, tmp_path, language="fr", task="translate")
+
+    assert (document["language"], document["task"]) == ("fr", "translate")
+    assert "words" not in document["segments"][0]
+
+
+@pytest.mark.engine
+def test_nothing_reaches_the_network(
+    tiny: tuple[Path, str, str], speech_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(*args: object) -> None:
+        raise AssertionError("network access attempted")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    weights_dir, model_key, sha256 = tiny
+    document, _ = transcribe(build_engine(model_key, weights_dir, sha256=sha256), speech_file, tmp_path)
+    assert document["text"] == "hello world"
+
+
+@pytest.mark.engine
+def test_undecodable_input_is_a_user_error(engine: TranscribeEngine, tmp_path: Path) -> None:
+    (tmp_path / "junk.mp3").write_bytes(b"\x00\x01garbage" * 100)
+    with pytest.raises(EngineError) as caught:
+        engine.run(tmp_path / "junk.mp3", TranscribeParams(), tmp_path, lambda fraction, stage=None: None)
+    assert caught.value.code == "undecodable_audio"
+
+
+def test_loader_verifies_checkpoints_before_loading(tiny: tuple[Path, str, str], tmp_path: Path) -> None:
+    weights_dir, model_key, sha256 = tiny
+    with pytest.raises(RuntimeError, match="sha256"):
+        build_engine(model_key, weights_dir, sha256="0" * 64)
+    with pytest.raises(ValueError, match="not an official"):
+        build_engine(model_key, weights_dir)
+    # Official names: whisper's own sha256 is expected, and a missing or wrong file never triggers a download.
+    with pytest.raises(FileNotFoundError, match="pull"):
+        build_engine("whisper/tiny", tmp_path)
+    (tmp_path / "whisper" / "tiny").mkdir(parents=True)
+    (tmp_path / "whisper" / "tiny" / "tiny.pt").write_bytes(b"not the official tiny checkpoint")
+    with pytest.raises(RuntimeError, match="sha256"):
+        build_engine("whisper/tiny", tmp_path)
+
+
+def test_official_checkpoints_match_models_lock(tmp_path: Path) -> None:
+    lock = tomllib.loads((REPO / "models.lock").read_text())["models"]
+    for name in WHISPER_MODELS:
+        checkpoint = official_checkpoint(name, tmp_path)
+        assert checkpoint is not None and checkpoint.alignment_heads
+        (entry,) = lock[f"whisper/{name}"]["files"]
+        assert (entry["path"], entry["sha256"]) == (checkpoint.path.name, checkpoint.sha256)
+
+
+HAND_MADE = [
+    Segment(
+        start=0.0, end=2.5, text="Hello there.", words=(Word(" Hello", 0.0, 1.0, 0.9), Word(" there.", 1.2, 2.5, 0.8))
+    ),
+    Segment(start=59.9996, end=3723.4567, text="Line one\n\nline --> two", words=()),
+]
+
+
+def test_srt_format_exactly() -> None:
+    assert write_srt(HAND_MADE) == (
+        "1\n00:00:00,000 --> 00:00:02,500\nHello there.\n\n2\n00:01:00,000 --> 01:02:03,457\nLine one line -> two\n\n"
+    )
+
+
+def test_vtt_format_exactly() -> None:
+    assert write_vtt(HAND_MADE) == (
+        "WEBVTT\n\n"
+        "00:00:00.000 --> 00:00:02.500\nHello there.\n\n"
+        "00:01:00.000 --> 01:02:03.457\nLine one line -> two\n\n"
+    )
+    assert write_vtt([]) == "WEBVTT\n\n"
+
+
+def test_txt_and_json_writers() -> None:
+    assert write_txt(HAND_MADE) == "Hello there.\nLine one line -> two\n"
+    document = json.loads(write_json(HAND_MADE, language="en", task="transcribe", model="tiny", duration=3724.0))
+    assert document["language"] == "en" and document["text"] == "Hello there. Line one\n\nline --> two"
+    assert document["segments"][0] == {
+        "id": 0, "start": 0.0, "end": 2.5, "text": "Hello there.",
+        "words": [{"word": " Hello", "start": 0.0, "end": 1.0, "probability": 0.9},
+                  {"word": " there.", "start": 1.2, "end": 2.5, "probability": 0.8}],
+    }  # fmt: skip
+    assert document["segments"][1]["start"] == 60.0 and document["segments"][1]["words"] == []

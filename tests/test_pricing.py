@@ -1,0 +1,29 @@
+"""The one price table: credits = max(minimum, ceil(rate x units)), units from the task registry."""
+
+from __future__ import annotations
+
+import pytest
+
+from api.pricing import RATES, price
+from inference.params import GenerateParams, MidiParams, SeparateParams
+from inference.registry import TASKS
+
+
+def test_every_task_has_a_rate_in_its_registry_unit() -> None:
+    assert set(RATES) == set(TASKS)
+    for task, rate in RATES.items():
+        assert rate.unit == TASKS[task].price_unit and rate.minimum >= 1 and rate.rate > 0
+
+
+@pytest.mark.parametrize(
+    ("seconds", "credits"),
+    [(1.0, 2), (30.0, 2), (60.0, 4), (61.0, 5), (180.00000001, 12), (1200.0, 80)],
+)
+def test_audio_price_rounds_up_per_minute_with_a_minimum(seconds: float, credits: int) -> None:
+    assert price("separate", SeparateParams(), seconds) == credits
+
+
+def test_generation_is_priced_per_variant_second() -> None:
+    assert price("generate", GenerateParams(prompt="x", duration_s=10, variants=3), None) == 15
+    assert price("generate", GenerateParams(prompt="x", duration_s=1, variants=1), None) == RATES["generate"].minimum
+    assert price("midi", MidiParams(), 0.5) == RATES["midi"].minimum

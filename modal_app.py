@@ -8,6 +8,7 @@ environment (STUDIO_MODAL_*; see README "Deploy to Modal"), secrets at run time 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ API_MAX_INPUTS = int(os.environ.get("STUDIO_MODAL_API_MAX_INPUTS", "100"))
 
 # Secrets (names and keys documented in README "Deploy to Modal"); nothing secret is baked into an image.
 SECRETS = [
-    modal.Secret.from_name("studio-database"),  # DATABASE_URL
+    modal.Secret.from_name("studio-database"),  # DATABASE_URL (pooler), DATABASE_LISTEN_URL (session mode)
     modal.Secret.from_name("studio-supabase"),  # SUPABASE_URL, SUPABASE_SERVICE_ROLE_KEY, [SUPABASE_JWT_SECRET]
     modal.Secret.from_name("studio-stripe"),  # STRIPE_SECRET_KEY, STRIPE_WEBHOOK_SECRET
     modal.Secret.from_name("studio-app"),  # STUDIO_SECRET_KEY, STUDIO_PUBLIC_BASE_URL
@@ -206,7 +207,8 @@ def production_state() -> Any:
     return AppState(
         settings=settings,
         pool=pool,
-        database_url=settings.database_url,
+        # LISTEN (events hub, webhook deliverer) needs a session connection; the pool may use the transaction pooler.
+        database_url=settings.database_listen_url or settings.database_url,
         storage=build_storage(settings, signing_key),
         dispatcher=ModalDispatcher(WORKERS),
         signing_key=signing_key,
@@ -254,7 +256,7 @@ async def _scheduled(job: str) -> dict[str, int]:
         if job == "webhooks":
             return {"delivered": await WebhookDeliverer(state).deliver_due()}
         report = await clean_retention(state.pool, state.storage, state.settings, state.clock())
-        return {"inputs_deleted": report.inputs_deleted, "outputs_deleted": report.outputs_deleted}
+        return dataclasses.asdict(report)
     finally:
         await state.pool.close()
 
@@ -279,10 +281,15 @@ async def retention() -> dict[str, int]:
 
 
 @app.function(image=IMAGES["api"], volumes={WEIGHTS_MOUNT: weights_volume}, timeout=4 * 3600)
-def download_models(names: list[str] | None = None) -> list[str]:
-    """Fill the weights Volume with the same code as `studio models pull`, then commit it for the workers."""
+def download_models(names: str = "") -> list[str]:
+    """Fill the weights Volume with the same code as `studio models pull`, then commit it for the workers.
+
+    `names` is comma-separated models.lock keys (`modal run modal_app.py::download_models --names a,b`); empty
+    pulls every verifiable model enabled by default.
+    """
     from inference.models import pull
 
-    pulled = pull(names, Path(WEIGHTS_MOUNT))
+    wanted = [name.strip() for name in names.split(",") if name.strip()] or None
+    pulled = pull(wanted, Path(WEIGHTS_MOUNT))
     weights_volume.commit()
     return [entry.key for entry in pulled]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -24,6 +25,22 @@ class BackgroundService(Protocol):
     async def stop(self) -> None: ...
 
 
+# How often a LISTEN loop wakes to check whether it should stop. Background loops stop cooperatively: cancelling a
+# task parked in psycopg's notifies() has been seen to hang its shutdown, so they never rely on it.
+STOP_CHECK_SECONDS = 0.5
+
+
+async def stop_background_task(task: asyncio.Task[None] | None, stopping: asyncio.Event, grace: float = 10.0) -> None:
+    """Ask a loop to stop (it checks `stopping`), wait up to `grace` seconds, then cancel it without waiting forever."""
+    stopping.set()
+    if task is None:
+        return
+    done, _ = await asyncio.wait({task}, timeout=grace)
+    if not done:
+        task.cancel()
+        await asyncio.wait({task}, timeout=grace)
+
+
 def utc_now() -> datetime:
     return datetime.now(UTC)
 
@@ -32,7 +49,7 @@ def utc_now() -> datetime:
 class AppState:
     settings: Settings
     pool: AsyncConnectionPool
-    database_url: str  # for the dedicated LISTEN connection of the events hub
+    database_url: str  # for dedicated LISTEN connections (events hub, webhook deliverer): not via a pooler
     storage: Storage
     dispatcher: Dispatcher
     signing_key: str  # HMAC key for local download URLs and local tokens

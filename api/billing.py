@@ -43,7 +43,7 @@ Outcome = Literal[
     "payment_failed",
     "expired",
     "refunded",
-    "refund_already_applied",
+    "refund_no_change",
     "duplicate_event",
     "ignored",
 ]
@@ -318,7 +318,8 @@ async def _apply(conn: AsyncConnection, event: dict[str, Any]) -> Outcome:
             taken = await ledger.refund(conn, obj["payment_intent"], _refund_key(obj), obj["amount_refunded"])
         except ledger.UnknownPurchase as exc:
             raise _RefundNotYetKnown(obj["payment_intent"]) from exc
-        return "refunded" if taken > 0 else "refund_already_applied"
+        # No change: an older or repeated refund state, or a refund too small to be worth a whole credit yet.
+        return "refunded" if taken > 0 else "refund_no_change"
     return "ignored"
 
 

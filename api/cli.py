@@ -9,6 +9,7 @@ import os
 import sys
 import uuid
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from api.settings import Settings
@@ -39,11 +40,18 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         overrides["local_workers"] = args.workers
     settings = Settings(**overrides)
 
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            # uvicorn re-raises a caught SIGTERM/SIGINT once it has shut down, which would kill the process before
+            # local_state stops the worker processes and the embedded Postgres: shut down, then exit normally.
+            super().handle_exit(sig, frame)
+            self._captured_signals.clear()
+
     async def serve() -> None:
         async with local_state(settings) as state:
             app = create_app(state, background=background_services(state))
             config = uvicorn.Config(app, host=args.host, port=args.port, log_level="info", proxy_headers=True)
-            await uvicorn.Server(config).serve()
+            await Server(config).serve()
 
     asyncio.run(serve())
     return 0

@@ -118,7 +118,8 @@ def download_outputs(api: StudioClient, job: dict[str, Any], out_dir: Path) -> N
 def list_jobs(api: StudioClient, *, status: str | None, task: str | None, limit: int) -> int:
     query = {key: value for key, value in {"status": status, "task": task, "limit": limit}.items() if value}
     for job in api.request("GET", "/v1/jobs", params=query).json()["data"]:
-        print(f"{job['id']}  {job['created_at'][:19]}  {job['task']:10} {job['status']:9} {job['cost']:>6} credits")
+        created = job["timings"]["created_at"][:19]
+        print(f"{job['id']}  {created}  {job['task']:10} {job['status']:9} {job['cost']:>6} credits")
     return 0
 
 
@@ -126,6 +127,9 @@ def show_credits(api: StudioClient, *, ledger_entries: bool) -> int:
     balance = api.request("GET", "/v1/credits").json()
     print(f"available {balance['available']}  held {balance['held']}")
     if ledger_entries:
-        for entry in api.request("GET", "/v1/credits/ledger").json()["data"]:
-            print(json.dumps(entry))
+        for entry in api.request("GET", "/v1/credits/ledger").json()["entries"]:
+            print(
+                f"{entry['created_at'][:19]}  {entry['kind']:10} {entry['available_delta']:>+7} available"
+                f" {entry['held_delta']:>+7} held  {entry.get('job_id') or entry.get('reference') or ''}"
+            )
     return 0

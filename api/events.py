@@ -21,7 +21,7 @@ from fastapi.responses import StreamingResponse
 from psycopg.rows import dict_row
 
 from api import job_view
-from api.app import AppState, get_state
+from api.app import STOP_CHECK_SECONDS, AppState, get_state, stop_background_task
 from api.auth import CurrentUser
 from api.database import connect
 from api.errors import Problem
@@ -48,18 +48,17 @@ class EventsHub:
         self._subscribers: dict[UUID, set[asyncio.Queue[Update]]] = {}
         self._listener: psycopg.AsyncConnection | None = None
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
 
     async def start(self) -> None:
         # Connect before returning, so a subscriber that joins right after startup misses nothing.
         self._listener = await self._listen()
+        self._stopping.clear()
         self._task = asyncio.create_task(self._run(), name="events-hub")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await stop_background_task(self._task, self._stopping)
+        self._task = None
         if self._listener is not None:
             await self._listener.close()
             self._listener = None
@@ -100,17 +99,21 @@ class EventsHub:
         return conn
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         backoff = 1.0
-        while True:
+        next_probe = loop.time() + _LIVENESS_SECONDS
+        while not self._stopping.is_set():
             try:
                 if self._listener is None:
                     self._listener = await self._listen()
                     # Changes made while we were disconnected were not announced to us.
                     self._broadcast_resync()
                     backoff = 1.0
-                async for notify in self._listener.notifies(timeout=_LIVENESS_SECONDS):
+                async for notify in self._listener.notifies(timeout=STOP_CHECK_SECONDS):
                     self._dispatch(notify.payload)
-                await self._listener.execute("SELECT 1")
+                if loop.time() >= next_probe:
+                    await self._listener.execute("SELECT 1")
+                    next_probe = loop.time() + _LIVENESS_SECONDS
             except (psycopg.Error, OSError) as exc:
                 log.warning("events hub: LISTEN connection lost (%s); reconnecting in %.0f s", exc, backoff)
                 if self._listener is not None:

@@ -97,7 +97,7 @@ class MultipartBody:
 
 @dataclass(frozen=True)
 class FetchPolicy:
-    """Relaxations for tests only: production keeps both False."""
+    """Relaxations for local development and tests (settings.input_url_allow_insecure): production keeps both False."""
 
     allow_http: bool = False
     allow_private: bool = False

@@ -64,7 +64,6 @@ log = logging.getLogger("studio.jobs")
 router = APIRouter(prefix="/v1", tags=["jobs"])
 State = Annotated[AppState, Depends(get_state)]
 
-FETCH_POLICY_SERVICE = "input_fetch_policy"  # AppState.services key; tests relax the SSRF guard with it
 HOLD_MARGIN = timedelta(hours=1)  # holds outlive the job deadline so the reaper, not the hold sweeper, settles them
 _PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d+)", re.IGNORECASE)
 TaskName = Literal["separate", "enhance", "transcribe", "midi", "generate"]
@@ -359,7 +358,8 @@ async def _obtain_input(state: AppState, job: JobRequest, workdir: Path) -> tupl
     received = job.upload
     if received is None:
         assert job.input_url is not None
-        policy = state.services.get(FETCH_POLICY_SERVICE) or FetchPolicy()
+        insecure = settings.input_url_allow_insecure
+        policy = FetchPolicy(allow_http=insecure, allow_private=insecure)
         received = await fetch_url(
             job.input_url,
             workdir,

@@ -20,6 +20,7 @@ from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
+from api.app import stop_background_task
 from api.protocols import Dispatcher, Storage
 from api.settings import Settings
 from db import ledger
@@ -48,6 +49,7 @@ class ReapReport:
 class RetentionReport:
     inputs_deleted: int = 0
     outputs_deleted: int = 0  # jobs whose outputs were removed
+    idempotency_records_deleted: int = 0
 
 
 @contextlib.asynccontextmanager
@@ -173,7 +175,10 @@ async def clean_retention(
     *,
     batch: int = 500,
 ) -> RetentionReport:
-    """Delete inputs of final jobs and outputs past `outputs_expire_at` (storage first, then the record)."""
+    """Delete inputs of final jobs and outputs past `outputs_expire_at` (storage first, then the record), and
+    idempotency records past their 24 h."""
+    from api.idempotency import purge_expired
+
     report = RetentionReport()
     async with _connection(conn_or_pool) as conn:
         cursor = await conn.execute(
@@ -197,6 +202,7 @@ async def clean_retention(
                 "UPDATE jobs SET outputs_deleted_at = %s WHERE id = %s AND outputs_deleted_at IS NULL", (now, job_id)
             )
             report.outputs_deleted += 1
+        report.idempotency_records_deleted = await purge_expired(conn)
     return report
 
 
@@ -208,6 +214,7 @@ class ReaperLoop:
         self.state = state
         self._task: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None
+        self._stopping = asyncio.Event()
 
     async def run_once(self) -> None:
         from api.dispatch import dispatch_ready
@@ -223,12 +230,13 @@ class ReaperLoop:
         from api.dispatch import LocalDispatcher
 
         wake = self._wake = asyncio.Event()
+        self._stopping.clear()
         if isinstance(self.state.dispatcher, LocalDispatcher):
             self.state.dispatcher.on_finished(wake.set)
         self._task = asyncio.create_task(self._run(wake))
 
     async def _run(self, wake: asyncio.Event) -> None:
-        while True:
+        while not self._stopping.is_set():
             try:
                 await self.run_once()
             except Exception:
@@ -238,9 +246,8 @@ class ReaperLoop:
             wake.clear()
 
     async def stop(self) -> None:
-        if self._task is None:
-            return
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        self._stopping.set()
+        if self._wake is not None:
+            self._wake.set()  # end the wait for the next interval now
+        await stop_background_task(self._task, self._stopping)
         self._task = None

@@ -29,8 +29,10 @@ class Settings(BaseSettings):
 
     # Where things run (SPEC section 5). Unset DATABASE_URL = embedded Postgres under state_dir.
     database_url: str | None = Field(default=None, validation_alias=AliasChoices("DATABASE_URL"))
-    # Supabase's transaction pooler (port 6543) has no prepared statements.
+    # Supabase's transaction pooler (port 6543) has no prepared statements, and cannot carry LISTEN: the events
+    # hub and the webhook deliverer then need a direct or session-mode URL.
     database_pooler: bool = False
+    database_listen_url: str | None = Field(default=None, validation_alias=AliasChoices("DATABASE_LISTEN_URL"))
     state_dir: Path = Path(".state")
     weights_dir: Path | None = None  # default: state_dir / "weights"
     public_base_url: str = "http://127.0.0.1:8000"
@@ -61,6 +63,8 @@ class Settings(BaseSettings):
     max_upload_bytes: int = 200 * 1024 * 1024
     max_duration_seconds: float = 20 * 60
     input_fetch_timeout_seconds: float = 30.0
+    # Local development and tests fetch input_url from http://127.0.0.1; production allows only public https.
+    input_url_allow_insecure: bool = False
     job_deadline_seconds: int = 2 * 3600
     heartbeat_timeout_seconds: int = 300
     max_running_jobs_per_user: int = 2
@@ -80,6 +84,8 @@ class Settings(BaseSettings):
     # Background loops in local mode (Modal runs the reaper and retention as Cron functions)
     reaper_interval_seconds: float = 60.0
     webhook_retry_horizon_seconds: int = 26 * 3600  # SPEC: retry for at least 24 h
+    # Local development and tests deliver webhooks to http://127.0.0.1; production refuses http and private targets.
+    webhook_allow_insecure_urls: bool = False
 
     @property
     def weights_path(self) -> Path:

@@ -92,7 +92,7 @@ class LocalStorage:
             path = self.path_for(bucket, key)
         except ValueError:
             raise Problem(403, "bad_signature", "Invalid download link") from None
-        if not hmac.compare_digest(self.signature(bucket, key, expires, filename), sig):
+        if not hmac.compare_digest(self.signature(bucket, key, expires, filename).encode(), sig.encode()):
             raise Problem(403, "bad_signature", "Invalid download link", "The link was altered or is not ours.")
         if self.clock().timestamp() >= expires:
             raise Problem(403, "url_expired", "Download link expired", "Fetch the job again for a fresh link.")

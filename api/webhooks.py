@@ -32,7 +32,7 @@ from psycopg.types.json import Jsonb
 from pydantic import BaseModel, Field
 
 from api import job_view
-from api.app import AppState, get_state
+from api.app import STOP_CHECK_SECONDS, AppState, get_state, stop_background_task
 from api.auth import CurrentUser
 from api.database import connect
 from api.errors import Problem
@@ -158,8 +158,7 @@ async def rotate_secret(user: CurrentUser, state: State) -> WebhookSecret:
 
 def _allow_insecure(settings: Settings) -> bool:
     # Local development and tests deliver to http://127.0.0.1; production refuses both http and private targets.
-    # Absent setting = the production policy (fail safe).
-    return bool(getattr(settings, "webhook_allow_insecure_urls", False))
+    return settings.webhook_allow_insecure_urls
 
 
 def _is_public(address: str) -> bool:
@@ -317,16 +316,15 @@ class WebhookDeliverer:
         self._poll_seconds = poll_seconds  # safety net beside NOTIFY: retries come due without any notification
         self._http: httpx.AsyncClient | None = None
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
 
     async def start(self) -> None:
+        self._stopping.clear()
         self._task = asyncio.create_task(self._run(), name="webhook-deliverer")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await stop_background_task(self._task, self._stopping)
+        self._task = None
         if self._http is not None:
             await self._http.aclose()
             self._http = None
@@ -343,17 +341,21 @@ class WebhookDeliverer:
         return len(claimed)
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         backoff = 1.0
-        while True:
+        while not self._stopping.is_set():
             try:
                 async with await connect(self._state.database_url, self._state.settings) as listener:
                     await listener.execute(f"LISTEN {DELIVERIES_CHANNEL}")
                     backoff = 1.0
-                    while True:
-                        while await self.deliver_due() >= self._batch_size:
-                            pass
-                        async for _ in listener.notifies(timeout=self._poll_seconds, stop_after=1):
-                            pass
+                    due, next_poll = True, 0.0
+                    while not self._stopping.is_set():
+                        if due or loop.time() >= next_poll:
+                            while await self.deliver_due() >= self._batch_size:
+                                pass
+                            due, next_poll = False, loop.time() + self._poll_seconds
+                        async for _ in listener.notifies(timeout=STOP_CHECK_SECONDS, stop_after=1):
+                            due = True
             except (psycopg.Error, OSError) as exc:
                 # The database went away: keep the process serving, come back when it does.
                 log.warning("webhook deliverer: %s; retrying in %.0f s", exc, backoff)

@@ -61,6 +61,10 @@ class SeparateParams(_Params):
             raise ValueError(f"two_stems must be one of {list(sources)}")
         return self
 
+    def compute_factor(self) -> int:
+        """How many model passes a job makes: each shift is a pass, and htdemucs_ft is a bag of four models."""
+        return max(1, self.shifts) * (4 if self.model == "htdemucs_ft" else 1)
+
     def output_stems(self) -> list[str]:
         if self.two_stems:
             return [self.two_stems, f"no_{self.two_stems}"]
@@ -68,7 +72,9 @@ class SeparateParams(_Params):
 
 
 class EnhanceParams(_Params):
-    atten_lim_db: float | None = Field(default=None, ge=0, le=100, description="Noise attenuation limit; none = unlimited.")
+    atten_lim_db: float | None = Field(
+        default=None, ge=0, le=100, description="Noise attenuation limit in dB; none = unlimited."
+    )
     format: AudioFormat = "wav"
 
 

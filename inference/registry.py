@@ -35,12 +35,15 @@ class TaskSpec:
         return TASK_PARAMS[self.task]
 
     def price_units(self, params: BaseModel, audio_seconds: float | None) -> float:
-        """Units the rate applies to: audio minutes, or variants x output seconds for generation."""
+        """Units the rate applies to: audio minutes (times the passes, for separation), or variants x output
+        seconds for generation."""
         if self.price_unit == "variant_second":
             assert isinstance(params, GenerateParams)
             return params.variants * params.duration_s
         assert audio_seconds is not None
-        return audio_seconds / 60.0
+        minutes = audio_seconds / 60.0
+        # Separation's cost scales with its passes (shifts, bag size): price them, or shifts=10 runs at a loss.
+        return minutes * params.compute_factor() if isinstance(params, SeparateParams) else minutes
 
 
 def _separate_key(params: SeparateParams) -> str:
@@ -55,21 +58,24 @@ def _generate_key(params: GenerateParams) -> str:
     return params.model
 
 
-TASKS: dict[str, TaskSpec] = {
-    spec.task: spec
-    for spec in (
-        TaskSpec("separate", "Split music into stems (demucs).", "audio", "separation", True, "audio_minute",
-                 "inference.separate:build_engine", _separate_key),
-        TaskSpec("enhance", "Remove noise from speech (DeepFilterNet3).", "audio", "enhancement", False,
-                 "audio_minute", "inference.enhance:build_engine", lambda params: "deepfilternet3"),
-        TaskSpec("transcribe", "Speech to text with timestamps (whisper).", "audio", "transcription", True,
-                 "audio_minute", "inference.transcribe:build_engine", _transcribe_key),
-        TaskSpec("midi", "Audio to MIDI notes (basic-pitch).", "audio", "transcription", False, "audio_minute",
-                 "inference.midi:build_engine", lambda params: "basic-pitch"),
-        TaskSpec("generate", "Text to audio (diffusers).", "text", "generation", True, "variant_second",
-                 "inference.generate:build_engine", _generate_key),
-    )
-}
+_SPECS = (
+    TaskSpec(task="separate", description="Split music into stems (demucs).", input_kind="audio",
+             family="separation", gpu=True, price_unit="audio_minute",
+             engine_factory="inference.separate:build_engine", model_key=_separate_key),
+    TaskSpec(task="enhance", description="Remove noise from speech (DeepFilterNet3).", input_kind="audio",
+             family="enhancement", gpu=False, price_unit="audio_minute",
+             engine_factory="inference.enhance:build_engine", model_key=lambda params: "deepfilternet3"),
+    TaskSpec(task="transcribe", description="Speech to text with timestamps (whisper).", input_kind="audio",
+             family="transcription", gpu=True, price_unit="audio_minute",
+             engine_factory="inference.transcribe:build_engine", model_key=_transcribe_key),
+    TaskSpec(task="midi", description="Audio to MIDI notes (basic-pitch).", input_kind="audio",
+             family="transcription", gpu=False, price_unit="audio_minute",
+             engine_factory="inference.midi:build_engine", model_key=lambda params: "basic-pitch"),
+    TaskSpec(task="generate", description="Text to audio (diffusers).", input_kind="text",
+             family="generation", gpu=True, price_unit="variant_second",
+             engine_factory="inference.generate:build_engine", model_key=_generate_key),
+)  # fmt: skip
+TASKS: dict[str, TaskSpec] = {spec.task: spec for spec in _SPECS}
 
 
 def load_engine(task: str, model_key: str, weights_dir: Path, **options: Any) -> Engine:

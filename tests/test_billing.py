@@ -23,6 +23,9 @@ STRIPE_KEY = "sk_test_51QfakeKeyForTestsOnly000000000000000000000000"
 WEBHOOK_SECRET = "whsec_dGVzdC13ZWJob29rLXNlY3JldC1mb3ItYmlsbGluZy10ZXN0cw"
 WELCOME = 100
 
+# stripe-python's own HTTPX client passes bytes as `data=`; that is the library's, not ours to fix.
+pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
+
 
 @pytest.fixture
 def fake_stripe() -> Iterator[FakeStripe]:
@@ -48,6 +51,7 @@ def settings(tmp_path: Path, database_url: str, fake_stripe: FakeStripe) -> Sett
 
 @pytest.fixture
 async def app_state(app_state: Any) -> Any:
+    # The shared fixture leaves Stripe off; wire it the way api.local does.
     app_state.stripe = build_stripe_client(app_state.settings)
     return app_state
 
@@ -381,9 +385,9 @@ async def test_out_of_order_and_repeated_refunds_never_claw_back_twice(client, a
     # The newer event (1000 refunded in all) arrives first, then the older one (500), then a second copy of the
     # newer one under another event id.
     assert (await deliver(client, event("charge.refunded", newer))).json()["outcome"] == "refunded"
-    assert (await deliver(client, event("charge.refunded", older))).json()["outcome"] == "refund_already_applied"
+    assert (await deliver(client, event("charge.refunded", older))).json()["outcome"] == "refund_no_change"
     again = await deliver(client, event("charge.refunded", newer))
-    assert again.json()["outcome"] == "refund_already_applied"
+    assert again.json()["outcome"] == "refund_no_change"
     assert await available(client, alice) == WELCOME + 3000 - 1200
     async with app_state.pool.connection() as conn:
         kinds = await (

@@ -13,8 +13,7 @@ import pytest
 
 from api.errors import Problem
 from api.inputs import FetchPolicy, check_address, fetch_url, resolve_checked, safe_filename
-from api.jobs import FETCH_POLICY_SERVICE
-from tests.jobs_api_support import write_audio
+from tests.jobs_api_support import wait_final, write_audio
 
 STRICT = FetchPolicy()
 LOOPBACK_OK = FetchPolicy(allow_http=True, allow_private=True)
@@ -153,7 +152,7 @@ async def test_submit_by_url_runs_the_job(
         "/v1/jobs", headers=alice["headers"], json={"task": "midi", "input_url": f"{base}/clip.flac"}
     )
     assert denied.status_code == 422 and denied.json()["code"] == "input_url_not_allowed"
-    app_state.services[FETCH_POLICY_SERVICE] = LOOPBACK_OK
+    app_state.settings = app_state.settings.model_copy(update={"input_url_allow_insecure": True})
     quote = await client.post(
         "/v1/quotes", headers=alice["headers"], json={"task": "midi", "input_url": f"{base}/clip.flac"}
     )
@@ -167,3 +166,5 @@ async def test_submit_by_url_runs_the_job(
     job = created.json()
     assert job["input"]["source"] == "url" and job["input"]["bytes"] == len(audio)
     assert job["input"]["container"] == "flac"
+    final = await wait_final(client, alice["headers"], job["id"], app_state)
+    assert final["status"] == "succeeded", final

@@ -27,3 +27,11 @@ def test_generation_is_priced_per_variant_second() -> None:
     assert price("generate", GenerateParams(prompt="x", duration_s=10, variants=3), None) == 15
     assert price("generate", GenerateParams(prompt="x", duration_s=1, variants=1), None) == RATES["generate"].minimum
     assert price("midi", MidiParams(), 0.5) == RATES["midi"].minimum
+
+
+def test_separation_prices_each_pass_it_makes() -> None:
+    three_minutes = 180.0
+    assert price("separate", SeparateParams(), three_minutes) == 12
+    assert price("separate", SeparateParams(shifts=0), three_minutes) == 12  # shifts=0 is still one pass
+    assert price("separate", SeparateParams(shifts=5), three_minutes) == 60
+    assert price("separate", SeparateParams(model="htdemucs_ft", shifts=2), three_minutes) == 96

@@ -193,10 +193,18 @@ async def test_retention_deletes_inputs_of_final_jobs_and_expired_outputs(
             (Jsonb(outputs), expires, NOW, job_id),
         )
     input_refs = {job_id: (await job_row(conn, job_id))["input_ref"] for job_id in (expired, kept, waiting)}
+    for key, expires_in in (("old", "-1 minute"), ("fresh", "23 hours")):
+        await conn.execute(
+            "INSERT INTO idempotency_records (user_id, key, request_hash, expires_at)"
+            " VALUES (%s, %s, 'h', now() + %s::interval)",
+            (user, key, expires_in),
+        )
 
     report = await clean_retention(conn, storage, settings, NOW)
 
-    assert (report.inputs_deleted, report.outputs_deleted) == (2, 1)
+    assert (report.inputs_deleted, report.outputs_deleted, report.idempotency_records_deleted) == (2, 1, 1)
+    remaining = await (await conn.execute("SELECT key FROM idempotency_records")).fetchall()
+    assert remaining == [("fresh",)]
     assert not storage.path_for(settings.outputs_bucket, f"{user}/{expired}/enhanced.wav").exists()
     assert storage.path_for(settings.outputs_bucket, f"{user}/{kept}/enhanced.wav").exists()
     assert (await job_row(conn, expired))["outputs_deleted_at"] == NOW

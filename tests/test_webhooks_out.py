@@ -26,14 +26,10 @@ from api.settings import Settings
 from db.jobs import get_job
 
 
-class _Settings(Settings):
-    # Tests deliver to http://127.0.0.1, which production refuses.
-    webhook_allow_insecure_urls: bool = True
-
-
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
-    return _Settings(**settings.model_dump())
+    # Tests deliver to http://127.0.0.1, which production refuses.
+    return settings.model_copy(update={"webhook_allow_insecure_urls": True})
 
 
 class FakeClock:
@@ -410,7 +406,7 @@ async def test_delivery_refuses_hosts_resolving_to_private_addresses(app_state, 
         return ["93.184.216.34", "10.0.0.7"]  # one private answer is enough to refuse (DNS rebinding)
 
     strict = dataclasses.replace(
-        app_state, settings=Settings(**app_state.settings.model_dump(exclude={"webhook_allow_insecure_urls"}))
+        app_state, settings=app_state.settings.model_copy(update={"webhook_allow_insecure_urls": False})
     )
     job_id = await new_job(app_state, alice["id"], "https://hooks.example.com/x")
     delivery_id = await enqueue(app_state, clock, job_id, "job.succeeded", status="running")

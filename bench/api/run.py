@@ -86,8 +86,9 @@ def bench_settings(state_dir: Path, database_url: str, *, defer_dispatch: bool) 
     )
 
 
-def serve(settings: Settings, port_out: Connection) -> None:
-    """The child process: bind a free port, report it, and serve the app exactly as `studio serve` wires it."""
+def serve(settings: Settings, port_out: Connection, stop_in: Connection) -> None:
+    """The child process: bind a free port, report it, and serve the app exactly as `studio serve` wires it, until
+    `stop_in` reaches end of file (the parent closed it, or died)."""
     import uvicorn
 
     from api.app import create_app
@@ -95,7 +96,9 @@ def serve(settings: Settings, port_out: Connection) -> None:
     from api.services import background_services
 
     # Binding here (not picking a port in the parent and hoping it stays free) makes the port race-free.
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets whose proto says TCP; with proto 0, Nagle
+    # plus delayed ACKs adds ~40 ms to every response (uvicorn binding host/port itself gets this right).
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port_out.send(sock.getsockname()[1])
@@ -106,7 +109,17 @@ def serve(settings: Settings, port_out: Connection) -> None:
             app = create_app(state, background=background_services(state))
             # No access log: one stderr line per request would be part of the measurement and is not the API.
             config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5)
-            await uvicorn.Server(config).serve(sockets=[sock])
+            server = uvicorn.Server(config)
+            loop = asyncio.get_running_loop()
+
+            def stop() -> None:
+                loop.remove_reader(stop_in.fileno())
+                server.should_exit = True
+
+            # Not SIGTERM: uvicorn re-raises a captured SIGTERM after its shutdown, which kills this process before
+            # local_state's cleanup and orphans the worker pool. A pipe also stops us if the parent dies.
+            loop.add_reader(stop_in.fileno(), stop)
+            await server.serve(sockets=[sock])
 
     asyncio.run(main())
 
@@ -115,19 +128,31 @@ def serve(settings: Settings, port_out: Connection) -> None:
 class Server:
     process: multiprocessing.process.BaseProcess
     base_url: str
+    stop_out: Connection
 
     @classmethod
     def start(cls, settings: Settings) -> Server:
         context = multiprocessing.get_context("spawn")
         receive, send = context.Pipe(duplex=False)
-        process = context.Process(target=serve, args=(settings, send), name="bench-api-server")
+        stop_in, stop_out = context.Pipe(duplex=False)
+        process = context.Process(target=serve, args=(settings, send, stop_in), name="bench-api-server")
         process.start()
         send.close()
-        if not receive.poll(SERVER_START_TIMEOUT_S):
+        stop_in.close()
+        try:
+            if not receive.poll(SERVER_START_TIMEOUT_S):
+                raise EOFError
+            port = receive.recv()
+        except EOFError:
             process.kill()
-            raise RuntimeError("the server process did not report its port")
-        server = cls(process, f"http://127.0.0.1:{receive.recv()}")
-        server.wait_healthy()
+            process.join(10)
+            raise RuntimeError(f"the server process did not report its port (exit code {process.exitcode})") from None
+        server = cls(process, f"http://127.0.0.1:{port}", stop_out)
+        try:
+            server.wait_healthy()
+        except BaseException:
+            server.stop()
+            raise
         return server
 
     def wait_healthy(self) -> None:
@@ -145,9 +170,8 @@ class Server:
         raise RuntimeError(f"/v1/health did not answer 200 within {SERVER_START_TIMEOUT_S:g} s")
 
     def stop(self) -> None:
-        if self.process.is_alive():
-            self.process.terminate()  # SIGTERM: uvicorn shuts down, the lifespan stops services and the pool
-            self.process.join(30)
+        self.stop_out.close()  # end of file: uvicorn shuts down, then local_state stops the worker pool and the pool
+        self.process.join(60)
         if self.process.is_alive():
             self.process.kill()
             self.process.join(10)
@@ -332,8 +356,19 @@ class Profiler:
     def __init__(self, pid: int, output: Path) -> None:
         self.output = output
         self.process = subprocess.Popen(
-            [PY_SPY or "py-spy", "record", "--pid", str(pid), "--rate", "200", "--format", "raw", "--nonblocking",
-             "--output", str(output)],
+            [
+                PY_SPY or "py-spy",
+                "record",
+                "--pid",
+                str(pid),
+                "--rate",
+                "200",
+                "--format",
+                "raw",
+                "--nonblocking",
+                "--output",
+                str(output),
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
@@ -430,14 +465,21 @@ async def benchmark(args: argparse.Namespace, base_url: str, tokens: list[str], 
         pass
 
     phases: list[tuple[str, str, Op, int, Callable[[int, Any], None]]] = [
-        ("submit-multipart", f"POST /v1/jobs multipart: enhance, {INPUT_SECONDS:g} s wav ({len(wav)} bytes)",
-         submit_multipart, 202, keep_id),
+        (
+            "submit-multipart",
+            f"POST /v1/jobs multipart: enhance, {INPUT_SECONDS:g} s wav ({len(wav)} bytes)",
+            submit_multipart,
+            202,
+            keep_id,
+        ),
         ("submit-json", "POST /v1/jobs JSON: generate (no upload)", submit_json, 202, keep_id),
         ("get-job", "GET /v1/jobs/{id} (the client's own jobs)", get_job, 200, ignore),
     ]
     mode = "jobs stay queued (--defer-dispatch)" if args.defer_dispatch else "jobs dispatched to 1 local worker"
-    print(f"server {base_url}; {mode}; {args.repeat} round(s) per level, each at most {args.requests} requests "
-          f"or {args.seconds:g} s; figures are medians over rounds; cpu = CPU ms per successful request")
+    print(
+        f"server {base_url}; {mode}; {args.repeat} round(s) per level, each at most {args.requests} requests "
+        f"or {args.seconds:g} s; figures are medians over rounds; cpu = CPU ms per successful request"
+    )
     failed = 0
     try:
         for name, title, op, expect, on_ok in phases:
@@ -475,10 +517,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=30.0, help="time limit per round")
     parser.add_argument("--repeat", type=int, default=3, help="rounds per level; the table shows medians")
     parser.add_argument("--warmup", type=int, default=3, help="warm-up requests per client before each phase")
-    parser.add_argument("--only", nargs="+", choices=["submit-multipart", "submit-json", "get-job"],
-                        help="run only these phases (get-job polls the jobs the submit phases created)")
-    parser.add_argument("--defer-dispatch", action="store_true",
-                        help="leave jobs queued (max_running_jobs_per_user=0): the API's cost without the worker")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=["submit-multipart", "submit-json", "get-job"],
+        help="run only these phases (get-job polls the jobs the submit phases created)",
+    )
+    parser.add_argument(
+        "--defer-dispatch",
+        action="store_true",
+        help="leave jobs queued (max_running_jobs_per_user=0): the API's cost without the worker",
+    )
     parser.add_argument("--profile", type=Path, help="py-spy the API process into this folder and summarise it")
     args = parser.parse_args(argv)
     if min(args.clients) < 1 or args.requests < 1 or args.repeat < 1 or args.seconds <= 0 or args.warmup < 1:

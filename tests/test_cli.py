@@ -1,0 +1,99 @@
+"""The README's local flow as a user runs it: `studio serve` as a real process on a real port, then `studio token`,
+`studio submit --wait --out`, `studio jobs` and `studio credits`, each a separate process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.jobs_support import write_tone
+
+ROOT = Path(__file__).resolve().parents[1]
+STUDIO = [sys.executable, "-m", "api.cli"]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def served(database_url: str, tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "DATABASE_URL": database_url, "STUDIO_STATE_DIR": str(tmp_path / "state"),
+           "STUDIO_ENGINES": "builtin", "STUDIO_PUBLIC_BASE_URL": base, "STUDIO_WELCOME_CREDITS": "100"}  # fmt: skip
+    server = subprocess.Popen([*STUDIO, "serve", "--port", str(port), "--workers", "1"], cwd=ROOT, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # wait for a real condition: the health endpoint answering
+            try:
+                if httpx.get(f"{base}/v1/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert server.poll() is None, server.stdout.read() if server.stdout else "server exited"
+            assert time.monotonic() < deadline, "studio serve did not become healthy in 60 s"
+            time.sleep(0.1)
+        yield base, env
+    finally:
+        server.send_signal(signal.SIGTERM)
+        output, _ = server.communicate(timeout=60)
+        # A clean shutdown: uvicorn finished and our cleanup ran (no re-raised signal killing the process).
+        assert server.returncode == 0, output
+
+
+def _studio(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*STUDIO, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=180, check=False)
+
+
+def test_local_flow_serve_token_submit_follow_download(served: tuple[str, dict[str, str]], tmp_path: Path) -> None:
+    base, env = served
+    token = _studio(env, "token", "--email", "cli@example.com", "--credits", "500", "--curl")
+    assert token.returncode == 0, token.stderr
+    bearer = token.stdout.strip()
+    assert f"curl -s -H 'Authorization: Bearer {bearer}' {base}/v1/credits" in token.stderr
+    client_env = {**env, "STUDIO_API_URL": base, "STUDIO_TOKEN": bearer}
+
+    audio = write_tone(tmp_path / "tone.wav", seconds=2.0, rate=22050)
+    out = tmp_path / "out"
+    submitted = _studio(client_env, "submit", "midi", str(audio), "--param", "onset_threshold=0.6", "--out", str(out))
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    assert sorted(path.name for path in out.iterdir()) == ["notes.json", "notes.mid"]
+    assert isinstance(json.loads((out / "notes.json").read_text()), list | dict)
+    job_id = submitted.stdout.split()[1]
+
+    listed = _studio(client_env, "jobs")
+    assert listed.returncode == 0 and job_id in listed.stdout and "succeeded" in listed.stdout
+
+    credits = _studio(client_env, "credits", "--ledger")
+    assert credits.returncode == 0, credits.stderr
+    job = httpx.get(f"{base}/v1/jobs/{job_id}", headers={"Authorization": f"Bearer {bearer}"}).json()
+    assert job["params"]["onset_threshold"] == 0.6
+    assert credits.stdout.splitlines()[0] == f"available {500 - job['cost']}  held 0"
+    assert "capture" in credits.stdout and "adjustment" in credits.stdout
+
+
+def test_client_errors_are_one_clear_line(served: tuple[str, dict[str, str]], tmp_path: Path) -> None:
+    base, env = served
+    bearer = _studio(env, "token", "--email", "poor@example.com").stdout.strip()
+    client_env = {**env, "STUDIO_API_URL": base, "STUDIO_TOKEN": bearer}
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    result = _studio(client_env, "submit", "midi", str(empty))
+    assert result.returncode == 1
+    assert result.stderr.strip() == "error: 422 empty_file: " + result.stderr.split("empty_file: ", 1)[1].strip()
+    missing_token = _studio({**env, "STUDIO_TOKEN": ""}, "jobs")
+    assert missing_token.returncode == 2 and "STUDIO_TOKEN" in missing_token.stderr

@@ -36,14 +36,9 @@ from inference.params import (
     SeparateParams,
     TranscribeParams,
 )
+from inference.transcript import Segment, Word, write_transcript
 
 BLOCK_SECONDS = 10.0
-TEXT_TYPES = {
-    "json": "application/json",
-    "txt": "text/plain; charset=utf-8",
-    "srt": "application/x-subrip",
-    "vtt": "text/vtt",
-}
 # Which band each stem gets, lowest first: stems are ordered by where their energy usually sits.
 _STEM_ORDER = ("bass", "piano", "guitar", "vocals", "other", "drums")
 _GENERATE_RATE = 44100
@@ -187,41 +182,14 @@ class BuiltinEngine:
         voiced = np.concatenate(levels) > 10 ** (-40 / 20) if levels else np.zeros(0, bool)
         regions = _regions(voiced, hop / rate, merge_gap_s=0.3, min_s=0.1)
         language = params.language or "en"
-        segments = []
-        for index, (start, end) in enumerate(regions):
-            segment: dict[str, Any] = {"id": index, "start": round(start, 3), "end": round(end, 3), "text": "[speech]"}
-            if params.word_timestamps:
-                segment["words"] = [
-                    {"word": "[speech]", "start": round(start, 3), "end": round(end, 3), "probability": 1.0}
-                ]
-            segments.append(segment)
-        document = {
-            "language": language,
-            "task": params.task,
-            "model": self.model_key,
-            "duration": round(info.duration_s, 3),
-            "text": " ".join(s["text"] for s in segments),
-            "segments": segments,
-        }
-        files = {
-            "transcript.json": json.dumps(document, indent=2) + "\n",
-            "transcript.txt": "".join(f"{s['text']}\n" for s in segments),
-            "transcript.srt": "".join(
-                f"{i}\n{_stamp(s['start'], ',')} --> {_stamp(s['end'], ',')}\n{s['text']}\n\n"
-                for i, s in enumerate(segments, start=1)
-            ),
-            "transcript.vtt": "WEBVTT\n\n"
-            + "".join(f"{_stamp(s['start'], '.')} --> {_stamp(s['end'], '.')}\n{s['text']}\n\n" for s in segments),
-        }
-        outputs = []
-        for name, text in files.items():
-            path = out_dir / name
-            path.write_text(text, encoding="utf-8")
-            outputs.append(
-                OutputFile(
-                    name, path, TEXT_TYPES[name.rsplit(".", 1)[1]], {"language": language, "segments": len(segments)}
-                )
-            )
+        segments = [
+            Segment(start=start, end=end, text="[speech]",
+                    words=(Word("[speech]", start, end, 1.0),) if params.word_timestamps else None)
+            for start, end in regions
+        ]  # fmt: skip
+        outputs = write_transcript(
+            out_dir, segments, language=language, task=params.task, model=self.model_key, duration=info.duration_s
+        )
         progress(1.0, "done")
         return EngineResult(outputs, {"audio_seconds": info.duration_s})
 
@@ -382,11 +350,3 @@ def _varlen(value: int) -> bytes:
         out.append(0x80 | (value & 0x7F))
         value >>= 7
     return bytes(reversed(out))
-
-
-def _stamp(seconds: float, marker: str) -> str:
-    millis = max(0, round(seconds * 1000))
-    hours, millis = divmod(millis, 3_600_000)
-    minutes, millis = divmod(millis, 60_000)
-    secs, millis = divmod(millis, 1000)
-    return f"{hours:02d}:{minutes:02d}:{secs:02d}{marker}{millis:03d}"

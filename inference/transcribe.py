@@ -21,9 +21,7 @@ segments are committed); see `_whisper_progress`.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
-import json
 import os
 import threading
 from collections.abc import Iterator
@@ -38,34 +36,13 @@ import whisper
 from pydantic import BaseModel
 
 from inference import audio
-from inference.base import EngineResult, OutputFile, ProgressFn
+from inference.base import EngineResult, ProgressFn
+from inference.models import sha256_file
 from inference.params import TranscribeParams
+from inference.transcript import Segment, Word, write_transcript
 
 SAMPLE_RATE = whisper.audio.SAMPLE_RATE  # 16 kHz
 DECODE_SHARE = 0.05  # progress fraction given to decoding the input; transcription gets the rest
-
-CONTENT_TYPES = {
-    "json": "application/json",
-    "txt": "text/plain; charset=utf-8",
-    "srt": "application/x-subrip",
-    "vtt": "text/vtt",
-}
-
-
-@dataclass(frozen=True)
-class Word:
-    word: str
-    start: float
-    end: float
-    probability: float
-
-
-@dataclass(frozen=True)
-class Segment:
-    start: float
-    end: float
-    text: str
-    words: tuple[Word, ...] | None = None  # None when word timestamps were not asked for
 
 
 @dataclass(frozen=True)
@@ -83,14 +60,6 @@ def official_checkpoint(name: str, folder: Path) -> Checkpoint | None:
     return Checkpoint(
         path=folder / os.path.basename(url), sha256=url.split("/")[-2], alignment_heads=whisper._ALIGNMENT_HEADS[name]
     )
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def load_checkpoint(checkpoint: Checkpoint, device: str) -> whisper.Whisper:
@@ -162,26 +131,8 @@ class TranscribeEngine:
         segments = [segment for segment in segments if segment.text]
         language = str(result["language"])
 
-        files = {
-            "transcript.json": write_json(
-                segments, language=language, task=params.task, model=self.name, duration=duration
-            ),
-            "transcript.txt": write_txt(segments),
-            "transcript.srt": write_srt(segments),
-            "transcript.vtt": write_vtt(segments),
-        }
-        outputs = []
-        for name, text in files.items():
-            path = out_dir / name
-            path.write_text(text, encoding="utf-8")
-            outputs.append(
-                OutputFile(
-                    name=name,
-                    path=path,
-                    content_type=CONTENT_TYPES[path.suffix[1:]],
-                    metadata={"language": language, "segments": len(segments)},
-                )
-            )
+        outputs = write_transcript(out_dir, segments, language=language, task=params.task, model=self.name,
+                                   duration=duration)  # fmt: skip
         progress(1.0, "done")
         return EngineResult(outputs=outputs, metrics={"audio_seconds": duration})
 
@@ -195,72 +146,6 @@ def _segment(raw: dict[str, Any], with_words: bool) -> Segment:
             for w in raw.get("words", [])
         )
     return Segment(start=start, end=max(start, float(raw["end"])), text=str(raw["text"]).strip(), words=words)
-
-
-def _seconds(value: float) -> float:
-    return round(value, 3)
-
-
-def write_json(segments: list[Segment], *, language: str, task: str, model: str, duration: float) -> str:
-    def segment_json(index: int, segment: Segment) -> dict[str, Any]:
-        item: dict[str, Any] = {
-            "id": index,
-            "start": _seconds(segment.start),
-            "end": _seconds(segment.end),
-            "text": segment.text,
-        }
-        if segment.words is not None:
-            item["words"] = [
-                {
-                    "word": w.word,
-                    "start": _seconds(w.start),
-                    "end": _seconds(w.end),
-                    "probability": round(w.probability, 4),
-                }
-                for w in segment.words
-            ]
-        return item
-
-    document = {
-        "language": language,
-        "task": task,
-        "model": model,
-        "duration": _seconds(duration),
-        "text": " ".join(segment.text for segment in segments),
-        "segments": [segment_json(index, segment) for index, segment in enumerate(segments)],
-    }
-    return json.dumps(document, ensure_ascii=False, indent=2) + "\n"
-
-
-def write_txt(segments: list[Segment]) -> str:
-    return "".join(f"{_cue_text(segment.text)}\n" for segment in segments)
-
-
-def _timestamp(seconds: float, decimal_marker: str) -> str:
-    millis = max(0, round(seconds * 1000))  # round once, then split: 59.9996 s must not print as 00:00:60
-    hours, millis = divmod(millis, 3_600_000)
-    minutes, millis = divmod(millis, 60_000)
-    secs, millis = divmod(millis, 1000)
-    return f"{hours:02d}:{minutes:02d}:{secs:02d}{decimal_marker}{millis:03d}"
-
-
-def _cue_text(text: str) -> str:
-    # A blank line ends a cue and "-->" starts a timing line in both SRT and VTT: keep text on one safe line.
-    return " ".join(text.split()).replace("-->", "->")
-
-
-def write_srt(segments: list[Segment]) -> str:
-    return "".join(
-        f"{index}\n{_timestamp(s.start, ',')} --> {_timestamp(s.end, ',')}\n{_cue_text(s.text)}\n\n"
-        for index, s in enumerate(segments, start=1)
-    )
-
-
-def write_vtt(segments: list[Segment]) -> str:
-    cues = "".join(
-        f"{_timestamp(s.start, '.')} --> {_timestamp(s.end, '.')}\n{_cue_text(s.text)}\n\n" for s in segments
-    )
-    return f"WEBVTT\n\n{cues}"
 
 
 def build_engine(

@@ -75,26 +75,12 @@ def settings(tmp_path: Path, database_url: str) -> Any:
 
 
 @pytest.fixture
-async def app_state(settings: Any, database_url: str) -> AsyncIterator[Any]:
-    from api.app import AppState
-    from api.database import open_pool, secret_key
-    from api.dispatch import LocalDispatcher
-    from api.storage import LocalStorage
+async def app_state(settings: Any) -> AsyncIterator[Any]:
+    """The collaborators exactly as local mode wires them (api.local), on this test's database."""
+    from api.local import local_state
 
-    pool = await open_pool(database_url, settings)
-    signing_key = secret_key(settings)
-    dispatcher = LocalDispatcher(settings, database_url)
-    state = AppState(
-        settings=settings,
-        pool=pool,
-        database_url=database_url,
-        storage=LocalStorage(settings.state_dir / "files", signing_key, settings.public_base_url),
-        dispatcher=dispatcher,
-        signing_key=signing_key,
-    )
-    yield state
-    await dispatcher.close()
-    await pool.close()
+    async with local_state(settings) as state:
+        yield state
 
 
 @pytest.fixture

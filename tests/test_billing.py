@@ -8,7 +8,6 @@ import json
 import time
 from collections.abc import Iterator
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -35,25 +34,16 @@ def fake_stripe() -> Iterator[FakeStripe]:
 
 
 @pytest.fixture
-def settings(tmp_path: Path, database_url: str, fake_stripe: FakeStripe) -> Settings:
-    return Settings(
-        database_url=database_url,
-        state_dir=tmp_path / "state",
-        engines="builtin",
-        secret_key="test-secret-key-not-for-production-000000000000",
-        public_base_url="http://testserver",
-        welcome_credits=WELCOME,
-        stripe_secret_key=STRIPE_KEY,
-        stripe_webhook_secret=WEBHOOK_SECRET,
-        stripe_api_base=fake_stripe.base_url,
+def settings(settings: Settings, fake_stripe: FakeStripe) -> Settings:
+    # api.local builds the Stripe client from these, pointed at the local fake.
+    return settings.model_copy(
+        update={
+            "welcome_credits": WELCOME,
+            "stripe_secret_key": STRIPE_KEY,
+            "stripe_webhook_secret": WEBHOOK_SECRET,
+            "stripe_api_base": fake_stripe.base_url,
+        }
     )
-
-
-@pytest.fixture
-async def app_state(app_state: Any) -> Any:
-    # The shared fixture leaves Stripe off; wire it the way api.local does.
-    app_state.stripe = build_stripe_client(app_state.settings)
-    return app_state
 
 
 # ---- helpers ----

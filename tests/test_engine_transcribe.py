@@ -18,17 +18,8 @@ import soundfile as sf
 from inference.base import EngineError
 from inference.params import WHISPER_LANGUAGES, WHISPER_MODELS, TranscribeParams
 from inference.registry import load_engine
-from inference.transcribe import (
-    Segment,
-    TranscribeEngine,
-    Word,
-    build_engine,
-    official_checkpoint,
-    write_json,
-    write_srt,
-    write_txt,
-    write_vtt,
-)
+from inference.transcribe import TranscribeEngine, build_engine, official_checkpoint
+from inference.transcript import Segment, Word, write_json, write_srt, write_txt, write_vtt
 from tests.tiny_whisper import SCRIPT_LANGUAGE, build_tiny_whisper
 
 REPO = Path(__file__).resolve().parents[1]

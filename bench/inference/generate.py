@@ -31,6 +31,7 @@ _BUILDERS = {"stable-audio-open": build_stable_audio, "audioldm2": build_audiold
 
 
 def _make_prompt(minutes: float, folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
     path = folder / "prompt.txt"
     path.write_text("upbeat electronic music with heavy drums\n")
     return path

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -11,44 +10,24 @@ import soundfile as sf
 import torch
 import yaml
 from demucs.apply import apply_model
-from demucs.htdemucs import HTDemucs
-from demucs.states import get_state, save_with_checksum
 
 from inference.base import EngineError
-from inference.params import DEMUCS_SOURCES, SeparateParams
+from inference.params import SeparateParams
 from inference.separate import build_engine
+from tests.tiny_demucs import build_tiny_demucs, save_demucs, tiny_htdemucs
 
 pytestmark = pytest.mark.engine
 RATE = 44100
 
 
-def _tiny_htdemucs(seed: int) -> HTDemucs:
-    torch.manual_seed(seed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # demucs warns about zero-size init at these tiny widths
-        return HTDemucs(
-            list(DEMUCS_SOURCES["htdemucs"]), channels=4, depth=4, dconv_comp=2, t_layers=1, t_heads=2, segment=2
-        )
-
-
-def _save(model: HTDemucs, repo: Path, sig: str) -> None:
-    """demucs's release format: {klass, args, kwargs, state (fp16)} saved as `<sig>-<sha256[:8]>.th`."""
-    args, kwargs = model._init_args_kwargs
-    package = {"klass": model.__class__, "args": args, "kwargs": kwargs, "state": get_state(model, None, half=True)}
-    save_with_checksum(package, repo / f"{sig}.th")
-
-
 @pytest.fixture(scope="session")
 def weights(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("weights")
-    single = root / "demucs" / "htdemucs"
-    single.mkdir(parents=True)
-    _save(_tiny_htdemucs(0), single, "a1b2c3d4")
-    (single / "htdemucs.yaml").write_text(yaml.safe_dump({"models": ["a1b2c3d4"]}))
+    build_tiny_demucs(root)
     bag = root / "demucs" / "htdemucs_ft"
     bag.mkdir(parents=True)
     for index, sig in enumerate(["0000aaaa", "1111bbbb"]):
-        _save(_tiny_htdemucs(index + 1), bag, sig)
+        save_demucs(tiny_htdemucs(index + 1), bag, sig)
     weights_per_model = [[1.0, 0.0, 1.0, 0.0], [0.0, 1.0, 0.0, 1.0]]
     (bag / "htdemucs_ft.yaml").write_text(
         yaml.safe_dump({"models": ["0000aaaa", "1111bbbb"], "weights": weights_per_model})

@@ -59,13 +59,18 @@ class MidiEngine:
         self.notes(self.posteriorgram([tone])[0], MidiParams())
 
     def posteriorgram(
-        self, blocks: Iterable[np.ndarray], on_window: Callable[[int], None] | None = None
+        self,
+        blocks: Iterable[np.ndarray],
+        on_window: Callable[[int], None] | None = None,
+        expected_windows: int = 0,
     ) -> tuple[dict[str, np.ndarray], int]:
         """The model's note/onset/contour matrices for mono blocks at 22,050 Hz, and the number of samples seen.
 
-        Equal to `basic_pitch.inference.run_inference` on the concatenated blocks.
+        Equal to `basic_pitch.inference.run_inference` on the concatenated blocks. Windows are written into arrays
+        sized from `expected_windows` (the probed duration), so the matrices are never held twice.
         """
-        pieces: dict[str, list[np.ndarray]] = {key: [] for key in _OUTPUT_KEYS}
+        matrices: dict[str, np.ndarray] = {}
+        filled = 0
         samples = 0
 
         def counted() -> Iterator[np.ndarray]:
@@ -76,16 +81,23 @@ class MidiEngine:
 
         for index, window in enumerate(_windows(counted())):
             for key, value in self.model.predict(window[None, :, None]).items():
-                pieces[key].append(value[0, _TRIM:-_TRIM])
+                piece = value[0, _TRIM:-_TRIM]
+                matrix = matrices.get(key)
+                if matrix is None or filled + len(piece) > len(matrix):
+                    # First window, or the probe under-counted (VBR headers): grow, amortised by doubling.
+                    rows = max(filled + len(piece), expected_windows * len(piece), 2 * filled)
+                    grown = np.empty((rows, *piece.shape[1:]), dtype=piece.dtype)
+                    if matrix is not None:
+                        grown[:filled] = matrix[:filled]
+                    matrices[key] = matrix = grown
+                matrix[filled : filled + len(piece)] = piece
+            filled += len(piece)
             if on_window is not None:
                 on_window(index + 1)
         if samples == 0:
             raise EngineError("the audio is empty", code="empty_audio")
         frames = int(np.floor(samples * (ANNOTATIONS_FPS / AUDIO_SAMPLE_RATE)))
-        output = {}
-        for key in _OUTPUT_KEYS:
-            output[key] = np.concatenate(pieces.pop(key))[:frames]
-        return output, samples
+        return {key: matrices[key][:frames] for key in _OUTPUT_KEYS}, samples
 
     @staticmethod
     def notes(output: dict[str, np.ndarray], params: MidiParams) -> tuple[Any, list[tuple]]:
@@ -114,6 +126,7 @@ class MidiEngine:
         output, samples = self.posteriorgram(
             audio.iter_blocks(input_path, sample_rate=AUDIO_SAMPLE_RATE, mono=True),
             on_window=lambda done: progress(min(0.9, 0.9 * done / expected_windows), "transcribing"),
+            expected_windows=expected_windows,
         )
         progress(0.9, "notes")
         midi, events = self.notes(output, params)

@@ -31,6 +31,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import torch
 import whisper
 from pydantic import BaseModel
@@ -73,15 +74,16 @@ def load_checkpoint(checkpoint: Checkpoint, device: str) -> whisper.Whisper:
     return model
 
 
-# whisper.transcribe has no progress callback; we swap the `tqdm` module it looks up for the duration of a call,
-# so calls in one process are serialised (one model, one device: they would queue anyway).
+# whisper.transcribe has no progress callback and no way to bound its spectrogram's memory; we swap the `tqdm`
+# module and the `log_mel_spectrogram` function it looks up for the duration of a call, so calls in one process
+# are serialised (one model, one device: they would queue anyway).
 _TRANSCRIBE_LOCK = threading.Lock()
 # The module, not the function whisper/__init__.py re-exports under the same name.
 _WHISPER_TRANSCRIBE_MODULE = importlib.import_module("whisper.transcribe")
 
 
 @contextmanager
-def _whisper_progress(progress: ProgressFn, start: float) -> Iterator[None]:
+def _whisper_hooks(progress: ProgressFn, start: float) -> Iterator[None]:
     class FrameProgress:
         def __init__(self, total: int, **_: Any) -> None:
             self.total = max(1, total)
@@ -97,12 +99,53 @@ def _whisper_progress(progress: ProgressFn, start: float) -> Iterator[None]:
             self.done += frames
             progress(start + (1.0 - start) * min(1.0, self.done / self.total), "transcribing")
 
-    original = _WHISPER_TRANSCRIBE_MODULE.tqdm
+    original = _WHISPER_TRANSCRIBE_MODULE.tqdm, _WHISPER_TRANSCRIBE_MODULE.log_mel_spectrogram
     _WHISPER_TRANSCRIBE_MODULE.tqdm = SimpleNamespace(tqdm=FrameProgress)
+    # The same spectrogram in bounded memory (see chunked_log_mel_spectrogram).
+    _WHISPER_TRANSCRIBE_MODULE.log_mel_spectrogram = chunked_log_mel_spectrogram
     try:
         yield
     finally:
-        _WHISPER_TRANSCRIBE_MODULE.tqdm = original
+        _WHISPER_TRANSCRIBE_MODULE.tqdm, _WHISPER_TRANSCRIBE_MODULE.log_mel_spectrogram = original
+
+
+MEL_FRAMES_PER_CHUNK = 6000  # 60 s of audio per STFT chunk
+
+
+def chunked_log_mel_spectrogram(
+    audio: np.ndarray | torch.Tensor,
+    n_mels: int = 80,
+    padding: int = 0,
+    device: str | torch.device | None = None,
+    frames_per_chunk: int = MEL_FRAMES_PER_CHUNK,
+) -> torch.Tensor:
+    """whisper.audio.log_mel_spectrogram, computed 60 s at a time.
+
+    Whisper's own version pads a copy of the whole input and holds its whole STFT (about 4x the decoded audio for
+    a long file); here the padded signal is virtual (reflect + zero padding by index) and only one chunk's STFT
+    exists at a time, so peak memory is the mel itself (half the size of the 16 kHz audio) plus one chunk.
+    """
+    samples = audio if torch.is_tensor(audio) else torch.from_numpy(np.asarray(audio, dtype=np.float32))
+    target = torch.device(device) if device is not None else samples.device
+    n_fft, hop = whisper.audio.N_FFT, whisper.audio.HOP_LENGTH
+    length, total = samples.shape[-1], samples.shape[-1] + padding
+    n_frames = total // hop  # torch.stft(center=True) gives total // hop + 1 frames; whisper drops the last
+    window = torch.hann_window(n_fft, device=target)
+    filters = whisper.audio.mel_filters(target, n_mels)
+    log_spec = torch.empty(n_mels, n_frames, device=target)
+    for first in range(0, n_frames, frames_per_chunk):
+        last = min(n_frames, first + frames_per_chunk)
+        # Positions in the centred signal: reflect-padded by n_fft // 2 at both ends, zero-padded on the right.
+        index = torch.arange(first * hop, (last - 1) * hop + n_fft) - n_fft // 2
+        index = torch.where(index < 0, -index, index)
+        index = torch.where(index >= total, 2 * (total - 1) - index, index)
+        chunk = torch.zeros(index.shape[0])
+        inside = index < length
+        chunk[inside] = samples[index[inside]].float()
+        stft = torch.stft(chunk.to(target), n_fft, hop, window=window, center=False, return_complex=True)
+        log_spec[:, first:last] = torch.clamp(filters @ stft.abs() ** 2, min=1e-10).log10()
+    torch.maximum(log_spec, log_spec.max() - 8.0, out=log_spec)
+    return log_spec.add_(4.0).div_(4.0)
 
 
 class TranscribeEngine:
@@ -117,7 +160,7 @@ class TranscribeEngine:
         samples = audio.decode(input_path, sample_rate=SAMPLE_RATE, mono=True)[0]
         duration = len(samples) / SAMPLE_RATE
         progress(DECODE_SHARE, "transcribing")
-        with _TRANSCRIBE_LOCK, _whisper_progress(progress, DECODE_SHARE):
+        with _TRANSCRIBE_LOCK, _whisper_hooks(progress, DECODE_SHARE):
             result = whisper.transcribe(
                 self.model,
                 samples,

@@ -18,7 +18,7 @@ import soundfile as sf
 from inference.base import EngineError
 from inference.params import WHISPER_LANGUAGES, WHISPER_MODELS, TranscribeParams
 from inference.registry import load_engine
-from inference.transcribe import TranscribeEngine, build_engine, official_checkpoint
+from inference.transcribe import TranscribeEngine, build_engine, chunked_log_mel_spectrogram, official_checkpoint
 from inference.transcript import Segment, Word, write_json, write_srt, write_txt, write_vtt
 from tests.tiny_whisper import SCRIPT_LANGUAGE, build_tiny_whisper
 
@@ -175,3 +175,17 @@ def test_txt_and_json_writers() -> None:
                   {"word": " there.", "start": 1.2, "end": 2.5, "probability": 0.8}],
     }  # fmt: skip
     assert document["segments"][1]["start"] == 60.0 and document["segments"][1]["words"] == []
+
+
+@pytest.mark.parametrize(
+    ("samples", "padding", "frames_per_chunk", "n_mels"),
+    [(401, 0, 3, 80), (16000 * 7 + 37, 480000, 97, 80), (16000 * 95 + 5, 480000, 6000, 128)],
+)
+def test_chunked_log_mel_equals_whispers_own(samples: int, padding: int, frames_per_chunk: int, n_mels: int) -> None:
+    import whisper
+
+    audio = (np.random.default_rng(samples).standard_normal(samples) * 0.1).astype(np.float32)
+    expected = whisper.audio.log_mel_spectrogram(audio, n_mels, padding=padding)
+    got = chunked_log_mel_spectrogram(audio, n_mels, padding=padding, frames_per_chunk=frames_per_chunk)
+    assert got.shape == expected.shape
+    assert np.array_equal(got.numpy(), expected.numpy())

@@ -38,7 +38,7 @@ from pydantic import BaseModel
 
 from inference import audio
 from inference.base import EngineResult, ProgressFn
-from inference.models import sha256_file
+from inference.models import load_lock, sha256_file
 from inference.params import TranscribeParams
 from inference.transcript import Segment, Word, write_transcript
 
@@ -196,15 +196,19 @@ def build_engine(
 ) -> TranscribeEngine:
     """Load `whisper/<name>` from `weights_dir/whisper/<name>/`.
 
-    Official names are checked against whisper's own sha256 and get their alignment heads; `sha256` is only for
-    other checkpoints (`<name>.pt` in whisper's format), which have no official hash to check against.
+    Official names are checked against whisper's own sha256 and get their alignment heads. Other checkpoints
+    (`<name>.pt` in whisper's format) are checked against `sha256`, else against their pin in models.lock: an
+    unpinned checkpoint is never loaded.
     """
     name = model_key.removeprefix("whisper/")
     folder = Path(weights_dir) / model_key
     checkpoint = official_checkpoint(name, folder)
     if checkpoint is None:
         if sha256 is None:
-            raise ValueError(f"{name} is not an official whisper model: give the sha256 of its checkpoint")
+            pins = {model_file.path: model_file.sha256 for model_file in load_lock().get(model_key).files}
+            sha256 = pins.get(f"{name}.pt")
+        if not sha256:
+            raise ValueError(f"{name} is not an official whisper model and models.lock pins no {name}.pt")
         checkpoint = Checkpoint(path=folder / f"{name}.pt", sha256=sha256, alignment_heads=None)
     elif sha256 is not None and sha256 != checkpoint.sha256:
         raise ValueError(f"sha256 given for {name} differs from the official one")

@@ -16,11 +16,12 @@ import pytest
 import soundfile as sf
 
 from inference.base import EngineError
+from inference.models import UnknownModel
 from inference.params import WHISPER_LANGUAGES, WHISPER_MODELS, TranscribeParams
 from inference.registry import load_engine
 from inference.transcribe import TranscribeEngine, build_engine, chunked_log_mel_spectrogram, official_checkpoint
 from inference.transcript import Segment, Word, write_json, write_srt, write_txt, write_vtt
-from tests.tiny_whisper import SCRIPT_LANGUAGE, build_tiny_whisper
+from tests.tiny_whisper import SCRIPT_LANGUAGE, build_tiny_whisper, lock_pinning
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -122,7 +123,7 @@ def test_loader_verifies_checkpoints_before_loading(tiny: tuple[Path, str, str],
     weights_dir, model_key, sha256 = tiny
     with pytest.raises(RuntimeError, match="sha256"):
         build_engine(model_key, weights_dir, sha256="0" * 64)
-    with pytest.raises(ValueError, match="not an official"):
+    with pytest.raises(UnknownModel):  # not official and not pinned in models.lock: never loaded
         build_engine(model_key, weights_dir)
     # Official names: whisper's own sha256 is expected, and a missing or wrong file never triggers a download.
     with pytest.raises(FileNotFoundError, match="pull"):
@@ -131,6 +132,17 @@ def test_loader_verifies_checkpoints_before_loading(tiny: tuple[Path, str, str],
     (tmp_path / "whisper" / "tiny" / "tiny.pt").write_bytes(b"not the official tiny checkpoint")
     with pytest.raises(RuntimeError, match="sha256"):
         build_engine("whisper/tiny", tmp_path)
+
+
+def test_a_checkpoint_pinned_in_models_lock_loads_without_a_sha256_argument(
+    tiny: tuple[Path, str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    weights_dir, model_key, sha256 = tiny
+    monkeypatch.setenv("STUDIO_MODELS_LOCK", str(lock_pinning(tmp_path, model_key, sha256)))
+    assert build_engine(model_key, weights_dir).name == model_key.removeprefix("whisper/")
+    monkeypatch.setenv("STUDIO_MODELS_LOCK", str(lock_pinning(tmp_path, model_key, "0" * 64)))
+    with pytest.raises(RuntimeError, match="sha256"):
+        build_engine(model_key, weights_dir)
 
 
 def test_official_checkpoints_match_models_lock(tmp_path: Path) -> None:

@@ -201,7 +201,7 @@ def test_midi_and_enhance_workers_run_real_models_through_local(
 @pytest.mark.engine
 @pytest.mark.parametrize("task", ["separate", "generate"])
 def test_gpu_worker_classes_run_tiny_real_models_through_local(
-    task: str, worker_env: Settings, database_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    task: str, worker_env: Settings, database_url: str, tmp_path: Path
 ) -> None:
     """Tiny random models saved in each library's own format where the real weights would be, loaded by the
     same enter hooks (and preload) the containers run."""
@@ -226,19 +226,23 @@ def test_gpu_worker_classes_run_tiny_real_models_through_local(
     assert {output["name"] for output in job["outputs"]} == expected
 
 
-def test_transcribe_worker_class_runs_the_job_path_through_local(
+@pytest.mark.engine
+def test_transcribe_worker_class_runs_a_tiny_whisper_through_local(
     worker_env: Settings, database_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """Whisper's loader accepts only checkpoints whose sha256 it knows (the official ones), so a tiny random model
-    cannot stand in for large-v3-turbo: this class runs the builtin engine through the same enter hooks and runner
-    (the whisper engine has its own tests on a tiny checkpoint)."""
-    monkeypatch.setenv("STUDIO_ENGINES", "builtin")
-    monkeypatch.setattr(modal_app.TranscribeWorker._get_user_cls(), "preload_models", ("builtin",))
-    _, job_id = _queued_job(database_url, worker_env, write_tone(tmp_path / "speech.wav"), "transcribe", "builtin")
+    """A tiny whisper checkpoint in whisper's own format, pinned in a models.lock the way a custom model would be
+    (the loader refuses unpinned checkpoints), preloaded by the class's enter hooks in place of large-v3-turbo."""
+    from tests.tiny_whisper import build_tiny_whisper, lock_pinning
+
+    model_key, sha256 = build_tiny_whisper(worker_env.weights_path)
+    monkeypatch.setenv("STUDIO_MODELS_LOCK", str(lock_pinning(tmp_path, model_key, sha256)))
+    monkeypatch.setattr(modal_app.TranscribeWorker._get_user_cls(), "preload_models", (model_key,))
+    _, job_id = _queued_job(database_url, worker_env, write_tone(tmp_path / "speech.wav"), "transcribe", model_key)
     assert modal_app.TranscribeWorker().run.local(str(job_id)) == "succeeded"
     job, kinds = _finished(database_url, job_id)
     assert job["status"] == "succeeded" and kinds == ["hold", "capture"]
-    assert {output["name"] for output in job["outputs"]} >= {"transcript.json", "transcript.srt"}
+    names = {output["name"] for output in job["outputs"]}
+    assert names == {"transcript.json", "transcript.txt", "transcript.srt", "transcript.vtt"}
 
 
 async def _set_params(database_url: str, job_id: UUID, params: dict[str, Any], *, keep_input: bool) -> None:

@@ -84,3 +84,27 @@ def build_tiny_whisper(weights_dir: Path, name: str = "tiny-scripted", seed: int
     path = folder / f"{name}.pt"
     torch.save({"dims": asdict(DIMS), "model_state_dict": _scripted_model(seed).state_dict()}, path)
     return model_key, hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def lock_pinning(tmp_dir: Path, model_key: str, sha256: str) -> Path:
+    """A copy of the repo's models.lock with the tiny checkpoint pinned: what an operator adds for a custom model."""
+    from inference.models import DEFAULT_LOCK_PATH
+
+    name = model_key.removeprefix("whisper/")
+    entry = f"""
+
+[models."{model_key}"]
+task = "transcribe"
+source = "built by tests/tiny_whisper.py"
+licence = "MIT"
+commercial_use = true
+enabled_by_default = false
+
+[[models."{model_key}".files]]
+path = "{name}.pt"
+url = "http://127.0.0.1:9/{name}.pt"
+sha256 = "{sha256}"
+"""
+    lock = tmp_dir / "models.lock"
+    lock.write_text(DEFAULT_LOCK_PATH.read_text() + entry)
+    return lock

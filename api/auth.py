@@ -361,14 +361,8 @@ class ProblemBody(BaseModel):
 
 
 def problem_doc(status: int, code: str, description: str) -> dict[str, Any]:
-    """An OpenAPI `responses=` entry for a problem+json answer."""
-    example = {
-        "type": f"https://docs.audio-studio.dev/errors/{code}",
-        "title": description,
-        "status": status,
-        "detail": description,
-        "code": code,
-    }
+    """An OpenAPI `responses=` entry for a problem+json answer, its example rendered by `Problem` itself."""
+    example = Problem(status, code, description).body()
     return {
         "model": ProblemBody,
         "description": description,

@@ -22,7 +22,7 @@ from psycopg.rows import dict_row
 
 from api import job_view
 from api.app import STOP_CHECK_SECONDS, AppState, get_state, stop_background_task
-from api.auth import CurrentUser
+from api.auth import CurrentUser, problem_doc
 from api.database import connect
 from api.errors import Problem
 from db.jobs import get_job
@@ -164,17 +164,6 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 State = Annotated[AppState, Depends(get_state)]
 
 
-def _problem_example(status: int, code: str, title: str) -> dict[str, Any]:
-    body = {
-        "type": f"https://docs.audio-studio.dev/errors/{code}",
-        "title": title,
-        "status": status,
-        "detail": title,
-        "code": code,
-    }
-    return {"description": title, "content": {"application/problem+json": {"example": body}}}
-
-
 def _sse(event: str, data: dict[str, Any], event_id: int | None = None) -> str:
     lines = [f"event: {event}"]
     if event_id is not None:
@@ -253,9 +242,9 @@ async def stream_job_events(state: AppState, hub: EventsHub, job_id: UUID, after
             }
         },
         204: {"description": "The job is final and the client already received `done`: stop reconnecting."},
-        401: _problem_example(401, "unauthorized", "Missing or invalid bearer token"),
-        404: _problem_example(404, "not_found", "Job not found"),
-        503: _problem_example(503, "events_unavailable", "Live events are not available"),
+        401: problem_doc(401, "unauthorized", "Missing or invalid bearer token"),
+        404: problem_doc(404, "not_found", "Job not found"),
+        503: problem_doc(503, "events_unavailable", "Live events are not available"),
     },
 )
 async def job_events(

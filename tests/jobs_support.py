@@ -101,3 +101,19 @@ async def job_status(conn: psycopg.AsyncConnection, job_id: UUID) -> str:
     row = await (await conn.execute("SELECT status::text FROM jobs WHERE id = %s", (job_id,))).fetchone()
     assert row is not None
     return row[0]
+
+
+class RefusingDispatcher:
+    """Stands for a dispatcher whose backend (Modal) is down: an external service failing at its boundary."""
+
+    async def dispatch(self, job_id: UUID, task: str) -> str:
+        raise ConnectionError("modal is unreachable")
+
+    async def is_alive(self, dispatch_id: str) -> bool:
+        return False
+
+    async def cancel(self, dispatch_id: str) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None

@@ -12,7 +12,16 @@ import pytest
 from api.dispatch import DispatchError, dispatch_job, dispatch_ready
 from api.reaper import ReaperLoop
 from db import ledger
-from tests.jobs_support import job_row, job_status, ledger_kinds, make_job, make_user, wait_until, write_tone
+from tests.jobs_support import (
+    RefusingDispatcher,
+    job_row,
+    job_status,
+    ledger_kinds,
+    make_job,
+    make_user,
+    wait_until,
+    write_tone,
+)
 
 
 @pytest.fixture
@@ -82,22 +91,6 @@ async def test_running_cap_queues_extra_jobs_until_a_slot_frees(
         assert await ledger_kinds(conn, job_id) == ["hold", "capture"]
     assert await ledger.invariant_violations(conn) == []
     assert await dispatch_ready(app_state) == 0
-
-
-class RefusingDispatcher:
-    """Stands for a dispatcher whose backend (Modal) is down."""
-
-    async def dispatch(self, job_id: UUID, task: str) -> str:
-        raise ConnectionError("modal is unreachable")
-
-    async def is_alive(self, dispatch_id: str) -> bool:
-        return False
-
-    async def cancel(self, dispatch_id: str) -> None:
-        return None
-
-    async def close(self) -> None:
-        return None
 
 
 async def test_failed_dispatch_fails_the_job_and_releases_the_hold(

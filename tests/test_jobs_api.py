@@ -7,7 +7,7 @@ import json
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
-from uuid import UUID, uuid4
+from uuid import uuid4
 
 import pytest
 
@@ -15,6 +15,7 @@ from api.pricing import RATES
 from db import jobs as db_jobs
 from db import ledger
 from tests.jobs_api_support import multipart, wait_final, wait_status, write_audio
+from tests.jobs_support import RefusingDispatcher
 
 PROBLEM = "application/problem+json"
 
@@ -365,26 +366,10 @@ async def test_cancel_running_job_ends_canceled_and_released(
     assert await _balance(app_state, alice) == (100, 0)
 
 
-class _RefusingDispatcher:
-    """Stands in for Modal being down: an external service failing at its boundary."""
-
-    async def dispatch(self, job_id: UUID, task: str) -> str:
-        raise ConnectionError("spawn failed")
-
-    async def is_alive(self, dispatch_id: str) -> bool:
-        return False
-
-    async def cancel(self, dispatch_id: str) -> None:
-        return None
-
-    async def close(self) -> None:
-        return None
-
-
 async def test_dispatch_failure_is_503_and_releases_the_hold(
     client: Any, alice: dict[str, Any], app_state: Any, tmp_path: Path
 ) -> None:
-    app_state.dispatcher = _RefusingDispatcher()
+    app_state.dispatcher = RefusingDispatcher()
     response = await client.post(
         "/v1/jobs", headers=alice["headers"], **multipart("midi", {}, write_audio(tmp_path / "a.wav", 1.0))
     )

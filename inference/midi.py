@@ -1,27 +1,29 @@
 """Audio to MIDI with basic-pitch 0.4.0 (the ICASSP 2022 model shipped in its wheel) on onnxruntime.
 
-We reproduce `basic_pitch.inference.predict` step for step (same windows, same model call, same note creation), but
-feed the model from a streaming decoder instead of loading the whole file with librosa: memory holds the
-model's posteriorgrams (about 150 KB per audio second) and one decode block, not the waveform.
+We reproduce `basic_pitch.inference.predict` step for step (same windows, same model call, same notes), but feed the
+model from a streaming decoder instead of loading the whole file with librosa, and create notes with
+`inference.midi_notes`, which keeps only the note matrix in memory (about 30 KB per audio second, a third of the
+22,050 Hz waveform we never hold) and spills the rest of the posteriorgram to files.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from basic_pitch import FilenameSuffix, build_icassp_2022_model_path
-from basic_pitch.constants import ANNOTATIONS_FPS, AUDIO_N_SAMPLES, AUDIO_SAMPLE_RATE, FFT_HOP
+from basic_pitch.constants import ANNOT_N_FRAMES, ANNOTATIONS_FPS, AUDIO_N_SAMPLES, AUDIO_SAMPLE_RATE, FFT_HOP
 from basic_pitch.inference import Model
-from basic_pitch.note_creation import model_output_to_notes
 from pydantic import BaseModel
 
 from inference import audio
 from inference.base import EngineError, EngineResult, OutputFile, ProgressFn, no_progress
+from inference.midi_notes import NoteEvent, Posteriorgram, posteriorgram_to_notes
 from inference.params import MidiParams
 
 # basic_pitch.inference.run_inference's framing: 30 model frames of overlap, half of it trimmed from each side.
@@ -29,7 +31,6 @@ _OVERLAP_FRAMES = 30
 _OVERLAP = _OVERLAP_FRAMES * FFT_HOP
 _HOP = AUDIO_N_SAMPLES - _OVERLAP
 _TRIM = _OVERLAP_FRAMES // 2
-_OUTPUT_KEYS = ("note", "onset", "contour")
 _MIDI_TEMPO = 120.0  # upstream's default; note times are in seconds either way
 
 
@@ -56,21 +57,18 @@ class MidiEngine:
         onnxruntime's first-run allocations (~0.35 s here); no numba compilation happens on this path."""
         t = np.arange(AUDIO_SAMPLE_RATE, dtype=np.float32) / AUDIO_SAMPLE_RATE
         tone = (0.5 * np.sin(2 * np.pi * 440.0 * t)).astype(np.float32)[None, :]
-        self.notes(self.posteriorgram([tone])[0], MidiParams())
+        with tempfile.TemporaryDirectory() as folder, self.posteriorgram([tone], Path(folder)) as gram:
+            self.notes(gram, MidiParams())
 
     def posteriorgram(
         self,
         blocks: Iterable[np.ndarray],
+        folder: Path,
         on_window: Callable[[int], None] | None = None,
         expected_windows: int = 0,
-    ) -> tuple[dict[str, np.ndarray], int]:
-        """The model's note/onset/contour matrices for mono blocks at 22,050 Hz, and the number of samples seen.
-
-        Equal to `basic_pitch.inference.run_inference` on the concatenated blocks. Windows are written into arrays
-        sized from `expected_windows` (the probed duration), so the matrices are never held twice.
-        """
-        matrices: dict[str, np.ndarray] = {}
-        filled = 0
+    ) -> Posteriorgram:
+        """The model's note/onset/contour matrices for mono blocks at 22,050 Hz, the onsets and contours spilled to
+        files in `folder`. Equal to `basic_pitch.inference.run_inference` on the concatenated blocks."""
         samples = 0
 
         def counted() -> Iterator[np.ndarray]:
@@ -79,38 +77,33 @@ class MidiEngine:
                 samples += block.shape[1]
                 yield block[0]
 
-        for index, window in enumerate(_windows(counted())):
-            for key, value in self.model.predict(window[None, :, None]).items():
-                piece = value[0, _TRIM:-_TRIM]
-                matrix = matrices.get(key)
-                if matrix is None or filled + len(piece) > len(matrix):
-                    # First window, or the probe under-counted (VBR headers): grow, amortised by doubling.
-                    rows = max(filled + len(piece), expected_windows * len(piece), 2 * filled)
-                    grown = np.empty((rows, *piece.shape[1:]), dtype=piece.dtype)
-                    if matrix is not None:
-                        grown[:filled] = matrix[:filled]
-                    matrices[key] = matrix = grown
-                matrix[filled : filled + len(piece)] = piece
-            filled += len(piece)
-            if on_window is not None:
-                on_window(index + 1)
-        if samples == 0:
-            raise EngineError("the audio is empty", code="empty_audio")
-        frames = int(np.floor(samples * (ANNOTATIONS_FPS / AUDIO_SAMPLE_RATE)))
-        return {key: matrices[key][:frames] for key in _OUTPUT_KEYS}, samples
+        gram = Posteriorgram(folder, expected_windows * (ANNOT_N_FRAMES - _OVERLAP_FRAMES))
+        try:
+            for index, window in enumerate(_windows(counted())):
+                output = self.model.predict(window[None, :, None])
+                gram.append(*(output[key][0, _TRIM:-_TRIM] for key in ("note", "onset", "contour")))
+                if on_window is not None:
+                    on_window(index + 1)
+            if samples == 0:
+                raise EngineError("the audio is empty", code="empty_audio")
+            gram.finish(int(np.floor(samples * (ANNOTATIONS_FPS / AUDIO_SAMPLE_RATE))), samples)
+        except BaseException:
+            gram.close()
+            raise
+        return gram
 
     @staticmethod
-    def notes(output: dict[str, np.ndarray], params: MidiParams) -> tuple[Any, list[tuple]]:
+    def notes(gram: Posteriorgram, params: MidiParams) -> tuple[Any, list[NoteEvent]]:
         """basic-pitch's note creation with our params; returns (pretty_midi.PrettyMIDI, note events)."""
-        return model_output_to_notes(
-            output,
+        return posteriorgram_to_notes(
+            gram,
             onset_thresh=params.onset_threshold,
             frame_thresh=params.frame_threshold,
             min_note_len=int(np.round(params.min_note_ms / 1000 * (AUDIO_SAMPLE_RATE / FFT_HOP))),
             min_freq=params.min_hz,
             max_freq=params.max_hz,
-            multiple_pitch_bends=params.multiple_pitch_bends,
             melodia_trick=params.melodia_trick,
+            multiple_pitch_bends=params.multiple_pitch_bends,
             midi_tempo=_MIDI_TEMPO,
         )
 
@@ -123,13 +116,18 @@ class MidiEngine:
         info = audio.probe(input_path)
         expected_windows = max(1, math.ceil((info.duration_s * AUDIO_SAMPLE_RATE + _OVERLAP // 2) / _HOP))
         progress(0.0, "transcribing")
-        output, samples = self.posteriorgram(
-            audio.iter_blocks(input_path, sample_rate=AUDIO_SAMPLE_RATE, mono=True),
-            on_window=lambda done: progress(min(0.9, 0.9 * done / expected_windows), "transcribing"),
-            expected_windows=expected_windows,
-        )
-        progress(0.9, "notes")
-        midi, events = self.notes(output, params)
+        with (
+            tempfile.TemporaryDirectory() as spill,
+            self.posteriorgram(
+                audio.iter_blocks(input_path, sample_rate=AUDIO_SAMPLE_RATE, mono=True),
+                Path(spill),
+                on_window=lambda done: progress(min(0.9, 0.9 * done / expected_windows), "transcribing"),
+                expected_windows=expected_windows,
+            ) as gram,
+        ):
+            progress(0.9, "notes")
+            midi, events = self.notes(gram, params)
+            samples = gram.samples
         notes = sorted((_note_json(event) for event in events), key=lambda note: (note["start_s"], note["pitch"]))
 
         out_dir.mkdir(parents=True, exist_ok=True)

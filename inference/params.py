@@ -99,7 +99,7 @@ class TranscribeParams(_Params):
 
 
 class MidiParams(_Params):
-    onset_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
+    onset_threshold: float = Field(default=0.5, gt=0.0, le=1.0)  # at 0 every cell would start a note
     frame_threshold: float = Field(default=0.3, ge=0.0, le=1.0)
     min_note_ms: float = Field(default=127.70, ge=1.0, le=5000.0)
     min_hz: float | None = Field(default=None, ge=20.0, le=8000.0)

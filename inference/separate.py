@@ -6,14 +6,25 @@ plus the bag yaml), loaded by demucs's own `get_model(name, repo=...)`, which ve
 Bounded memory: `apply_model` already runs the network on ~8 s segments, but it returns the whole track as one
 (sources, channels, samples) float32 tensor and builds one or two more of that size on the way (the shift trick,
 bags). We instead run it on long windows that overlap by a short cross-fade and stream every window's stems
-straight into the output files, so memory holds the decoded input plus one window of stems, whatever the length.
+straight into the output files, so memory holds the decoded input plus batch_windows windows of stems, whatever
+the length.
 
-Precision: fp32 on CUDA and CPU. demucs ships no half-precision path and its published SDR is measured in fp32;
-its STFT/iSTFT and complex masking are where fp16 loses accuracy, and fp32 fits easily (a few GB on an A10G).
+Batching: apply_model passes a leading batch dimension through its segment loop, so `batch_windows` windows of equal
+length are stacked into one [B, channels, samples] input and every forward runs B segments at once, which keeps a
+GPU busy where batch 1 does not. Eval-mode HTDemucs treats batch items independently (it normalises per item), so
+with shifts=0 the stems equal the unbatched ones to float tolerance; with shifts > 0 a batch shares each shift's
+random offset, which changes only which random draw each window gets.
+
+Precision and memory: fp32 on CUDA and CPU. demucs ships no half-precision path and its published SDR is measured
+in fp32; its STFT/iSTFT and complex masking are where fp16 loses accuracy, and fp32 fits easily (a few GB on an
+A10G at batch 1). The CUDA default of 4 windows per batch is an unmeasured choice sized for a 24 GB A10G: GPU
+memory grows with it (B segments' activations per forward), and so does host memory (B windows of stems, ~90 MB
+each for 4 sources).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +42,12 @@ DEFAULT_CHUNK_SECONDS = 60.0
 DEFAULT_CROSSFADE_SECONDS = 2.0
 
 
+def default_batch_windows(device: torch.device) -> int:
+    """Windows per apply_model call: 4 on CUDA (see the module docstring); 1 on CPU, where the cores are already
+    busy at batch 1, so a bigger batch is no faster and only holds more stems in memory."""
+    return 4 if device.type == "cuda" else 1
+
+
 def build_engine(
     model_key: str,
     weights_dir: Path,
@@ -38,6 +55,7 @@ def build_engine(
     device: str | None = None,
     chunk_seconds: float = DEFAULT_CHUNK_SECONDS,
     crossfade_seconds: float = DEFAULT_CROSSFADE_SECONDS,
+    batch_windows: int | None = None,
 ) -> SeparateEngine:
     repo = weights_dir / model_key
     if not repo.is_dir():
@@ -45,15 +63,26 @@ def build_engine(
     name = model_key.removeprefix("demucs/")
     model = get_model(name, repo=repo)  # checks each file's sha256 prefix against its name
     target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    return SeparateEngine(name, model.to(target), target, chunk_seconds, crossfade_seconds)
+    return SeparateEngine(name, model.to(target), target, chunk_seconds, crossfade_seconds, batch_windows)
 
 
 class SeparateEngine:
     def __init__(
-        self, name: str, model: torch.nn.Module, device: torch.device, chunk_seconds: float, crossfade_seconds: float
+        self,
+        name: str,
+        model: torch.nn.Module,
+        device: torch.device,
+        chunk_seconds: float,
+        crossfade_seconds: float,
+        batch_windows: int | None = None,
     ) -> None:
         if not 0 < crossfade_seconds < chunk_seconds:
             raise ValueError("crossfade_seconds must be positive and shorter than chunk_seconds")
+        if batch_windows is None:
+            batch_windows = default_batch_windows(device)
+        if batch_windows < 1:
+            raise ValueError("batch_windows must be at least 1")
+        self.batch_windows: int = batch_windows
         self.name = name
         self.model = model
         self.device = device
@@ -86,9 +115,14 @@ class SeparateEngine:
             stem: audio.AudioWriter(path, self.samplerate, self.channels, params.format) for stem, path in paths.items()
         }
         try:
-            for block in self._separate(mix, mean, std, params, progress):
-                for stem, writer in writers.items():
-                    writer.write(self._stem(block, stem, params).numpy())
+            # The whole loop runs in inference mode: the stems are inference tensors, which may be edited in place
+            # (denormalise, cross-fade) only inside it, and out-of-place edits would hold a second batch of stems.
+            with torch.inference_mode():
+                for block in self._separate(mix, mean, std, params, progress):
+                    for stem, writer in writers.items():
+                        writer.write(self._stem(block, stem, params).numpy())
+                    # block is a view of its whole batch: drop it so that batch is freed before the next one is built.
+                    del block
         finally:
             for writer in writers.values():
                 writer.close()
@@ -117,47 +151,74 @@ class SeparateEngine:
 
     def _separate(
         self, mix: torch.Tensor, mean: float, std: float, params: SeparateParams, progress: ProgressFn
-    ) -> Any:
+    ) -> Iterator[torch.Tensor]:
         """Yield consecutive (sources, channels, samples) blocks of the separated track, in order.
 
         Window k covers [k*chunk, (k+1)*chunk + crossfade); where two windows overlap, a linear cross-fade hands
         over from one to the next, so each window's edges (where the model saw no context) weigh little. The chunk
         is a whole number of apply_model's segment strides, so inside a window the segments fall where they fall
         for the whole track: away from the joins the result equals whole-track apply_model (with shifts=0).
+        Consecutive windows of equal length go through apply_model together, batch_windows at a time.
         """
         length = mix.shape[-1]
         stride = int((1 - params.overlap) * int(self._segment_seconds() * self.samplerate))
         chunk = max(1, round(self.chunk / stride)) * stride
-        starts = list(range(0, max(length - self.crossfade, 1), chunk))
+        spans = [
+            (start, min(length, start + chunk + self.crossfade))
+            for start in range(0, max(length - self.crossfade, 1), chunk)
+        ]
         tail: torch.Tensor | None = None
-        for index, start in enumerate(starts):
-            end = min(length, start + chunk + self.crossfade)
-            window = (mix[:, start:end] - mean) / std
-            fraction = index / len(starts), (index + 1) / len(starts)
-            estimate = self._apply(
-                window, params, lambda f, lo=fraction[0], hi=fraction[1]: lo + f * (hi - lo), progress
-            )
-            estimate = estimate * std + mean
-            if tail is not None:
-                ramp = (torch.arange(tail.shape[-1], dtype=estimate.dtype) + 0.5) / tail.shape[-1]
-                estimate[..., : tail.shape[-1]] = tail * (1 - ramp) + estimate[..., : tail.shape[-1]] * ramp
-            if index == len(starts) - 1:
-                yield estimate
+        index = 0
+        for batch in self._batches(spans):
+            # Progress runs over the batch's share of the windows.
+            lo, hi = index / len(spans), (index + len(batch)) / len(spans)
+            windows = torch.stack([mix[:, start:end] for start, end in batch])
+            windows.sub_(mean).div_(std)  # in place: the stack is already a copy
+            estimates = self._apply(windows, params, lambda f, lo=lo, hi=hi: lo + f * (hi - lo), progress)
+            del windows
+            estimates.mul_(std).add_(mean)
+            for estimate in estimates:
+                if tail is not None:
+                    ramp = (torch.arange(tail.shape[-1], dtype=estimate.dtype) + 0.5) / tail.shape[-1]
+                    estimate[..., : tail.shape[-1]] = tail * (1 - ramp) + estimate[..., : tail.shape[-1]] * ramp
+                if index == len(spans) - 1:
+                    yield estimate
+                else:
+                    tail = estimate[..., chunk:].clone()  # a copy, so the tail does not keep the batch alive
+                    yield estimate[..., :chunk]
+                index += 1
+            # Free this batch before apply_model builds the next: one batch of stems at a time, plus the tail.
+            del estimate, estimates
+
+    def _batches(self, spans: list[tuple[int, int]]) -> list[list[tuple[int, int]]]:
+        """Runs of consecutive equal-length windows (stacking needs one length), at most batch_windows each."""
+        batches: list[list[tuple[int, int]]] = []
+        for start, end in spans:
+            last = batches[-1] if batches else None
+            if last is not None and len(last) < self.batch_windows and last[0][1] - last[0][0] == end - start:
+                last.append((start, end))
             else:
-                tail = estimate[..., chunk:].clone()
-                yield estimate[..., :chunk]
+                batches.append([(start, end)])
+        return batches
 
     def _segment_seconds(self) -> float:
         first = self.model.models[0] if isinstance(self.model, BagOfModels) else self.model
         return float(first.segment)
 
-    def _apply(self, window: torch.Tensor, params: SeparateParams, scale: Any, progress: ProgressFn) -> torch.Tensor:
+    def _apply(
+        self, windows: torch.Tensor, params: SeparateParams, scale: Callable[[float], float], progress: ProgressFn
+    ) -> torch.Tensor:
+        """apply_model on a (batch, channels, samples) stack of windows: (batch, sources, channels, samples) on CPU.
+
+        `scale` maps this call's own progress (0..1) onto the track's.
+        """
         models = len(self.model.models) if isinstance(self.model, BagOfModels) else 1
         shifts = max(params.shifts, 1)
-        length = window.shape[-1]
+        length = windows.shape[-1]
 
         def on_segment(info: dict[str, Any]) -> None:
-            # apply_model reports each segment's start/end; a raise here (cancellation) stops the remaining ones.
+            # apply_model reports each segment's start/end (one segment of every window in the batch at once);
+            # a raise here (cancellation) stops the remaining ones.
             if info.get("state") != "end":
                 return
             within = min(1.0, info["segment_offset"] / length)
@@ -165,14 +226,14 @@ class SeparateEngine:
                 0.99 * scale((info["model_idx_in_bag"] + (info["shift_idx"] + within) / shifts) / models), "separating"
             )
 
-        with torch.inference_mode():
-            estimate = apply_model(
-                self.model,
-                window[None],
-                shifts=params.shifts,
-                split=True,
-                overlap=params.overlap,
-                device=self.device,
-                callback=on_segment,
-            )
-        return estimate[0].cpu()
+        assert torch.is_inference_mode_enabled(), "run() holds torch.inference_mode around separation"
+        estimates = apply_model(
+            self.model,
+            windows,
+            shifts=params.shifts,
+            split=True,
+            overlap=params.overlap,
+            device=self.device,
+            callback=on_segment,
+        )
+        return estimates.cpu()

@@ -9,9 +9,11 @@ import numpy as np
 import pretty_midi
 import pytest
 import soundfile as sf
+from basic_pitch.note_creation import model_output_to_notes
 
 from inference.base import EngineError
 from inference.midi import build_engine
+from inference.midi_notes import Posteriorgram, posteriorgram_to_notes
 from inference.params import MidiParams
 
 pytestmark = pytest.mark.engine
@@ -96,3 +98,76 @@ def test_matches_basic_pitch_reference_note_events(engine, tmp_path):
             rtol=0,
         )
         assert note["pitch_bends"] == [int(b) for b in bends]
+
+
+def _structured_posteriorgram(frames: int, seed: int) -> dict[str, np.ndarray]:
+    """Random notes of random lengths (some longer than the chunks below), quieter sustains with no onset (food for
+    the melodia trick), repeated and neighbouring pitches, and low-level noise: every branch of note creation runs."""
+    rng = np.random.default_rng(seed)
+    note = rng.uniform(0.0, 0.2, (frames, 88)).astype(np.float32)
+    onset = rng.uniform(0.0, 0.3, (frames, 88)).astype(np.float32)
+    for _ in range(frames // 6):
+        start, pitch = int(rng.integers(0, frames)), int(rng.integers(0, 88))
+        length = int(rng.choice([5, 12, 30, 80, 400]))
+        level = rng.uniform(0.25, 1.0)
+        decay = np.exp(-np.arange(min(length, frames - start)) / rng.uniform(20, 300))
+        note[start : start + length, pitch] = np.maximum(note[start : start + length, pitch], level * decay)
+        if rng.random() < 0.7:  # the rest have no onset: only the melodia trick can find them
+            onset[start, pitch] = rng.uniform(0.3, 1.0)
+    contour = rng.uniform(0.0, 1.0, (frames, 264)).astype(np.float32)
+    return {"note": note, "onset": onset, "contour": contour}
+
+
+NOTE_CREATION_PARAMS = [
+    {"onset_thresh": 0.5, "frame_thresh": 0.3, "min_note_len": 11, "min_freq": None, "max_freq": None},
+    {"onset_thresh": 0.3, "frame_thresh": 0.15, "min_note_len": 3, "min_freq": None, "max_freq": None},
+    {"onset_thresh": 0.7, "frame_thresh": 0.5, "min_note_len": 20, "min_freq": 80.0, "max_freq": 900.0},
+]
+
+
+@pytest.mark.parametrize("melodia_trick", [True, False])
+@pytest.mark.parametrize("params", NOTE_CREATION_PARAMS)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_note_creation_equals_upstream(tmp_path, seed, params, melodia_trick):
+    """Chunked note creation gives upstream's notes exactly: same order, frames, amplitudes and pitch bends, with
+    chunks and melodia blocks far smaller than the notes so that every kind of boundary is crossed."""
+    output = _structured_posteriorgram(2500, seed)
+    options = {"melodia_trick": melodia_trick, "multiple_pitch_bends": False, "midi_tempo": 120.0, **params}
+    # upstream's unwrap_output trims the matrices to the track's length; 2490 is not a multiple of the 142 rows that
+    # one basic-pitch window gives after trimming.
+    expected_midi, expected = model_output_to_notes(
+        {key: value[:2490].copy() for key, value in output.items()}, **options
+    )
+    with Posteriorgram(tmp_path, expected_frames=100) as gram:  # under-counted on purpose: the matrix must grow
+        for start in range(0, 2500, 142):
+            gram.append(*(output[key][start : start + 142] for key in ("note", "onset", "contour")))
+        gram.finish(2490, samples=2490 * 256)
+        midi, events = posteriorgram_to_notes(gram, chunk_rows=97, block_rows=53, **options)
+
+    assert len(expected) > 20
+    assert events == expected
+    assert _midi_events(midi) == _midi_events(expected_midi)
+
+
+def _midi_events(midi: pretty_midi.PrettyMIDI) -> list[tuple]:
+    return [(n.start, n.end, n.pitch, n.velocity) for instrument in midi.instruments for n in instrument.notes] + [
+        (b.time, b.pitch) for instrument in midi.instruments for b in instrument.pitch_bends
+    ]
+
+
+def test_note_creation_rejects_a_zero_onset_threshold(tmp_path):
+    with Posteriorgram(tmp_path) as gram:
+        gram.append(*(value[:142] for value in _structured_posteriorgram(142, 0).values()))
+        gram.finish(142, samples=142 * 256)
+        with pytest.raises(ValueError, match="onset_thresh"):
+            posteriorgram_to_notes(
+                gram,
+                onset_thresh=0.0,
+                frame_thresh=0.3,
+                min_note_len=11,
+                min_freq=None,
+                max_freq=None,
+                melodia_trick=True,
+                multiple_pitch_bends=False,
+                midi_tempo=120.0,
+            )

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import weakref
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -10,10 +13,11 @@ import soundfile as sf
 import torch
 import yaml
 from demucs.apply import apply_model
+from demucs.htdemucs import HTDemucs
 
 from inference.base import EngineError
 from inference.params import SeparateParams
-from inference.separate import build_engine
+from inference.separate import SeparateEngine, build_engine
 from tests.tiny_demucs import build_tiny_demucs, save_demucs, tiny_htdemucs
 
 pytestmark = pytest.mark.engine
@@ -129,6 +133,99 @@ def test_long_input_runs_in_crossfaded_windows(engine, weights, tmp_path):
         np.testing.assert_allclose(data[:, exact], expected[:, exact], atol=1e-6)
         assert np.isfinite(data).all()
     assert events[0] == 0.0 and events[-1] == 1.0 and events == sorted(events)
+
+
+def _record_batches(engine: SeparateEngine) -> tuple[list[int], Callable[[], None]]:
+    """Hook every HTDemucs in the engine's model: the batch size of each forward, and a function to unhook."""
+    seen: list[int] = []
+    handles = [
+        module.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[0]))
+        for module in engine.model.modules()
+        if isinstance(module, HTDemucs)
+    ]
+    assert handles
+    return seen, lambda: [handle.remove() for handle in handles]
+
+
+# 8.5 s in 1.5 s chunks (the tiny model's segment stride) + 0.5 s cross-fades: windows start at 0, 1.5, ... 7.5 s;
+# the first five are 2 s long and the last is 1 s, so batch_windows=3 runs batches of 3, 2 and 1 windows.
+WINDOWED = {"chunk_seconds": 1.5, "crossfade_seconds": 0.5}
+
+
+@pytest.fixture(scope="session")
+def long_song(tmp_path_factory) -> Path:
+    return _write_input(tmp_path_factory.mktemp("input") / "long.wav", 8.5)
+
+
+def test_batched_windows_equal_unbatched(weights, long_song, tmp_path):
+    """batch_windows=3 gives the batch_windows=1 stems to 1e-6 (float32 noise; eval HTDemucs is per-item)."""
+    params = SeparateParams(shifts=0)
+    single = build_engine("demucs/htdemucs", weights, device="cpu", batch_windows=1, **WINDOWED)
+    batched = build_engine("demucs/htdemucs", weights, device="cpu", batch_windows=3, **WINDOWED)
+    assert single.batch_windows == 1 and batched.batch_windows == 3
+    events: list[float] = []
+    one = single.run(long_song, params, tmp_path / "one", lambda f, s: None)
+    three = batched.run(long_song, params, tmp_path / "three", lambda fraction, stage: events.append(fraction))
+
+    for mine, reference in zip(three.outputs, one.outputs, strict=True):
+        data, expected = _read(mine.path), _read(reference.path)
+        assert data.shape == expected.shape == (2, int(8.5 * RATE))
+        np.testing.assert_allclose(data, expected, rtol=0, atol=1e-6)
+    assert events[0] == 0.0 and events[-1] == 1.0 and events == sorted(events)
+    assert all(0.0 <= fraction <= 0.99 for fraction in events[1:-1]) and len(events) > 4
+
+
+def test_model_sees_batched_windows(weights, long_song, tmp_path):
+    batched = build_engine("demucs/htdemucs", weights, device="cpu", batch_windows=3, **WINDOWED)
+    seen, unhook = _record_batches(batched)
+    try:
+        batched.run(long_song, SeparateParams(stems=["bass"], shifts=0), tmp_path, lambda f, s: None)
+    finally:
+        unhook()
+    # Batches of 3 and 2 full windows, then the short last window alone (two segments per full window).
+    assert max(seen) == 3 and seen[-1] == 1
+    assert seen == [3, 3, 2, 2, 1]
+
+
+def test_cancelling_stops_a_batch(weights, long_song, tmp_path):
+    """Cancellation (a raise from the progress callback) stops the work at the first segment of the first batch."""
+    batched = build_engine("demucs/htdemucs", weights, device="cpu", batch_windows=3, **WINDOWED)
+    seen, unhook = _record_batches(batched)
+
+    def cancel(fraction: float, stage: str) -> None:
+        if stage == "separating":
+            raise KeyboardInterrupt
+
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            batched.run(long_song, SeparateParams(shifts=0), tmp_path, cancel)
+    finally:
+        unhook()
+    assert seen == [3]
+
+
+def test_one_batch_of_stems_at_a_time(weights, long_song, tmp_path, monkeypatch):
+    """When apply_model starts a batch, no earlier batch's estimates are still alive (only the tail's copy)."""
+    batched = build_engine("demucs/htdemucs", weights, device="cpu", batch_windows=3, **WINDOWED)
+    apply = batched._apply
+    previous: list[weakref.ref[torch.Tensor]] = []
+
+    def checked(*args: Any, **kwargs: Any) -> torch.Tensor:
+        assert all(ref() is None for ref in previous)
+        estimates = apply(*args, **kwargs)
+        previous.append(weakref.ref(estimates))
+        return estimates
+
+    monkeypatch.setattr(batched, "_apply", checked)
+    batched.run(long_song, SeparateParams(shifts=0), tmp_path, lambda f, s: None)
+    assert len(previous) == 3
+
+
+def test_batch_windows_default_and_validation(engine, weights):
+    assert engine.batch_windows == 1  # CPU: batching would only cost memory
+    assert SeparateEngine("htdemucs", engine.model, torch.device("cuda"), 60.0, 2.0).batch_windows == 4
+    with pytest.raises(ValueError, match="batch_windows"):
+        build_engine("demucs/htdemucs", weights, device="cpu", batch_windows=0)
 
 
 def test_mono_48k_input_and_compressed_formats(engine, tmp_path):

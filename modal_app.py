@@ -280,12 +280,18 @@ async def retention() -> dict[str, int]:
     return await _scheduled("retention")
 
 
-@app.function(image=IMAGES["api"], volumes={WEIGHTS_MOUNT: weights_volume}, timeout=4 * 3600)
+@app.function(
+    image=IMAGES["api"],
+    volumes={WEIGHTS_MOUNT: weights_volume},
+    secrets=[modal.Secret.from_name("studio-huggingface")],  # HF_TOKEN, for gated hub repos
+    timeout=4 * 3600,
+)
 def download_models(names: str = "") -> list[str]:
     """Fill the weights Volume with the same code as `studio models pull`, then commit it for the workers.
 
     `names` is comma-separated models.lock keys (`modal run modal_app.py::download_models --names a,b`); empty
-    pulls every verifiable model enabled by default.
+    pulls every verifiable model enabled by default. Gated hub repos (Stable Audio Open) need HF_TOKEN (the
+    `studio-huggingface` secret, mounted by this function only): a token of an account that accepted the licence.
     """
     from inference.models import pull
 

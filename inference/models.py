@@ -5,26 +5,40 @@ A model's files land in `cache_dir / <model key> / <relative path>`, the layout 
 against the pinned sha256 and only then renamed into place, so a final path never holds an unverified file.
 Wheel-shipped models (basic-pitch, DeepFilterNet3, demucs's bag yaml files) are copied from the installed package
 and verified the same way.
+
+Hugging Face hub entries (`hub_repo` + a 40-hex `revision`) pin their large LFS files by sha256 like any other
+file (the url may be left out: it is the hub's resolve URL at that revision). Their small non-LFS files (configs,
+tokenizer json) are chosen by `hub_small_files` glob patterns and verified against the git blob sha1 that the
+hub's tree listing gives at the pinned revision, which is immutable; a manifest of them is written next to the
+files so `status` can check them without the network.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
+import re
 import shutil
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+from urllib.parse import quote
 
 import httpx
 
 DEFAULT_LOCK_PATH = Path(__file__).resolve().parents[1] / "models.lock"
 LOCK_ENV = "STUDIO_MODELS_LOCK"
+HUB_MANIFEST = ".hub-manifest.json"  # in the model folder: the small hub files a pull verified
+DEFAULT_HUB_ENDPOINT = "https://huggingface.co"
 _CHUNK = 1 << 20
 _ATTEMPTS = 3  # a dropped connection is resumed from the .part this many times within one pull
+_REVISION = re.compile(r"[0-9a-f]{40}")  # a commit id: a branch or tag name could move under the pins
+_TIMEOUT = httpx.Timeout(30.0, read=120.0)
 
 # progress(file label "<key>/<path>", bytes done, total bytes or None when unknown)
 PullProgress = Callable[[str, int, int | None], None]
@@ -57,14 +71,11 @@ class ModelFile:
     path: str  # relative to the model's folder
     sha256: str  # "" when unknown: the file (and its model) is unverifiable
     bytes: int | None
-    url: str | None = None
+    url: str | None = None  # None for a hub entry's file: the hub's resolve URL at the pinned revision
     package: str | None = None  # importable package that ships the file inside its wheel
     package_version: str | None = None
     package_path: str | None = None  # path inside that package
-
-    @property
-    def verifiable(self) -> bool:
-        return len(self.sha256) == 64 and bool(self.url or (self.package and self.package_path))
+    git_sha1: str = ""  # a small hub file's git blob id, checked instead of a sha256 (never set from the lock)
 
 
 @dataclass(frozen=True)
@@ -82,10 +93,20 @@ class ModelEntry:
     revision: str | None = None
     gated: bool = False
     unverifiable: str = ""  # why the entry cannot be verified yet, when it cannot
+    hub_small_files: tuple[str, ...] = ()  # fnmatch patterns of small (non-LFS) hub files, checked by git sha1
+
+    @property
+    def pinned_hub(self) -> bool:
+        """A hub repo at a commit id: its tree listing, and so every file's identity, cannot change."""
+        return bool(self.hub_repo) and bool(_REVISION.fullmatch(self.revision or ""))
 
     @property
     def verifiable(self) -> bool:
-        return not self.unverifiable and bool(self.files) and all(f.verifiable for f in self.files)
+        if self.unverifiable or not self.files or (self.hub_small_files and not self.pinned_hub):
+            return False
+        # Every file needs a sha256 and a source: a url, a wheel, or the pinned hub revision's resolve URL.
+        sourced = all(f.url or (f.package and f.package_path) or self.pinned_hub for f in self.files)
+        return sourced and all(len(f.sha256) == 64 for f in self.files)
 
     @property
     def total_bytes(self) -> int | None:
@@ -157,6 +178,7 @@ def load_lock(path: Path | None = None) -> ModelsLock:
                 revision=body.get("revision") or None,
                 gated=bool(body.get("gated", False)),
                 unverifiable=body.get("unverifiable", ""),
+                hub_small_files=tuple(str(pattern) for pattern in body.get("hub_small_files", [])),
             )
         except (KeyError, TypeError) as exc:
             raise ModelsError(f"{lock_path}: model {key!r} is malformed ({exc})") from exc
@@ -164,24 +186,12 @@ def load_lock(path: Path | None = None) -> ModelsLock:
 
 
 def status(cache_dir: Path, lock: ModelsLock | None = None, *, verify: bool = True) -> list[ModelStatus]:
-    """What the cache holds for every model. verify=False checks sizes only (hashing large weights takes time)."""
+    """What the cache holds for every model. verify=False checks sizes only (hashing large weights takes time).
+
+    Works offline: a hub entry's small files are those its last pull recorded in the folder's manifest.
+    """
     lock = lock or load_lock()
-    result = []
-    for entry in lock.models.values():
-        files = tuple(_file_status(cache_dir / entry.key / f.path, f, verify) for f in entry.files)
-        states = {f.state for f in files}
-        if not entry.verifiable:
-            state: ModelState = "unverifiable"
-        elif "corrupt" in states:
-            state = "corrupt"
-        elif states == {"present"}:
-            state = "present"
-        elif states == {"missing"}:
-            state = "missing"
-        else:
-            state = "partial"
-        result.append(ModelStatus(entry.key, state, files, entry.unverifiable))
-    return result
+    return [_model_status(cache_dir / entry.key, entry, verify) for entry in lock.models.values()]
 
 
 def pull(
@@ -205,8 +215,12 @@ def pull(
             if not entry.verifiable:
                 raise UnverifiableModel(f"{entry.key} has no pinned sha256 for its files: {entry.unverifiable}")
     for entry in entries:
-        for model_file in entry.files:
-            _fetch(entry.key, model_file, cache_dir / entry.key / model_file.path, progress)
+        folder = cache_dir / entry.key
+        if entry.pinned_hub:
+            _pull_hub(entry, folder, progress)
+        else:
+            for model_file in entry.files:
+                _fetch(entry.key, model_file, folder / model_file.path, progress)
     wanted = {entry.key for entry in entries}
     return [s for s in status(cache_dir, lock, verify=False) if s.key in wanted]
 
@@ -219,12 +233,48 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def git_blob_sha1(path: Path) -> str:
+    """The id git (and the hub's tree listing) gives a file: sha1 of b"blob <size>\\0" + its bytes."""
+    digest = hashlib.sha1(b"blob %d\0" % path.stat().st_size)
+    with path.open("rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def hub_endpoint() -> str:
+    # HF_ENDPOINT is huggingface_hub's own variable (mirrors, tests), so one setting serves both.
+    return (os.environ.get("HF_ENDPOINT") or DEFAULT_HUB_ENDPOINT).rstrip("/")
+
+
 def _safe_relative(path: str) -> str:
-    # The lock names paths under the cache; refuse anything that could escape it.
+    # The lock (or the hub's listing) names paths under the cache; refuse anything that could escape it.
     parts = Path(path).parts
     if not parts or Path(path).is_absolute() or ".." in parts:
         raise ModelsError(f"file path {path!r} must be relative and stay inside the model folder")
     return path
+
+
+def _model_status(folder: Path, entry: ModelEntry, verify: bool) -> ModelStatus:
+    files = [_file_status(folder / f.path, f, verify) for f in entry.files]
+    if entry.hub_small_files:
+        small = _read_manifest(folder, entry)
+        if small is None:  # never pulled (or pulled at another revision): its small files are unknown
+            files.append(FileStatus(HUB_MANIFEST, "missing", None))
+        else:
+            files += [_file_status(folder / f.path, f, verify) for f in small]
+    states = {f.state for f in files}
+    if not entry.verifiable:
+        state: ModelState = "unverifiable"
+    elif "corrupt" in states:
+        state = "corrupt"
+    elif states == {"present"}:
+        state = "present"
+    elif states == {"missing"}:
+        state = "missing"
+    else:
+        state = "partial"
+    return ModelStatus(entry.key, state, tuple(files), entry.unverifiable)
 
 
 def _file_status(path: Path, model_file: ModelFile, verify: bool) -> FileStatus:
@@ -232,29 +282,144 @@ def _file_status(path: Path, model_file: ModelFile, verify: bool) -> FileStatus:
         return FileStatus(model_file.path, "missing", None)
     size = path.stat().st_size
     ok = model_file.bytes is None or size == model_file.bytes
-    if ok and verify and model_file.sha256:
+    if ok and verify and model_file.git_sha1:
+        ok = git_blob_sha1(path) == model_file.git_sha1
+    elif ok and verify and model_file.sha256:
         ok = sha256_file(path) == model_file.sha256
     return FileStatus(model_file.path, "present" if ok else "corrupt", size)
 
 
-def _fetch(key: str, model_file: ModelFile, final: Path, progress: PullProgress | None) -> None:
+def _fetch(key: str, model_file: ModelFile, final: Path, progress: PullProgress | None, url: str = "") -> None:
+    """Fetch one file from `url` (default: its own url, else its wheel), verify it, then rename it into place."""
     if final.is_file() and _file_status(final, model_file, verify=True).state == "present":
         return
     final.parent.mkdir(parents=True, exist_ok=True)
     part = final.with_name(final.name + ".part")
     label = f"{key}/{model_file.path}"
-    if model_file.url:
-        digest = _download(model_file.url, part, model_file.bytes, label, progress)
+    url = url or model_file.url or ""
+    if url:
+        digest = _download(url, part, model_file.bytes, label, progress)
     else:
         digest = _copy_from_package(model_file, part, label, progress)
+    if model_file.git_sha1:  # a small hub file: the listing gives its git blob id, not a sha256
+        kind, digest, want, source = "git blob sha1", git_blob_sha1(part), model_file.git_sha1, "the hub lists"
+    else:
+        kind, want, source = "sha256", model_file.sha256, "the lock pins"
     size = part.stat().st_size
-    if digest != model_file.sha256 or (model_file.bytes is not None and size != model_file.bytes):
+    if digest != want or (model_file.bytes is not None and size != model_file.bytes):
         part.unlink(missing_ok=True)
         raise ChecksumMismatch(
-            f"{label}: got sha256 {digest} ({size} bytes), the lock pins {model_file.sha256} "
-            f"({model_file.bytes} bytes); the file was discarded"
+            f"{label}: got {kind} {digest} ({size} bytes), {source} {want} ({model_file.bytes} bytes); "
+            "the file was discarded"
         )
     os.replace(part, final)
+
+
+def _pull_hub(entry: ModelEntry, folder: Path, progress: PullProgress | None) -> None:
+    """Pull a hub entry: check the lock against the tree listing at the pinned revision, then fetch it all."""
+    if _model_status(folder, entry, verify=True).state == "present":
+        return  # everything verified on disk: no need to reach the hub
+    assert entry.hub_repo and entry.revision
+    listing = _hub_listing(entry.hub_repo, entry.revision)
+    for model_file in entry.files:
+        item = listing.get(model_file.path)
+        if item is None:
+            raise ChecksumMismatch(
+                f"{entry.key}/{model_file.path} is pinned in models.lock but {entry.hub_repo} has no such file "
+                f"at {entry.revision}: the lock and the hub disagree"
+            )
+        lfs = item.get("lfs") or {}  # a pinned non-LFS file has no sha256 here; its download is still checked
+        if lfs and (lfs.get("oid") != model_file.sha256 or model_file.bytes not in (None, lfs.get("size"))):
+            raise ChecksumMismatch(
+                f"{entry.key}/{model_file.path}: models.lock pins sha256 {model_file.sha256} "
+                f"({model_file.bytes} bytes) but {entry.hub_repo}@{entry.revision} has {lfs.get('oid')} "
+                f"({lfs.get('size')} bytes): the lock and the hub disagree"
+            )
+    small = _hub_small_files(entry, listing)
+    for model_file in (*entry.files, *small):
+        url = model_file.url or _resolve_url(entry.hub_repo, entry.revision, model_file.path)
+        _fetch(entry.key, model_file, folder / model_file.path, progress, url)
+    if entry.hub_small_files:
+        _write_manifest(folder, entry.revision, small)
+
+
+def _hub_small_files(entry: ModelEntry, listing: dict[str, dict[str, Any]]) -> list[ModelFile]:
+    """The listed files that match hub_small_files and the lock does not pin, each with its git blob id."""
+    pinned = {f.path for f in entry.files}
+    small = []
+    for path, item in sorted(listing.items()):
+        if path in pinned or not any(fnmatchcase(path, pattern) for pattern in entry.hub_small_files):
+            continue
+        if item.get("lfs"):  # a git sha1 would only cover the pointer file, not the weights
+            raise UnverifiableModel(
+                f"{entry.key}: LFS file {path} is not pinned in models.lock (add its sha256 from the hub's file page)"
+            )
+        small.append(ModelFile(path=_safe_relative(path), sha256="", bytes=int(item["size"]), git_sha1=item["oid"]))
+    return small
+
+
+def _hub_listing(repo: str, revision: str) -> dict[str, dict[str, Any]]:
+    """Every file of `repo` at `revision` by path, from the hub's tree API (paginated through Link headers)."""
+    url: str | None = f"{hub_endpoint()}/api/models/{repo}/tree/{revision}?recursive=true"
+    files: dict[str, dict[str, Any]] = {}
+    with httpx.Client(follow_redirects=True, timeout=_TIMEOUT) as client:
+        while url:
+            try:
+                response = client.get(url, headers=_auth_headers(url))
+                response.raise_for_status()
+            except httpx.HTTPError as exc:
+                problem = f"could not list {repo} at {revision} ({type(exc).__name__}: {exc})"
+                raise DownloadError(
+                    _denied_message(exc, repo) or f"{problem}; check the network (offline?) and hub_repo/revision"
+                ) from exc
+            files |= {item["path"]: item for item in response.json() if item.get("type") == "file"}
+            next_url = response.links.get("next", {}).get("url")
+            url = str(response.url.join(next_url)) if next_url else None
+    return files
+
+
+def _resolve_url(repo: str, revision: str, path: str) -> str:
+    return f"{hub_endpoint()}/{repo}/resolve/{revision}/{quote(path)}"
+
+
+def _auth_headers(url: str) -> dict[str, str]:
+    # Gated repos need a token; send it only to the hub itself (httpx drops it on redirects to other hosts).
+    token = os.environ.get("HF_TOKEN")
+    return {"Authorization": f"Bearer {token}"} if token and url.startswith(hub_endpoint() + "/") else {}
+
+
+def _denied_message(exc: Exception, what: str) -> str:
+    """The gated-repo explanation for a 401/403 from the hub, else ""; never includes the token."""
+    if not isinstance(exc, httpx.HTTPStatusError) or exc.response.status_code not in (401, 403):
+        return ""
+    if not str(exc.request.url).startswith(hub_endpoint() + "/"):
+        return ""
+    return (
+        f"{what}: the hub refused access (HTTP {exc.response.status_code}): the repository is gated; set HF_TOKEN "
+        "to a token of a Hugging Face account that accepted its licence on the model page"
+    )
+
+
+def _read_manifest(folder: Path, entry: ModelEntry) -> list[ModelFile] | None:
+    """The small files the last pull verified, or None without a manifest for the entry's current revision."""
+    try:
+        manifest = json.loads((folder / HUB_MANIFEST).read_text())
+        if manifest["revision"] != entry.revision:
+            return None
+        return [
+            ModelFile(path=_safe_relative(path), sha256="", bytes=info["bytes"], git_sha1=info["git_sha1"])
+            for path, info in manifest["files"].items()
+        ]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, ModelsError):
+        return None  # unreadable or hand-edited: treat it as absent, the next pull rewrites it
+
+
+def _write_manifest(folder: Path, revision: str, small: list[ModelFile]) -> None:
+    manifest = {"revision": revision, "files": {f.path: {"git_sha1": f.git_sha1, "bytes": f.bytes} for f in small}}
+    folder.mkdir(parents=True, exist_ok=True)
+    part = folder / (HUB_MANIFEST + ".part")
+    part.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    os.replace(part, folder / HUB_MANIFEST)
 
 
 def _copy_from_package(model_file: ModelFile, part: Path, label: str, progress: PullProgress | None) -> str:
@@ -276,7 +441,7 @@ def _copy_from_package(model_file: ModelFile, part: Path, label: str, progress: 
 def _download(url: str, part: Path, expected: int | None, label: str, progress: PullProgress | None) -> str:
     """Download `url` into `part`, resuming what is already there; returns the sha256 of the whole file."""
     last_error: Exception | None = None
-    with httpx.Client(follow_redirects=True, timeout=httpx.Timeout(30.0, read=120.0)) as client:
+    with httpx.Client(follow_redirects=True, timeout=_TIMEOUT) as client:
         for _ in range(_ATTEMPTS):
             try:
                 return _download_once(client, url, part, expected, label, progress)
@@ -286,8 +451,10 @@ def _download(url: str, part: Path, expected: int | None, label: str, progress: 
                     break  # 404, 403 (gated): retrying cannot help
                 if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
                     break  # nothing was received: the host is unreachable or we are offline
+    assert last_error is not None
     raise DownloadError(
-        f"{label}: could not download {url} ({type(last_error).__name__}: {last_error}); "
+        _denied_message(last_error, label)
+        or f"{label}: could not download {url} ({type(last_error).__name__}: {last_error}); "
         "check the network (offline?) and run the pull again to resume"
     ) from last_error
 
@@ -300,7 +467,7 @@ def _download_once(
         part.unlink()
         have = 0
     # identity: Range offsets count stored bytes, which a compressed transfer would not match.
-    headers = {"Accept-Encoding": "identity"} | ({"Range": f"bytes={have}-"} if have else {})
+    headers = {"Accept-Encoding": "identity"} | ({"Range": f"bytes={have}-"} if have else {}) | _auth_headers(url)
     with client.stream("GET", url, headers=headers) as response:
         if response.status_code == 416 and have:
             # The server has nothing past what we hold: the .part is complete (the checksum decides).

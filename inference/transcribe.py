@@ -10,10 +10,15 @@ and gets whisper's default heads.
 
 Input: decoded to a 16 kHz mono float32 array with inference.audio (PyAV), so no ffmpeg CLI is needed.
 
-Long audio: whisper slides 30 s windows over a log-mel of the whole input, computed on the CPU in one go. For
-20 minutes the array is 77 MB and the whole-input STFT/mel adds about 0.6 GB of host memory (bench/inference:
-peak RSS 1.0 GiB at 20 min vs 0.43 GiB at 1 min with the tiny model); the GPU only ever holds the model and one
-30 s window, so GPU memory does not grow with duration.
+Long audio: whisper slides 30 s windows over a log-mel of the whole input. We compute that log-mel 60 s at a time
+(`chunked_log_mel_spectrogram`, bit-identical to whisper's), so host memory holds the decoded samples and the mel
+(3.8 MB and 1.9-3.1 MB per audio minute) rather than whisper's whole-input STFT; the GPU holds the model and one
+window.
+
+Precision and batching: fp16 on CUDA (whisper.transcribe's default, half the memory and faster on tensor cores),
+fp32 on the CPU, where whisper does not support fp16. Windows are not batched: whisper's transcribe loop starts each
+window where the previous one's last timestamp ended and prompts it with the previous text, so windows depend on
+each other and batching them would change the transcript.
 
 Progress follows whisper's own frame counter (the tqdm bar in whisper.transcribe, which advances as each window's
 segments are committed); see `_whisper_progress`.

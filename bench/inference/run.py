@@ -14,7 +14,6 @@ import argparse
 import importlib
 import json
 import pkgutil
-import resource
 import statistics
 import subprocess
 import sys
@@ -66,8 +65,17 @@ def _worker(module_name: str, index: int, mode: str, input_path: Path, scratch: 
     start = time.perf_counter()
     call(state, input_path, out_dir)
     seconds = time.perf_counter() - start
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    print(json.dumps({"seconds": seconds, "peak_mib": peak_kib / 1024}))
+    print(json.dumps({"seconds": seconds, "peak_mib": _peak_rss_kib() / 1024}))
+
+
+def _peak_rss_kib() -> int:
+    """This process's own peak RSS. Not ru_maxrss: on Linux it keeps the high-water mark of the process image that
+    exec replaced, so every child would report at least the parent's RSS (all bench modules imported)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])  # in kB
+    raise RuntimeError("no VmHWM in /proc/self/status: the peak-memory figures need Linux")
 
 
 def _run_child(module_name: str, index: int, mode: str, input_path: Path, scratch: Path) -> dict[str, float]:

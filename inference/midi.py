@@ -23,7 +23,7 @@ from pydantic import BaseModel
 
 from inference import audio
 from inference.base import EngineError, EngineResult, OutputFile, ProgressFn, no_progress
-from inference.midi_notes import NoteEvent, Posteriorgram, posteriorgram_to_notes
+from inference.midi_notes import NoteEvent, NoteOptions, Posteriorgram, posteriorgram_to_notes
 from inference.params import MidiParams
 
 # basic_pitch.inference.run_inference's framing: 30 model frames of overlap, half of it trimmed from each side.
@@ -95,8 +95,7 @@ class MidiEngine:
     @staticmethod
     def notes(gram: Posteriorgram, params: MidiParams) -> tuple[Any, list[NoteEvent]]:
         """basic-pitch's note creation with our params; returns (pretty_midi.PrettyMIDI, note events)."""
-        return posteriorgram_to_notes(
-            gram,
+        options = NoteOptions(
             onset_thresh=params.onset_threshold,
             frame_thresh=params.frame_threshold,
             min_note_len=int(np.round(params.min_note_ms / 1000 * (AUDIO_SAMPLE_RATE / FFT_HOP))),
@@ -106,6 +105,7 @@ class MidiEngine:
             multiple_pitch_bends=params.multiple_pitch_bends,
             midi_tempo=_MIDI_TEMPO,
         )
+        return posteriorgram_to_notes(gram, options)
 
     def run(
         self, input_path: Path | None, params: BaseModel, out_dir: Path, progress: ProgressFn = no_progress

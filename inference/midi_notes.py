@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -112,55 +113,39 @@ class Posteriorgram:
         self.close()
 
 
+@dataclass(frozen=True)
+class NoteOptions:
+    """The arguments of upstream's `model_output_to_notes`, by the same names (inferred onsets and pitch bends stay
+    on, as its defaults)."""
+
+    onset_thresh: float
+    frame_thresh: float
+    min_note_len: int  # frames
+    min_freq: float | None = None
+    max_freq: float | None = None
+    melodia_trick: bool = True
+    multiple_pitch_bends: bool = False
+    midi_tempo: float = 120.0
+
+
 def posteriorgram_to_notes(
-    gram: Posteriorgram,
-    *,
-    onset_thresh: float,
-    frame_thresh: float,
-    min_note_len: int,
-    min_freq: float | None,
-    max_freq: float | None,
-    melodia_trick: bool,
-    multiple_pitch_bends: bool,
-    midi_tempo: float,
-    chunk_rows: int = CHUNK_ROWS,
-    block_rows: int = BLOCK_ROWS,
+    gram: Posteriorgram, options: NoteOptions, *, chunk_rows: int = CHUNK_ROWS, block_rows: int = BLOCK_ROWS
 ) -> tuple[Any, list[NoteEvent]]:
-    """`model_output_to_notes(output, ...)` with upstream's defaults (inferred onsets, pitch bends): the same
-    (pretty_midi.PrettyMIDI, note events). Like upstream, it zeroes the note matrix outside [min_freq, max_freq]."""
-    notes = _frame_notes(
-        gram,
-        onset_thresh=onset_thresh,
-        frame_thresh=frame_thresh,
-        min_note_len=min_note_len,
-        min_freq=min_freq,
-        max_freq=max_freq,
-        melodia_trick=melodia_trick,
-        chunk_rows=chunk_rows,
-        block_rows=block_rows,
-    )
+    """`model_output_to_notes(output, **asdict(options))`: the same (pretty_midi.PrettyMIDI, note events). Like
+    upstream, it zeroes the note matrix outside [min_freq, max_freq]."""
+    notes = _frame_notes(gram, options, chunk_rows, block_rows)
     times = model_frames_to_time(gram.frames)
     events: list[NoteEvent] = []
     for start, end, pitch, amplitude in notes:
         # get_pitch_bends reads contours[start:end] only, so it gets those rows and the note shifted to row 0.
         _, _, _, _, bends = get_pitch_bends(gram.contour.read(start, end), [(0, end - start, pitch, amplitude)])[0]
         events.append((times[start], times[end], pitch, amplitude, bends))
-    return note_events_to_midi(events, multiple_pitch_bends, midi_tempo), events
+    return note_events_to_midi(events, options.multiple_pitch_bends, options.midi_tempo), events
 
 
-def _frame_notes(
-    gram: Posteriorgram,
-    *,
-    onset_thresh: float,
-    frame_thresh: float,
-    min_note_len: int,
-    min_freq: float | None,
-    max_freq: float | None,
-    melodia_trick: bool,
-    chunk_rows: int,
-    block_rows: int,
-) -> list[FrameNote]:
+def _frame_notes(gram: Posteriorgram, options: NoteOptions, chunk_rows: int, block_rows: int) -> list[FrameNote]:
     """`output_to_notes_polyphonic(..., infer_onsets=True)`, chunk by chunk."""
+    onset_thresh, frame_thresh, min_note_len = options.onset_thresh, options.frame_thresh, options.min_note_len
     if not onset_thresh > 0:
         # At 0 every cell of the matrix, peak or not, would start a note walk.
         raise ValueError("onset_thresh must be positive")
@@ -168,8 +153,8 @@ def _frame_notes(
     if n_frames == 0:
         return []
     frames = gram.note
-    constrain_frequency(frames, frames, max_freq, min_freq)
-    onsets = _InferredOnsets(gram, frames, min_freq, max_freq, chunk_rows)
+    constrain_frequency(frames, frames, options.max_freq, options.min_freq)
+    onsets = _InferredOnsets(gram, frames, options.min_freq, options.max_freq, chunk_rows)
     energy = _RemainingEnergy(frames, block_rows)
     notes: list[FrameNote] = []
 
@@ -186,7 +171,7 @@ def _frame_notes(
             energy.use(start, end, column)
             notes.append((start, end, column + MIDI_OFFSET, np.mean(frames[start:end, column])))
 
-    if melodia_trick:
+    if options.melodia_trick:
         while True:
             value, middle, column = energy.loudest()
             if not float(value) > frame_thresh:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from basic_pitch.note_creation import model_output_to_notes
 
 from inference.base import EngineError
 from inference.midi import build_engine
-from inference.midi_notes import Posteriorgram, posteriorgram_to_notes
+from inference.midi_notes import NoteOptions, Posteriorgram, posteriorgram_to_notes
 from inference.params import MidiParams
 
 pytestmark = pytest.mark.engine
@@ -132,17 +133,17 @@ def test_note_creation_equals_upstream(tmp_path, seed, params, melodia_trick):
     """Chunked note creation gives upstream's notes exactly: same order, frames, amplitudes and pitch bends, with
     chunks and melodia blocks far smaller than the notes so that every kind of boundary is crossed."""
     output = _structured_posteriorgram(2500, seed)
-    options = {"melodia_trick": melodia_trick, "multiple_pitch_bends": False, "midi_tempo": 120.0, **params}
+    options = NoteOptions(melodia_trick=melodia_trick, **params)
     # upstream's unwrap_output trims the matrices to the track's length; 2490 is not a multiple of the 142 rows that
     # one basic-pitch window gives after trimming.
     expected_midi, expected = model_output_to_notes(
-        {key: value[:2490].copy() for key, value in output.items()}, **options
+        {key: value[:2490].copy() for key, value in output.items()}, **dataclasses.asdict(options)
     )
     with Posteriorgram(tmp_path, expected_frames=100) as gram:  # under-counted on purpose: the matrix must grow
         for start in range(0, 2500, 142):
             gram.append(*(output[key][start : start + 142] for key in ("note", "onset", "contour")))
         gram.finish(2490, samples=2490 * 256)
-        midi, events = posteriorgram_to_notes(gram, chunk_rows=97, block_rows=53, **options)
+        midi, events = posteriorgram_to_notes(gram, options, chunk_rows=97, block_rows=53)
 
     assert len(expected) > 20
     assert events == expected
@@ -160,14 +161,4 @@ def test_note_creation_rejects_a_zero_onset_threshold(tmp_path):
         gram.append(*(value[:142] for value in _structured_posteriorgram(142, 0).values()))
         gram.finish(142, samples=142 * 256)
         with pytest.raises(ValueError, match="onset_thresh"):
-            posteriorgram_to_notes(
-                gram,
-                onset_thresh=0.0,
-                frame_thresh=0.3,
-                min_note_len=11,
-                min_freq=None,
-                max_freq=None,
-                melodia_trick=True,
-                multiple_pitch_bends=False,
-                midi_tempo=120.0,
-            )
+            posteriorgram_to_notes(gram, NoteOptions(onset_thresh=0.0, frame_thresh=0.3, min_note_len=11))

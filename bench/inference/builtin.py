@@ -9,7 +9,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from bench.inference.common import BenchCase
+from bench.inference.common import BenchCase, write_wav
 from inference.base import no_progress
 from inference.builtin import BuiltinEngine, builtin_engine
 from inference.params import SeparateParams, TranscribeParams
@@ -19,19 +19,16 @@ _CUTOFFS = (150.0, 150.0 * 40**0.5, 6000.0)  # the builtin's 4-stem band edges (
 
 
 def make_input(minutes: float, folder: Path) -> Path:
-    """A stereo 16-bit wav of tones, bursts and hiss, written in chunks so a 20-minute file never sits in memory."""
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"mix_{minutes:g}min.wav"
+    """A stereo 16-bit wav of tones, bursts and hiss."""
     rng = np.random.default_rng(0)
-    total = int(minutes * 60 * RATE)
-    with sf.SoundFile(str(path), "w", samplerate=RATE, channels=2, subtype="PCM_16") as out:
-        for start in range(0, total, RATE * 10):
-            t = np.arange(start, min(total, start + RATE * 10)) / RATE
-            gate = (np.sin(2 * np.pi * 0.25 * t) > -0.3).astype(np.float32)  # sound with pauses
-            mono = gate * (0.2 * np.sin(2 * np.pi * 80 * t) + 0.2 * np.sin(2 * np.pi * 440 * t))
-            noise = 0.01 * rng.standard_normal((2, t.size))
-            out.write((mono + noise).T.astype(np.float32))
-    return path
+
+    def samples(n: np.ndarray) -> np.ndarray:
+        t = n / RATE
+        gate = (np.sin(2 * np.pi * 0.25 * t) > -0.3).astype(np.float32)  # sound with pauses
+        mono = gate * (0.2 * np.sin(2 * np.pi * 80 * t) + 0.2 * np.sin(2 * np.pi * 440 * t))
+        return (mono + 0.01 * rng.standard_normal((2, t.size))).T
+
+    return write_wav(folder / f"mix_{minutes:g}min.wav", minutes, RATE, 2, samples)
 
 
 def _setup_separate(scratch: Path) -> BuiltinEngine:

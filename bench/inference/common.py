@@ -7,6 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import soundfile as sf
+
 
 @dataclass(frozen=True)
 class BenchCase:
@@ -15,3 +18,18 @@ class BenchCase:
     ours: Callable[[Any, Path, Path], None]  # (state, input file, out dir): our engine's run
     direct: Callable[[Any, Path, Path], None]  # the library called directly on the same model and input
     make_input: Callable[[float, Path], Path]  # (minutes, folder) -> an input file of that length
+
+
+def write_wav(
+    path: Path, minutes: float, rate: int, channels: int, samples: Callable[[np.ndarray], np.ndarray]
+) -> Path:
+    """A 16-bit wav of `minutes`, written 10 s at a time so a 20-minute input never sits in memory.
+
+    `samples(n)` gives the audio at sample indices `n`, in order: shape (len(n),) for mono, else (len(n), channels).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    total = int(minutes * 60 * rate)
+    with sf.SoundFile(str(path), "w", samplerate=rate, channels=channels, subtype="PCM_16") as out:
+        for start in range(0, total, rate * 10):
+            out.write(samples(np.arange(start, min(total, start + rate * 10))).astype(np.float32))
+    return path

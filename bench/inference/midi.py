@@ -6,10 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 from basic_pitch.inference import predict
 
-from bench.inference.common import BenchCase
+from bench.inference.common import BenchCase, write_wav
 from inference.base import no_progress
 from inference.midi import MidiEngine, build_engine
 from inference.params import MidiParams
@@ -19,20 +18,17 @@ _SCALE = (60, 62, 64, 65, 67, 69, 71, 72)
 
 
 def make_input(minutes: float, folder: Path) -> Path:
-    """A mono 16-bit wav of plucked harmonic notes walking up a C major scale, written in 10 s pieces."""
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"melody_{minutes:g}min.wav"
-    total = int(minutes * 60 * RATE)
+    """A mono 16-bit wav of plucked harmonic notes walking up a C major scale."""
     note = int(0.25 * RATE)
-    with sf.SoundFile(str(path), "w", samplerate=RATE, channels=1, subtype="PCM_16") as out:
-        for start in range(0, total, note * 40):
-            n = np.arange(start, min(total, start + note * 40))
-            pitch = np.asarray(_SCALE)[(n // note) % len(_SCALE)]
-            t = (n % note) / RATE
-            f0 = 440.0 * 2 ** ((pitch - 69) / 12)
-            tone = np.sin(2 * np.pi * f0 * t) + 0.25 * np.sin(4 * np.pi * f0 * t)
-            out.write((0.3 * tone * np.exp(-6 * t)).astype(np.float32))
-    return path
+
+    def samples(n: np.ndarray) -> np.ndarray:
+        pitch = np.asarray(_SCALE)[(n // note) % len(_SCALE)]
+        t = (n % note) / RATE
+        f0 = 440.0 * 2 ** ((pitch - 69) / 12)
+        tone = np.sin(2 * np.pi * f0 * t) + 0.25 * np.sin(4 * np.pi * f0 * t)
+        return 0.3 * tone * np.exp(-6 * t)
+
+    return write_wav(folder / f"melody_{minutes:g}min.wav", minutes, RATE, 1, samples)
 
 
 def setup(scratch: Path) -> MidiEngine:

@@ -13,14 +13,13 @@ from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 import torch
 import yaml
 from demucs.apply import apply_model
 from demucs.htdemucs import HTDemucs
 from demucs.states import get_state, save_with_checksum
 
-from bench.inference.common import BenchCase
+from bench.inference.common import BenchCase, write_wav
 from inference import audio
 from inference.base import no_progress
 from inference.params import DEMUCS_SOURCES, SeparateParams
@@ -31,19 +30,16 @@ PARAMS = SeparateParams(shifts=1, overlap=0.25)
 
 
 def make_input(minutes: float, folder: Path) -> Path:
-    """A stereo 16-bit wav of gated tones and noise, written in 10 s pieces so long files never sit in memory."""
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"mix_{minutes:g}min.wav"
+    """A stereo 16-bit wav of gated tones and noise."""
     rng = np.random.default_rng(0)
-    total = int(minutes * 60 * RATE)
-    with sf.SoundFile(str(path), "w", samplerate=RATE, channels=2, subtype="PCM_16") as out:
-        for start in range(0, total, RATE * 10):
-            t = np.arange(start, min(total, start + RATE * 10)) / RATE
-            gate = (np.sin(2 * np.pi * 0.5 * t) > 0).astype(np.float32)
-            tone = 0.3 * np.sin(2 * np.pi * 110 * t) + 0.2 * gate * np.sin(2 * np.pi * 440 * t)
-            noise = 0.05 * rng.standard_normal((2, t.size))
-            out.write((tone + noise).T.astype(np.float32))
-    return path
+
+    def samples(n: np.ndarray) -> np.ndarray:
+        t = n / RATE
+        gate = (np.sin(2 * np.pi * 0.5 * t) > 0).astype(np.float32)
+        tone = 0.3 * np.sin(2 * np.pi * 110 * t) + 0.2 * gate * np.sin(2 * np.pi * 440 * t)
+        return (tone + 0.05 * rng.standard_normal((2, t.size))).T
+
+    return write_wav(folder / f"mix_{minutes:g}min.wav", minutes, RATE, 2, samples)
 
 
 def setup(scratch: Path) -> SeparateEngine:

@@ -16,7 +16,7 @@ import soundfile as sf
 import soxr
 import whisper
 
-from bench.inference.common import BenchCase
+from bench.inference.common import BenchCase, write_wav
 from inference.base import no_progress
 from inference.params import TranscribeParams
 from inference.transcribe import TranscribeEngine, build_engine
@@ -26,16 +26,14 @@ RATE = 44_100
 
 
 def make_input(minutes: float, folder: Path) -> Path:
-    """Mono 44.1 kHz 16-bit audio with syllable-like voiced bursts and pauses, written in chunks."""
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"speech_{minutes:g}min.wav"
-    total = int(minutes * 60 * RATE)
-    with sf.SoundFile(str(path), "w", samplerate=RATE, channels=1, subtype="PCM_16") as out:
-        for start in range(0, total, RATE * 10):
-            t = np.arange(start, min(total, start + RATE * 10)) / RATE
-            voice = np.sin(2 * np.pi * 180 * t) * np.clip(np.sin(2 * np.pi * 3 * t), 0, None)
-            out.write((0.3 * voice * (np.sin(2 * np.pi * 0.1 * t) > -0.5)).astype(np.float32))
-    return path
+    """Mono 44.1 kHz 16-bit audio with syllable-like voiced bursts and pauses."""
+
+    def samples(n: np.ndarray) -> np.ndarray:
+        t = n / RATE
+        voice = np.sin(2 * np.pi * 180 * t) * np.clip(np.sin(2 * np.pi * 3 * t), 0, None)
+        return 0.3 * voice * (np.sin(2 * np.pi * 0.1 * t) > -0.5)
+
+    return write_wav(folder / f"speech_{minutes:g}min.wav", minutes, RATE, 1, samples)
 
 
 def _setup(scratch: Path) -> TranscribeEngine:

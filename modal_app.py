@@ -1,19 +1,29 @@
-"""The Modal deployment: `modal deploy modal_app.py`.
+"""The Modal deployment, told in the order a reader needs it: `modal deploy modal_app.py`.
 
-One App holds the API (ASGI, no torch in its image), one GPU worker class per engine, a function that fills the
-weights Volume, and the schedules (reaper, webhook retries, retention). Everything below is wiring: the API,
-runner, reaper and engines are the same code local mode runs. Configuration is read at deploy time from the
-environment (STUDIO_MODAL_*; see README "Deploy to Modal"), secrets at run time from Modal Secrets.
+1. images: Python + ffmpeg + exactly the pyproject group each container needs (no torch in the API's);
+2. the weights Volume and `download_models`, the one function that fills it;
+3. the workers: one GPU (or CPU) class per engine, running the same job runner as local mode;
+4. the API: the ASGI app, dispatching to those workers;
+5. the schedules: reaper, webhook retries, retention (the same functions local mode's background loop calls);
+6. `modal run modal_app.py`: a smoke run of an ephemeral copy (weights, API health, one reaper pass).
+
+Configuration is read at deploy time from the environment (STUDIO_MODAL_*; see README "Deploy to Modal"), secrets at
+run time from Modal Secrets.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import modal
+
+if TYPE_CHECKING:
+    from api.state import AppState
 
 APP_NAME = os.environ.get("STUDIO_MODAL_APP", "audio-studio")
 ROOT = Path(__file__).resolve().parent
@@ -44,7 +54,8 @@ PRODUCTION_ENV = {
     "HF_HUB_OFFLINE": "1",  # weights come from the Volume only
 }
 
-weights_volume = modal.Volume.from_name("studio-weights", create_if_missing=True)
+# ---- 1. images ----
+
 _SOURCE_IGNORE = ["**/__pycache__", "**/*.pyc"]  # keep db/migrations/*.sql, which the default would drop
 
 
@@ -75,9 +86,38 @@ IMAGES = {
 }
 
 app = modal.App(APP_NAME)
+
+# ---- 2. the weights Volume and its filler ----
+
+weights_volume = modal.Volume.from_name("studio-weights", create_if_missing=True)
 _READ_ONLY_WEIGHTS = {WEIGHTS_MOUNT: weights_volume.with_mount_options(read_only=True)}
+
+
+@app.function(
+    image=IMAGES["api"],
+    volumes={WEIGHTS_MOUNT: weights_volume},
+    secrets=[modal.Secret.from_name("studio-huggingface")],  # HF_TOKEN, for gated hub repos
+    timeout=4 * 3600,
+)
+def download_models(names: str = "") -> list[str]:
+    """Fill the weights Volume with the same code as `studio models pull`, then commit it for the workers.
+
+    `names` is comma-separated models.lock keys (`modal run modal_app.py::download_models --names a,b`); empty
+    pulls every verifiable model enabled by default. Gated hub repos (Stable Audio Open) need HF_TOKEN (the
+    `studio-huggingface` secret, mounted by this function only): a token of an account that accepted the licence.
+    """
+    from inference.models import pull
+
+    wanted = [name.strip() for name in names.split(",") if name.strip()] or None
+    pulled = pull(wanted, Path(WEIGHTS_MOUNT))
+    weights_volume.commit()
+    return [entry.key for entry in pulled]
+
+
+# ---- 3. workers ----
+
 # A preempted or crashed container's input is retried; the runner's claim makes a retry resume the same job
-# without double outputs or double capture (see api/runner.py).
+# without double outputs or double capture (see api/worker/runner.py).
 _WORKER_RETRIES = modal.Retries(max_retries=2, initial_delay=5.0, backoff_coefficient=2.0, max_delay=60.0)
 
 
@@ -92,8 +132,8 @@ class _JobWorker:
         # Imports (torch, the engine module) are the slow, GPU-free part of a cold start: snapshot them.
         import importlib
 
-        from api.runner import worker_context
         from api.settings import Settings
+        from api.worker.process import worker_context
         from inference.registry import TASKS
 
         importlib.import_module(TASKS[self.task].engine_factory.split(":")[0])
@@ -118,7 +158,7 @@ class _JobWorker:
         import asyncio
         from uuid import UUID
 
-        from api.runner import run_job
+        from api.worker.runner import run_job
 
         # One event loop for the container's life: storage clients keep connections bound to the loop that made
         # them. The method is sync, so Modal runs one job at a time per container: the GPU is never shared.
@@ -186,34 +226,7 @@ WORKERS = {
 }
 
 
-def production_state() -> Any:
-    """The API's collaborators on Modal: Supabase Postgres and Storage, Stripe, and the Modal dispatcher."""
-    from psycopg_pool import AsyncConnectionPool
-
-    from api.app import AppState
-    from api.billing import build_stripe_client
-    from api.database import connection_kwargs, secret_key
-    from api.modal_dispatch import ModalDispatcher
-    from api.settings import Settings
-    from api.storage import build_storage
-
-    settings = Settings()
-    if not settings.database_url:
-        raise RuntimeError("DATABASE_URL is not set: create the studio-database secret (README, Deploy to Modal)")
-    signing_key = secret_key(settings)
-    pool = AsyncConnectionPool(
-        settings.database_url, min_size=1, max_size=10, open=False, kwargs=connection_kwargs(settings)
-    )
-    return AppState(
-        settings=settings,
-        pool=pool,
-        # LISTEN (events hub, webhook deliverer) needs a session connection; the pool may use the transaction pooler.
-        database_url=settings.database_listen_url or settings.database_url,
-        storage=build_storage(settings, signing_key),
-        dispatcher=ModalDispatcher(WORKERS),
-        signing_key=signing_key,
-        stripe=build_stripe_client(settings),
-    )
+# ---- 4. the API ----
 
 
 class _OpenPool:
@@ -233,30 +246,26 @@ class _OpenPool:
 @modal.concurrent(max_inputs=API_MAX_INPUTS)
 @modal.asgi_app()
 def api() -> Any:
-    from api.app import create_app
-    from api.services import background_services
+    from api.main import create_app
+    from api.wiring import background_services, production_state
 
-    state = production_state()
+    state = production_state(WORKERS)
     return create_app(state, background=[_OpenPool(state.pool), *background_services(state)])
 
 
-async def _scheduled(job: str) -> dict[str, int]:
-    """One pass of a schedule, with its own short-lived pool (Cron containers are cold and brief)."""
-    from api.dispatch import dispatch_ready
-    from api.reaper import clean_retention, reap
-    from api.webhooks import WebhookDeliverer
+# ---- 5. schedules ----
 
-    state = production_state()
+
+@contextlib.asynccontextmanager
+async def _scheduled_state() -> AsyncIterator[AppState]:
+    """The collaborators for one pass of a schedule, with its own short-lived pool (Cron containers are cold and
+    brief)."""
+    from api.wiring import production_state
+
+    state = production_state(WORKERS)
     await state.pool.open(wait=True)
     try:
-        if job == "reap":
-            report = await reap(state.pool, state.dispatcher, state.settings, state.clock())
-            started = await dispatch_ready(state)  # jobs that waited for their user's running-job cap
-            return {"failed": len(report.failed), "canceled": len(report.canceled), "dispatched": started}
-        if job == "webhooks":
-            return {"delivered": await WebhookDeliverer(state).deliver_due()}
-        report = await clean_retention(state.pool, state.storage, state.settings, state.clock())
-        return dataclasses.asdict(report)
+        yield state
     finally:
         await state.pool.close()
 
@@ -265,37 +274,46 @@ async def _scheduled(job: str) -> dict[str, int]:
 @app.function(image=IMAGES["api"], secrets=SECRETS, schedule=modal.Cron("*/2 * * * *"), timeout=300)
 async def reaper() -> dict[str, int]:
     """Fail jobs past their deadline or whose worker is gone, release their holds, start capped jobs."""
-    return await _scheduled("reap")
+    from api.background.reaper import reap
+    from api.jobs.dispatch import dispatch_ready
+
+    async with _scheduled_state() as state:
+        report = await reap(state.pool, state.dispatcher, state.settings, state.clock())
+        started = await dispatch_ready(state)  # jobs that waited for their user's running-job cap
+    return {"failed": len(report.failed), "canceled": len(report.canceled), "dispatched": started}
 
 
 @app.function(image=IMAGES["api"], secrets=SECRETS, schedule=modal.Cron("* * * * *"), timeout=300)
 async def webhook_retries() -> dict[str, int]:
     """Deliver due webhook retries (API containers scale to zero, so retries cannot rely on them)."""
-    return await _scheduled("webhooks")
+    from api.background.webhooks import WebhookDeliverer
+
+    async with _scheduled_state() as state:
+        return {"delivered": await WebhookDeliverer(state).deliver_due()}
 
 
 @app.function(image=IMAGES["api"], secrets=SECRETS, schedule=modal.Cron("17 * * * *"), timeout=900)
 async def retention() -> dict[str, int]:
     """Delete inputs of finished jobs and outputs past their retention."""
-    return await _scheduled("retention")
+    from api.background.reaper import clean_retention
+
+    async with _scheduled_state() as state:
+        report = await clean_retention(state.pool, state.storage, state.settings, state.clock())
+    return dataclasses.asdict(report)
 
 
-@app.function(
-    image=IMAGES["api"],
-    volumes={WEIGHTS_MOUNT: weights_volume},
-    secrets=[modal.Secret.from_name("studio-huggingface")],  # HF_TOKEN, for gated hub repos
-    timeout=4 * 3600,
-)
-def download_models(names: str = "") -> list[str]:
-    """Fill the weights Volume with the same code as `studio models pull`, then commit it for the workers.
+# ---- 6. smoke run ----
 
-    `names` is comma-separated models.lock keys (`modal run modal_app.py::download_models --names a,b`); empty
-    pulls every verifiable model enabled by default. Gated hub repos (Stable Audio Open) need HF_TOKEN (the
-    `studio-huggingface` secret, mounted by this function only): a token of an account that accepted the licence.
-    """
-    from inference.models import pull
 
-    wanted = [name.strip() for name in names.split(",") if name.strip()] or None
-    pulled = pull(wanted, Path(WEIGHTS_MOUNT))
-    weights_volume.commit()
-    return [entry.key for entry in pulled]
+@app.local_entrypoint()
+def smoke(models: str = "basic-pitch") -> None:
+    """`modal run modal_app.py [--models a,b]`: an ephemeral copy of the app, exercised once end to end: fill the
+    Volume with `models`, ask the API container for /v1/health (database reachable), run one reaper pass."""
+    import httpx
+
+    print("weights:", download_models.remote(models))
+    url = api.get_web_url()
+    health = httpx.get(f"{url}/v1/health", timeout=120.0)
+    health.raise_for_status()
+    print("api:", health.json())
+    print("reaper:", reaper.remote())

@@ -31,9 +31,8 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from api.app import create_app
-    from api.local import local_state
-    from api.services import background_services
+    from api.main import create_app
+    from api.wiring import background_services, local_state
 
     overrides: dict[str, Any] = {}
     if args.workers is not None:
@@ -58,8 +57,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_token(args: argparse.Namespace) -> int:
-    from api.auth import ensure_user, mint_local_token
-    from api.local import local_state
+    from api.security import mint_local_token
+    from api.wiring import ensure_user, local_state
     from db import ledger
 
     settings = Settings()

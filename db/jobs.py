@@ -1,11 +1,13 @@
-"""SQL for the jobs API: create, read, list and cancel. State changes are guarded by the current status in the
-WHERE clause, so a cancel racing a worker (or a reaper) changes a row at most once; the trigger in 0002 makes
-final states final whatever path tries.
+"""Every statement on `jobs`, and nowhere else: create, read, list, claim, heartbeat, finish, cancel, reap.
+
+State changes are guarded by the current status in the WHERE clause, so a cancel racing a worker (or a reaper)
+changes a row at most once; the trigger in 0002 makes final states final whatever path tries.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 from uuid import UUID
 
@@ -13,7 +15,18 @@ from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-FINAL_STATES = ("succeeded", "failed", "canceled")
+
+class JobStatus(StrEnum):
+    """The `job_status` enum of migration 0002."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+
+FINAL_STATES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED})
 # Newest deliveries' status rides along with the job so GET shows the last webhook outcome without a second query.
 _SELECT = (
     "SELECT j.*, d.last_delivery FROM jobs j LEFT JOIN LATERAL ("
@@ -67,6 +80,16 @@ async def get_job(conn: AsyncConnection, job_id: UUID, user_id: UUID | None = No
     return await cursor.fetchone()
 
 
+async def job_state(conn: AsyncConnection, job_id: UUID) -> dict[str, Any] | None:
+    """The columns a job's live events carry (`seq` is the SSE event id)."""
+    cursor = conn.cursor(row_factory=dict_row)
+    await cursor.execute(
+        "SELECT id, user_id, status::text AS status, progress, stage, event_seq AS seq FROM jobs WHERE id = %s",
+        (job_id,),
+    )
+    return await cursor.fetchone()
+
+
 async def list_jobs(
     conn: AsyncConnection,
     user_id: UUID,
@@ -95,19 +118,152 @@ async def list_jobs(
     return await cursor.fetchall()
 
 
-async def cancel_queued(conn: AsyncConnection, job_id: UUID, user_id: UUID) -> bool:
-    """queued -> canceled. True only for the call that changed it (a worker may have just started it)."""
+async def clear_input(conn: AsyncConnection, job_id: UUID) -> None:
+    """Forget the input's storage key once the object is deleted (SPEC: inputs go when the job is final)."""
+    await conn.execute("UPDATE jobs SET input_ref = NULL WHERE id = %s", (job_id,))
+
+
+async def clear_input_ref(conn: AsyncConnection, job_id: UUID, ref: str) -> None:
+    """Forget `ref` once its object is deleted, unless the job has meanwhile moved on to another input."""
+    await conn.execute("UPDATE jobs SET input_ref = NULL WHERE id = %s AND input_ref = %s", (job_id, ref))
+
+
+async def final_input_ref(conn: AsyncConnection, job_id: UUID) -> str | None:
+    """The input key of a final job that still has one (inputs go as soon as the job is final)."""
     cursor = await conn.execute(
-        "UPDATE jobs SET status = 'canceled', cancel_requested = true, finished_at = now(),"
-        " error = jsonb_build_object('code', 'canceled', 'message', 'Canceled by the user.')"
-        " WHERE id = %s AND user_id = %s AND status = 'queued' RETURNING id",
-        (job_id, user_id),
+        "SELECT input_ref FROM jobs WHERE id = %s AND status IN ('succeeded', 'failed', 'canceled')"
+        " AND input_ref IS NOT NULL",
+        (job_id,),
     )
+    row = await cursor.fetchone()
+    return None if row is None else row[0]
+
+
+async def status_of(conn: AsyncConnection, job_id: UUID) -> JobStatus | None:
+    row = await (await conn.execute("SELECT status FROM jobs WHERE id = %s", (job_id,))).fetchone()
+    return None if row is None else JobStatus(row[0])
+
+
+# ---- a worker's attempt: claim, heartbeat ----
+
+
+async def claim(
+    conn: AsyncConnection, job_id: UUID, heartbeat_timeout_seconds: float, dispatch_id: str | None
+) -> dict[str, Any] | None:
+    """Start an attempt: queued -> running, or take over a running job whose heartbeat went stale. None when the
+    job is not this caller's to run (final, canceled, or running under another live attempt)."""
+    cursor = conn.cursor(row_factory=dict_row)
+    await cursor.execute(
+        "UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = coalesce(started_at, now()),"
+        " heartbeat_at = now(), progress = 0, stage = 'starting',"
+        " dispatch_id = coalesce(%s, dispatch_id)"
+        " WHERE id = %s AND NOT cancel_requested AND (status = 'queued' OR (status = 'running'"
+        " AND coalesce(heartbeat_at, started_at) < now() - make_interval(secs => %s))"
+        # Modal runs one attempt of a FunctionCall at a time: a retry of the same call (after preemption or a
+        # crash) means the earlier attempt is gone, so it takes the job over without waiting for staleness.
+        " OR (status = 'running' AND %s::text IS NOT NULL AND dispatch_id = %s::text))"
+        " RETURNING id, user_id, task, params, model_key, input_ref, input_meta, attempts",
+        (dispatch_id, job_id, heartbeat_timeout_seconds, dispatch_id, dispatch_id),
+    )
+    return await cursor.fetchone()
+
+
+async def heartbeat(
+    conn: AsyncConnection, job_id: UUID, attempt: int, progress: float, stage: str | None
+) -> bool | None:
+    """Record liveness and progress of this attempt. Returns cancel_requested, or None when the job is no longer
+    this attempt's."""
+    cursor = await conn.execute(
+        "UPDATE jobs SET heartbeat_at = now(), progress = %s, stage = %s"
+        " WHERE id = %s AND status = 'running' AND attempts = %s RETURNING cancel_requested",
+        (progress, stage, job_id, attempt),
+    )
+    row = await cursor.fetchone()
+    return None if row is None else bool(row[0])
+
+
+# ---- endings: lock the row while its guard holds, then write the final state (api.jobs.settle) ----
+
+
+async def lock_attempt(conn: AsyncConnection, job_id: UUID) -> tuple[JobStatus, int, bool] | None:
+    """(status, attempts, cancel_requested), the row locked for this transaction."""
+    cursor = await conn.execute(
+        "SELECT status, attempts, cancel_requested FROM jobs WHERE id = %s FOR UPDATE", (job_id,)
+    )
+    row = await cursor.fetchone()
+    return None if row is None else (JobStatus(row[0]), row[1], row[2])
+
+
+async def _lock_if(
+    conn: AsyncConnection, job_id: UUID, guard: str, args: dict[str, Any], *, skip_locked: bool = True
+) -> bool:
+    # SKIP LOCKED (the reaper): a row another reaper or the worker holds is theirs to settle. Without it the call
+    # waits for the holder, and the guard is re-checked on the row it committed.
+    lock = "FOR UPDATE SKIP LOCKED" if skip_locked else "FOR UPDATE"
+    cursor = await conn.execute(f"SELECT id FROM jobs WHERE id = %(id)s AND {guard} {lock}", {"id": job_id, **args})
     return await cursor.fetchone() is not None
 
 
-async def request_cancel(conn: AsyncConnection, job_id: UUID, user_id: UUID) -> str | None:
-    """Flag a running job for cancellation; returns its dispatch id when the flag was set, else None."""
+async def lock_queued(conn: AsyncConnection, job_id: UUID, user_id: UUID | None = None) -> bool:
+    """Lock a job that is still queued (and, with `user_id`, that user's)."""
+    guard = "status = 'queued' AND (%(user)s::uuid IS NULL OR user_id = %(user)s::uuid)"
+    return await _lock_if(conn, job_id, guard, {"user": user_id}, skip_locked=False)
+
+
+async def lock_past_deadline(conn: AsyncConnection, job_id: UUID, now: datetime) -> bool:
+    return await _lock_if(conn, job_id, "status IN ('queued', 'running') AND deadline_at <= %(now)s", {"now": now})
+
+
+async def lock_stale(conn: AsyncConnection, job_id: UUID, attempts: int, before: datetime) -> bool:
+    guard = (
+        "status = 'running' AND attempts = %(attempts)s AND coalesce(heartbeat_at, started_at, created_at) < %(before)s"
+    )
+    return await _lock_if(conn, job_id, guard, {"attempts": attempts, "before": before})
+
+
+async def lock_dispatch(conn: AsyncConnection, job_id: UUID, status: str, attempts: int, dispatch_id: str) -> bool:
+    guard = "status = %(status)s AND attempts = %(attempts)s AND dispatch_id = %(dispatch)s"
+    return await _lock_if(conn, job_id, guard, {"status": status, "attempts": attempts, "dispatch": dispatch_id})
+
+
+async def lock_queued_cancel(conn: AsyncConnection, job_id: UUID) -> bool:
+    return await _lock_if(conn, job_id, "status = 'queued' AND cancel_requested AND dispatch_id IS NULL", {})
+
+
+async def write_succeeded(
+    conn: AsyncConnection,
+    job_id: UUID,
+    outputs: list[dict[str, Any]],
+    metrics: dict[str, Any],
+    retention_seconds: float,
+) -> None:
+    await conn.execute(
+        "UPDATE jobs SET status = 'succeeded', progress = 1, stage = NULL, outputs = %s, metrics = %s,"
+        " finished_at = now(), outputs_expire_at = now() + make_interval(secs => %s) WHERE id = %s",
+        (Jsonb(outputs), Jsonb(metrics), retention_seconds, job_id),
+    )
+
+
+async def write_ended(
+    conn: AsyncConnection,
+    job_id: UUID,
+    status: JobStatus,
+    error: dict[str, str] | None,
+    metrics: dict[str, Any],
+    finished_at: datetime | None,
+    *,
+    cancel_requested: bool = False,
+) -> None:
+    """Write `failed` or `canceled`; `finished_at` None means the database clock."""
+    await conn.execute(
+        "UPDATE jobs SET status = %s, stage = NULL, error = %s, metrics = metrics || %s,"
+        " finished_at = coalesce(%s, now()), cancel_requested = cancel_requested OR %s WHERE id = %s",
+        (str(status), Jsonb(error) if error else None, Jsonb(metrics), finished_at, cancel_requested, job_id),
+    )
+
+
+async def request_cancel_running(conn: AsyncConnection, job_id: UUID, user_id: UUID) -> str | None:
+    """Flag a running job for cancellation; returns its dispatch id ('' when none) when the flag was set."""
     cursor = await conn.execute(
         "UPDATE jobs SET cancel_requested = true WHERE id = %s AND user_id = %s AND status = 'running'"
         " RETURNING coalesce(dispatch_id, '')",
@@ -117,16 +273,132 @@ async def request_cancel(conn: AsyncConnection, job_id: UUID, user_id: UUID) -> 
     return None if row is None else row[0]
 
 
-async def fail_unstarted(conn: AsyncConnection, job_id: UUID, code: str, message: str) -> bool:
-    """Fail a job that never ran (e.g. its dispatch failed). True when this call failed it."""
+# ---- dispatch: the per-user cap on jobs started at once ----
+
+
+async def lock_user_dispatch(conn: AsyncConnection, user_id: UUID) -> None:
+    """Serialise dispatch decisions of one user for this transaction (two API processes never both start the
+    user's last slot)."""
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('dispatch:' || %s::text, 0))", (user_id,))
+
+
+async def owner(conn: AsyncConnection, job_id: UUID) -> UUID | None:
+    row = await (await conn.execute("SELECT user_id FROM jobs WHERE id = %s", (job_id,))).fetchone()
+    return None if row is None else row[0]
+
+
+async def taken_count(conn: AsyncConnection, user_id: UUID) -> int:
+    """Jobs running, or queued with a dispatch id (started somewhere, not yet claimed)."""
     cursor = await conn.execute(
-        "UPDATE jobs SET status = 'failed', finished_at = now(), error = jsonb_build_object('code', %s::text,"
-        " 'message', %s::text) WHERE id = %s AND status = 'queued' RETURNING id",
-        (code, message, job_id),
+        "SELECT count(*) FROM jobs WHERE user_id = %s"
+        " AND (status = 'running' OR (status = 'queued' AND dispatch_id IS NOT NULL))",
+        (user_id,),
+    )
+    row = await cursor.fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def undispatched_task(conn: AsyncConnection, job_id: UUID) -> str | None:
+    """The task of a queued job with no dispatch and no cancel request, else None."""
+    cursor = await conn.execute(
+        "SELECT task FROM jobs WHERE id = %s AND status = 'queued' AND dispatch_id IS NULL AND NOT cancel_requested",
+        (job_id,),
+    )
+    row = await cursor.fetchone()
+    return None if row is None else row[0]
+
+
+async def users_with_ready_jobs(conn: AsyncConnection, now: datetime) -> list[UUID]:
+    cursor = await conn.execute(
+        "SELECT DISTINCT user_id FROM jobs WHERE status = 'queued' AND dispatch_id IS NULL"
+        " AND NOT cancel_requested AND deadline_at > %s",
+        (now,),
+    )
+    return [row[0] for row in await cursor.fetchall()]
+
+
+async def ready_jobs(conn: AsyncConnection, user_id: UUID, now: datetime, limit: int) -> list[tuple[UUID, str]]:
+    """The user's oldest queued jobs without a dispatch: (id, task)."""
+    cursor = await conn.execute(
+        "SELECT id, task FROM jobs WHERE user_id = %s AND status = 'queued' AND dispatch_id IS NULL"
+        " AND NOT cancel_requested AND deadline_at > %s ORDER BY created_at, id LIMIT %s",
+        (user_id, now, limit),
+    )
+    return [(row[0], row[1]) for row in await cursor.fetchall()]
+
+
+async def set_dispatch_id(conn: AsyncConnection, job_id: UUID, dispatch_id: str) -> None:
+    await conn.execute("UPDATE jobs SET dispatch_id = %s WHERE id = %s", (dispatch_id, job_id))
+
+
+# ---- the reaper and the retention sweep ----
+
+
+async def past_deadline(conn: AsyncConnection, now: datetime) -> list[tuple[UUID, str | None]]:
+    """Unfinished jobs past their deadline: (id, dispatch_id)."""
+    cursor = await conn.execute(
+        "SELECT id, dispatch_id FROM jobs WHERE status IN ('queued', 'running') AND deadline_at <= %s", (now,)
+    )
+    return [(row[0], row[1]) for row in await cursor.fetchall()]
+
+
+async def stale_running(conn: AsyncConnection, before: datetime) -> list[tuple[UUID, int]]:
+    """Running jobs whose last heartbeat is older than `before`: (id, attempts)."""
+    cursor = await conn.execute(
+        "SELECT id, attempts FROM jobs WHERE status = 'running'"
+        " AND coalesce(heartbeat_at, started_at, created_at) < %s",
+        (before,),
+    )
+    return [(row[0], row[1]) for row in await cursor.fetchall()]
+
+
+async def dispatched_unfinished(conn: AsyncConnection) -> list[tuple[UUID, str, int, str, bool]]:
+    """Queued or running jobs with a dispatch: (id, status, attempts, dispatch_id, cancel_requested)."""
+    cursor = await conn.execute(
+        "SELECT id, status::text, attempts, dispatch_id, cancel_requested FROM jobs"
+        " WHERE status IN ('queued', 'running') AND dispatch_id IS NOT NULL"
+    )
+    return [tuple(row) for row in await cursor.fetchall()]  # type: ignore[misc]
+
+
+async def requeue(conn: AsyncConnection, job_id: UUID, dispatch_id: str) -> bool:
+    """Forget a vanished dispatch of a never-claimed job so it is dispatched again."""
+    cursor = await conn.execute(
+        "UPDATE jobs SET dispatch_id = NULL WHERE id = %s AND status = 'queued' AND dispatch_id = %s RETURNING id",
+        (job_id, dispatch_id),
     )
     return await cursor.fetchone() is not None
 
 
-async def clear_input(conn: AsyncConnection, job_id: UUID) -> None:
-    """Forget the input's storage key once the object is deleted (SPEC: inputs go when the job is final)."""
-    await conn.execute("UPDATE jobs SET input_ref = NULL WHERE id = %s", (job_id,))
+async def queued_with_cancel(conn: AsyncConnection) -> list[UUID]:
+    """Queued jobs with a cancel request and no dispatch: never run, so the reaper settles them."""
+    cursor = await conn.execute(
+        "SELECT id FROM jobs WHERE status = 'queued' AND cancel_requested AND dispatch_id IS NULL"
+    )
+    return [row[0] for row in await cursor.fetchall()]
+
+
+async def final_inputs(conn: AsyncConnection, limit: int) -> list[tuple[UUID, str]]:
+    """Final jobs whose input object is still stored: (id, input_ref)."""
+    cursor = await conn.execute(
+        "SELECT id, input_ref FROM jobs WHERE status IN ('succeeded', 'failed', 'canceled') AND input_ref IS NOT NULL"
+        " LIMIT %s",
+        (limit,),
+    )
+    return [(row[0], row[1]) for row in await cursor.fetchall()]
+
+
+async def expired_outputs(conn: AsyncConnection, now: datetime, limit: int) -> list[tuple[UUID, list[dict[str, Any]]]]:
+    cursor = await conn.execute(
+        "SELECT id, outputs FROM jobs WHERE outputs_expire_at <= %s AND outputs_deleted_at IS NULL"
+        " ORDER BY outputs_expire_at LIMIT %s",
+        (now, limit),
+    )
+    return [(row[0], row[1] or []) for row in await cursor.fetchall()]
+
+
+async def mark_outputs_deleted(conn: AsyncConnection, job_id: UUID, now: datetime) -> None:
+    await conn.execute(
+        "UPDATE jobs SET outputs_deleted_at = %s WHERE id = %s AND outputs_deleted_at IS NULL", (now, job_id)
+    )

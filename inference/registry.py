@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
@@ -76,6 +77,8 @@ _SPECS = (
              engine_factory="inference.generate:build_engine", model_key=_generate_key),
 )  # fmt: skip
 TASKS: dict[str, TaskSpec] = {spec.task: spec for spec in _SPECS}
+# The task names as a type (e.g. the jobs listing's `task` filter), derived from TASKS so no second list is kept.
+TaskName = StrEnum("TaskName", {task: task for task in TASKS})
 
 
 def load_engine(task: str, model_key: str, weights_dir: Path, **options: Any) -> Engine:

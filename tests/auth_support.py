@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import jwt
 
-from api.auth import mint_local_token, token_issuer
+from api.security import mint_local_token, token_issuer
 
 
 class FakeClock:
@@ -59,7 +59,7 @@ def headers(token: str) -> dict[str, str]:
 
 
 async def local_user(state: Any, email: str) -> dict[str, Any]:
-    from api.auth import ensure_user
+    from api.wiring import ensure_user
 
     user_id = await ensure_user(state, email)
     token = mint_local_token(state.settings, state.signing_key, user_id, email)
@@ -137,8 +137,8 @@ def serve_keys(server: JwksServer, keys: list[tuple[Any, str, str]]) -> None:
 async def open_state(settings: Any, database_url: str) -> Any:
     """A second AppState with its own pool on `database_url` (custom settings, or a second API process); the auth
     routes need no storage or dispatcher."""
-    from api.app import AppState
     from api.database import open_pool, secret_key
+    from api.state import AppState
 
     pool = await open_pool(database_url, settings, max_size=4)
     return AppState(
@@ -154,7 +154,7 @@ async def open_state(settings: Any, database_url: str) -> Any:
 @asynccontextmanager
 async def http_client(state: Any) -> AsyncIterator[httpx.AsyncClient]:
     """Real HTTP semantics (httpx over ASGI) to the real app built on `state`, without its background loops."""
-    from api.app import create_app
+    from api.main import create_app
 
     app = create_app(state)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as http:

@@ -77,7 +77,7 @@ def settings(tmp_path: Path, database_url: str) -> Any:
 @pytest.fixture
 async def app_state(settings: Any) -> AsyncIterator[Any]:
     """The collaborators exactly as local mode wires them (api.local), on this test's database."""
-    from api.local import local_state
+    from api.wiring import local_state
 
     async with local_state(settings) as state:
         yield state
@@ -88,8 +88,8 @@ async def client(app_state: Any) -> AsyncIterator[Any]:
     """An httpx client speaking real HTTP semantics to the ASGI app, with its lifespan (background loops) running."""
     import httpx
 
-    from api.app import create_app
-    from api.services import background_services
+    from api.main import create_app
+    from api.wiring import background_services
 
     app = create_app(app_state, background=background_services(app_state))
     async with app.router.lifespan_context(app):
@@ -99,7 +99,8 @@ async def client(app_state: Any) -> AsyncIterator[Any]:
 
 
 async def _make_user(app_state: Any, email: str) -> dict[str, Any]:
-    from api.auth import ensure_user, mint_local_token
+    from api.security import mint_local_token
+    from api.wiring import ensure_user
 
     user_id = await ensure_user(app_state, email)
     token = mint_local_token(app_state.settings, app_state.signing_key, user_id, email)

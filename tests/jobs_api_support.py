@@ -65,7 +65,7 @@ async def wait_final(
     client: Any, headers: dict[str, str], job_id: str, app_state: Any, rounds: int = 40
 ) -> dict[str, Any]:
     """GET the job until it is final: each round waits on the events hub (no sleeps), bounded by `rounds`."""
-    hub = app_state.services["events"]
+    hub = app_state.events
     job: dict[str, Any] = {}
     for _ in range(rounds):
         response = await client.get(f"/v1/jobs/{job_id}", headers=headers)
@@ -86,7 +86,7 @@ async def wait_status(app_state: Any, job_id: str, status: str, timeout: float =
             row = await get_job(conn, UUID(job_id))
         return row is not None and (row["status"] == status or row["status"] in FINAL)
 
-    hub = app_state.services["events"]
+    hub = app_state.events
     async with asyncio.timeout(timeout), hub.subscribe(UUID(job_id)) as queue:
         if await reached():
             return

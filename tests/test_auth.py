@@ -15,8 +15,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from api.auth import JwksCache, TokenVerifier, mint_local_token, token_verifier
+from api.deps import token_verifier
 from api.errors import Problem
+from api.security import JwksCache, TokenVerifier, mint_local_token
 from tests.auth_support import (
     FakeMonotonic,
     JwksServer,
@@ -63,7 +64,7 @@ async def test_local_token_authenticates_and_gives_the_welcome_grant(app_state, 
 
 
 async def test_ensure_user_is_idempotent_and_case_insensitive(app_state):
-    from api.auth import ensure_user
+    from api.wiring import ensure_user
 
     first = await ensure_user(app_state, "carol@example.com")
     assert await ensure_user(app_state, "  CAROL@example.com ") == first

@@ -13,8 +13,8 @@ from typing import Any
 import httpx
 import pytest
 
-from api.billing import build_stripe_client
 from api.settings import Settings
+from api.wiring import build_stripe_client
 from db import ledger
 from tests.fake_stripe import FakeStripe, completed_session, event, refunded_charge, sign
 

@@ -9,8 +9,8 @@ from uuid import UUID
 import psycopg
 import pytest
 
-from api.dispatch import DispatchError, dispatch_job, dispatch_ready
-from api.reaper import ReaperLoop
+from api.background.reaper import ReaperLoop
+from api.jobs.dispatch import DispatchError, dispatch_job, dispatch_ready
 from db import ledger
 from tests.jobs_support import (
     RefusingDispatcher,

@@ -15,15 +15,16 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
-from api import events
-from api.errors import install_error_handlers
+from api.background import events
+from api.main import install_error_handlers
+from api.routes import events as event_routes
 
 
 @pytest.fixture
 async def hub(app_state: Any) -> AsyncIterator[events.EventsHub]:
     hub = events.EventsHub(app_state)
     await hub.start()
-    app_state.services["events"] = hub
+    app_state.events = hub
     yield hub
     await hub.stop()
 
@@ -33,7 +34,7 @@ async def base_url(app_state: Any, hub: events.EventsHub) -> AsyncIterator[str]:
     """The events router served by uvicorn: httpx's ASGI transport buffers whole responses, so it cannot stream."""
     app = FastAPI()
     install_error_handlers(app)
-    app.include_router(events.router)
+    app.include_router(event_routes.router, prefix="/v1")
     app.state.studio = app_state
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))

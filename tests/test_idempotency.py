@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from api import idempotency
 from api.errors import Problem
+from api.jobs import idempotency
 from db import ledger
 from tests.jobs_api_support import multipart, write_audio
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from api.errors import Problem
-from api.inputs import FetchPolicy, check_address, fetch_url, resolve_checked, safe_filename
+from api.jobs.inputs import FetchPolicy, check_address, fetch_url, resolve_checked, safe_filename
 from tests.jobs_api_support import wait_final, write_audio
 
 STRICT = FetchPolicy()

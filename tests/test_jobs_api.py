@@ -11,7 +11,7 @@ from uuid import uuid4
 
 import pytest
 
-from api.pricing import RATES
+from api.jobs.pricing import RATES
 from db import jobs as db_jobs
 from db import ledger
 from tests.jobs_api_support import multipart, wait_final, wait_status, write_audio

@@ -306,7 +306,8 @@ class FakeWorker:
 async def test_asgi_app_submits_through_modal_dispatcher_and_a_worker_finishes_it(
     worker_env: Settings, database_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from api.auth import ensure_user, mint_local_token
+    from api.security import mint_local_token
+    from api.wiring import ensure_user
 
     FakeWorker.spawned.clear()
     monkeypatch.setattr(modal_app, "WORKERS", {task: FakeWorker(task) for task in WORKER_TASKS})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from api.pricing import RATES, price
+from api.jobs.pricing import RATES, price
 from inference.params import GenerateParams, MidiParams, SeparateParams
 from inference.registry import TASKS
 

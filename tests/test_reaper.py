@@ -11,8 +11,8 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
+from api.background.reaper import clean_retention, reap
 from api.database import open_pool
-from api.reaper import clean_retention, reap
 from api.settings import Settings
 from api.storage import LocalStorage
 from db import ledger

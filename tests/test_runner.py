@@ -12,11 +12,11 @@ import psycopg
 import pytest
 from pydantic import BaseModel
 
-from api.dispatch import LocalDispatcher
-from api.reaper import reap
-from api.runner import WorkerContext, run_job
+from api.background.reaper import reap
+from api.dispatchers.local import LocalDispatcher
 from api.settings import Settings
 from api.storage import LocalStorage
+from api.worker.runner import WorkerContext, run_job
 from db import ledger
 from inference.base import EngineResult, OutputFile, ProgressFn
 from tests.jobs_support import job_row, ledger_kinds, make_job, make_user, wait_until, write_tone

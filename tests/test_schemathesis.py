@@ -32,12 +32,13 @@ class _LiveApi:
     async def _main(self) -> None:
         import uvicorn
 
-        from api.app import AppState, create_app
-        from api.auth import ensure_user, mint_local_token
         from api.database import open_pool, secret_key
-        from api.dispatch import LocalDispatcher
-        from api.services import background_services
+        from api.dispatchers.local import LocalDispatcher
+        from api.main import create_app
+        from api.security import mint_local_token
+        from api.state import AppState
         from api.storage import LocalStorage
+        from api.wiring import background_services, ensure_user
 
         pool = await open_pool(self.database_url, self.settings)
         key = secret_key(self.settings)

@@ -13,9 +13,10 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from api.errors import install_error_handlers
+from api.main import install_error_handlers
+from api.routes.files import router
 from api.settings import Settings
-from api.storage import LocalStorage, SupabaseStorage, build_storage, router
+from api.storage import LocalStorage, SupabaseStorage, build_storage
 from tests.fake_supabase_storage import FakeSupabaseStorage
 
 KEY = "signing-key-for-tests-0000000000000000"
@@ -43,7 +44,7 @@ def storage(tmp_path: Path, clock: MovableClock) -> LocalStorage:
 async def http(storage: LocalStorage) -> httpx.AsyncClient:
     app = FastAPI()
     install_error_handlers(app)
-    app.include_router(router)
+    app.include_router(router, prefix="/v1")
     app.state.studio = SimpleNamespace(storage=storage)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://files.test") as client:
         yield client

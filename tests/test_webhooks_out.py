@@ -19,9 +19,11 @@ from typing import Any
 
 import pytest
 
-from api import webhooks
+from api import outbound
+from api.background import webhooks
 from api.errors import Problem
-from api.job_view import job_resource
+from api.jobs import outbox
+from api.jobs.view import job_resource
 from api.settings import Settings
 from db.jobs import get_job
 
@@ -126,7 +128,7 @@ async def enqueue(app_state: Any, clock: FakeClock, job_id: uuid.UUID, event: st
     async with app_state.pool.connection() as conn, conn.transaction():
         for column, value in changes.items():
             await conn.execute(f"UPDATE jobs SET {column} = %s WHERE id = %s", (value, job_id))
-        return await webhooks.enqueue_job_event(conn, job_id, event, now=clock())
+        return await outbox.enqueue_job_event(conn, job_id, event, now=clock())
 
 
 async def delivery(app_state: Any, delivery_id: str) -> dict[str, Any]:
@@ -390,14 +392,14 @@ async def test_progress_events_are_throttled(app_state, alice, receiver, clock):
 )
 def test_production_refuses_insecure_or_private_webhook_urls(url):
     with pytest.raises(Problem) as raised:
-        webhooks.validate_webhook_url(url, Settings())
+        outbound.validate_webhook_url(url, Settings())
     assert (raised.value.status, raised.value.code) == (422, "invalid_webhook_url")
 
 
 def test_production_accepts_public_https_urls_and_local_mode_may_allow_http(settings):
-    assert webhooks.validate_webhook_url("https://hooks.example.com/x?a=1", Settings())
-    assert webhooks.validate_webhook_url("https://93.184.216.34/x", Settings())
-    assert webhooks.validate_webhook_url("http://127.0.0.1:9000/x", settings)
+    assert outbound.validate_webhook_url("https://hooks.example.com/x?a=1", Settings())
+    assert outbound.validate_webhook_url("https://93.184.216.34/x", Settings())
+    assert outbound.validate_webhook_url("http://127.0.0.1:9000/x", settings)
 
 
 async def test_delivery_refuses_hosts_resolving_to_private_addresses(app_state, alice, clock):

@@ -91,9 +91,8 @@ def serve(settings: Settings, port_out: Connection, stop_in: Connection) -> None
     `stop_in` reaches end of file (the parent closed it, or died)."""
     import uvicorn
 
-    from api.app import create_app
-    from api.local import local_state
-    from api.services import background_services
+    from api.main import create_app
+    from api.wiring import background_services, local_state
 
     # Binding here (not picking a port in the parent and hoping it stays free) makes the port race-free.
     # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets whose proto says TCP; with proto 0, Nagle
@@ -179,8 +178,8 @@ class Server:
 
 async def create_users(settings: Settings, count: int) -> list[str]:
     """`count` users with tokens and CREDITS_PER_USER credits each, through the same calls as `studio token`."""
-    from api.auth import ensure_user, mint_local_token
-    from api.local import local_state
+    from api.security import mint_local_token
+    from api.wiring import ensure_user, local_state
     from db import ledger
 
     tokens = []

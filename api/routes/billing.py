@@ -16,19 +16,19 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import stripe
-from fastapi import APIRouter, Depends, Header, Request
+from fastapi import APIRouter, Header, Request
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 from pydantic import BaseModel, Field
 
-from api.app import AppState, get_state
-from api.auth import AUTH_RESPONSES, CurrentUser, problem_doc
+from api.deps import CurrentUser, State
 from api.errors import Problem
+from api.routes.responses import AUTH_RESPONSES, problem_doc
 from api.settings import CreditPack, Settings
 from db import ledger
 
 log = logging.getLogger("studio.billing")
-router = APIRouter(prefix="/v1/billing", tags=["billing"])
+router = APIRouter(prefix="/billing", tags=["billing"])
 
 # Stripe's own default; a delivery older than this is refused so a captured request cannot be replayed later.
 SIGNATURE_TOLERANCE_SECONDS = 300
@@ -47,20 +47,6 @@ Outcome = Literal[
     "duplicate_event",
     "ignored",
 ]
-
-
-def build_stripe_client(settings: Settings) -> stripe.StripeClient | None:
-    """The Stripe client, or None when billing is not configured (SPEC section 5: Stripe disabled unless keys set)."""
-    if not settings.stripe_secret_key:
-        return None
-    base_addresses: dict[str, str] = {"api": settings.stripe_api_base} if settings.stripe_api_base else {}
-    # httpx for the async calls the API makes; retries are safe because every create carries an idempotency key.
-    return stripe.StripeClient(
-        settings.stripe_secret_key,
-        base_addresses=base_addresses,  # type: ignore[arg-type]
-        http_client=stripe.HTTPXClient(timeout=20),
-        max_network_retries=2,
-    )
 
 
 # ---- models ----
@@ -110,7 +96,7 @@ def _billing_ready(settings: Settings) -> bool:
 
 
 @router.get("/packs", response_model=PacksResponse, summary="Credit packs for sale")
-async def list_packs(state: AppState = Depends(get_state)) -> PacksResponse:
+async def list_packs(state: State) -> PacksResponse:
     settings = state.settings
     packs = [Pack(**pack.model_dump()) for pack in settings.packs]
     return PacksResponse(enabled=_billing_ready(settings) and state.stripe is not None, packs=packs)
@@ -139,7 +125,7 @@ def _stripe_idempotency_key(user_id: uuid.UUID, header: str | None) -> str:
 async def create_checkout(
     body: CheckoutRequest,
     user: CurrentUser,
-    state: AppState = Depends(get_state),
+    state: State,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=255)] = None,
 ) -> CheckoutResponse:
     settings = state.settings
@@ -345,7 +331,7 @@ async def _read_capped(request: Request, limit: int) -> bytes:
         503: _DISABLED,
     },
 )
-async def stripe_webhook(request: Request, state: AppState = Depends(get_state)) -> WebhookAck:
+async def stripe_webhook(request: Request, state: State) -> WebhookAck:
     secret = state.settings.stripe_webhook_secret
     if not secret:
         raise Problem(503, "billing_disabled", "Billing is not configured on this deployment")

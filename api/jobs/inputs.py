@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import codecs
 import hashlib
-import ipaddress
 import socket
 import tempfile
 import unicodedata
@@ -35,6 +34,7 @@ from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from api.errors import Problem
+from api.outbound import IPAddress, address_refusal, parse_address
 from inference.audio import AudioInfo, probe
 from inference.base import EngineError
 
@@ -70,14 +70,6 @@ CONTENT_TYPES = {
     ".m4a": "audio/mp4",
 }
 SUPPORTED_FORMATS = ("wav", "flac", "mp3", "ogg", "m4a")
-# Named explicitly even though the generic checks below already cover them: these are the addresses attackers aim at.
-METADATA_ADDRESSES = frozenset(
-    {
-        ipaddress.ip_address("169.254.169.254"),
-        ipaddress.ip_address("fd00:ec2::254"),
-        ipaddress.ip_address("100.100.100.200"),
-    }
-)
 
 
 @dataclass
@@ -294,26 +286,11 @@ def _not_allowed(detail: str) -> Problem:
     return Problem(422, "input_url_not_allowed", "The input URL is not allowed", detail)
 
 
-def check_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> None:
+def check_address(address: IPAddress) -> None:
     """Refuse any address that is not plainly on the public internet."""
-    if isinstance(address, ipaddress.IPv6Address):
-        embedded = address.ipv4_mapped or address.sixtofour
-        if embedded is not None:
-            check_address(embedded)
-        if address.teredo is not None:
-            raise _not_allowed("Teredo addresses are not allowed.")
-    if address in METADATA_ADDRESSES:
-        raise _not_allowed("Cloud metadata addresses are not allowed.")
-    if (
-        address.is_private
-        or address.is_loopback
-        or address.is_link_local
-        or address.is_multicast
-        or address.is_reserved
-        or address.is_unspecified
-        or not address.is_global
-    ):
-        raise _not_allowed(f"{address} is not a public address.")
+    refusal = address_refusal(address)
+    if refusal is not None:
+        raise _not_allowed(refusal)
 
 
 async def resolve_checked(host: str, port: int, policy: FetchPolicy) -> str:
@@ -324,7 +301,7 @@ async def resolve_checked(host: str, port: int, policy: FetchPolicy) -> str:
         raise Problem(
             422, "input_fetch_failed", "The input URL could not be fetched", f"The host {host!r} does not resolve."
         ) from exc
-    addresses = [ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in infos]
+    addresses = [parse_address(info[4][0]) for info in infos]
     if not addresses:
         raise Problem(422, "input_fetch_failed", "The input URL could not be fetched", f"{host!r} has no address.")
     if not policy.allow_private:

@@ -13,29 +13,22 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from psycopg import AsyncConnection
-from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from api.app import stop_background_task
+from api.dispatchers.local import LocalDispatcher
+from api.jobs import settle
+from api.jobs.dispatch import dispatch_ready
+from api.jobs.idempotency import purge_expired
 from api.protocols import Dispatcher, Storage
 from api.settings import Settings
-from db import ledger
-
-if TYPE_CHECKING:
-    from api.app import AppState
+from api.state import AppState, stop_background_task
+from db import jobs as db_jobs
+from db.jobs import JobStatus
 
 log = logging.getLogger("studio.reaper")
-
-DEADLINE_EXCEEDED = {"code": "deadline_exceeded", "message": "The job did not finish in time; no credits were charged."}
-WORKER_LOST = {
-    "code": "worker_lost",
-    "message": "The worker running this job stopped unexpectedly; no credits were charged.",
-}
-_FINAL = "('succeeded', 'failed', 'canceled')"
 
 
 @dataclass
@@ -61,35 +54,6 @@ async def _connection(conn_or_pool: AsyncConnection | AsyncConnectionPool) -> As
         yield conn_or_pool
 
 
-async def _settle(
-    conn: AsyncConnection,
-    job_id: UUID,
-    guard: str,
-    args: dict[str, Any],
-    status: str,
-    error: dict[str, str] | None,
-    now: datetime,
-    *,
-    expired: bool = False,
-) -> bool:
-    """Finalise one job if `guard` still holds; False when another reaper or the worker got there first."""
-    from api.webhooks import enqueue_job_event
-
-    async with conn.transaction():
-        cursor = await conn.execute(
-            f"SELECT id FROM jobs WHERE id = %(id)s AND {guard} FOR UPDATE SKIP LOCKED", {"id": job_id, **args}
-        )
-        if await cursor.fetchone() is None:
-            return False
-        await conn.execute(
-            "UPDATE jobs SET status = %s, error = %s, stage = NULL, finished_at = %s WHERE id = %s",
-            (status, Jsonb(error) if error else None, now, job_id),
-        )
-        await ledger.release(conn, job_id, expired=expired)
-        await enqueue_job_event(conn, job_id, f"job.{status}")
-    return True
-
-
 async def reap(
     conn_or_pool: AsyncConnection | AsyncConnectionPool, dispatcher: Dispatcher, settings: Settings, now: datetime
 ) -> ReapReport:
@@ -98,64 +62,36 @@ async def reap(
     report = ReapReport()
     stale_before = now - timedelta(seconds=settings.heartbeat_timeout_seconds)
     async with _connection(conn_or_pool) as conn:
-        cursor = await conn.execute(
-            "SELECT id, dispatch_id FROM jobs WHERE status IN ('queued', 'running') AND deadline_at <= %s", (now,)
-        )
-        for job_id, dispatch_id in await cursor.fetchall():
-            guard = "status IN ('queued', 'running') AND deadline_at <= %(now)s"
-            if await _settle(conn, job_id, guard, {"now": now}, "failed", DEADLINE_EXCEEDED, now, expired=True):
+        for job_id, dispatch_id in await db_jobs.past_deadline(conn, now):
+            if await settle.reap_past_deadline(conn, job_id, now):
                 report.failed.append(job_id)
                 if dispatch_id:
                     await _cancel_quietly(dispatcher, dispatch_id)
 
-        cursor = await conn.execute(
-            "SELECT id, attempts FROM jobs WHERE status = 'running'"
-            " AND coalesce(heartbeat_at, started_at, created_at) < %s",
-            (stale_before,),
-        )
-        for job_id, attempts in await cursor.fetchall():
-            guard = (
-                "status = 'running' AND attempts = %(attempts)s"
-                " AND coalesce(heartbeat_at, started_at, created_at) < %(before)s"
-            )
-            args = {"attempts": attempts, "before": stale_before}
-            if await _settle(conn, job_id, guard, args, "failed", WORKER_LOST, now):
+        for job_id, attempts in await db_jobs.stale_running(conn, stale_before):
+            if await settle.reap_stale(conn, job_id, attempts, stale_before, now):
                 report.failed.append(job_id)
 
         # Liveness is asked outside any transaction (on Modal it is a network call); the settle re-checks that
         # the job is still in the state we judged.
-        cursor = await conn.execute(
-            "SELECT id, status::text, attempts, dispatch_id, cancel_requested FROM jobs"
-            " WHERE status IN ('queued', 'running') AND dispatch_id IS NOT NULL"
-        )
-        for job_id, status, attempts, dispatch_id, cancel_requested in await cursor.fetchall():
+        for job_id, status, attempts, dispatch_id, cancel_requested in await db_jobs.dispatched_unfinished(conn):
             if await dispatcher.is_alive(dispatch_id):
                 continue
-            guard = "status = %(status)s AND attempts = %(attempts)s AND dispatch_id = %(dispatch)s"
-            args = {"status": status, "attempts": attempts, "dispatch": dispatch_id}
             if cancel_requested:
-                if await _settle(conn, job_id, guard, args, "canceled", None, now):
-                    report.canceled.append(job_id)
-            elif status == "running":
-                if await _settle(conn, job_id, guard, args, "failed", WORKER_LOST, now):
-                    report.failed.append(job_id)
+                ending = JobStatus.CANCELED
+            elif status == JobStatus.RUNNING:
+                ending = JobStatus.FAILED
             else:
                 # Never claimed (e.g. the API restarted with it waiting in its pool): start it again.
-                cursor = await conn.execute(
-                    "UPDATE jobs SET dispatch_id = NULL WHERE id = %s AND status = 'queued' AND dispatch_id = %s"
-                    " RETURNING id",
-                    (job_id, dispatch_id),
-                )
-                if await cursor.fetchone() is not None:
+                if await db_jobs.requeue(conn, job_id, dispatch_id):
                     report.requeued.append(job_id)
+                continue
+            if await settle.reap_ended_dispatch(conn, job_id, status, attempts, dispatch_id, ending, now):
+                (report.canceled if ending == JobStatus.CANCELED else report.failed).append(job_id)
 
         # A queued job with a cancel request is never dispatched; settle it rather than let it wait for its deadline.
-        cursor = await conn.execute(
-            "SELECT id FROM jobs WHERE status = 'queued' AND cancel_requested AND dispatch_id IS NULL"
-        )
-        for (job_id,) in await cursor.fetchall():
-            guard = "status = 'queued' AND cancel_requested AND dispatch_id IS NULL"
-            if await _settle(conn, job_id, guard, {}, "canceled", None, now):
+        for job_id in await db_jobs.queued_with_cancel(conn):
+            if await settle.reap_queued_cancel(conn, job_id, now):
                 report.canceled.append(job_id)
     return report
 
@@ -177,30 +113,18 @@ async def clean_retention(
 ) -> RetentionReport:
     """Delete inputs of final jobs and outputs past `outputs_expire_at` (storage first, then the record), and
     idempotency records past their 24 h."""
-    from api.idempotency import purge_expired
-
     report = RetentionReport()
     async with _connection(conn_or_pool) as conn:
-        cursor = await conn.execute(
-            f"SELECT id, input_ref FROM jobs WHERE status IN {_FINAL} AND input_ref IS NOT NULL LIMIT %s", (batch,)
-        )
-        for job_id, ref in await cursor.fetchall():
+        for job_id, ref in await db_jobs.final_inputs(conn, batch):
             await storage.delete(settings.inputs_bucket, [ref])
-            await conn.execute("UPDATE jobs SET input_ref = NULL WHERE id = %s AND input_ref = %s", (job_id, ref))
+            await db_jobs.clear_input_ref(conn, job_id, ref)
             report.inputs_deleted += 1
 
-        cursor = await conn.execute(
-            "SELECT id, outputs FROM jobs WHERE outputs_expire_at <= %s AND outputs_deleted_at IS NULL"
-            " ORDER BY outputs_expire_at LIMIT %s",
-            (now, batch),
-        )
-        for job_id, outputs in await cursor.fetchall():
-            refs = [item["ref"] for item in outputs or [] if item.get("ref")]
+        for job_id, outputs in await db_jobs.expired_outputs(conn, now, batch):
+            refs = [item["ref"] for item in outputs if item.get("ref")]
             if refs:
                 await storage.delete(settings.outputs_bucket, refs)
-            await conn.execute(
-                "UPDATE jobs SET outputs_deleted_at = %s WHERE id = %s AND outputs_deleted_at IS NULL", (now, job_id)
-            )
+            await db_jobs.mark_outputs_deleted(conn, job_id, now)
             report.outputs_deleted += 1
         report.idempotency_records_deleted = await purge_expired(conn)
     return report
@@ -217,8 +141,6 @@ class ReaperLoop:
         self._stopping = asyncio.Event()
 
     async def run_once(self) -> None:
-        from api.dispatch import dispatch_ready
-
         state = self.state
         report = await reap(state.pool, state.dispatcher, state.settings, state.clock())
         if report.failed or report.canceled:
@@ -227,8 +149,6 @@ class ReaperLoop:
         await clean_retention(state.pool, state.storage, state.settings, state.clock())
 
     async def start(self) -> None:
-        from api.dispatch import LocalDispatcher
-
         wake = self._wake = asyncio.Event()
         self._stopping.clear()
         if isinstance(self.state.dispatcher, LocalDispatcher):

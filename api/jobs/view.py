@@ -13,7 +13,9 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
 
-JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
+from api.state import AppState
+from db.jobs import JobStatus, get_job
+
 WEBHOOK_EVENTS = ("job.started", "job.progress", "job.succeeded", "job.failed", "job.canceled")
 _INPUT_KEYS = (
     "source",
@@ -107,15 +109,13 @@ def job_resource(row: Mapping[str, Any]) -> dict[str, Any]:
 
 
 async def with_download_urls(
-    state: Any, resource: dict[str, Any], row: Mapping[str, Any] | None = None
+    state: AppState, resource: dict[str, Any], row: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
     """`resource` with a fresh signed `url` and `expires_at` on each output. `row` (the jobs row the resource was
     built from) supplies the storage keys; without it the row is read from the database."""
     if not resource["outputs"]:
         return resource
     if row is None:
-        from db.jobs import get_job
-
         async with state.pool.connection() as conn:
             row = await get_job(conn, UUID(resource["id"]))
         if row is None:

@@ -1,4 +1,7 @@
-"""The one job runner every worker uses (a local worker process or a Modal function): claim, run, store, settle.
+"""Step 4 of 5: run. The one job runner every worker uses (a local worker process or a Modal function): claim,
+run, store, then settle through `api.jobs.settle`.
+
+before: a dispatcher started this execution (`api.jobs.dispatch`). after: `api.jobs.settle.finish_attempt`.
 
 Idempotent under duplicate delivery: the claim is a guarded UPDATE (queued -> running, or a running job whose
 heartbeat went stale), every later write is guarded on `status = 'running'` and this attempt's number, outputs go
@@ -18,23 +21,18 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from uuid import UUID
 
-import psycopg
 from psycopg import AsyncConnection
-from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
 
+from api.jobs.outbox import enqueue_job_event
+from api.jobs.settle import INTERNAL_ERROR, finish_attempt
 from api.protocols import Storage
 from api.settings import Settings
-from db import ledger
+from db import jobs as db_jobs
+from db.jobs import JobStatus
 from inference.base import Engine, EngineError, EngineResult
 from inference.params import TASK_PARAMS
 
 log = logging.getLogger("studio.runner")
-
-INTERNAL_ERROR = {
-    "code": "internal_error",
-    "message": "The job failed because of an error on our side; no credits were charged. Retry later.",
-}
 
 
 class JobCanceled(Exception):
@@ -95,32 +93,13 @@ class _Progress:
             self.stage = stage[:64]
 
 
-async def _enqueue(conn: AsyncConnection, job_id: UUID, event: str) -> None:
-    from api.webhooks import enqueue_job_event
-
-    await enqueue_job_event(conn, job_id, event)
-
-
 async def _claim(
     conn: AsyncConnection, job_id: UUID, settings: Settings, dispatch_id: str | None
 ) -> dict[str, Any] | None:
     async with conn.transaction():
-        cursor = conn.cursor(row_factory=dict_row)
-        await cursor.execute(
-            "UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = coalesce(started_at, now()),"
-            " heartbeat_at = now(), progress = 0, stage = 'starting',"
-            " dispatch_id = coalesce(%s, dispatch_id)"
-            " WHERE id = %s AND NOT cancel_requested AND (status = 'queued' OR (status = 'running'"
-            " AND coalesce(heartbeat_at, started_at) < now() - make_interval(secs => %s))"
-            # Modal runs one attempt of a FunctionCall at a time: a retry of the same call (after preemption or a
-            # crash) means the earlier attempt is gone, so it takes the job over without waiting for staleness.
-            " OR (status = 'running' AND %s::text IS NOT NULL AND dispatch_id = %s::text))"
-            " RETURNING id, user_id, task, params, model_key, input_ref, input_meta, attempts",
-            (dispatch_id, job_id, settings.heartbeat_timeout_seconds, dispatch_id, dispatch_id),
-        )
-        job = await cursor.fetchone()
+        job = await db_jobs.claim(conn, job_id, settings.heartbeat_timeout_seconds, dispatch_id)
         if job is not None and job["attempts"] == 1:
-            await _enqueue(conn, job_id, "job.started")
+            await enqueue_job_event(conn, job_id, "job.started")
     return job
 
 
@@ -129,18 +108,13 @@ async def _heartbeat(conn: AsyncConnection, job_id: UUID, attempt: int, progress
     while True:
         snapshot = (progress.fraction, progress.stage)
         async with conn.transaction():
-            cursor = await conn.execute(
-                "UPDATE jobs SET heartbeat_at = now(), progress = %s, stage = %s"
-                " WHERE id = %s AND status = 'running' AND attempts = %s RETURNING cancel_requested",
-                (snapshot[0], snapshot[1], job_id, attempt),
-            )
-            row = await cursor.fetchone()
-            if row is not None and sent is not None and snapshot[0] > sent[0]:
-                await _enqueue(conn, job_id, "job.progress")  # the webhooks module throttles these
-        if row is None:
+            cancel_requested = await db_jobs.heartbeat(conn, job_id, attempt, snapshot[0], snapshot[1])
+            if cancel_requested is not None and sent is not None and snapshot[0] > sent[0]:
+                await enqueue_job_event(conn, job_id, "job.progress")  # the outbox throttles these
+        if cancel_requested is None:
             progress.lost.set()
             return
-        if row[0]:
+        if cancel_requested:
             progress.canceled.set()
             return
         sent = snapshot
@@ -151,62 +125,13 @@ async def _heartbeat(conn: AsyncConnection, job_id: UUID, attempt: int, progress
             continue
 
 
-async def _finish(
-    conn: AsyncConnection,
-    job_id: UUID,
-    attempt: int,
-    status: str,
-    settings: Settings,
-    *,
-    error: dict[str, str] | None = None,
-    outputs: list[dict[str, Any]] | None = None,
-    metrics: dict[str, Any] | None = None,
-) -> str | None:
-    """Settle this attempt in one transaction: final state, capture or release, webhook. Returns the state written,
-    or None when the job is no longer this attempt's (someone else settled it: nothing is written)."""
-    try:
-        async with conn.transaction():
-            cursor = await conn.execute(
-                "SELECT status, attempts, cancel_requested FROM jobs WHERE id = %s FOR UPDATE", (job_id,)
-            )
-            row = await cursor.fetchone()
-            if row is None or row[0] != "running" or row[1] != attempt:
-                return None
-            if status == "succeeded" and row[2]:
-                status = "canceled"  # the user canceled while we were storing outputs: honour it, charge nothing
-            if status == "succeeded":
-                await conn.execute(
-                    "UPDATE jobs SET status = 'succeeded', progress = 1, stage = NULL, outputs = %s, metrics = %s,"
-                    " finished_at = now(), outputs_expire_at = now() + make_interval(secs => %s) WHERE id = %s",
-                    (Jsonb(outputs or []), Jsonb(metrics or {}), settings.output_retention_seconds, job_id),
-                )
-                await ledger.capture(conn, job_id)
-            else:
-                await conn.execute(
-                    "UPDATE jobs SET status = %s, stage = NULL, error = %s, metrics = metrics || %s,"
-                    " finished_at = now() WHERE id = %s",
-                    (status, Jsonb(error) if error else None, Jsonb(metrics or {}), job_id),
-                )
-                await ledger.release(conn, job_id)
-            await _enqueue(conn, job_id, f"job.{status}")
-    except psycopg.errors.CheckViolation:
-        # The final-state trigger refused: another path settled the job between our check and our write.
-        return None
-    return status
-
-
 async def _delete_input(ctx: WorkerContext, conn: AsyncConnection, job_id: UUID) -> None:
     """Inputs go as soon as the job is final (SPEC section 3); the retention sweep catches any we miss."""
-    cursor = await conn.execute(
-        "SELECT input_ref FROM jobs WHERE id = %s AND status IN ('succeeded', 'failed', 'canceled')"
-        " AND input_ref IS NOT NULL",
-        (job_id,),
-    )
-    row = await cursor.fetchone()
-    if row is None:
+    ref = await db_jobs.final_input_ref(conn, job_id)
+    if ref is None:
         return
-    await ctx.storage.delete(ctx.settings.inputs_bucket, [row[0]])
-    await conn.execute("UPDATE jobs SET input_ref = NULL WHERE id = %s AND input_ref = %s", (job_id, row[0]))
+    await ctx.storage.delete(ctx.settings.inputs_bucket, [ref])
+    await db_jobs.clear_input_ref(conn, job_id, ref)
 
 
 async def _execute(
@@ -259,30 +184,43 @@ async def run_job(ctx: WorkerContext, job_id: UUID, *, dispatch_id: str | None =
         progress = _Progress()
         heartbeat = asyncio.create_task(_heartbeat(conn, job_id, attempt, progress, ctx.heartbeat_interval))
         outputs: list[dict[str, Any]] = []
+        retention = ctx.settings.output_retention_seconds
+        status: JobStatus | None
         try:
             with tempfile.TemporaryDirectory(prefix="studio-job-") as tmp:
                 metrics = await _execute(ctx, job, Path(tmp), progress, outputs)
             await _stop(heartbeat, progress)
-            status = await _finish(conn, job_id, attempt, "succeeded", ctx.settings, outputs=outputs, metrics=metrics)
+            status = await finish_attempt(
+                conn,
+                job_id,
+                attempt,
+                JobStatus.SUCCEEDED,
+                retention_seconds=retention,
+                outputs=outputs,
+                metrics=metrics,
+            )
         except JobCanceled:
             await _stop(heartbeat, progress)
-            status = await _finish(conn, job_id, attempt, "canceled", ctx.settings)
+            status = await finish_attempt(conn, job_id, attempt, JobStatus.CANCELED, retention_seconds=retention)
         except JobLost:
             await _stop(heartbeat, progress)
             status = None
         except EngineError as exc:
             await _stop(heartbeat, progress)
-            status = await _finish(
-                conn, job_id, attempt, "failed", ctx.settings, error={"code": exc.code, "message": str(exc)}
+            error = {"code": exc.code, "message": str(exc)}
+            status = await finish_attempt(
+                conn, job_id, attempt, JobStatus.FAILED, retention_seconds=retention, error=error
             )
         except Exception:
             log.exception("job %s failed unexpectedly", job_id)
             await _stop(heartbeat, progress)
-            status = await _finish(conn, job_id, attempt, "failed", ctx.settings, error=INTERNAL_ERROR)
-        if status != "succeeded" and outputs:
+            status = await finish_attempt(
+                conn, job_id, attempt, JobStatus.FAILED, retention_seconds=retention, error=INTERNAL_ERROR
+            )
+        if status != JobStatus.SUCCEEDED and outputs:
             await _drop_orphans(ctx, conn, job_id, [item["ref"] for item in outputs])
         await _delete_input(ctx, conn, job_id)
-        return status or "lost"
+        return str(status) if status else "lost"
 
 
 async def _stop(heartbeat: asyncio.Task[None], progress: _Progress) -> None:
@@ -297,34 +235,5 @@ async def _stop(heartbeat: asyncio.Task[None], progress: _Progress) -> None:
 
 async def _drop_orphans(ctx: WorkerContext, conn: AsyncConnection, job_id: UUID, keys: list[str]) -> None:
     # Another attempt may have succeeded with the same deterministic keys: its files are the job's outputs.
-    row = await (await conn.execute("SELECT status FROM jobs WHERE id = %s", (job_id,))).fetchone()
-    if row is None or row[0] != "succeeded":
+    if await db_jobs.status_of(conn, job_id) != JobStatus.SUCCEEDED:
         await ctx.storage.delete(ctx.settings.outputs_bucket, keys)
-
-
-# ---- the local worker process (api.dispatch.LocalDispatcher) ----
-
-_worker_loop: asyncio.AbstractEventLoop | None = None
-_worker_contexts: dict[tuple[str, str], WorkerContext] = {}
-
-
-def worker_context(settings: Settings, database_url: str, signing_key: str) -> WorkerContext:
-    from api.database import connect
-    from api.storage import build_storage
-
-    async def connect_db() -> AsyncConnection:
-        return await connect(database_url, settings)
-
-    return WorkerContext(settings=settings, connect=connect_db, storage=build_storage(settings, signing_key))
-
-
-def run_in_worker(job_id: str, database_url: str, settings: Settings, signing_key: str) -> str:
-    """Entry point in a pool process: one event loop and one context (engines included) per process, reused."""
-    global _worker_loop
-    if _worker_loop is None:
-        # One loop for the process's life: storage clients keep connections bound to the loop that made them.
-        _worker_loop = asyncio.new_event_loop()
-    key = (database_url, settings.model_dump_json())
-    if key not in _worker_contexts:
-        _worker_contexts[key] = worker_context(settings, database_url, signing_key)
-    return _worker_loop.run_until_complete(run_job(_worker_contexts[key], UUID(job_id)))

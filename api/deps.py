@@ -1,0 +1,67 @@
+"""The dependency-injection vocabulary of the routes, and the only one: `State` and `CurrentUser`."""
+
+from __future__ import annotations
+
+from typing import Annotated
+from uuid import UUID
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from api import ratelimit
+from api.errors import Problem
+from api.security import API_KEY_PREFIX, TokenVerifier, User, api_key_user, ensure_account, unauthorized
+from api.state import AppState
+
+
+def get_state(request: Request) -> AppState:
+    return request.app.state.studio
+
+
+State = Annotated[AppState, Depends(get_state)]
+
+
+def token_verifier(state: AppState) -> TokenVerifier:
+    """The app's verifier, built on first use (tests may put their own, with an injected clock, in its place)."""
+    if state.token_verifier is None:
+        state.token_verifier = TokenVerifier.from_settings(state.settings, state.signing_key)
+    return state.token_verifier
+
+
+bearer_scheme = HTTPBearer(
+    auto_error=False,
+    description="A Supabase access token, or a personal API key (`sk_studio_...`) from POST /v1/api-keys.",
+)
+
+
+async def current_user(
+    state: State, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)]
+) -> User:
+    """The caller, after the request-rate limit; a token's first sight opens its account with the welcome grant."""
+    if credentials is None:
+        raise unauthorized("Send `Authorization: Bearer <token>`.", missing=True)
+    token = credentials.credentials
+    if token.startswith(API_KEY_PREFIX):
+        async with state.pool.connection() as conn:
+            user = await api_key_user(conn, token)
+            await ratelimit.enforce(conn, user.id, now=state.clock(), limit=state.settings.rate_limit_per_minute)
+        return user
+    claims = await token_verifier(state).verify(token)
+    if claims.get("is_anonymous") is True:
+        # Anonymous sign-ins are free to create, and every account gets the welcome grant.
+        raise Problem(
+            403, "anonymous_not_allowed", "Sign in with an account", "Anonymous Supabase sessions cannot use the API."
+        )
+    try:
+        user_id = UUID(str(claims["sub"]))
+    except ValueError as exc:
+        raise unauthorized("The token's subject is not a user id.") from exc
+    email = claims.get("email")
+    user = User(id=user_id, email=email if isinstance(email, str) and email else None, via="token")
+    async with state.pool.connection() as conn:
+        await ratelimit.enforce(conn, user.id, now=state.clock(), limit=state.settings.rate_limit_per_minute)
+        await ensure_account(conn, user.id, state.settings.welcome_credits)
+    return user
+
+
+CurrentUser = Annotated[User, Depends(current_user)]

@@ -1,0 +1,246 @@
+"""Step 1 of 5: request. A submit's (or quote's) body, read streamed and capped, then validated: task, params,
+model, input and webhook. Nothing is stored yet.
+
+before: the route (`api.routes.jobs`) hands over the headers and the body stream. after: `api.jobs.submit`.
+
+Request bodies, for submits and quotes alike:
+- multipart/form-data: `task`, `params` (a JSON object as text), `file` or `input_url`, optional `prompt`,
+  `webhook_url`, `webhook_events` (JSON array or comma-separated); quotes also take `duration_s`.
+- application/json: the same members, `params` as an object and `webhook_events` as an array.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from api.errors import Problem
+from api.jobs.inputs import MAX_FIELD_BYTES, ReceivedInput, check_content_length, read_multipart
+from api.jobs.view import WEBHOOK_EVENTS
+from api.outbound import validate_webhook_url
+from api.state import AppState
+from inference.models import ModelEntry, load_lock
+from inference.registry import TASKS
+
+
+class JobCreate(BaseModel):
+    """The JSON form of a job (or quote) body. Multipart bodies carry the same members as form fields."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "task": "transcribe",
+                    "params": {"model": "large-v3-turbo"},
+                    "input_url": "https://example.com/talk.mp3",
+                },
+                {"task": "generate", "params": {"prompt": "warm analog synth pad", "duration_s": 8}},
+            ]
+        },
+    )
+
+    task: str = Field(description="One of the tasks listed by GET /v1/tasks.")
+    params: dict[str, Any] = Field(default_factory=dict, description="The task's params (see GET /v1/tasks).")
+    input_url: str | None = Field(default=None, description="An https URL of the input audio.")
+    prompt: str | None = Field(default=None, description="Same as params.prompt (generate only).")
+    webhook_url: str | None = None
+    webhook_events: list[str] | None = Field(default=None, description=f"Subset of {list(WEBHOOK_EVENTS)}.")
+    duration_s: float | None = Field(default=None, gt=0, description="Quotes only: price this much audio.")
+
+
+@dataclass
+class JobRequest:
+    task: str
+    params: BaseModel
+    input_url: str | None
+    upload: ReceivedInput | None
+    webhook_url: str | None
+    webhook_events: list[str] | None
+    duration_s: float | None
+
+
+def invalid(code: str, title: str, detail: str, **extra: Any) -> Problem:
+    return Problem(422, code, title, detail, **extra)
+
+
+def _field_errors(exc: ValidationError, prefix: str) -> list[dict[str, Any]]:
+    return [{"loc": [prefix, *err["loc"]], "msg": err["msg"], "type": err["type"]} for err in exc.errors()]
+
+
+def _json_field(raw: str, name: str) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        raise invalid("invalid_request", "Invalid form field", f"`{name}` must be JSON.") from exc
+
+
+def _events_field(raw: str) -> list[str]:
+    text = raw.strip()
+    value = _json_field(text, "webhook_events") if text.startswith("[") else [p.strip() for p in text.split(",")]
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise invalid("invalid_request", "Invalid form field", "`webhook_events` must be a list of event names.")
+    return value
+
+
+async def _read_body(
+    headers: Mapping[str, str], stream: AsyncIterator[bytes], workdir: Path, max_bytes: int
+) -> JobCreate | tuple[JobCreate, ReceivedInput]:
+    content_type = headers.get("content-type", "")
+    main_type = content_type.split(";", 1)[0].strip().lower()
+    if main_type == "multipart/form-data":
+        check_content_length(headers.get("content-length"), max_bytes)
+        body = await read_multipart(content_type, stream, workdir, max_bytes)
+        parsed = _from_fields(body.fields)
+        return (parsed, body.file) if body.file is not None else parsed
+    if main_type in ("application/json", "application/x-www-form-urlencoded"):
+        check_content_length(headers.get("content-length"), 0)
+        raw = bytearray()
+        async for chunk in stream:
+            raw += chunk
+            if len(raw) > MAX_FIELD_BYTES:
+                raise Problem(
+                    413,
+                    "payload_too_large",
+                    "The body is too large",
+                    f"JSON and form bodies are limited to {MAX_FIELD_BYTES} bytes; upload audio as multipart.",
+                )
+        if main_type == "application/x-www-form-urlencoded":
+            pairs = parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True)
+            if len({key for key, _ in pairs}) != len(pairs):
+                raise invalid("invalid_request", "Repeated form field", "Each field may appear once.")
+            return _from_fields(dict(pairs))
+        try:
+            data = json.loads(raw)
+        except ValueError as exc:
+            raise Problem(400, "bad_request", "Malformed JSON body", "The body is not valid JSON.") from exc
+        return _parse_create(data)
+    raise Problem(
+        415,
+        "unsupported_media_type",
+        "Unsupported request body",
+        "Send multipart/form-data (with a file), application/x-www-form-urlencoded or application/json.",
+    )
+
+
+def _from_fields(fields: dict[str, str]) -> JobCreate:
+    """Form fields (multipart or urlencoded) to the JSON shape: `params` and `webhook_events` arrive as text."""
+    unknown = set(fields) - {"task", "params", "input_url", "prompt", "webhook_url", "webhook_events", "duration_s"}
+    if unknown:
+        raise invalid("invalid_request", "Unknown form field", f"Unknown fields: {', '.join(sorted(unknown))}.")
+    text = ("task", "input_url", "prompt", "webhook_url", "duration_s")
+    data: dict[str, Any] = {key: value for key, value in fields.items() if key in text}
+    if "params" in fields:
+        data["params"] = _json_field(fields["params"] or "{}", "params")
+    if "webhook_events" in fields:
+        data["webhook_events"] = _events_field(fields["webhook_events"])
+    return _parse_create(data)
+
+
+def _parse_create(data: Any) -> JobCreate:
+    if not isinstance(data, dict):
+        raise invalid("invalid_request", "The request is not valid", "The body must be an object.")
+    try:
+        return JobCreate.model_validate(data)
+    except ValidationError as exc:
+        raise invalid(
+            "invalid_request",
+            "The request is not valid",
+            "See `errors` for each invalid field.",
+            errors=[{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()],
+        ) from exc
+
+
+@cache
+def lock_entries() -> dict[str, ModelEntry]:
+    return dict(load_lock().models)
+
+
+def model_enabled(entry: ModelEntry, state: AppState) -> bool:
+    # Non-commercial weights (AudioLDM2) stay off unless the operator opts in for non-commercial use.
+    return entry.enabled_by_default or state.settings.allow_noncommercial_models
+
+
+def validate(create: JobCreate, upload: ReceivedInput | None, state: AppState, *, quote: bool) -> JobRequest:
+    spec = TASKS.get(create.task)
+    if spec is None:
+        raise invalid("unknown_task", "Unknown task", f"Tasks: {', '.join(TASKS)}.", tasks=list(TASKS))
+    raw_params = dict(create.params)
+    if create.prompt is not None:
+        if spec.input_kind != "text":
+            raise invalid("invalid_params", "Invalid params", f"`prompt` is not a parameter of {create.task}.")
+        if raw_params.get("prompt", create.prompt) != create.prompt:
+            raise invalid("invalid_params", "Invalid params", "`prompt` and `params.prompt` differ.")
+        raw_params["prompt"] = create.prompt
+    try:
+        params = spec.params_model.model_validate(raw_params)
+    except ValidationError as exc:
+        raise invalid(
+            "invalid_params",
+            "Invalid params",
+            "See `errors` for each invalid parameter.",
+            errors=_field_errors(exc, "params"),
+        ) from exc
+    entry = lock_entries().get(spec.model_key(params))
+    if entry is None or not model_enabled(entry, state):
+        raise invalid(
+            "model_not_enabled",
+            "Model not enabled",
+            f"{spec.model_key(params)} is not enabled on this deployment (see its licence in GET /v1/tasks).",
+        )
+    if not quote and create.duration_s is not None:
+        raise invalid("invalid_request", "The request is not valid", "`duration_s` is only for quotes.")
+    has_input = upload is not None or create.input_url is not None
+    if spec.input_kind == "text":
+        if has_input or create.duration_s is not None:
+            raise invalid("unexpected_input", "Unexpected input", f"{create.task} takes no audio input.")
+    else:
+        if upload is not None and create.input_url is not None:
+            raise invalid("invalid_request", "Two inputs", "Send either `file` or `input_url`, not both.")
+        if not has_input and create.duration_s is None:
+            raise invalid(
+                "missing_input",
+                "Missing input",
+                f"{create.task} needs audio: a multipart `file` or an `input_url`"
+                + (", or `duration_s` for a quote." if quote else "."),
+            )
+    if create.webhook_events is not None and create.webhook_url is None:
+        raise invalid("invalid_request", "The request is not valid", "`webhook_events` needs a `webhook_url`.")
+    events = None
+    if create.webhook_events is not None:
+        unknown = [event for event in create.webhook_events if event not in WEBHOOK_EVENTS]
+        if unknown or not create.webhook_events:
+            raise invalid(
+                "invalid_webhook_events",
+                "Invalid webhook events",
+                f"Choose a non-empty subset of {', '.join(WEBHOOK_EVENTS)}.",
+            )
+        events = list(dict.fromkeys(create.webhook_events))
+    webhook_url = None
+    if create.webhook_url is not None and not quote:
+        webhook_url = validate_webhook_url(create.webhook_url, state.settings)
+    return JobRequest(
+        task=create.task,
+        params=params,
+        input_url=create.input_url,
+        upload=upload,
+        webhook_url=webhook_url,
+        webhook_events=events,
+        duration_s=create.duration_s,
+    )
+
+
+async def parse_request(
+    headers: Mapping[str, str], stream: AsyncIterator[bytes], state: AppState, workdir: Path, *, quote: bool
+) -> JobRequest:
+    """Read (streamed, capped) and validate a submit or quote body; an upload lands in `workdir`."""
+    body = await _read_body(headers, stream, workdir, state.settings.max_upload_bytes)
+    create, upload = body if isinstance(body, tuple) else (body, None)
+    return validate(create, upload, state, quote=quote)

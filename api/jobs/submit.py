@@ -1,0 +1,151 @@
+"""Step 2 of 5: submit. Input -> price -> store -> ONE transaction: the job row and its credit hold; then dispatch.
+
+before: `api.jobs.request` validated the body. after: `api.jobs.dispatch` starts it (or leaves it queued).
+
+A submit either creates the job, its hold and its dispatch, or answers an error and leaves nothing behind
+(SPEC section 4): the input is stored under the new job id before the transaction and deleted on any failure
+before the commit; a refused dispatch fails the job and releases its hold (`api.jobs.settle.fail_dispatch`).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+from uuid import UUID, uuid4
+
+from api.errors import Problem
+from api.jobs import idempotency
+from api.jobs.dispatch import DispatchError, dispatch_job
+from api.jobs.inputs import FetchPolicy, ProbedInput, ReceivedInput, fetch_url, probe_input
+from api.jobs.pricing import price
+from api.jobs.request import JobRequest
+from api.jobs.view import job_resource
+from api.state import AppState
+from db import jobs as db_jobs
+from db import ledger
+from inference.registry import TASKS
+
+HOLD_MARGIN = timedelta(hours=1)  # holds outlive the job deadline so the reaper, not the hold sweeper, settles them
+
+
+async def obtain_input(state: AppState, job: JobRequest, workdir: Path) -> tuple[ReceivedInput, ProbedInput]:
+    settings = state.settings
+    received = job.upload
+    if received is None:
+        assert job.input_url is not None
+        insecure = settings.input_url_allow_insecure
+        policy = FetchPolicy(allow_http=insecure, allow_private=insecure)
+        received = await fetch_url(
+            job.input_url,
+            workdir,
+            max_bytes=settings.max_upload_bytes,
+            timeout=settings.input_fetch_timeout_seconds,
+            policy=policy,
+        )
+    probed = await probe_input(received.path, settings.max_duration_seconds)
+    return received, probed
+
+
+def _input_meta(received: ReceivedInput, probed: ProbedInput, input_url: str | None) -> dict[str, Any]:
+    info = probed.info
+    meta: dict[str, Any] = {
+        "source": "url" if input_url else "upload",
+        "filename": received.filename,
+        "bytes": received.bytes,
+        "sha256": received.sha256,
+        "content_type": probed.content_type,
+        "duration_s": round(info.duration_s, 3),
+        "sample_rate": info.sample_rate,
+        "channels": info.channels,
+        "codec": info.codec,
+        "container": info.container,
+    }
+    if input_url:
+        meta["url"] = input_url
+    return meta
+
+
+def fingerprint(job: JobRequest) -> str:
+    return idempotency.request_hash(
+        {
+            "task": job.task,
+            "params": job.params.model_dump(mode="json"),
+            "input_sha256": job.upload.sha256 if job.upload else None,
+            "input_url": job.input_url,
+            "webhook_url": job.webhook_url,
+            "webhook_events": job.webhook_events,
+        }
+    )
+
+
+async def create_job(state: AppState, user_id: UUID, job: JobRequest, workdir: Path) -> dict[str, Any]:
+    """Probe, price, store, hold, dispatch. Returns the job resource; leaves nothing held or stored on error."""
+    settings = state.settings
+    spec = TASKS[job.task]
+    job_id = uuid4()
+    input_ref: str | None = None
+    input_meta: dict[str, Any] = {}
+    seconds: float | None = None
+    if spec.input_kind == "audio":
+        received, probed = await obtain_input(state, job, workdir)
+        seconds = probed.info.duration_s
+        input_meta = _input_meta(received, probed, job.input_url)
+        cost = price(job.task, job.params, seconds)
+        # Upload first under the fresh job id: if the transaction then fails, the object is deleted and no job
+        # row ever pointed at it; if the upload fails, nothing was written to the database at all.
+        input_ref = f"{user_id}/{job_id}/input{probed.extension}"
+        await state.storage.put_file(settings.inputs_bucket, input_ref, received.path, probed.content_type)
+    else:
+        cost = price(job.task, job.params, None)
+    deadline_at: datetime = state.clock() + timedelta(seconds=settings.job_deadline_seconds)
+    try:
+        async with state.pool.connection() as conn, conn.transaction():
+            await db_jobs.insert_job(
+                conn,
+                job_id=job_id,
+                user_id=user_id,
+                task=job.task,
+                params=job.params.model_dump(mode="json"),
+                model_key=spec.model_key(job.params),
+                cost=cost,
+                input_ref=input_ref,
+                input_meta=input_meta,
+                webhook_url=job.webhook_url,
+                webhook_events=job.webhook_events,
+                deadline_at=deadline_at,
+            )
+            await ledger.hold(conn, user_id, job_id, cost, deadline_at + HOLD_MARGIN)
+    except BaseException as exc:
+        if input_ref is not None:
+            await state.storage.delete(settings.inputs_bucket, [input_ref])
+        if isinstance(exc, ledger.InsufficientCredits):
+            raise Problem(
+                402,
+                "insufficient_credits",
+                "Not enough credits",
+                f"This job costs {exc.required} credits and {exc.available} are available.",
+                required=exc.required,
+                available=exc.available,
+            ) from exc
+        raise
+    try:
+        await dispatch_job(state, job_id)
+    except DispatchError as exc:
+        # dispatch_job has failed the job and released its hold; the input is no longer needed.
+        if input_ref is not None:
+            await state.storage.delete(settings.inputs_bucket, [input_ref])
+            async with state.pool.connection() as conn:
+                await db_jobs.clear_input_ref(conn, job_id, input_ref)
+        raise Problem(
+            503,
+            "dispatch_failed",
+            "The job could not be started",
+            "No worker could take the job; nothing was charged. Retry shortly.",
+            headers={"Retry-After": "5"},
+            job_id=str(job_id),
+        ) from exc
+    async with state.pool.connection() as conn:
+        row = await db_jobs.get_job(conn, job_id)
+    assert row is not None
+    return job_resource(row)

@@ -1,0 +1,113 @@
+"""`create_app`: the FastAPI factory, and the only module that imports the routes. Collaborators come in an
+`AppState` (`api.wiring` builds one for local mode or production; tests build their own)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from api.errors import PROBLEM_JSON, Problem
+from api.routes import api_keys, billing, credits, events, files, health, jobs, tasks, webhooks
+from api.state import AppState, BackgroundService
+
+log = logging.getLogger("studio.api")
+
+
+def create_app(state: AppState, background: list[BackgroundService] | None = None) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        for service in background or []:
+            await service.start()
+        try:
+            yield
+        finally:
+            for service in reversed(background or []):
+                await service.stop()
+
+    app = FastAPI(
+        title="Audio Studio API",
+        version="1.0.0",
+        description="GPU audio AI: stem separation, speech enhancement, transcription, audio-to-MIDI and "
+        "text-to-audio. Errors are application/problem+json with a stable `code`.",
+        lifespan=lifespan,
+    )
+    app.state.studio = state
+    install_error_handlers(app)
+    v1 = APIRouter(prefix="/v1")
+    for resource in (health, api_keys, credits, tasks, jobs, events, billing, webhooks, files):
+        v1.include_router(resource.router)
+    app.include_router(v1)
+    return app
+
+
+def problem_response(problem: Problem) -> JSONResponse:
+    return JSONResponse(problem.body(), status_code=problem.status, headers=problem.headers, media_type=PROBLEM_JSON)
+
+
+def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
+    # Drop pydantic's `input`/`ctx`/`url`: they can echo large or sensitive request content.
+    return [
+        {"loc": list(err.get("loc", ())), "msg": err.get("msg", ""), "type": err.get("type", "")}
+        for err in exc.errors()
+    ]
+
+
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_request",
+    429: "rate_limited",
+}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(Problem)
+    async def _problem(request: Request, exc: Problem) -> JSONResponse:
+        return problem_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return problem_response(
+            Problem(
+                422,
+                "invalid_request",
+                "The request is not valid",
+                "See `errors` for each invalid field.",
+                errors=_validation_errors(exc),
+            )
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = _HTTP_CODES.get(exc.status_code, "http_error")
+        detail = exc.detail if isinstance(exc.detail, str) else None
+        return problem_response(
+            Problem(
+                exc.status_code,
+                code,
+                detail or code.replace("_", " ").capitalize(),
+                headers=getattr(exc, "headers", None),
+            )
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # Log the trace server-side; the client gets no internals.
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return problem_response(
+            Problem(500, "internal_error", "Internal server error", "Something went wrong on our side; retry later.")
+        )

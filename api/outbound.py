@@ -1,0 +1,97 @@
+"""The one guard on addresses this service connects out to on a user's behalf: input URLs and webhook targets."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import socket
+from urllib.parse import urlsplit
+
+from api.errors import Problem
+from api.settings import Settings
+
+MAX_WEBHOOK_URL_LENGTH = 2048
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+# Named explicitly even though the generic checks below already cover them: these are the addresses attackers aim at.
+METADATA_ADDRESSES = frozenset(
+    {
+        ipaddress.ip_address("169.254.169.254"),
+        ipaddress.ip_address("fd00:ec2::254"),
+        ipaddress.ip_address("100.100.100.200"),
+    }
+)
+
+
+def address_refusal(address: IPAddress) -> str | None:
+    """Why `address` may not be connected to, or None when it is plainly on the public internet."""
+    if isinstance(address, ipaddress.IPv6Address):
+        embedded = address.ipv4_mapped or address.sixtofour
+        if embedded is not None:
+            refusal = address_refusal(embedded)
+            if refusal is not None:
+                return refusal
+        if address.teredo is not None:
+            return "Teredo addresses are not allowed."
+    if address in METADATA_ADDRESSES:
+        return "Cloud metadata addresses are not allowed."
+    if (
+        address.is_private
+        or address.is_loopback
+        or address.is_link_local
+        or address.is_multicast
+        or address.is_reserved
+        or address.is_unspecified
+        or not address.is_global
+    ):
+        return f"{address} is not a public address."
+    return None
+
+
+def parse_address(text: str) -> IPAddress:
+    """An address as getaddrinfo returns it, without an IPv6 zone id. Raises ValueError for a host name."""
+    return ipaddress.ip_address(text.split("%", 1)[0])
+
+
+def is_public(address: str) -> bool:
+    return address_refusal(parse_address(address)) is None
+
+
+async def resolve_host(host: str, port: int) -> list[str]:
+    """Every address `host` resolves to. Numeric forms (2130706433, 0x7f.1) resolve too."""
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return [str(info[4][0]) for info in infos]
+
+
+def validate_webhook_url(url: str, settings: Settings) -> str:
+    """Submit-time check of a job's `webhook_url`; raises Problem(422, "invalid_webhook_url"). Host names are
+    resolved again at delivery time, where private addresses are refused too."""
+
+    def invalid(detail: str) -> Problem:
+        return Problem(422, "invalid_webhook_url", "The webhook URL is not accepted", detail)
+
+    if len(url) > MAX_WEBHOOK_URL_LENGTH:
+        raise invalid(f"The URL is longer than {MAX_WEBHOOK_URL_LENGTH} characters.")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError as exc:
+        raise invalid("The URL cannot be parsed.") from exc
+    # Local development and tests deliver to http://127.0.0.1; production refuses both http and private targets.
+    insecure_ok = settings.webhook_allow_insecure_urls
+    if parts.scheme != "https" and not (insecure_ok and parts.scheme == "http"):
+        raise invalid("Webhook URLs must use https.")
+    if not parts.hostname:
+        raise invalid("The URL has no host.")
+    if parts.username or parts.password:
+        raise invalid("Credentials in the URL are not accepted; authenticate with the webhook signature.")
+    if not insecure_ok:
+        host = parts.hostname
+        if host == "localhost" or host.endswith(".localhost"):
+            raise invalid("The URL points to a private address.")
+        with contextlib.suppress(ValueError):  # a host name: checked when resolved at delivery time
+            if not is_public(host):
+                raise invalid("The URL points to a private address.")
+    return url

@@ -1,0 +1,92 @@
+"""GET /v1/tasks: every task with its params schema, price, input limits and models (with licences). Public."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from fastapi import APIRouter
+from pydantic import BaseModel, Field
+
+from api.deps import State
+from api.jobs.inputs import SUPPORTED_FORMATS
+from api.jobs.pricing import RATES
+from api.jobs.request import lock_entries, model_enabled
+from inference.registry import TASKS
+
+router = APIRouter(tags=["jobs"])
+
+
+class Price(BaseModel):
+    rate: float = Field(description="Credits per unit.")
+    unit: Literal["audio_minute", "variant_second"]
+    minimum: int
+
+
+class ModelInfo(BaseModel):
+    key: str
+    licence: str
+    licence_note: str
+    commercial_use: bool
+    licence_unresolved: bool
+    enabled: bool = Field(description="Whether this deployment accepts jobs for the model.")
+    source: str
+
+
+class Limits(BaseModel):
+    max_upload_bytes: int
+    max_duration_s: float
+    formats: list[str]
+
+
+class TaskInfo(BaseModel):
+    task: str
+    description: str
+    input_kind: Literal["audio", "text"]
+    params_schema: dict[str, Any]
+    price: Price
+    limits: Limits
+    models: list[ModelInfo]
+
+
+class TaskList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[TaskInfo]
+
+
+@router.get("/tasks", response_model=TaskList, summary="Tasks, params, prices, limits and model licences")
+async def list_tasks(state: State) -> TaskList:
+    """Public. Every task with its params JSON schema, price, input limits and the models (with licences) it uses."""
+    settings = state.settings
+    limits = Limits(
+        max_upload_bytes=settings.max_upload_bytes,
+        max_duration_s=settings.max_duration_seconds,
+        formats=list(SUPPORTED_FORMATS),
+    )
+    data = []
+    for spec in TASKS.values():
+        rate = RATES[spec.task]
+        models = [
+            ModelInfo(
+                key=entry.key,
+                licence=entry.licence,
+                licence_note=entry.licence_note,
+                commercial_use=entry.commercial_use,
+                licence_unresolved=entry.licence_unresolved,
+                enabled=model_enabled(entry, state),
+                source=entry.source,
+            )
+            for entry in lock_entries().values()
+            if entry.task == spec.task
+        ]
+        data.append(
+            TaskInfo(
+                task=spec.task,
+                description=spec.description,
+                input_kind=spec.input_kind,
+                params_schema=spec.params_model.model_json_schema(),
+                price=Price(rate=rate.rate, unit=rate.unit, minimum=rate.minimum),
+                limits=limits,
+                models=models,
+            )
+        )
+    return TaskList(data=data)

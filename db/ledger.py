@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 from uuid import UUID
 
 from psycopg import AsyncConnection
@@ -202,6 +202,17 @@ async def balance(conn: AsyncConnection, user_id: UUID) -> Balance:
     if row is None:
         raise UnknownAccount(str(user_id))
     return Balance(available=row[0], held=row[1])
+
+
+async def entries(conn: AsyncConnection, user_id: UUID, *, before: int | None, limit: int) -> list[dict[str, Any]]:
+    """The user's ledger entries, newest first; `before` is the id of the last entry of the previous page."""
+    cursor = conn.cursor(row_factory=dict_row)
+    await cursor.execute(
+        "SELECT id, kind, available_delta, held_delta, job_id, reference, created_at FROM ledger_entries"
+        " WHERE user_id = %s AND (%s::bigint IS NULL OR id < %s::bigint) ORDER BY id DESC LIMIT %s",
+        (user_id, before, before, limit),
+    )
+    return await cursor.fetchall()
 
 
 async def invariant_violations(conn: AsyncConnection) -> list[InvariantViolation]:

@@ -76,7 +76,7 @@ def settings(tmp_path: Path, database_url: str) -> Any:
 
 @pytest.fixture
 async def app_state(settings: Any) -> AsyncIterator[Any]:
-    """The collaborators exactly as local mode wires them (api.local), on this test's database."""
+    """The collaborators exactly as local mode wires them (api.wiring.local_state), on this test's database."""
     from api.wiring import local_state
 
     async with local_state(settings) as state:

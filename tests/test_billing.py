@@ -35,7 +35,7 @@ def fake_stripe() -> Iterator[FakeStripe]:
 
 @pytest.fixture
 def settings(settings: Settings, fake_stripe: FakeStripe) -> Settings:
-    # api.local builds the Stripe client from these, pointed at the local fake.
+    # api.wiring builds the Stripe client from these, pointed at the local fake.
     return settings.model_copy(
         update={
             "welcome_credits": WELCOME,

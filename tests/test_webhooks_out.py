@@ -106,7 +106,7 @@ async def deliverer(app_state: Any, clock: FakeClock) -> Any:
 
 
 def verify(secret: str, request: Received) -> bool:
-    """The receiver's side, written from the Standard Webhooks spec independently of api.webhooks.sign."""
+    """The receiver's side, written from the Standard Webhooks spec independently of api.background.webhooks.sign."""
     key = base64.b64decode(secret.removeprefix("whsec_"))
     signed = f"{request.headers['webhook-id']}.{request.headers['webhook-timestamp']}.".encode() + request.body
     expected = base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()

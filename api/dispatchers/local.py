@@ -17,7 +17,7 @@ log = logging.getLogger("studio.dispatch")
 
 
 class LocalDispatcher:
-    """A pool of worker processes (spawned, so no torch/CUDA state is forked) that run `api.runner.run_job`.
+    """A pool of worker processes (spawned, so no torch/CUDA state is forked) that run `api.worker.runner.run_job`.
 
     Each worker process keeps its engines across jobs. The pool starts on the first dispatch, so an API or a test
     that never runs a job pays nothing for it. Dispatch ids live in this process only: after a restart they are

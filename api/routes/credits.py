@@ -78,13 +78,7 @@ async def get_ledger(
     """Your ledger entries, newest first."""
     before = _decode_cursor(cursor) if cursor is not None else None
     async with state.pool.connection() as conn:
-        result = await conn.execute(
-            "SELECT id, kind, available_delta, held_delta, job_id, reference, created_at FROM ledger_entries"
-            " WHERE user_id = %s AND (%s::bigint IS NULL OR id < %s::bigint) ORDER BY id DESC LIMIT %s",
-            (user.id, before, before, limit + 1),
-        )
-        rows = await result.fetchall()
-    fields = ("id", "kind", "available_delta", "held_delta", "job_id", "reference", "created_at")
-    entries = [LedgerEntry(**dict(zip(fields, row, strict=True))) for row in rows[:limit]]
+        rows = await ledger.entries(conn, user.id, before=before, limit=limit + 1)
+    entries = [LedgerEntry(**row) for row in rows[:limit]]
     next_cursor = _encode_cursor(entries[-1].id) if len(rows) > limit else None
     return LedgerPage(entries=entries, next_cursor=next_cursor)

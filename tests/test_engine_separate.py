@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import weakref
+import gc
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -224,21 +224,44 @@ def test_cancelling_stops_a_batch(weights, long_song, tmp_path):
     assert seen == [3]
 
 
+def _live_storages() -> dict[int, int]:
+    """Every storage a live tensor holds (data_ptr -> bytes): a slice or view keeps its whole base storage alive,
+    which a weakref to the base tensor does not show."""
+    gc.collect()
+    storages: dict[int, int] = {}
+    for obj in gc.get_objects():
+        if isinstance(obj, torch.Tensor) and obj.device.type == "cpu":
+            storage = obj.untyped_storage()
+            storages[storage.data_ptr()] = storage.nbytes()
+    return storages
+
+
 def test_one_batch_of_stems_at_a_time(weights, long_song, tmp_path, monkeypatch):
-    """When apply_model starts a batch, no earlier batch's estimates are still alive (only the tail's copy)."""
+    """When apply_model starts a batch, the only tensor memory alive besides the model is the decoded input, this
+    batch's windows and the cross-fade (tail and ramp): no earlier batch's stems, not even through a slice."""
     batched = build_engine("demucs/htdemucs", weights, device="cpu", batch_windows=3, **WINDOWED)
     apply = batched._apply
-    previous: list[weakref.ref[torch.Tensor]] = []
+    before = _live_storages()  # the model's weights and whatever else this process holds already
+    samples = int(8.5 * RATE)
+    mix_bytes = 2 * samples * 4
+    fade_bytes = (len(batched.sources) * 2 + 1) * batched.crossfade * 4  # the tail's stems and the ramp
+    extra_at_batch: list[int] = []
+    stem_bytes: list[int] = []
 
-    def checked(*args: Any, **kwargs: Any) -> torch.Tensor:
-        assert all(ref() is None for ref in previous)
-        estimates = apply(*args, **kwargs)
-        previous.append(weakref.ref(estimates))
+    def checked(windows: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        live = _live_storages()
+        extra_at_batch.append(sum(size for ptr, size in live.items() if ptr not in before))
+        allowed = mix_bytes + windows.untyped_storage().nbytes() + (fade_bytes if stem_bytes else 0)
+        assert extra_at_batch[-1] <= allowed + 64 * 1024, (extra_at_batch, allowed, stem_bytes)
+        estimates = apply(windows, *args, **kwargs)
+        stem_bytes.append(estimates.untyped_storage().nbytes())
         return estimates
 
     monkeypatch.setattr(batched, "_apply", checked)
     batched.run(long_song, SeparateParams(shifts=0), tmp_path, lambda f, s: None)
-    assert len(previous) == 3
+    assert len(stem_bytes) == 3
+    # A batch's stems (several MB) dwarf the allowance's 64 kB of slack: one kept alive could not fit.
+    assert min(stem_bytes) > 10 * 64 * 1024
 
 
 def test_batch_windows_default_and_validation(engine, weights):

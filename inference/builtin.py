@@ -16,6 +16,8 @@ Everything streams through `inference.audio.iter_blocks`, so memory stays bounde
 from __future__ import annotations
 
 import json
+import os
+import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -43,6 +45,11 @@ BLOCK_SECONDS = 10.0
 _STEM_ORDER = ("bass", "piano", "guitar", "vocals", "other", "drums")
 _GENERATE_RATE = 44100
 _ENHANCE_RATE = 48000  # the real enhancer (DeepFilterNet3) writes 48 kHz
+# Test hook: when this variable names a file, a run holds at its first progress report (repeating that report, so
+# a cancel still ends it) until the file exists. Tests use it to keep a job running for exactly as long as they
+# need, whatever the input's length; it is never set in production.
+HOLD_UNTIL_ENV = "STUDIO_BUILTIN_HOLD_UNTIL"
+_HOLD_POLL_SECONDS = 0.05
 
 
 class _LowPass:
@@ -94,6 +101,7 @@ class BuiltinEngine:
     def run(self, input_path: Path | None, params: BaseModel, out_dir: Path, progress: ProgressFn) -> EngineResult:
         if self.task is not None and not isinstance(params, TASK_PARAMS[self.task]):
             raise TypeError(f"the builtin {self.task} engine cannot run {type(params).__name__}")
+        progress = _held(progress)
         out_dir.mkdir(parents=True, exist_ok=True)
         if isinstance(params, GenerateParams):
             return self._generate(params, out_dir, progress)
@@ -263,6 +271,25 @@ def builtin_engine(task: str) -> BuiltinEngine:
     if task not in TASK_PARAMS:
         raise KeyError(f"unknown task {task!r}")
     return BuiltinEngine(model_key=f"builtin/{task}", task=task)
+
+
+def _held(progress: ProgressFn) -> ProgressFn:
+    """`progress`, holding at its first report while HOLD_UNTIL_ENV names a file that does not exist yet."""
+    gate = os.environ.get(HOLD_UNTIL_ENV)
+    if not gate:
+        return progress
+    release = Path(gate)
+    holding = True
+
+    def report(fraction: float, stage: str | None = None) -> None:
+        nonlocal holding
+        while holding and not release.exists():
+            progress(fraction, stage)  # a cancellation raises here and ends the hold
+            time.sleep(_HOLD_POLL_SECONDS)
+        holding = False
+        progress(fraction, stage)
+
+    return report
 
 
 def _blocks_with_flush(input_path: Path, push: Any, rate: int, resample: bool) -> Iterator[tuple[Any, float]]:

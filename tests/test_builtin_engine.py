@@ -11,7 +11,7 @@ import soundfile as sf
 
 from inference import audio
 from inference.base import EngineError
-from inference.builtin import BuiltinEngine, build_engine, builtin_engine
+from inference.builtin import HOLD_UNTIL_ENV, BuiltinEngine, build_engine, builtin_engine
 from inference.params import EnhanceParams, GenerateParams, MidiParams, SeparateParams, TranscribeParams
 
 RATE = 44100
@@ -165,3 +165,32 @@ def test_task_pinning_and_input_errors(tmp_path):
     with pytest.raises(EngineError) as bad:
         BuiltinEngine().run(garbage, SeparateParams(), tmp_path / "out", _Progress())
     assert bad.value.code == "undecodable_audio"
+
+
+def test_hold_until_env_repeats_the_first_report_until_released(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hook that keeps a job running for the jobs API's cancel test: with HOLD_UNTIL_ENV naming a missing file,
+    a run repeats its first progress report until the file exists (here the third report creates it), and a
+    report that raises (a cancel) ends the run."""
+    release = tmp_path / "release"
+    monkeypatch.setenv(HOLD_UNTIL_ENV, str(release))
+    params = GenerateParams(prompt="hum", duration_s=0.2, variants=2)
+    calls: list[float] = []
+
+    def progress(fraction: float, stage: str | None = None) -> None:
+        calls.append(fraction)
+        if len(calls) == 3:
+            release.touch()
+
+    result = BuiltinEngine().run(None, params, tmp_path / "out", progress)
+    assert calls == [0.5, 0.5, 0.5, 0.5, 1.0] and len(result.outputs) == 2
+
+    release.unlink()
+
+    def cancel(fraction: float, stage: str | None = None) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        BuiltinEngine().run(None, params, tmp_path / "canceled", cancel)
+    assert not (tmp_path / "canceled" / "variant_2.wav").exists()

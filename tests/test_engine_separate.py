@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import weakref
+import gc
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -131,8 +131,28 @@ def test_long_input_runs_in_crossfaded_windows(engine, weights, tmp_path):
         data, expected = _read(mine.path), _read(reference.path)
         assert data.shape == expected.shape == (2, 6 * RATE)
         np.testing.assert_allclose(data[:, exact], expected[:, exact], atol=1e-6)
-        assert np.isfinite(data).all()
     assert events[0] == 0.0 and events[-1] == 1.0 and events == sorted(events)
+
+    # The join, computed here from its definition: each window through demucs's own apply_model (normalised by the
+    # whole track's statistics, as demucs.api does), then a linear fade from window 0 to window 1 over 3.0-3.5 s.
+    mix = torch.from_numpy(_read(song))
+    reference = mix.mean(0)
+    mean, std = reference.mean(), reference.std() + 1e-8
+
+    def window(start: int, end: int) -> np.ndarray:
+        with torch.inference_mode():
+            normalised = ((mix[:, start:end] - mean) / std)[None]
+            return (apply_model(engine.model, normalised, shifts=0, split=True, overlap=0.25)[0] * std + mean).numpy()
+
+    join, fade = 3 * RATE, RATE // 2
+    first, second = window(0, join + fade)[..., join:], window(join, 6 * RATE)[..., :fade]
+    weight = np.linspace(0.0, 1.0, fade)  # the engine's own sampling of the ramp may differ by a sample's step
+    blend = first * (1 - weight) + second * weight
+    for mine in result.outputs:
+        source = engine.sources.index(mine.name.removesuffix(".wav"))
+        joined = _read(mine.path)[:, join : join + fade]
+        assert np.abs(first[source] - second[source]).max() > 0.01  # the windows disagree here: a blend shows
+        np.testing.assert_allclose(joined, blend[source], rtol=0, atol=1e-4)
 
 
 def _record_batches(engine: SeparateEngine) -> tuple[list[int], Callable[[], None]]:
@@ -204,21 +224,44 @@ def test_cancelling_stops_a_batch(weights, long_song, tmp_path):
     assert seen == [3]
 
 
+def _live_storages() -> dict[int, int]:
+    """Every storage a live tensor holds (data_ptr -> bytes): a slice or view keeps its whole base storage alive,
+    which a weakref to the base tensor does not show."""
+    gc.collect()
+    storages: dict[int, int] = {}
+    for obj in gc.get_objects():
+        if issubclass(type(obj), torch.Tensor) and obj.device.type == "cpu":  # type(): no __class__ lookups
+            storage = obj.untyped_storage()
+            storages[storage.data_ptr()] = storage.nbytes()
+    return storages
+
+
 def test_one_batch_of_stems_at_a_time(weights, long_song, tmp_path, monkeypatch):
-    """When apply_model starts a batch, no earlier batch's estimates are still alive (only the tail's copy)."""
+    """When apply_model starts a batch, the only tensor memory alive besides the model is the decoded input, this
+    batch's windows and the cross-fade (tail and ramp): no earlier batch's stems, not even through a slice."""
     batched = build_engine("demucs/htdemucs", weights, device="cpu", batch_windows=3, **WINDOWED)
     apply = batched._apply
-    previous: list[weakref.ref[torch.Tensor]] = []
+    before = _live_storages()  # the model's weights and whatever else this process holds already
+    samples = int(8.5 * RATE)
+    mix_bytes = 2 * samples * 4
+    fade_bytes = (len(batched.sources) * 2 + 1) * batched.crossfade * 4  # the tail's stems and the ramp
+    extra_at_batch: list[int] = []
+    stem_bytes: list[int] = []
 
-    def checked(*args: Any, **kwargs: Any) -> torch.Tensor:
-        assert all(ref() is None for ref in previous)
-        estimates = apply(*args, **kwargs)
-        previous.append(weakref.ref(estimates))
+    def checked(windows: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        live = _live_storages()
+        extra_at_batch.append(sum(size for ptr, size in live.items() if ptr not in before))
+        allowed = mix_bytes + windows.untyped_storage().nbytes() + (fade_bytes if stem_bytes else 0)
+        assert extra_at_batch[-1] <= allowed + 64 * 1024, (extra_at_batch, allowed, stem_bytes)
+        estimates = apply(windows, *args, **kwargs)
+        stem_bytes.append(estimates.untyped_storage().nbytes())
         return estimates
 
     monkeypatch.setattr(batched, "_apply", checked)
     batched.run(long_song, SeparateParams(shifts=0), tmp_path, lambda f, s: None)
-    assert len(previous) == 3
+    assert len(stem_bytes) == 3
+    # A batch's stems (several MB) dwarf the allowance's 64 kB of slack: one kept alive could not fit.
+    assert min(stem_bytes) > 10 * 64 * 1024
 
 
 def test_batch_windows_default_and_validation(engine, weights):

@@ -196,16 +196,25 @@ async def test_wait_until_final(app_state, alice, hub):
     await asyncio.wait_for(hub.wait_until_final(uuid.uuid4(), timeout=30), timeout=5)  # unknown: nothing to wait for
 
     running = await new_job(app_state, alice["id"], status="running")
-    waiter = asyncio.create_task(hub.wait_until_final(running, timeout=30))
-    await update(app_state, running, progress=0.5)
-    await update(app_state, running, status="succeeded")
-    await asyncio.wait_for(waiter, timeout=5)
+    async with hub.subscribe(running) as probe:
+        waiter = asyncio.create_task(hub.wait_until_final(running, timeout=30))
+        await update(app_state, running, progress=0.5)
+        async with asyncio.timeout(5):  # the insert's own notification may come first
+            while (await probe.get() or {}).get("progress") != 0.5:
+                pass
+        # The hub has fanned the progress change out to every subscriber, the waiter included.
+        # A progress change is not the end: the waiter keeps waiting (it would return within ms if it stopped).
+        done, _ = await asyncio.wait({waiter}, timeout=0.5)
+        assert not done
+        await update(app_state, running, status="succeeded")
+        await asyncio.wait_for(waiter, timeout=5)
 
+    # A job that stays running: the wait lasts its whole timeout, then returns without raising.
     still_running = await new_job(app_state, alice["id"], status="running")
-    await hub.wait_until_final(still_running, timeout=0.05)  # gives up after its timeout without raising
-    async with app_state.pool.connection() as conn:
-        status = await (await conn.execute("SELECT status FROM jobs WHERE id = %s", (still_running,))).fetchone()
-    assert status == ("running",)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await asyncio.wait_for(hub.wait_until_final(still_running, timeout=0.3), timeout=5)
+    assert loop.time() - started >= 0.29
 
 
 async def test_hub_reconnects_and_resyncs_after_losing_its_connection(app_state, alice, hub, sse):

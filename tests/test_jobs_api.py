@@ -3,7 +3,6 @@ builtin engines. Every bad input must answer the right 4xx and leave nothing cha
 
 from __future__ import annotations
 
-import json
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ import pytest
 from api.jobs.pricing import RATES
 from db import jobs as db_jobs
 from db import ledger
+from inference.builtin import HOLD_UNTIL_ENV
 from tests.jobs_api_support import multipart, wait_final, wait_status, write_audio
 from tests.jobs_support import RefusingDispatcher
 
@@ -92,22 +92,26 @@ async def test_each_task_runs_to_success_with_downloadable_outputs(
         "transcribe": multipart("transcribe", {"model": "tiny"}, write_audio(tmp_path / "t.mp3", 2.0), "audio/mpeg"),
         "midi": multipart("midi", {}, write_audio(tmp_path / "m.ogg", 2.0), "audio/ogg"),
     }
-    created: dict[str, dict[str, Any]] = {}
-    for task, kwargs in submits.items():
-        response = await client.post("/v1/jobs", headers=headers, **kwargs)
-        assert response.status_code == 202, response.text
-        assert response.headers["location"] == f"/v1/jobs/{response.json()['id']}"
-        created[task] = response.json()
     # JSON body, top-level prompt, and Prefer: wait answering with the finished job.
     generate = await client.post(
         "/v1/jobs",
         headers={**headers, "Prefer": "wait=60"},
         json={"task": "generate", "prompt": "soft rain on a tin roof", "params": {"duration_s": 1.5, "variants": 2}},
     )
-    assert generate.status_code in (200, 202), generate.text
+    # Submitted first, so no other job is ahead of it: a 1.5 s builtin generate finishes well inside the wait, and
+    # the answer is the final job, not a 202 to poll.
+    assert generate.status_code == 200, generate.text
     assert generate.headers["preference-applied"] == "wait=60"
-    created["generate"] = generate.json()
+    assert generate.json()["status"] == "succeeded" and generate.json()["progress"] == 1.0
+    assert {out["name"] for out in generate.json()["outputs"]} == {"variant_1.wav", "variant_2.wav"}
+    assert all(out["url"] and out["expires_at"] for out in generate.json()["outputs"])
+    created: dict[str, dict[str, Any]] = {"generate": generate.json()}
     assert created["generate"]["params"]["prompt"] == "soft rain on a tin roof"
+    for task, kwargs in submits.items():
+        response = await client.post("/v1/jobs", headers=headers, **kwargs)
+        assert response.status_code == 202, response.text
+        assert response.headers["location"] == f"/v1/jobs/{response.json()['id']}"
+        created[task] = response.json()
     m4a = await client.post(
         "/v1/jobs", headers=headers, **multipart("midi", {}, write_audio(tmp_path / "x.m4a", 2.0), "audio/mp4")
     )
@@ -350,10 +354,12 @@ async def test_cancel_queued_releases_the_hold_at_once(
 
 
 async def test_cancel_running_job_ends_canceled_and_released(
-    client: Any, alice: dict[str, Any], app_state: Any, tmp_path: Path
+    client: Any, alice: dict[str, Any], app_state: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # 20 minutes of audio keeps the builtin enhancer busy for seconds; the runner checks the flag every 0.5 s.
-    path = write_audio(tmp_path / "long.wav", 1200.0, 16000)
+    # The builtin engine holds at its first progress report until a file that this test never creates exists:
+    # the job stays running, and only the cancel (raised at a progress report) can end it.
+    monkeypatch.setenv(HOLD_UNTIL_ENV, str(tmp_path / "never-released"))
+    path = write_audio(tmp_path / "clip.wav", 1.0)
     created = await client.post("/v1/jobs", headers=alice["headers"], **multipart("enhance", {}, path))
     assert created.status_code == 202, created.text
     job_id = created.json()["id"]
@@ -402,4 +408,9 @@ async def test_webhook_settings_are_kept_on_the_job(client: Any, alice: dict[str
         "events": ["job.succeeded", "job.canceled"],
         "last_delivery": None,
     }
-    assert json.loads(json.dumps(response.json())) == response.json()
+    # Kept on the job: a later GET and the job list show the same settings.
+    job_id = response.json()["id"]
+    fetched = await client.get(f"/v1/jobs/{job_id}", headers=alice["headers"])
+    assert fetched.status_code == 200 and fetched.json()["webhook"] == response.json()["webhook"]
+    [listed] = (await client.get("/v1/jobs", headers=alice["headers"])).json()["data"]
+    assert listed["id"] == job_id and listed["webhook"] == response.json()["webhook"]

@@ -65,11 +65,55 @@ def _requirement_names(requirements: list[str]) -> set[str]:
     return names
 
 
+# Run before `import modal_app` in a fresh interpreter: every name lookup or connect to anything but loopback or a
+# unix socket is recorded and refused, and the record is printed last whatever happened (a swallowed error too).
+NETWORK_GUARD = """
+import atexit, ipaddress, socket
+
+attempts = []
+atexit.register(lambda: print("network attempts:", attempts))
+
+
+def _local_host(host):
+    if host in (None, "", "localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host if isinstance(host, str) else host.decode()).is_loopback
+    except ValueError:
+        return False
+
+
+def _guard(name, original):
+    def guarded(self, address, *args):
+        if self.family != socket.AF_UNIX and not _local_host(address[0]):
+            attempts.append((name, str(address)))
+            raise OSError("network blocked by the test")
+        return original(self, address, *args)
+
+    return guarded
+
+
+_getaddrinfo = socket.getaddrinfo
+
+
+def getaddrinfo(host, *args, **kwargs):
+    if not _local_host(host):
+        attempts.append(("getaddrinfo", str(host)))
+        raise socket.gaierror("network blocked by the test")
+    return _getaddrinfo(host, *args, **kwargs)
+
+
+socket.socket.connect = _guard("connect", socket.socket.connect)
+socket.socket.connect_ex = _guard("connect_ex", socket.socket.connect_ex)
+socket.getaddrinfo = getaddrinfo
+"""
+
+
 def test_importing_the_app_needs_no_credentials_or_network(tmp_path: Path) -> None:
     env = {key: value for key, value in os.environ.items() if not key.startswith("MODAL_")}
     env["HOME"] = str(tmp_path)  # no ~/.modal.toml either
     result = subprocess.run(
-        [sys.executable, "-c", "import modal_app; print(sorted(modal_app.WORKERS))"],
+        [sys.executable, "-c", NETWORK_GUARD + "import modal_app\nprint(sorted(modal_app.WORKERS))"],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -78,7 +122,7 @@ def test_importing_the_app_needs_no_credentials_or_network(tmp_path: Path) -> No
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == str(sorted(WORKER_TASKS))
+    assert result.stdout.splitlines() == [str(sorted(WORKER_TASKS)), "network attempts: []"]
 
 
 @pytest.mark.parametrize("task", sorted(WORKER_TASKS))

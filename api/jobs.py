@@ -367,7 +367,12 @@ async def _obtain_input(state: AppState, job: JobRequest, workdir: Path) -> tupl
             timeout=settings.input_fetch_timeout_seconds,
             policy=policy,
         )
-    probed = await probe_input(received.path, settings.max_duration_seconds)
+    probed = await probe_input(
+        received.path,
+        settings.max_duration_seconds,
+        max_channels=settings.max_audio_channels,
+        max_sample_rate=settings.max_sample_rate,
+    )
     return received, probed
 
 
@@ -457,7 +462,8 @@ _INPUT_ERRORS: dict[int | str, dict[str, Any]] = {
         422,
         "invalid_params",
         "Invalid task, params or input (undecodable_audio, empty_file, "
-        "audio_too_long, unknown_task, model_not_enabled, idempotency_key_reused...)",
+        "audio_too_long, too_many_channels, sample_rate_too_high, unknown_task, model_not_enabled, "
+        "idempotency_key_reused...)",
     ),
 }
 

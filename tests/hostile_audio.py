@@ -6,14 +6,19 @@ Each writer returns the path; the audio really holds `seconds` of a tone (or sil
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
+import pytest
 import soundfile as sf
 
 RATE = 8000  # small files: the tricks do not depend on the rate
+LARGEST_FLAC_FRAME_S = 65535 / RATE  # the most one FLAC packet can add past a limit
 
 
 def tone(seconds: float, rate: int = RATE, channels: int = 1) -> np.ndarray:
@@ -96,3 +101,53 @@ def wav_with_data_size(path: Path, seconds: float, claimed_bytes: int) -> Path:
     data[chunk + 4 : chunk + 8] = struct.pack("<I", claimed_bytes)
     path.write_bytes(bytes(data))
     return path
+
+
+class CountingContainer:
+    """Wraps PyAV's container to count the audio that flows out of it (packets demuxed, frames decoded)."""
+
+    def __init__(self, inner: av.container.InputContainer) -> None:
+        self._inner = inner
+        self.seconds_demuxed = 0.0
+        self.seconds_decoded = 0.0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def __enter__(self) -> CountingContainer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._inner.close()
+
+    def demux(self, *args: Any, **kwargs: Any) -> Iterator[av.Packet]:
+        for packet in self._inner.demux(*args, **kwargs):
+            if packet.duration and packet.time_base:
+                self.seconds_demuxed += float(packet.duration * packet.time_base)
+            yield packet
+
+    def decode(self, *args: Any, **kwargs: Any) -> Iterator[av.AudioFrame]:
+        for frame in self._inner.decode(*args, **kwargs):
+            self.seconds_decoded += frame.samples / frame.sample_rate
+            yield frame
+
+
+@contextmanager
+def count_audio_read() -> Iterator[list[CountingContainer]]:
+    """Every container av.open returns inside the block is wrapped to count the audio read out of it."""
+    real_open = av.open
+    opened: list[CountingContainer] = []
+
+    def counting_open(*args: Any, **kwargs: Any) -> CountingContainer:
+        container = CountingContainer(real_open(*args, **kwargs))
+        opened.append(container)
+        return container
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(av, "open", counting_open)
+        yield opened
+    assert opened, "nothing was opened through av.open"
+
+
+def seconds_read(opened: list[CountingContainer]) -> float:
+    return sum(container.seconds_demuxed + container.seconds_decoded for container in opened)

@@ -26,6 +26,7 @@ from psycopg.types.json import Jsonb
 from api.protocols import Storage
 from api.settings import Settings
 from db import ledger
+from inference import audio
 from inference.base import Engine, EngineError, EngineResult
 from inference.params import TASK_PARAMS
 
@@ -224,7 +225,16 @@ async def _execute(
     out_dir = workdir / "out"
     out_dir.mkdir()
     started = time.monotonic()
-    result: EngineResult = await asyncio.to_thread(engine.run, input_path, params, out_dir, progress.report)
+    # Engines decode through inference.audio, which stops past these: the deployment's limit, and the seconds the
+    # submit's probe priced (plus slack), so an input that decodes to more than it was priced on fails here.
+    limits = audio.DecodeLimits.for_job(
+        settings.max_duration_seconds,
+        (job["input_meta"] or {}).get("duration_s"),
+        settings.max_audio_channels,
+        settings.max_sample_rate,
+    )
+    with audio.decode_limits(limits):
+        result: EngineResult = await asyncio.to_thread(engine.run, input_path, params, out_dir, progress.report)
     compute_seconds = time.monotonic() - started
     for output in result.outputs:
         key = f"{job['user_id']}/{job['id']}/{output.name}"

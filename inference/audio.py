@@ -46,6 +46,7 @@ class DecodeLimits:
     max_seconds: float | None = None
     max_channels: int = MAX_CHANNELS
     max_sample_rate: int = MAX_SAMPLE_RATE
+    priced_seconds: float | None = None  # set when the job's price, not the deployment's cap, bounds max_seconds
 
     @classmethod
     def for_job(
@@ -53,8 +54,9 @@ class DecodeLimits:
     ) -> DecodeLimits:
         """The worker's limits for a job: the deployment's cap, and no more than the duration it was priced on
         (plus slack), so a container whose packet timing lies fails the job instead of running underpriced."""
-        if priced_seconds is not None:
-            max_seconds = min(max_seconds, float(priced_seconds) + PRICED_SLACK_SECONDS)
+        if priced_seconds is not None and float(priced_seconds) + PRICED_SLACK_SECONDS < max_seconds:
+            priced = float(priced_seconds)
+            return cls(priced + PRICED_SLACK_SECONDS, max_channels, max_sample_rate, priced_seconds=priced)
         return cls(max_seconds=max_seconds, max_channels=max_channels, max_sample_rate=max_sample_rate)
 
 
@@ -115,8 +117,12 @@ def _open_audio(path: Path) -> tuple[av.container.InputContainer, av.AudioStream
     return container, stream
 
 
-def _too_long(limit: float) -> EngineError:
-    return EngineError(f"the audio is longer than the {limit:g} s limit", code="audio_too_long")
+def _too_long(limits: DecodeLimits) -> EngineError:
+    if limits.priced_seconds is not None:
+        message = f"the audio decodes to more than the {limits.priced_seconds:.1f} s it was measured and priced at"
+    else:
+        message = f"the audio is longer than the {limits.max_seconds:g} s limit"
+    return EngineError(message, code="audio_too_long")
 
 
 def _check_shape(rate: int, channels: int, limits: DecodeLimits) -> None:
@@ -146,25 +152,25 @@ def probe(path: Path, limits: DecodeLimits | None = None) -> AudioInfo:
         _check_shape(rate, channels, limits)
         codec, container_name = stream.codec_context.name, container.format.name
         try:
-            duration = _demuxed_seconds(container, stream, limits.max_seconds)
+            duration = _demuxed_seconds(container, stream, limits)
         except _DECODE_ERRORS as exc:
             raise _undecodable(exc) from exc
     if duration is None:
-        duration = _decoded_seconds(path, limits.max_seconds)
+        duration = _decoded_seconds(path, limits)
     if duration <= 0:
         raise EngineError("the audio is empty", code="empty_audio")
     return AudioInfo(duration_s=duration, sample_rate=rate, channels=channels, codec=codec, container=container_name)
 
 
 def _demuxed_seconds(
-    container: av.container.InputContainer, stream: av.AudioStream, limit: float | None
+    container: av.container.InputContainer, stream: av.AudioStream, limits: DecodeLimits
 ) -> float | None:
     """Seconds of audio in the stream's packets, or None when a packet does not say how long it is."""
     time_base = stream.time_base
     if time_base is None or time_base <= 0:
         return None
     # Integer ticks of the stream's time base: exact however many packets there are.
-    limit_ticks = None if limit is None else limit / time_base
+    limit_ticks = None if limits.max_seconds is None else limits.max_seconds / time_base
     ticks = 0
     for packet in container.demux(stream):
         if packet.size == 0:  # the demuxer's end-of-stream marker
@@ -173,20 +179,19 @@ def _demuxed_seconds(
             return None
         ticks += packet.duration
         if limit_ticks is not None and ticks > limit_ticks:
-            assert limit is not None
-            raise _too_long(limit)
+            raise _too_long(limits)
     return float(ticks * time_base)
 
 
-def _decoded_seconds(path: Path, limit: float | None) -> float:
+def _decoded_seconds(path: Path, limits: DecodeLimits) -> float:
     container, stream = _open_audio(path)
     seconds = 0.0
     with container:
         try:
             for frame in container.decode(stream):
                 seconds += frame.samples / (frame.sample_rate or stream.codec_context.sample_rate)
-                if limit is not None and seconds > limit:
-                    raise _too_long(limit)
+                if limits.max_seconds is not None and seconds > limits.max_seconds:
+                    raise _too_long(limits)
         except _DECODE_ERRORS as exc:
             raise _undecodable(exc) from exc
     return seconds
@@ -234,8 +239,7 @@ def iter_blocks(
                     raise _undecodable()  # a mid-stream layout change; our block shapes cannot follow it
                 decoded += samples.shape[1]
                 if max_samples is not None and decoded > max_samples:
-                    assert limits.max_seconds is not None
-                    raise _too_long(limits.max_seconds)
+                    raise _too_long(limits)
                 pending.append(samples.mean(axis=0, keepdims=True) if mono else samples)
                 pending_samples += samples.shape[1]
                 if pending_samples >= block:

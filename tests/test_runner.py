@@ -127,6 +127,8 @@ async def test_input_decoding_past_the_job_limit_fails_audio_too_long_and_releas
 
     job = await job_row(conn, job_id)
     assert job["error"]["code"] == "audio_too_long", job["error"]
+    expected = "more than the 2.0 s it was measured and priced at" if priced_seconds else "longer than the 3 s limit"
+    assert expected in job["error"]["message"]
     assert job["outputs"] == [] and job["input_ref"] is None
     assert await _balances(conn, user) == (100, 0)
     assert await ledger_kinds(conn, job_id) == ["hold", "release"]

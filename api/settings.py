@@ -62,6 +62,8 @@ class Settings(BaseSettings):
     allow_noncommercial_models: bool = False
     max_upload_bytes: int = 200 * 1024 * 1024
     max_duration_seconds: float = 20 * 60
+    max_audio_channels: int = 8
+    max_sample_rate: int = 192_000
     input_fetch_timeout_seconds: float = 30.0
     # Local development and tests fetch input_url from http://127.0.0.1; production allows only public https.
     input_url_allow_insecure: bool = False

@@ -3,12 +3,20 @@
 Arrays are float32 shaped (channels, samples) everywhere in this package.
 
 Input errors raise EngineError with one of these codes: `empty_file` (zero bytes), `undecodable_audio` (not audio
-FFmpeg can read, or no audio stream), `empty_audio` (a valid container holding no samples).
+FFmpeg can read, or no audio stream), `empty_audio` (a valid container holding no samples), and, against the
+`DecodeLimits` in force, `audio_too_long`, `too_many_channels`, `sample_rate_too_high`.
+
+Lengths are never taken from container headers (a FLAC STREAMINFO, an MP3 Xing tag or a WAV size field can claim
+1 s for hours of audio): the probe adds up the packets the demuxer hands the decoder, and every decode helper counts
+what it decodes, each stopping as soon as the running total passes the limit, so hostile input costs at most the
+limit's worth of work. The worker sets the job's limits with `decode_limits` around the engine run.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -24,6 +32,48 @@ CONTENT_TYPES = {"wav": "audio/wav", "flac": "audio/flac", "mp3": "audio/mpeg"}
 _SOUNDFILE_FORMATS = {"wav": ("WAV", "PCM_24"), "flac": ("FLAC", "PCM_24"), "mp3": ("MP3", "MPEG_LAYER_III")}
 _MP3_MAX_RATE = 48000  # MPEG-1 layer III stops at 48 kHz; higher rates are resampled down for mp3 output
 _DECODE_ERRORS = (av.FFmpegError, ValueError, IndexError, OSError)
+MAX_CHANNELS = 8  # engines build per-channel state (enhance: one model per channel); 7.1 is the widest we accept
+MAX_SAMPLE_RATE = 192_000
+# Demuxed packet durations round up to whole codec frames (mp3 priming, AAC padding): what a job may decode beyond
+# the seconds it was priced on before the worker calls it a lie.
+PRICED_SLACK_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """What one input may hold. None for `max_seconds` means no duration limit."""
+
+    max_seconds: float | None = None
+    max_channels: int = MAX_CHANNELS
+    max_sample_rate: int = MAX_SAMPLE_RATE
+    priced_seconds: float | None = None  # set when the job's price, not the deployment's cap, bounds max_seconds
+
+    @classmethod
+    def for_job(
+        cls, max_seconds: float, priced_seconds: float | None, max_channels: int, max_sample_rate: int
+    ) -> DecodeLimits:
+        """The worker's limits for a job: the deployment's cap, and no more than the duration it was priced on
+        (plus slack), so a container whose packet timing lies fails the job instead of running underpriced."""
+        if priced_seconds is not None and float(priced_seconds) + PRICED_SLACK_SECONDS < max_seconds:
+            priced = float(priced_seconds)
+            return cls(priced + PRICED_SLACK_SECONDS, max_channels, max_sample_rate, priced_seconds=priced)
+        return cls(max_seconds=max_seconds, max_channels=max_channels, max_sample_rate=max_sample_rate)
+
+
+# Engines call probe/iter_blocks/decode without limits; the worker sets the job's here (asyncio.to_thread copies
+# the context into the engine's thread).
+DEFAULT_LIMITS = DecodeLimits()  # frozen: safe to share as the ContextVar default
+_LIMITS: ContextVar[DecodeLimits] = ContextVar("decode_limits", default=DEFAULT_LIMITS)
+
+
+@contextmanager
+def decode_limits(limits: DecodeLimits) -> Iterator[None]:
+    """Apply `limits` to every probe and decode in this context (and threads started from it with to_thread)."""
+    token = _LIMITS.set(limits)
+    try:
+        yield
+    finally:
+        _LIMITS.reset(token)
 
 
 @dataclass(frozen=True)
@@ -67,27 +117,84 @@ def _open_audio(path: Path) -> tuple[av.container.InputContainer, av.AudioStream
     return container, stream
 
 
-def probe(path: Path) -> AudioInfo:
-    """Duration, rate and channels from the container headers; decodes the whole file only when they lack a length."""
+def _too_long(limits: DecodeLimits) -> EngineError:
+    if limits.priced_seconds is not None:
+        message = f"the audio decodes to more than the {limits.priced_seconds:.1f} s it was measured and priced at"
+    else:
+        message = f"the audio is longer than the {limits.max_seconds:g} s limit"
+    return EngineError(message, code="audio_too_long")
+
+
+def _check_shape(rate: int, channels: int, limits: DecodeLimits) -> None:
+    if channels > limits.max_channels:
+        raise EngineError(
+            f"the audio has {channels} channels; at most {limits.max_channels} are accepted", code="too_many_channels"
+        )
+    if rate > limits.max_sample_rate:
+        raise EngineError(
+            f"the audio is sampled at {rate} Hz; at most {limits.max_sample_rate} Hz is accepted",
+            code="sample_rate_too_high",
+        )
+
+
+def probe(path: Path, limits: DecodeLimits | None = None) -> AudioInfo:
+    """Duration, rate and channels of what the decoder will produce, within `limits` (default: the context's).
+
+    The duration is the sum of the demuxed packets' durations (no decoding: ~0.2-0.5 s for 20 min of any format
+    here, against 1-2.5 s to decode it); a stream with a packet of unknown duration is counted by decoding instead.
+    Either way reading stops as soon as the total passes `limits.max_seconds`.
+    """
+    limits = limits or _LIMITS.get()
     container, stream = _open_audio(path)
     with container:
-        rate = stream.codec_context.sample_rate
-        channels = stream.codec_context.channels
+        rate = int(stream.codec_context.sample_rate)
+        channels = int(stream.codec_context.channels)
+        _check_shape(rate, channels, limits)
+        codec, container_name = stream.codec_context.name, container.format.name
         try:
-            if stream.duration is not None and stream.time_base is not None:
-                duration = float(stream.duration * stream.time_base)
-            elif container.duration is not None:
-                duration = container.duration / av.time_base
-            else:
-                duration = sum(frame.samples for frame in container.decode(stream)) / rate
+            duration = _demuxed_seconds(container, stream, limits)
         except _DECODE_ERRORS as exc:
             raise _undecodable(exc) from exc
-        codec, container_name = stream.codec_context.name, container.format.name
+    if duration is None:
+        duration = _decoded_seconds(path, limits)
     if duration <= 0:
         raise EngineError("the audio is empty", code="empty_audio")
-    return AudioInfo(
-        duration_s=duration, sample_rate=int(rate), channels=int(channels), codec=codec, container=container_name
-    )
+    return AudioInfo(duration_s=duration, sample_rate=rate, channels=channels, codec=codec, container=container_name)
+
+
+def _demuxed_seconds(
+    container: av.container.InputContainer, stream: av.AudioStream, limits: DecodeLimits
+) -> float | None:
+    """Seconds of audio in the stream's packets, or None when a packet does not say how long it is."""
+    time_base = stream.time_base
+    if time_base is None or time_base <= 0:
+        return None
+    # Integer ticks of the stream's time base: exact however many packets there are.
+    limit_ticks = None if limits.max_seconds is None else limits.max_seconds / time_base
+    ticks = 0
+    for packet in container.demux(stream):
+        if packet.size == 0:  # the demuxer's end-of-stream marker
+            continue
+        if packet.duration is None or packet.duration <= 0:
+            return None
+        ticks += packet.duration
+        if limit_ticks is not None and ticks > limit_ticks:
+            raise _too_long(limits)
+    return float(ticks * time_base)
+
+
+def _decoded_seconds(path: Path, limits: DecodeLimits) -> float:
+    container, stream = _open_audio(path)
+    seconds = 0.0
+    with container:
+        try:
+            for frame in container.decode(stream):
+                seconds += frame.samples / (frame.sample_rate or stream.codec_context.sample_rate)
+                if limits.max_seconds is not None and seconds > limits.max_seconds:
+                    raise _too_long(limits)
+        except _DECODE_ERRORS as exc:
+            raise _undecodable(exc) from exc
+    return seconds
 
 
 def iter_blocks(
@@ -96,11 +203,17 @@ def iter_blocks(
     """Decode in blocks of about `block_seconds`, resampled to `sample_rate` (None keeps the file's rate).
 
     Memory stays bounded by one block: the resampler is streaming, so blocks join without seams and their
-    concatenation equals a one-shot resample of the whole file.
+    concatenation equals a one-shot resample of the whole file. The context's `DecodeLimits` apply: past
+    `max_seconds` of decoded audio it raises `audio_too_long` (the blocks already yielded stay within the limit).
     """
+    limits = _LIMITS.get()
     container, stream = _open_audio(path)
     with container:
         source_rate = stream.codec_context.sample_rate
+        _check_shape(source_rate, stream.codec_context.channels, limits)
+        # Counted in source samples, what the decoder hands over, before any resampling.
+        max_samples = None if limits.max_seconds is None else limits.max_seconds * source_rate
+        decoded = 0
         channels = 1 if mono else stream.codec_context.channels
         target_rate = sample_rate or source_rate
         resampler = (
@@ -124,6 +237,9 @@ def iter_blocks(
                 samples = _frame_to_float(frame)
                 if samples.shape[0] != stream.codec_context.channels:
                     raise _undecodable()  # a mid-stream layout change; our block shapes cannot follow it
+                decoded += samples.shape[1]
+                if max_samples is not None and decoded > max_samples:
+                    raise _too_long(limits)
                 pending.append(samples.mean(axis=0, keepdims=True) if mono else samples)
                 pending_samples += samples.shape[1]
                 if pending_samples >= block:

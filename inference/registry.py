@@ -18,6 +18,7 @@ from inference.base import Engine
 from inference.params import TASK_PARAMS, GenerateParams, SeparateParams, TranscribeParams
 
 PriceUnit = Literal["audio_minute", "variant_second"]
+DEFAULT_GENERATE_STEPS: int = GenerateParams.model_fields["steps"].default
 
 
 @dataclass(frozen=True)
@@ -37,10 +38,11 @@ class TaskSpec:
 
     def price_units(self, params: BaseModel, audio_seconds: float | None) -> float:
         """Units the rate applies to: audio minutes (times the passes, for separation), or variants x output
-        seconds for generation."""
+        seconds x steps / default steps for generation (SPEC section 2)."""
         if self.price_unit == "variant_second":
             assert isinstance(params, GenerateParams)
-            return params.variants * params.duration_s
+            # Diffusion cost grows linearly with steps: unpriced, steps=250 would cost 2.5x the compute at one price.
+            return params.variants * params.duration_s * params.steps / DEFAULT_GENERATE_STEPS
         assert audio_seconds is not None
         minutes = audio_seconds / 60.0
         # Separation's cost scales with its passes (shifts, bag size): price them, or shifts=10 runs at a loss.

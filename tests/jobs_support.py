@@ -46,8 +46,10 @@ async def make_job(
     cost: int = 10,
     deadline: datetime | None = None,
     webhook_url: str | None = None,
+    duration_s: float | None = 2.0,
 ) -> UUID:
-    """A queued job as the submit endpoint leaves it: row, hold and stored input, committed together."""
+    """A queued job as the submit endpoint leaves it: row, hold and stored input, committed together.
+    `duration_s` is what the submit's probe measured (and priced); None for a row that lacks it."""
     job_id = uuid4()
     input_ref = f"{user_id}/{job_id}/input{input_file.suffix}" if input_file else None
     if input_file is not None and input_ref is not None:
@@ -65,7 +67,7 @@ async def make_job(
                 "builtin",
                 cost,
                 input_ref,
-                Jsonb({"duration_s": 2.0}),
+                Jsonb({} if duration_s is None else {"duration_s": duration_s}),
                 deadline,
                 webhook_url,
             ),

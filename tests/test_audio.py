@@ -13,6 +13,7 @@ import soxr
 
 from inference import audio
 from inference.base import EngineError
+from tests import hostile_audio as hostile
 
 RATE = 44100
 SECONDS = 2.0
@@ -199,3 +200,83 @@ def test_shared_music_sample_probes_and_decodes():
     decoded = audio.decode(sample, sample_rate=16000, mono=True)
     assert decoded.shape[1] / 16000 == pytest.approx(info.duration_s, abs=0.1)
     assert 0.01 < float(np.sqrt(np.mean(decoded**2))) < 1.0
+
+
+# ---- inputs that lie about their length, or are too wide or too fast (hostile_audio builds them) ----
+
+
+def _decoded_seconds(path: Path) -> float:
+    """What the decoder really produces, counted independently of inference.audio."""
+    with av.open(str(path)) as container:
+        stream = container.streams.audio[0]
+        return sum(frame.samples for frame in container.decode(stream)) / stream.codec_context.sample_rate
+
+
+HOSTILE = {
+    "flac_streaminfo_says_1s": lambda d: hostile.flac_claiming(d / "a.flac", 30.0, hostile.RATE),
+    "flac_without_total": lambda d: hostile.flac_claiming(d / "b.flac", 30.0, 0),
+    "mp3_xing_says_10_frames": lambda d: hostile.mp3_claiming(d / "c.mp3", 30.0, 10),
+    "wav_several_data_chunks": lambda d: hostile.wav_with_data_chunks(d / "d.wav", [1.0, 29.0, 1.0]),
+    "wav_data_size_says_1s": lambda d: hostile.wav_with_data_size(d / "e.wav", 30.0, 2 * hostile.RATE),
+    "wav_data_size_past_eof": lambda d: hostile.wav_with_data_size(d / "f.wav", 30.0, 0xFFFFFFF0),
+}
+
+
+@pytest.mark.parametrize("name", HOSTILE)
+def test_probe_measures_what_the_decoder_produces_not_the_header(tmp_path, name):
+    path = HOSTILE[name](tmp_path)
+    info = audio.probe(path)
+    assert info.duration_s == pytest.approx(_decoded_seconds(path), abs=0.2)
+
+
+@pytest.mark.parametrize("name", ["flac_streaminfo_says_1s", "flac_without_total", "mp3_xing_says_10_frames"])
+def test_probe_refuses_audio_past_the_limit_whatever_the_header_claims(tmp_path, name):
+    path = HOSTILE[name](tmp_path)
+    with pytest.raises(EngineError) as caught:
+        audio.probe(path, audio.DecodeLimits(max_seconds=10.0))
+    assert caught.value.code == "audio_too_long"
+    assert audio.probe(path, audio.DecodeLimits(max_seconds=40.0)).duration_s == pytest.approx(30.0, abs=0.2)
+
+
+def test_probe_of_hours_of_silence_stops_at_the_limit(tmp_path):
+    # A header-less FLAC: 2 h of silence in a few hundred kB. The probe must stop reading once past the limit.
+    path = hostile.silent_flac(tmp_path / "silence.flac", 2 * 3600.0)
+    assert path.stat().st_size < 2_000_000
+    assert audio.probe(path).duration_s == pytest.approx(2 * 3600.0)  # without a limit: all of it
+    with hostile.count_audio_read() as opened:
+        with pytest.raises(EngineError) as caught:
+            audio.probe(path, audio.DecodeLimits(max_seconds=60.0))
+    assert caught.value.code == "audio_too_long"
+    assert 60.0 < hostile.seconds_read(opened) <= 60.0 + hostile.LARGEST_FLAC_FRAME_S
+
+
+def test_decode_helpers_stop_at_the_job_limit(tmp_path):
+    path = HOSTILE["flac_streaminfo_says_1s"](tmp_path)  # holds 30 s
+    blocks: list[np.ndarray] = []
+    with audio.decode_limits(audio.DecodeLimits(max_seconds=5.0)):
+        with pytest.raises(EngineError) as caught:
+            for block in audio.iter_blocks(path, block_seconds=1.0):
+                blocks.append(block)
+        assert caught.value.code == "audio_too_long"
+        with pytest.raises(EngineError, match="longer than"):
+            audio.decode(path, sample_rate=16000)
+    assert sum(block.shape[1] for block in blocks) <= 5 * hostile.RATE
+    # The limit belongs to the context that set it: outside, the whole file decodes.
+    assert audio.decode(path).shape[1] == 30 * hostile.RATE
+
+
+def test_channels_and_sample_rate_are_capped(tmp_path):
+    nine = tmp_path / "nine.wav"
+    sf.write(str(nine), np.zeros((800, 9), np.float32), 8000)
+    fast = tmp_path / "fast.wav"
+    sf.write(str(fast), np.zeros((3840, 1), np.float32), 384000)
+    widest = tmp_path / "widest.wav"
+    sf.write(str(widest), np.zeros((1920, 8), np.float32), 192000)
+    for path, code in ((nine, "too_many_channels"), (fast, "sample_rate_too_high")):
+        for call in (audio.probe, audio.decode):
+            with pytest.raises(EngineError) as caught:
+                call(path)
+            assert caught.value.code == code, (path.name, call.__name__)
+    info = audio.probe(widest)
+    assert (info.channels, info.sample_rate) == (8, 192000)
+    assert audio.probe(nine, audio.DecodeLimits(max_channels=9)).channels == 9

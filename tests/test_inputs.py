@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from api.errors import Problem
-from api.jobs.inputs import FetchPolicy, check_address, fetch_url, resolve_checked, safe_filename
+from api.jobs.inputs import FetchPolicy, check_address, fetch_url, probe_input, resolve_checked, safe_filename
+from tests import hostile_audio
 from tests.jobs_api_support import write_audio
 
 STRICT = FetchPolicy()
@@ -169,3 +170,29 @@ async def test_submit_by_url_runs_the_job(
     assert job["input"]["container"] == "flac"
     assert job["status"] == "succeeded", job
     assert {out["name"] for out in job["outputs"]} == {"notes.mid", "notes.json"}
+
+
+async def test_probe_input_stops_reading_at_the_duration_limit(tmp_path: Path) -> None:
+    # Quotes and submits probe with the deployment's limit: 2 h of header-less silence is refused after ~60 s read.
+    silence = hostile_audio.silent_flac(tmp_path / "silence.flac", 2 * 3600.0)
+    with hostile_audio.count_audio_read() as opened:
+        with pytest.raises(Problem) as caught:
+            await probe_input(silence, 60.0)
+    assert (caught.value.status, caught.value.code) == (422, "audio_too_long")
+    assert caught.value.extra["max_duration_s"] == 60.0
+    assert hostile_audio.seconds_read(opened) <= 60.0 + hostile_audio.LARGEST_FLAC_FRAME_S
+
+
+async def test_probe_input_caps_channels_and_sample_rate_as_configured(tmp_path: Path) -> None:
+    wide = write_audio(tmp_path / "wide.wav", 0.1, rate=8000, channels=9)
+    fast = write_audio(tmp_path / "fast.wav", 0.05, rate=384000)
+    with pytest.raises(Problem) as caught:
+        await probe_input(wide, 60.0)
+    assert (caught.value.status, caught.value.code) == (422, "too_many_channels")
+    assert caught.value.extra["max_channels"] == 8
+    with pytest.raises(Problem) as caught:
+        await probe_input(fast, 60.0)
+    assert (caught.value.status, caught.value.code) == (422, "sample_rate_too_high")
+    assert caught.value.extra["max_sample_rate"] == 192000
+    assert (await probe_input(wide, 60.0, max_channels=9)).info.channels == 9
+    assert (await probe_input(fast, 60.0, max_sample_rate=384000)).info.sample_rate == 384000

@@ -14,6 +14,7 @@ from api.jobs.pricing import RATES
 from db import jobs as db_jobs
 from db import ledger
 from inference.builtin import HOLD_UNTIL_ENV
+from tests import hostile_audio
 from tests.jobs_api_support import multipart, wait_final, wait_status, write_audio
 from tests.jobs_support import RefusingDispatcher
 
@@ -68,6 +69,11 @@ async def test_quotes_price_without_running(client: Any, alice: dict[str, Any], 
     uploaded = await client.post("/v1/quotes", headers=headers, **multipart("separate", {}, path))
     assert uploaded.status_code == 200, uploaded.text
     assert uploaded.json()["credits"] == 6 and uploaded.json()["duration_s"] == pytest.approx(90.0, abs=0.01)
+    # A FLAC whose header claims 1 s is priced on the 90 s it decodes to.
+    spoofed = hostile_audio.flac_claiming(tmp_path / "spoofed.flac", 90.0, hostile_audio.RATE)
+    decoded = await client.post("/v1/quotes", headers=headers, **multipart("separate", {}, spoofed))
+    assert decoded.status_code == 200, decoded.text
+    assert decoded.json()["credits"] == 6 and decoded.json()["duration_s"] == pytest.approx(90.0, abs=0.01)
     generate = await client.post(
         "/v1/quotes",
         headers=headers,
@@ -153,12 +159,18 @@ def _bad_requests(tmp_path: Path) -> list[tuple[str, dict[str, Any], int, str]]:
     import soundfile as sf
 
     sf.write(str(aiff), [0.1, -0.1] * 800, 8000, format="AIFF")
+    spoofed = hostile_audio.flac_claiming(tmp_path / "spoofed.flac", 8.0, hostile_audio.RATE)  # says 1 s
+    wide = write_audio(tmp_path / "wide.wav", 0.1, rate=8000, channels=9)
+    fast = write_audio(tmp_path / "fast.wav", 0.05, rate=384000)
     return [
         ("undecodable", multipart("midi", {}, garbage, "audio/wav"), 422, "undecodable_audio"),
         ("wrong content type", multipart("midi", {}, good, "text/html"), 415, "unsupported_media_type"),
         ("unsupported container", multipart("midi", {}, aiff, "audio/aiff"), 415, "unsupported_media_type"),
         ("empty file", multipart("midi", {}, empty, "audio/wav"), 422, "empty_file"),
         ("too long", multipart("midi", {}, long, "audio/wav"), 422, "audio_too_long"),
+        ("length spoofed in the header", multipart("midi", {}, spoofed, "audio/flac"), 422, "audio_too_long"),
+        ("too many channels", multipart("midi", {}, wide, "audio/wav"), 422, "too_many_channels"),
+        ("sample rate too high", multipart("midi", {}, fast, "audio/wav"), 422, "sample_rate_too_high"),
         ("too large", multipart("midi", {}, large, "audio/wav"), 413, "payload_too_large"),
         ("bad params", multipart("separate", {"shifts": 99}, good), 422, "invalid_params"),
         ("unknown param", multipart("midi", {"bogus": 1}, good), 422, "invalid_params"),

@@ -29,6 +29,17 @@ def test_generation_is_priced_per_variant_second() -> None:
     assert price("midi", MidiParams(), 0.5) == RATES["midi"].minimum
 
 
+def test_generation_prices_its_diffusion_steps() -> None:
+    # SPEC section 2: variants x seconds x steps / default steps; 250 steps costs 2.5x the default 100.
+    default_steps = GenerateParams.model_fields["steps"].default
+    assert default_steps == 100
+    assert price("generate", GenerateParams(prompt="x", duration_s=10, variants=3, steps=100), None) == 15
+    assert price("generate", GenerateParams(prompt="x", duration_s=10, variants=3, steps=250), None) == 38  # 37.5 up
+    assert price("generate", GenerateParams(prompt="x", duration_s=40, variants=4, steps=250), None) == 200
+    assert price("generate", GenerateParams(prompt="x", duration_s=10, variants=2, steps=50), None) == 5
+    assert price("generate", GenerateParams(prompt="x", duration_s=10, variants=1, steps=1), None) == 2  # minimum
+
+
 def test_separation_prices_each_pass_it_makes() -> None:
     three_minutes = 180.0
     assert price("separate", SeparateParams(), three_minutes) == 12

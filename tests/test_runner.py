@@ -19,6 +19,7 @@ from api.storage import LocalStorage
 from api.worker.runner import WorkerContext, run_job
 from db import ledger
 from inference.base import EngineResult, OutputFile, ProgressFn
+from tests import hostile_audio
 from tests.jobs_support import job_row, ledger_kinds, make_job, make_user, wait_until, write_tone
 
 
@@ -99,6 +100,39 @@ async def test_job_runs_to_success_stores_outputs_and_captures(
     cursor = await conn.execute("SELECT event FROM webhook_deliveries WHERE job_id = %s ORDER BY created_at", (job_id,))
     events = [row[0] for row in await cursor.fetchall()]
     assert events[0] == "job.started" and events[-1] == "job.succeeded"
+
+
+@pytest.mark.parametrize(
+    ("priced_seconds", "max_duration_seconds"),
+    [
+        (2.0, 20 * 60.0),  # priced on 2 s (a header that lied), decodes to 10 s: under the limit, over its price
+        (None, 3.0),  # nothing recorded: the deployment's limit alone
+    ],
+)
+async def test_input_decoding_past_the_job_limit_fails_audio_too_long_and_releases(
+    conn: psycopg.AsyncConnection,
+    ctx: WorkerContext,
+    storage: LocalStorage,
+    settings: Settings,
+    tmp_path: Path,
+    priced_seconds: float | None,
+    max_duration_seconds: float,
+) -> None:
+    settings.max_duration_seconds = max_duration_seconds
+    user = await make_user(conn)
+    spoofed = hostile_audio.flac_claiming(tmp_path / "spoofed.flac", 10.0, hostile_audio.RATE)  # STREAMINFO: 1 s
+    job_id = await make_job(conn, storage, settings, user, spoofed, cost=10, duration_s=priced_seconds)
+
+    assert await run_job(ctx, job_id) == "failed"
+
+    job = await job_row(conn, job_id)
+    assert job["error"]["code"] == "audio_too_long", job["error"]
+    expected = "more than the 2.0 s it was measured and priced at" if priced_seconds else "longer than the 3 s limit"
+    assert expected in job["error"]["message"]
+    assert job["outputs"] == [] and job["input_ref"] is None
+    assert await _balances(conn, user) == (100, 0)
+    assert await ledger_kinds(conn, job_id) == ["hold", "release"]
+    assert await ledger.invariant_violations(conn) == []
 
 
 async def test_engine_error_fails_the_job_with_its_safe_message_and_releases(

@@ -7,7 +7,10 @@ large or endless body never fills the disk or memory. Error choices (documented 
   wav/flac/mp3/ogg/m4a: 415 `unsupported_media_type`;
 - bytes FFmpeg cannot decode: 422 `undecodable_audio` (the request is well formed, its content is not audio);
 - a zero-byte file: 422 `empty_file`; a container with no samples: 422 `empty_audio`;
-- longer than `max_duration_seconds`: 422 `audio_too_long` (413 is kept for byte size).
+- longer than `max_duration_seconds`: 422 `audio_too_long` (413 is kept for byte size), measured on the packets the
+  decoder would get, never a header's claim, and read no further than the limit;
+- more than `max_audio_channels` channels: 422 `too_many_channels`; above `max_sample_rate`: 422
+  `sample_rate_too_high`.
 
 URL fetches: https only (http only when the policy allows it, for tests); the host is resolved once, every
 address is checked (no private, loopback, link-local, multicast, reserved, unspecified or cloud-metadata
@@ -35,7 +38,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 
 from api.errors import Problem
 from api.outbound import IPAddress, address_refusal, parse_address
-from inference.audio import AudioInfo, probe
+from inference.audio import MAX_CHANNELS, MAX_SAMPLE_RATE, AudioInfo, DecodeLimits, probe
 from inference.base import EngineError
 
 _CHUNK = 1 << 16
@@ -410,12 +413,15 @@ class ProbedInput:
         return CONTENT_TYPES[self.extension]
 
 
-async def probe_input(path: Path, max_duration_s: float) -> ProbedInput:
-    """Decode the headers in a thread; map failures to the 4xx documented above."""
+async def probe_input(
+    path: Path, max_duration_s: float, *, max_channels: int = MAX_CHANNELS, max_sample_rate: int = MAX_SAMPLE_RATE
+) -> ProbedInput:
+    """Probe in a thread within the limits (it stops reading once past the duration); map failures to the 4xx above."""
+    limits = DecodeLimits(max_seconds=max_duration_s, max_channels=max_channels, max_sample_rate=max_sample_rate)
     try:
-        info = await asyncio.to_thread(probe, path)
+        info = await asyncio.to_thread(probe, path, limits)
     except EngineError as exc:
-        raise Problem(422, exc.code, "The input is not usable audio", str(exc)) from exc
+        raise _probe_problem(exc, limits) from exc
     extension = CONTAINER_EXTENSIONS.get(info.container)
     if extension is None:
         raise Problem(
@@ -425,13 +431,15 @@ async def probe_input(path: Path, max_duration_s: float) -> ProbedInput:
             f"{info.container} audio is not supported; send one of {', '.join(SUPPORTED_FORMATS)}.",
             supported_formats=list(SUPPORTED_FORMATS),
         )
-    if info.duration_s > max_duration_s:
-        raise Problem(
-            422,
-            "audio_too_long",
-            "The audio is too long",
-            f"The audio lasts {info.duration_s:.1f} s; the limit is {max_duration_s:g} s.",
-            duration_s=round(info.duration_s, 3),
-            max_duration_s=max_duration_s,
-        )
     return ProbedInput(info=info, extension=extension)
+
+
+def _probe_problem(exc: EngineError, limits: DecodeLimits) -> Problem:
+    detail = str(exc)[:1].upper() + str(exc)[1:] + "."
+    if exc.code == "audio_too_long":
+        return Problem(422, exc.code, "The audio is too long", detail, max_duration_s=limits.max_seconds)
+    if exc.code == "too_many_channels":
+        return Problem(422, exc.code, "Too many channels", detail, max_channels=limits.max_channels)
+    if exc.code == "sample_rate_too_high":
+        return Problem(422, exc.code, "The sample rate is too high", detail, max_sample_rate=limits.max_sample_rate)
+    return Problem(422, exc.code, "The input is not usable audio", str(exc))

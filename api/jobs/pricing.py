@@ -1,7 +1,7 @@
 """The one price table (SPEC section 2): credits = max(minimum, ceil(rate x units)).
 
-Units come from `TaskSpec.price_units`: audio minutes for audio tasks, variants x output seconds for generation.
-Quotes, submits and `GET /v1/tasks` all read this table, so a price shown is the price held.
+Units come from `TaskSpec.price_units`: audio minutes for audio tasks, variants x output seconds x steps / default
+steps for generation. Quotes, submits and `GET /v1/tasks` all read this table, so a price shown is the price held.
 """
 
 from __future__ import annotations

@@ -43,7 +43,12 @@ async def obtain_input(state: AppState, job: JobRequest, workdir: Path) -> tuple
             timeout=settings.input_fetch_timeout_seconds,
             policy=policy,
         )
-    probed = await probe_input(received.path, settings.max_duration_seconds)
+    probed = await probe_input(
+        received.path,
+        settings.max_duration_seconds,
+        max_channels=settings.max_audio_channels,
+        max_sample_rate=settings.max_sample_rate,
+    )
     return received, probed
 
 

@@ -121,7 +121,8 @@ _INPUT_ERRORS: dict[int | str, dict[str, Any]] = {
         422,
         "invalid_params",
         "Invalid task, params or input (undecodable_audio, empty_file, "
-        "audio_too_long, unknown_task, model_not_enabled, idempotency_key_reused...)",
+        "audio_too_long, too_many_channels, sample_rate_too_high, unknown_task, model_not_enabled, "
+        "idempotency_key_reused...)",
     ),
 }
 

@@ -29,6 +29,7 @@ from api.protocols import Storage
 from api.settings import Settings
 from db import jobs as db_jobs
 from db.jobs import JobStatus
+from inference import audio
 from inference.base import Engine, EngineError, EngineResult
 from inference.params import TASK_PARAMS
 
@@ -149,7 +150,16 @@ async def _execute(
     out_dir = workdir / "out"
     out_dir.mkdir()
     started = time.monotonic()
-    result: EngineResult = await asyncio.to_thread(engine.run, input_path, params, out_dir, progress.report)
+    # Engines decode through inference.audio, which stops past these: the deployment's limit, and the seconds the
+    # submit's probe priced (plus slack), so an input that decodes to more than it was priced on fails here.
+    limits = audio.DecodeLimits.for_job(
+        settings.max_duration_seconds,
+        (job["input_meta"] or {}).get("duration_s"),
+        settings.max_audio_channels,
+        settings.max_sample_rate,
+    )
+    with audio.decode_limits(limits):
+        result: EngineResult = await asyncio.to_thread(engine.run, input_path, params, out_dir, progress.report)
     compute_seconds = time.monotonic() - started
     for output in result.outputs:
         key = f"{job['user_id']}/{job['id']}/{output.name}"

@@ -194,8 +194,9 @@ class TuneParams(_Params):
         default=1.0, ge=0.0, le=1.0, description="How much of the way to the note: 0 = untouched, 1 = hard tune."
     )
     retune_ms: float = Field(
-        default=20.0, ge=0.0, le=1000.0,
-        description="Time constant of the pull to the note: 0 snaps at once; larger keeps vibrato and slides.",
+        default=10.0, ge=0.0, le=1000.0,
+        description="How fast a new note is pulled to pitch (time constant, ms): 0 snaps at once; larger keeps "
+        "scoops into notes.",
     )
     format: AudioFormat = "wav"
 

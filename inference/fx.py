@@ -2,7 +2,9 @@
 
 The input is decoded, processed and encoded in 10 s blocks through one `pedalboard.Pedalboard` called with
 `reset=False`, so every plugin keeps its state across blocks: for every whitelisted effect except `pitch_shift`
-the output equals one call of the same Pedalboard on the whole file (the tests check it to 1e-6), and memory
+the output equals one call of the same Pedalboard on the whole file (the tests check it to 1e-6; one caveat: JUCE's
+vectorised filters round differently at block boundaries by ~1e-7, which a later `bitcrush` can turn into a whole
+quantisation step, so a chain with bitcrush after a filter matches a one-shot call only to that step), and memory
 stays flat whatever the input's length. `tail_s` seconds of silence follow the input through the chain, so
 reverb and delay tails ring out; the output is exactly input + tail_s long.
 

@@ -211,7 +211,7 @@ class MasterEngine:
         source, rate, channels = measure(input_path, spectrum=reference_path is not None)
         input_lufs = source.lufs
         if not math.isfinite(input_lufs):
-            raise EngineError("the audio is silent (or under 0.4 s): there is no loudness to master", code="silent_audio")
+            raise EngineError("the audio is silent (or under 0.4 s): no loudness to master", code="silent_audio")
         target = params.target_lufs
         taps: np.ndarray | None = None
         reference_report: dict[str, Any] | None = None
@@ -256,7 +256,7 @@ class MasterEngine:
         final, _, _ = measure(out_path, spectrum=reference_path is not None)
         output_lufs = final.lufs
         report: dict[str, Any] = {
-            "standard": "ITU-R BS.1770-4 (integrated loudness), EBU Tech 3342 (loudness range), true peak 4x oversampled",
+            "standard": "ITU-R BS.1770-4 integrated loudness, EBU Tech 3342 range, true peak 4x oversampled",
             "target_lufs": round(target, 3),
             "ceiling_dbtp": params.ceiling_dbtp,
             "preset": params.preset,

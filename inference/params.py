@@ -152,7 +152,9 @@ MASTER_PRESETS = ("neutral", "warm", "bright", "punchy")
 
 class MasterParams(_Params):
     target_lufs: float = Field(
-        default=-14.0, ge=-24.0, le=-6.0,
+        default=-14.0,
+        ge=-24.0,
+        le=-6.0,
         description="Integrated loudness of the result, LUFS (ITU-R BS.1770-4). With a `reference` and this left "
         "unset, the reference's own integrated loudness (clamped to -24..-6) is the target.",
     )
@@ -194,7 +196,9 @@ class TuneParams(_Params):
         default=1.0, ge=0.0, le=1.0, description="How much of the way to the note: 0 = untouched, 1 = hard tune."
     )
     retune_ms: float = Field(
-        default=10.0, ge=0.0, le=1000.0,
+        default=10.0,
+        ge=0.0,
+        le=1000.0,
         description="How fast a new note is pulled to pitch (time constant, ms): 0 snaps at once; larger keeps "
         "scoops into notes.",
     )
@@ -311,12 +315,16 @@ Effect = Annotated[Union[_EFFECT_MODELS], Field(discriminator="effect")]  # noqa
 
 class FxParams(_Params):
     chain: list[Effect] = Field(  # type: ignore[valid-type]
-        min_length=1, max_length=16,
+        min_length=1,
+        max_length=16,
         description="Effects applied in order, each {effect, params}; effect is one of: " + ", ".join(FX_EFFECTS),
     )
     tail_s: float = Field(
-        default=0.0, ge=0.0, le=30.0, description="Seconds of silence run through the chain after the input "
-        "(reverb and delay tails); the output is this much longer."
+        default=0.0,
+        ge=0.0,
+        le=30.0,
+        description="Seconds of silence run through the chain after the input "
+        "(reverb and delay tails); the output is this much longer.",
     )
     format: AudioFormat = "wav"
 

@@ -26,7 +26,6 @@
 from __future__ import annotations
 
 import json
-import math
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -271,8 +270,8 @@ class TuneEngine:
         return EngineResult(
             outputs=[
                 OutputFile(out_path.name, out_path, audio.CONTENT_TYPES[params.format],
-                           {"mad_cents_before": summary["mad_cents_before"], "mad_cents_after": summary["mad_cents_after"],
-                            "key": key_used, "scale": params.scale}),
+                           {"mad_cents_before": summary["mad_cents_before"],
+                            "mad_cents_after": summary["mad_cents_after"], "key": key_used, "scale": params.scale}),
                 OutputFile(pitch_path.name, pitch_path, "application/json"),
             ],
             metrics={"audio_seconds": total / rate},
@@ -376,4 +375,3 @@ def _flush(writer: audio.AudioWriter, block: np.ndarray) -> None:
 def build_engine(model_key: str, weights_dir: Path, **options: Any) -> TuneEngine:
     """No weights: `model_key` and `weights_dir` are ignored."""
     return TuneEngine()
-

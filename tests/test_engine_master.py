@@ -61,7 +61,7 @@ def independent_true_peak_dbtp(x: np.ndarray) -> float:
     return float(20 * np.log10(np.max(np.abs(up))))
 
 
-def master(source: Path, out_dir: Path, reference: Path | None = None, **params: object) -> tuple[dict, np.ndarray, int]:
+def master(source: Path, out_dir: Path, reference: Path | None = None, **params: object) -> tuple:
     out_dir.mkdir(parents=True, exist_ok=True)
     engine = load_engine("master", TASKS["master"].model_key(None), out_dir)
     result = engine.run(source, MasterParams(**params), out_dir, no_progress,
@@ -88,7 +88,6 @@ def test_streaming_meter_equals_pyloudnorm(tmp_path: Path) -> None:
         meter.push(signal[:, start : start + 12345], last=start + 12345 >= signal.shape[1])
     assert meter.integrated_lufs() == pytest.approx(pyloudnorm.Meter(RATE).integrated_loudness(signal.T), abs=0.01)
     assert meter.true_peak_dbtp == pytest.approx(independent_true_peak_dbtp(signal.T), abs=0.05)
-
 
 
 def test_loudness_range_of_a_10_lu_step() -> None:

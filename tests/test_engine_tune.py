@@ -104,7 +104,8 @@ def test_strength_zero_returns_the_input_exactly(tmp_path: Path) -> None:
     # Resynthesis error at strength 0 is zero by design: windows with nothing to correct are copied, not
     # resynthesized. (WORLD's own analysis-resynthesis, when it runs, keeps f0 within ~0.5 cents on a clean tone.)
     t = np.arange(int(1.5 * RATE)) / RATE
-    stereo = np.stack([harmonic_tone(A3 * 2 ** (35 / 1200) * np.ones_like(t)), 0.5 * harmonic_tone(np.full(len(t), 300.0))])
+    sharp = harmonic_tone(A3 * 2 ** (35 / 1200) * np.ones_like(t))
+    stereo = np.stack([sharp, 0.5 * harmonic_tone(np.full(len(t), 300.0))])
     sf.write(tmp_path / "in.wav", stereo.T, 48000, subtype="PCM_16")
     original = sf.read(tmp_path / "in.wav", always_2d=True)[0]
     tuned, pitch = tune(tmp_path / "in.wav", tmp_path / "out", strength=0.0)

@@ -1,6 +1,7 @@
 """Benchmark for `master`: our streaming engine vs the same work done the obvious way on whole arrays.
 
-"direct": read the whole file with soundfile, pyloudnorm's `Meter.integrated_loudness` on it, then the same
+"direct": the whole file decoded at once with the project's decoder (`inference.audio.decode`, as in the fx bench),
+pyloudnorm's `Meter.integrated_loudness` and a soxr 4x true peak on it (ours reports the input's too), then the same
 render loop as ours (same pedalboard chain, same drive/trim corrections), each render one pedalboard call on the
 whole array, pyloudnorm for loudness and soxr 4x for true peak, then the file written and measured once more.
 Ours streams every pass in 10 s blocks, so its peak memory should stay flat from 1 to 20 minutes.
@@ -16,6 +17,7 @@ import soundfile as sf
 import soxr
 
 from bench.inference.common import BenchCase, write_wav
+from inference import audio
 from inference.base import no_progress
 from inference.master import (
     LOUDNESS_TOLERANCE_LU,
@@ -61,9 +63,10 @@ def _true_peak_db(x: np.ndarray, rate: int) -> float:
 
 def direct(state: object, input_path: Path, out_dir: Path) -> None:
     params = MasterParams()
-    data, rate = sf.read(str(input_path), dtype="float32", always_2d=True)
+    data, rate = audio.decode(input_path).T, audio.probe(input_path).sample_rate
     meter = pyloudnorm.Meter(rate)
     input_lufs = meter.integrated_loudness(data)
+    (out_dir / "input.txt").write_text(f"{input_lufs} {_true_peak_db(data, rate)}")
     trim = params.ceiling_dbtp - TRUE_PEAK_MARGIN_DB
     drive = params.target_lufs - trim - input_lufs
     history: list[tuple[float, float]] = []

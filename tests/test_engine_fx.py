@@ -15,6 +15,8 @@ from inference.fx import BLOCK_SECONDS, FxEngine
 from inference.params import FX_EFFECTS, FxParams
 from inference.registry import TASKS, load_engine
 
+pytestmark = pytest.mark.engine  # real DSP libraries (pedalboard, pyloudnorm, pyworld), seconds per test
+
 RATE = 44100
 
 # Every whitelisted effect but pitch_shift (see inference/fx.py), with non-default settings. bitcrush comes first:

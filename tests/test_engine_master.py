@@ -23,6 +23,8 @@ from inference.master import PRESETS, MasterEngine
 from inference.params import MasterParams
 from inference.registry import TASKS, load_engine
 
+pytestmark = pytest.mark.engine  # real DSP libraries (pedalboard, pyloudnorm, pyworld), seconds per test
+
 RATE = 44100
 
 

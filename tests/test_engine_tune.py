@@ -16,6 +16,8 @@ from inference.params import TuneParams
 from inference.registry import TASKS, load_engine
 from inference.tune import cents_off, hop_samples, plan_windows, to_midi, track_f0
 
+pytestmark = pytest.mark.engine  # real DSP libraries (pedalboard, pyloudnorm, pyworld), seconds per test
+
 RATE = 44100
 A3 = 220.0
 

@@ -8,7 +8,14 @@ engines, from simple signal processing:
 - enhance: a rumble high-pass plus a downward gate on quiet frames, limited by `atten_lim_db`;
 - transcribe: one "[speech]" segment per non-silent region;
 - midi: the strongest spectral peak of each voiced frame, grouped into notes;
-- generate: seeded tones and noise of exactly `duration_s`.
+- generate: seeded tones and noise of exactly `duration_s`;
+- master: one gain to the target loudness (unweighted BS.1770-style gating, no K-weighting), then a soft clip at the
+  ceiling; report.json in the real engine's shape (figures from that approximate meter, and it says so);
+- tune: pitch analysis only (autocorrelation f0 per 5 ms frame, the scale's nearest notes): pitch.json in the real
+  shape; the audio passes through untouched (f0 after = before);
+- fx: only `gain` entries are applied (the others are listed as skipped), plus `tail_s` of silence.
+
+These need nothing beyond the core install (numpy, soxr, soundfile, PyAV): no scipy, pedalboard or pyworld.
 
 Everything streams through `inference.audio.iter_blocks`, so memory stays bounded for long inputs.
 """
@@ -19,7 +26,7 @@ import json
 import os
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,12 +38,17 @@ from pydantic import BaseModel
 from inference import audio
 from inference.base import EngineError, EngineResult, OutputFile, ProgressFn
 from inference.params import (
+    NOTE_NAMES,
+    SCALES,
     TASK_PARAMS,
     EnhanceParams,
+    FxParams,
     GenerateParams,
+    MasterParams,
     MidiParams,
     SeparateParams,
     TranscribeParams,
+    TuneParams,
 )
 from inference.transcript import Segment, Word, write_transcript
 
@@ -98,7 +110,14 @@ class BuiltinEngine:
     model_key: str = "builtin"
     task: str | None = None
 
-    def run(self, input_path: Path | None, params: BaseModel, out_dir: Path, progress: ProgressFn) -> EngineResult:
+    def run(
+        self,
+        input_path: Path | None,
+        params: BaseModel,
+        out_dir: Path,
+        progress: ProgressFn,
+        extra_inputs: Mapping[str, Path] | None = None,
+    ) -> EngineResult:
         if self.task is not None and not isinstance(params, TASK_PARAMS[self.task]):
             raise TypeError(f"the builtin {self.task} engine cannot run {type(params).__name__}")
         progress = _held(progress)
@@ -115,6 +134,12 @@ class BuiltinEngine:
             return self._transcribe(input_path, params, out_dir, progress)
         if isinstance(params, MidiParams):
             return self._midi(input_path, params, out_dir, progress)
+        if isinstance(params, MasterParams):
+            return self._master(input_path, (extra_inputs or {}).get("reference"), params, out_dir, progress)
+        if isinstance(params, TuneParams):
+            return self._tune(input_path, params, out_dir, progress)
+        if isinstance(params, FxParams):
+            return self._fx(input_path, params, out_dir, progress)
         raise TypeError(f"the builtin engine cannot run {type(params).__name__}")
 
     def _separate(self, input_path: Path, params: SeparateParams, out_dir: Path, progress: ProgressFn) -> EngineResult:
@@ -236,6 +261,140 @@ class BuiltinEngine:
                 OutputFile("notes.json", json_path, "application/json", metadata),
             ],
             {"audio_seconds": info.duration_s},
+        )
+
+    def _master(
+        self, input_path: Path, reference: Path | None, params: MasterParams, out_dir: Path, progress: ProgressFn
+    ) -> EngineResult:
+        before, rate, channels = _rough_loudness(input_path)
+        if not np.isfinite(before["integrated_lufs"]):
+            raise EngineError("the audio is silent (or under 0.4 s): no loudness to master", code="silent_audio")
+        target = params.target_lufs
+        if reference is not None and "target_lufs" not in params.model_fields_set:
+            target = float(np.clip(_rough_loudness(reference)[0]["integrated_lufs"], -24.0, -6.0))
+        gain_db = target - before["integrated_lufs"]
+        ceiling = 10 ** (params.ceiling_dbtp / 20)
+        path = out_dir / f"mastered.{params.format}"
+        with audio.AudioWriter(path, rate, channels, params.format) as writer:
+            for block in audio.iter_blocks(input_path, block_seconds=BLOCK_SECONDS):
+                writer.write(ceiling * np.tanh(block * 10 ** (gain_db / 20) / ceiling))
+        progress(0.8, "measuring")
+        after, _, _ = _rough_loudness(path)
+        report = {
+            "standard": "builtin approximation: unweighted mean square with BS.1770 gating, sample peak",
+            "target_lufs": round(target, 3),
+            "ceiling_dbtp": params.ceiling_dbtp,
+            "preset": params.preset,
+            "input": before,
+            "output": after,
+            "loudness_error_lu": round(after["integrated_lufs"] - target, 3),
+            "gain_applied_db": round(after["integrated_lufs"] - before["integrated_lufs"], 3),
+            "drive_db": round(gain_db, 3),
+            "renders": 1,
+            "chain": [{"plugin": "Gain", "gain_db": round(gain_db, 3)}, {"plugin": "tanh soft clip", "ceiling_dbtp":
+                      params.ceiling_dbtp}],
+            "sample_rate": rate,
+            "channels": channels,
+        }  # fmt: skip
+        report_path = out_dir / "report.json"
+        report_path.write_text(json.dumps(report, indent=2))
+        progress(1.0, "done")
+        seconds = audio.probe(input_path).duration_s
+        return EngineResult(
+            [
+                OutputFile(path.name, path, audio.CONTENT_TYPES[params.format],
+                           {"integrated_lufs": after["integrated_lufs"], "true_peak_dbtp": after["true_peak_dbtp"]}),
+                OutputFile(report_path.name, report_path, "application/json"),
+            ],
+            {"audio_seconds": seconds},
+        )  # fmt: skip
+
+    def _tune(self, input_path: Path, params: TuneParams, out_dir: Path, progress: ProgressFn) -> EngineResult:
+        rate, hop, size = 16000, 80, 1024  # 5 ms frames, 64 ms autocorrelation windows
+        f0_parts: list[np.ndarray] = []
+        carry = np.zeros(size // 2, np.float32)
+        for block in audio.iter_blocks(input_path, sample_rate=rate, mono=True, block_seconds=BLOCK_SECONDS):
+            carry = np.concatenate([carry, block[0]])
+            count = max(0, (len(carry) - size) // hop + 1)
+            if count:
+                frames = np.lib.stride_tricks.sliding_window_view(carry, size)[::hop][:count]
+                f0_parts.append(_autocorrelation_f0(frames, rate))
+                carry = carry[count * hop :]
+        f0 = np.concatenate(f0_parts) if f0_parts else np.zeros(0)
+        voiced = f0 > 0
+        midi = 69 + 12 * np.log2(f0[voiced] / 440.0)
+        steps = np.asarray(SCALES[params.scale])
+        tonic = 0 if params.key == "auto" or params.scale == "chromatic" else NOTE_NAMES.index(params.key)
+        classes = (steps + tonic) % 12
+        diff = (midi[:, None] - classes[None, :]) % 12.0
+        diff = np.where(diff > 6.0, diff - 12.0, diff)
+        cents = 100 * diff[np.arange(len(midi)), np.argmin(np.abs(diff), axis=1)] if len(midi) else np.zeros(0)
+        target = f0.copy()
+        target[voiced] = f0[voiced] * 2 ** (-params.strength * cents / 1200)
+        mad = round(float(np.median(np.abs(cents))), 2) if len(cents) else None
+        path = out_dir / f"tuned.{params.format}"
+        info = audio.probe(input_path)
+        with audio.AudioWriter(path, info.sample_rate, info.channels, params.format) as writer:
+            for block in audio.iter_blocks(input_path, block_seconds=BLOCK_SECONDS):
+                writer.write(block)
+        summary = {
+            "tracker": "builtin autocorrelation (analysis only: the audio passes through untouched)",
+            "key": None if params.scale == "chromatic" else NOTE_NAMES[tonic],
+            "scale": params.scale,
+            "allowed_pitch_classes": [NOTE_NAMES[c] for c in sorted(int(c) for c in classes)],
+            "voiced_fraction": round(float(voiced.mean()), 4) if len(voiced) else 0.0,
+            "mad_cents_before": mad,
+            "mad_cents_after": mad,
+            "resynthesized_windows": 0,
+        }
+        pitch = {
+            "hop_s": hop / rate,
+            "times_s": [round(i * hop / rate, 5) for i in range(len(f0))],
+            "f0_before_hz": [round(float(v), 2) for v in f0],
+            "f0_target_hz": [round(float(v), 2) for v in target],
+            "f0_after_hz": [round(float(v), 2) for v in f0],
+            "voiced": [bool(v) for v in voiced],
+            "summary": summary,
+        }
+        pitch_path = out_dir / "pitch.json"
+        pitch_path.write_text(json.dumps(pitch))
+        progress(1.0, "done")
+        return EngineResult(
+            [
+                OutputFile(path.name, path, audio.CONTENT_TYPES[params.format],
+                           {"mad_cents_before": mad, "mad_cents_after": mad, "key": summary["key"],
+                            "scale": params.scale}),
+                OutputFile(pitch_path.name, pitch_path, "application/json"),
+            ],
+            {"audio_seconds": info.duration_s},
+        )  # fmt: skip
+
+    def _fx(self, input_path: Path, params: FxParams, out_dir: Path, progress: ProgressFn) -> EngineResult:
+        info = audio.probe(input_path)
+        gain_db = sum(entry.params.gain_db for entry in params.chain if entry.effect == "gain")
+        gain = 10 ** (gain_db / 20)
+        path = out_dir / f"processed.{params.format}"
+        samples = 0
+        with audio.AudioWriter(path, info.sample_rate, info.channels, params.format) as writer:
+            for block in audio.iter_blocks(input_path, block_seconds=BLOCK_SECONDS):
+                writer.write(block * gain)
+                samples += block.shape[1]
+                progress(min(0.99, samples / info.sample_rate / info.duration_s), "processing")
+            tail = round(params.tail_s * info.sample_rate)
+            for start in range(0, tail, info.sample_rate):
+                writer.write(np.zeros((info.channels, min(info.sample_rate, tail - start)), np.float32))
+        progress(1.0, "done")
+        metadata = {
+            "chain": [entry.effect for entry in params.chain],
+            "applied": [entry.effect for entry in params.chain if entry.effect == "gain"],
+            "skipped": [entry.effect for entry in params.chain if entry.effect != "gain"],
+            "tail_s": params.tail_s,
+            "sample_rate": info.sample_rate,
+            "channels": info.channels,
+        }
+        return EngineResult(
+            [OutputFile(path.name, path, audio.CONTENT_TYPES[params.format], metadata)],
+            {"audio_seconds": samples / info.sample_rate, "output_seconds": samples / info.sample_rate + params.tail_s},
         )
 
     def _generate(self, params: GenerateParams, out_dir: Path, progress: ProgressFn) -> EngineResult:
@@ -377,3 +536,51 @@ def _varlen(value: int) -> bytes:
         out.append(0x80 | (value & 0x7F))
         value >>= 7
     return bytes(reversed(out))
+
+
+def _rough_loudness(path: Path) -> tuple[dict[str, float], int, int]:
+    """Unweighted BS.1770-style gated loudness (400 ms blocks, 100 ms hop, -70 / -10 gates) and sample peak, in the
+    real master report's keys; returns (figures, rate, channels)."""
+    info = audio.probe(path)
+    hop = round(0.1 * info.sample_rate)
+    powers: list[np.ndarray] = []
+    peak = 0.0
+    carry = np.zeros((info.channels, 0), np.float32)
+    for block in audio.iter_blocks(path, block_seconds=BLOCK_SECONDS):
+        peak = max(peak, float(np.max(np.abs(block))))
+        carry = np.concatenate([carry, block], axis=1)
+        whole = carry.shape[1] // hop
+        powers.append(np.square(carry[:, : whole * hop]).reshape(info.channels, whole, hop).sum(axis=(0, 2)) / hop)
+        carry = carry[:, whole * hop :]
+    subs = np.concatenate(powers) if powers else np.zeros(0)
+    blocks = np.convolve(subs, np.ones(4) / 4, mode="valid") if len(subs) >= 4 else np.zeros(0)
+    with np.errstate(divide="ignore"):
+        loudness = -0.691 + 10 * np.log10(blocks)
+    lufs = -np.inf
+    gated = blocks[loudness > -70]
+    if len(gated):
+        relative = -0.691 + 10 * np.log10(gated.mean()) - 10
+        kept = blocks[(loudness > -70) & (loudness > relative)]
+        lufs = -0.691 + 10 * np.log10(kept.mean()) if len(kept) else -np.inf
+    peak_db = 20 * np.log10(peak) if peak > 0 else -np.inf
+    figures = {
+        "integrated_lufs": round(float(lufs), 3),
+        "loudness_range_lu": None,
+        "true_peak_dbtp": round(float(peak_db), 3),
+        "sample_peak_dbfs": round(float(peak_db), 3),
+    }
+    return figures, info.sample_rate, info.channels
+
+
+def _autocorrelation_f0(frames: np.ndarray, rate: int, low: float = 65.0, high: float = 1050.0) -> np.ndarray:
+    """f0 per frame from the normalised autocorrelation peak in [low, high] Hz; 0 where it is weak or quiet."""
+    frames = frames - frames.mean(axis=1, keepdims=True)
+    spectrum = np.fft.rfft(frames, n=2 * frames.shape[1], axis=1)
+    corr = np.fft.irfft(np.abs(spectrum) ** 2, axis=1)[:, : frames.shape[1]]
+    energy = corr[:, :1]
+    lags = np.arange(int(rate / high), int(rate / low) + 1)
+    normalised = corr[:, lags] / np.maximum(energy, 1e-12)
+    best = np.argmax(normalised, axis=1)
+    strength = normalised[np.arange(len(frames)), best]
+    rms = np.sqrt(energy[:, 0] / frames.shape[1])
+    return np.where((strength > 0.5) & (rms > 1e-3), rate / lags[best], 0.0)

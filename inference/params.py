@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import unicodedata
-from typing import Literal
+from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -145,10 +145,197 @@ class GenerateParams(_Params):
         return self
 
 
+# --- DSP tasks (CPU; pedalboard, pyloudnorm, pyworld) ----------------------------------------------------------------
+
+MASTER_PRESETS = ("neutral", "warm", "bright", "punchy")
+
+
+class MasterParams(_Params):
+    target_lufs: float = Field(
+        default=-14.0,
+        ge=-24.0,
+        le=-6.0,
+        description="Integrated loudness of the result, LUFS (ITU-R BS.1770-4). With a `reference` and this left "
+        "unset, the reference's own integrated loudness (clamped to -24..-6) is the target.",
+    )
+    ceiling_dbtp: float = Field(
+        default=-1.0, ge=-3.0, le=0.0, description="Highest true peak allowed (4x oversampled), dBTP."
+    )
+    preset: Literal[MASTER_PRESETS] = Field(  # type: ignore[valid-type]
+        default="neutral",
+        description="Tonal and dynamics chain before the limiter: neutral (gentle glue), warm (low shelf up, top "
+        "down), bright (mud cut, air up), punchy (kick and presence up, harder slower-attack compression).",
+    )
+    format: AudioFormat = "wav"
+
+
+NOTE_NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
+# Semitones above the tonic that each scale allows.
+SCALES: dict[str, tuple[int, ...]] = {
+    "chromatic": tuple(range(12)),
+    "major": (0, 2, 4, 5, 7, 9, 11),
+    "minor": (0, 2, 3, 5, 7, 8, 10),
+    "dorian": (0, 2, 3, 5, 7, 9, 10),
+    "phrygian": (0, 1, 3, 5, 7, 8, 10),
+    "lydian": (0, 2, 4, 6, 7, 9, 11),
+    "mixolydian": (0, 2, 4, 5, 7, 9, 10),
+    "harmonic_minor": (0, 2, 3, 5, 7, 8, 11),
+    "major_pentatonic": (0, 2, 4, 7, 9),
+    "minor_pentatonic": (0, 3, 5, 7, 10),
+}
+
+
+class TuneParams(_Params):
+    key: Literal[(*NOTE_NAMES, "auto")] = Field(  # type: ignore[valid-type]
+        default="auto", description="Tonic of the scale; auto picks the tonic whose scale fits the sung notes best."
+    )
+    scale: Literal[tuple(SCALES)] = Field(  # type: ignore[valid-type]
+        default="chromatic", description="Notes the pitch is pulled to (chromatic: every semitone)."
+    )
+    strength: float = Field(
+        default=1.0, ge=0.0, le=1.0, description="How much of the way to the note: 0 = untouched, 1 = hard tune."
+    )
+    retune_ms: float = Field(
+        default=10.0,
+        ge=0.0,
+        le=1000.0,
+        description="How fast a new note is pulled to pitch (time constant, ms): 0 snaps at once; larger keeps "
+        "scoops into notes.",
+    )
+    format: AudioFormat = "wav"
+
+
+# fx: each effect is {effect, params}; params mirror pedalboard's constructor arguments, with bounded ranges.
+class _EffectParams(_Params):
+    pass
+
+
+class ReverbParams(_EffectParams):
+    room_size: float = Field(default=0.5, ge=0.0, le=1.0)
+    damping: float = Field(default=0.5, ge=0.0, le=1.0)
+    wet_level: float = Field(default=0.33, ge=0.0, le=1.0)
+    dry_level: float = Field(default=0.4, ge=0.0, le=1.0)
+    width: float = Field(default=1.0, ge=0.0, le=1.0)
+
+
+class DelayParams(_EffectParams):
+    delay_seconds: float = Field(default=0.5, ge=0.0, le=2.0)
+    feedback: float = Field(default=0.0, ge=0.0, le=0.95)
+    mix: float = Field(default=0.5, ge=0.0, le=1.0)
+
+
+class ChorusParams(_EffectParams):
+    rate_hz: float = Field(default=1.0, ge=0.0, le=20.0)
+    depth: float = Field(default=0.25, ge=0.0, le=1.0)
+    centre_delay_ms: float = Field(default=7.0, ge=1.0, le=50.0)
+    feedback: float = Field(default=0.0, ge=-0.95, le=0.95)
+    mix: float = Field(default=0.5, ge=0.0, le=1.0)
+
+
+class PhaserParams(_EffectParams):
+    rate_hz: float = Field(default=1.0, ge=0.0, le=20.0)
+    depth: float = Field(default=0.5, ge=0.0, le=1.0)
+    centre_frequency_hz: float = Field(default=1300.0, ge=20.0, le=20000.0)
+    feedback: float = Field(default=0.0, ge=-0.95, le=0.95)
+    mix: float = Field(default=0.5, ge=0.0, le=1.0)
+
+
+class DistortionParams(_EffectParams):
+    drive_db: float = Field(default=25.0, ge=0.0, le=60.0)
+
+
+class CompressorParams(_EffectParams):
+    threshold_db: float = Field(default=0.0, ge=-60.0, le=0.0)
+    ratio: float = Field(default=1.0, ge=1.0, le=50.0)
+    attack_ms: float = Field(default=1.0, ge=0.01, le=1000.0)
+    release_ms: float = Field(default=100.0, ge=1.0, le=5000.0)
+
+
+class LimiterParams(_EffectParams):
+    threshold_db: float = Field(default=-10.0, ge=-60.0, le=0.0)
+    release_ms: float = Field(default=100.0, ge=1.0, le=5000.0)
+
+
+class GainParams(_EffectParams):
+    gain_db: float = Field(default=0.0, ge=-60.0, le=24.0)
+
+
+class CutoffParams(_EffectParams):
+    cutoff_frequency_hz: float = Field(default=1000.0, ge=10.0, le=20000.0, description="Below half the sample rate.")
+
+
+class ShelfPeakParams(CutoffParams):
+    gain_db: float = Field(default=0.0, ge=-24.0, le=24.0)
+    q: float = Field(default=0.7071, ge=0.1, le=20.0)
+
+
+class PitchShiftParams(_EffectParams):
+    semitones: float = Field(default=0.0, ge=-24.0, le=24.0)
+
+
+class BitcrushParams(_EffectParams):
+    bit_depth: float = Field(default=8.0, ge=1.0, le=32.0)
+
+
+# effect name -> (its params model, the pedalboard class name it builds)
+FX_EFFECTS: dict[str, tuple[type[_EffectParams], str]] = {
+    "reverb": (ReverbParams, "Reverb"),
+    "delay": (DelayParams, "Delay"),
+    "chorus": (ChorusParams, "Chorus"),
+    "phaser": (PhaserParams, "Phaser"),
+    "distortion": (DistortionParams, "Distortion"),
+    "compressor": (CompressorParams, "Compressor"),
+    "limiter": (LimiterParams, "Limiter"),
+    "gain": (GainParams, "Gain"),
+    "highpass": (CutoffParams, "HighpassFilter"),
+    "lowpass": (CutoffParams, "LowpassFilter"),
+    "peak": (ShelfPeakParams, "PeakFilter"),
+    "lowshelf": (ShelfPeakParams, "LowShelfFilter"),
+    "highshelf": (ShelfPeakParams, "HighShelfFilter"),
+    "pitch_shift": (PitchShiftParams, "PitchShift"),
+    "bitcrush": (BitcrushParams, "Bitcrush"),
+}
+
+
+def _effect_model(name: str, params_model: type[_EffectParams]) -> type[_Params]:
+    return type(  # one {effect, params} model per effect: the `effect` tag picks which params are checked
+        f"{name.title().replace('_', '')}Effect",
+        (_Params,),
+        {
+            "__annotations__": {"effect": Literal[name], "params": params_model},  # type: ignore[valid-type]
+            "params": Field(default_factory=params_model),
+            "__module__": __name__,
+        },
+    )
+
+
+_EFFECT_MODELS = tuple(_effect_model(name, model) for name, (model, _) in FX_EFFECTS.items())
+Effect = Annotated[Union[_EFFECT_MODELS], Field(discriminator="effect")]  # noqa: UP007
+
+
+class FxParams(_Params):
+    chain: list[Effect] = Field(  # type: ignore[valid-type]
+        min_length=1,
+        max_length=16,
+        description="Effects applied in order, each {effect, params}; effect is one of: " + ", ".join(FX_EFFECTS),
+    )
+    tail_s: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=30.0,
+        description="Seconds of silence run through the chain after the input "
+        "(reverb and delay tails); the output is this much longer.",
+    )
+    format: AudioFormat = "wav"
+
+
 TASK_PARAMS: dict[str, type[_Params]] = {
     "separate": SeparateParams,
     "enhance": EnhanceParams,
     "transcribe": TranscribeParams,
     "midi": MidiParams,
     "generate": GenerateParams,
+    "master": MasterParams,
+    "tune": TuneParams,
+    "fx": FxParams,
 }

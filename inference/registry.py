@@ -22,6 +22,22 @@ DEFAULT_GENERATE_STEPS: int = GenerateParams.model_fields["steps"].default
 
 
 @dataclass(frozen=True)
+class Library:
+    name: str  # the PyPI package, pinned in pyproject's optional group for the task's family
+    version: str
+    licence: str  # SPDX
+    role: str
+
+
+# The `dsp` family (pyproject group `dsp`): pinned there; pedalboard is GPL-3.0-only, so a deployment that ships it
+# distributes GPL code (its source must be offered on request); the others are MIT.
+_PEDALBOARD = Library("pedalboard", "0.9.26", "GPL-3.0-only", "effects and mastering chain (JUCE DSP)")
+_PYLOUDNORM = Library("pyloudnorm", "0.2.0", "MIT", "ITU-R BS.1770-4 K-weighting and gating")
+_PYWORLD = Library("pyworld", "0.3.5", "MIT", "WORLD vocoder: Harvest f0, CheapTrick, D4C, synthesis")
+_SCIPY = Library("scipy", "1.17.1", "BSD-3-Clause", "filters, FIR design")
+
+
+@dataclass(frozen=True)
 class TaskSpec:
     task: str
     description: str
@@ -31,6 +47,12 @@ class TaskSpec:
     price_unit: PriceUnit
     engine_factory: str  # "module:function", called as factory(model_key, weights_dir) -> Engine
     model_key: Callable[[Any], str]  # params -> models.lock key of the weights the job needs
+    # Tasks without weights (DSP) have no models.lock rows: `needs_weights` is False, and `libraries` names what
+    # they run on, with licences, for GET /v1/tasks. Their model_key is a plain engine name ("dsp/master").
+    needs_weights: bool = True
+    libraries: tuple[Library, ...] = ()
+    # Named inputs besides the main one, all optional (the engine is a `MultiInputEngine`); other tasks refuse them.
+    extra_inputs: tuple[str, ...] = ()
 
     @property
     def params_model(self) -> type[BaseModel]:
@@ -77,6 +99,18 @@ _SPECS = (
     TaskSpec(task="generate", description="Text to audio (diffusers).", input_kind="text",
              family="generation", gpu=True, price_unit="variant_second",
              engine_factory="inference.generate:build_engine", model_key=_generate_key),
+    TaskSpec(task="master", description="Master to a loudness target (LUFS, true-peak ceiling), optionally matched "
+             "to a reference track.", input_kind="audio", family="dsp", gpu=False, price_unit="audio_minute",
+             engine_factory="inference.master:build_engine", model_key=lambda params: "dsp/master",
+             needs_weights=False, libraries=(_PEDALBOARD, _PYLOUDNORM, _SCIPY), extra_inputs=("reference",)),
+    TaskSpec(task="tune", description="Pitch-correct a monophonic voice or instrument to a key and scale.",
+             input_kind="audio", family="dsp", gpu=False, price_unit="audio_minute",
+             engine_factory="inference.tune:build_engine", model_key=lambda params: "dsp/tune",
+             needs_weights=False, libraries=(_PYWORLD,)),
+    TaskSpec(task="fx", description="Run an effects chain (reverb, delay, EQ, dynamics, ...).", input_kind="audio",
+             family="dsp", gpu=False, price_unit="audio_minute",
+             engine_factory="inference.fx:build_engine", model_key=lambda params: "dsp/fx",
+             needs_weights=False, libraries=(_PEDALBOARD,)),
 )  # fmt: skip
 TASKS: dict[str, TaskSpec] = {spec.task: spec for spec in _SPECS}
 # The task names as a type (e.g. the jobs listing's `task` filter), derived from TASKS so no second list is kept.

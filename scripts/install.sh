@@ -14,7 +14,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
   # torch is named first with its exact version so pip takes the CPU wheel rather than the CUDA build.
   .venv/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0
-  .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[separation,enhancement,transcription,generation,dev]"
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[separation,enhancement,transcription,generation,dsp,dev]"
   PIP=".venv/bin/python -m pip" bash scripts/install_nodeps.sh
   echo "$want" > "$stamp"
 fi

@@ -12,7 +12,16 @@ import soundfile as sf
 from inference import audio
 from inference.base import EngineError
 from inference.builtin import HOLD_UNTIL_ENV, BuiltinEngine, build_engine, builtin_engine
-from inference.params import EnhanceParams, GenerateParams, MidiParams, SeparateParams, TranscribeParams
+from inference.params import (
+    EnhanceParams,
+    FxParams,
+    GenerateParams,
+    MasterParams,
+    MidiParams,
+    SeparateParams,
+    TranscribeParams,
+    TuneParams,
+)
 
 RATE = 44100
 
@@ -194,3 +203,41 @@ def test_hold_until_env_repeats_the_first_report_until_released(
     with pytest.raises(KeyboardInterrupt):
         BuiltinEngine().run(None, params, tmp_path / "canceled", cancel)
     assert not (tmp_path / "canceled" / "variant_2.wav").exists()
+
+
+def test_master_builtin_gains_to_the_target_and_writes_the_report(tmp_path):
+    quiet = 0.02 * np.sin(2 * np.pi * 220 * np.arange(3 * RATE) / RATE)
+    source = _write(tmp_path / "quiet.wav", quiet.astype(np.float32))
+    result = builtin_engine("master").run(source, MasterParams(target_lufs=-16), tmp_path / "m", _Progress())
+    assert [o.name for o in result.outputs] == ["mastered.wav", "report.json"]
+    report = json.loads(result.outputs[1].path.read_text())
+    # A steady stereo sine: unweighted loudness = -0.691 + 10 log10(2 channels x A^2 / 2).
+    assert report["input"]["integrated_lufs"] == pytest.approx(-0.691 + 10 * np.log10(0.02**2), abs=0.05)
+    assert abs(report["loudness_error_lu"]) < 0.1
+    assert report["output"]["true_peak_dbtp"] <= -1.0
+    with pytest.raises(EngineError) as caught:
+        builtin_engine("master").run(_write(tmp_path / "s.wav", np.zeros(RATE, np.float32)), MasterParams(),
+                                     tmp_path / "s", _Progress())  # fmt: skip
+    assert caught.value.code == "silent_audio"
+
+
+def test_tune_builtin_analyses_pitch_and_passes_audio_through(tmp_path):
+    sharp = _tone(220 * 2 ** (40 / 1200), 1.0)
+    source = _write(tmp_path / "sharp.wav", sharp, channels=1)
+    result = builtin_engine("tune").run(source, TuneParams(), tmp_path / "t", _Progress())
+    assert [o.name for o in result.outputs] == ["tuned.wav", "pitch.json"]
+    pitch = json.loads(result.outputs[1].path.read_text())
+    assert pitch["summary"]["mad_cents_before"] == pytest.approx(40, abs=8)
+    assert len(pitch["times_s"]) == len(pitch["f0_before_hz"]) == len(pitch["voiced"])
+    np.testing.assert_allclose(audio.decode(result.outputs[0].path)[0], sharp, atol=1e-6)
+
+
+def test_fx_builtin_applies_gain_and_the_tail(tmp_path):
+    source = _write(tmp_path / "a.wav", _tone(440, 1.0))
+    params = FxParams(chain=[{"effect": "gain", "params": {"gain_db": -6}}, {"effect": "reverb"}], tail_s=0.5)
+    result = builtin_engine("fx").run(source, params, tmp_path / "f", _Progress())
+    (out,) = result.outputs
+    assert out.name == "processed.wav" and out.metadata["skipped"] == ["reverb"]
+    processed = audio.decode(out.path)
+    assert processed.shape == (2, int(1.5 * RATE))
+    assert _rms(processed[:, :RATE]) == pytest.approx(_rms(_tone(440, 1.0)) * 10 ** (-6 / 20), rel=1e-3)

@@ -44,12 +44,17 @@ async def test_tasks_are_public_with_prices_limits_and_licences(client: Any) -> 
     response = await client.get("/v1/tasks")
     assert response.status_code == 200
     tasks = {item["task"]: item for item in response.json()["data"]}
-    assert set(tasks) == {"separate", "enhance", "transcribe", "midi", "generate"}
+    assert set(tasks) == {"separate", "enhance", "transcribe", "midi", "generate", "master", "tune", "fx"}
+    dsp = {"master", "tune", "fx"}
     for name, item in tasks.items():
         assert item["price"] == {"rate": RATES[name].rate, "unit": RATES[name].unit, "minimum": RATES[name].minimum}
         assert item["limits"]["formats"] == ["wav", "flac", "mp3", "ogg", "m4a"]
+        assert (item["limits"]["max_channels"], item["limits"]["max_sample_rate"]) == (8, 192000)
         assert item["params_schema"]["type"] == "object"
-        assert item["models"], name
+        # Weighted tasks list their models; DSP tasks list their libraries (with licences) instead.
+        assert bool(item["models"]) is (name not in dsp) and bool(item["libraries"]) is (name in dsp), name
+    licences = {lib["name"]: lib["licence"] for lib in tasks["master"]["libraries"]}
+    assert licences["pedalboard"] == "GPL-3.0-only" and tasks["master"]["extra_inputs"] == ["reference"]
     models = {model["key"]: model for model in tasks["generate"]["models"]}
     assert models["audioldm2"]["enabled"] is False and models["audioldm2"]["commercial_use"] is False
     assert models["stable-audio-open"]["enabled"] is True

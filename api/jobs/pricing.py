@@ -28,6 +28,10 @@ RATES: dict[str, Rate] = {
     "transcribe": Rate(rate=2.0, unit="audio_minute", minimum=1),
     "midi": Rate(rate=1.0, unit="audio_minute", minimum=1),
     "generate": Rate(rate=0.5, unit="variant_second", minimum=2),
+    # CPU DSP tasks: a few CPU seconds per audio minute (docs/COSTS.md); one credit covers them with margin.
+    "master": Rate(rate=1.0, unit="audio_minute", minimum=1),
+    "tune": Rate(rate=1.0, unit="audio_minute", minimum=1),
+    "fx": Rate(rate=1.0, unit="audio_minute", minimum=1),
 }
 
 # Float noise (e.g. 180.00000001 s from a container header) must not tip a price over to the next credit.

@@ -188,8 +188,8 @@ def validate(create: JobCreate, upload: ReceivedInput | None, state: AppState, *
             "See `errors` for each invalid parameter.",
             errors=_field_errors(exc, "params"),
         ) from exc
-    entry = lock_entries().get(spec.model_key(params))
-    if entry is None or not model_enabled(entry, state):
+    entry = lock_entries().get(spec.model_key(params)) if spec.needs_weights else None
+    if spec.needs_weights and (entry is None or not model_enabled(entry, state)):
         raise invalid(
             "model_not_enabled",
             "Model not enabled",

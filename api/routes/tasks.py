@@ -32,9 +32,18 @@ class ModelInfo(BaseModel):
     source: str
 
 
+class LibraryInfo(BaseModel):
+    name: str = Field(description="The PyPI package that does the work (tasks without weights).")
+    version: str
+    licence: str = Field(description="SPDX identifier.")
+    role: str
+
+
 class Limits(BaseModel):
     max_upload_bytes: int
     max_duration_s: float
+    max_channels: int
+    max_sample_rate: int
     formats: list[str]
 
 
@@ -45,7 +54,9 @@ class TaskInfo(BaseModel):
     params_schema: dict[str, Any]
     price: Price
     limits: Limits
-    models: list[ModelInfo]
+    models: list[ModelInfo] = Field(description="Weights the task runs on (empty for DSP tasks).")
+    libraries: list[LibraryInfo] = Field(description="Libraries a weight-less task runs on, with their licences.")
+    extra_inputs: list[str] = Field(description="Named second inputs the task accepts (e.g. `reference`).")
 
 
 class TaskList(BaseModel):
@@ -60,6 +71,8 @@ async def list_tasks(state: State) -> TaskList:
     limits = Limits(
         max_upload_bytes=settings.max_upload_bytes,
         max_duration_s=settings.max_duration_seconds,
+        max_channels=settings.max_audio_channels,
+        max_sample_rate=settings.max_sample_rate,
         formats=list(SUPPORTED_FORMATS),
     )
     data = []
@@ -87,6 +100,11 @@ async def list_tasks(state: State) -> TaskList:
                 price=Price(rate=rate.rate, unit=rate.unit, minimum=rate.minimum),
                 limits=limits,
                 models=models,
+                libraries=[
+                    LibraryInfo(name=lib.name, version=lib.version, licence=lib.licence, role=lib.role)
+                    for lib in spec.libraries
+                ],
+                extra_inputs=list(spec.extra_inputs),
             )
         )
     return TaskList(data=data)

@@ -63,7 +63,7 @@ def get_state(request: Request) -> AppState:
 
 
 def create_app(state: AppState, background: list[BackgroundService] | None = None) -> FastAPI:
-    from api import auth, billing, events, jobs, storage, webhooks
+    from api import auth, billing, events, jobs, storage, studio, webhooks
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -86,4 +86,5 @@ def create_app(state: AppState, background: list[BackgroundService] | None = Non
     install_error_handlers(app)
     for router in (auth.router, jobs.router, events.router, billing.router, webhooks.router, storage.router):
         app.include_router(router)
+    app.include_router(studio.build_router(state.settings))
     return app

@@ -8,6 +8,7 @@ import { startRecording } from "./record.js";
 import { clearResults, renderResults } from "./results.js";
 import * as session from "./session.js";
 
+const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
 const FINAL = new Set(["succeeded", "failed", "canceled"]);
 const VIEWS = { "/": "studio", "/jobs": "jobs", "/account": "account", "/billing/success": "billing", "/billing/canceled": "billing" };
 const PROVIDERS = ["google", "github"]; // offered in Supabase mode; a provider the project has not enabled answers an error
@@ -107,7 +108,7 @@ function describe(error) {
 async function refreshBalance() {
   try {
     const credits = await get("/v1/credits");
-    $("#balance").textContent = `${credits.available} credits`;
+    $("#balance").textContent = plural(credits.available, "credit");
     return credits;
   } catch (error) {
     if (error instanceof ApiError && error.status === 401) {
@@ -177,7 +178,7 @@ function wireStudio() {
   for (const t of tasks) select.append(el("option", { value: t.task }, t.task));
   select.addEventListener("change", chooseTask);
   const limits = tasks[0] ? tasks[0].limits : null;
-  if (limits) $("#formats").textContent = `${limits.formats.join(", ")} · up to ${Math.round(limits.max_upload_bytes / 1e6)} MB, ${Math.round(limits.max_duration_s / 60)} min`;
+  if (limits) $("#formats").textContent = `${limits.formats.join(", ")} · up to ${Math.round(limits.max_upload_bytes / 2 ** 20)} MB, ${Math.round(limits.max_duration_s / 60)} min`;
 
   const drop = $("#drop");
   $("#file").addEventListener("change", () => setInput($("#file").files[0] || null));
@@ -235,7 +236,7 @@ function wireStudio() {
 function chooseTask() {
   const info = taskInfo();
   if (!info) return;
-  $("#task-description").textContent = `${info.description} · ${info.price.rate} credits per ${info.price.unit.replace("_", " ")} (minimum ${info.price.minimum})`;
+  $("#task-description").textContent = `${info.description} · ${plural(info.price.rate, "credit")} per ${info.price.unit.replace("_", " ")} (minimum ${info.price.minimum})`;
   $("#audio-input").hidden = info.input_kind !== "audio";
   form = buildParamsForm($("#params"), info.params_schema, `param-${info.task}`);
   $("#submit-error").textContent = "";
@@ -294,7 +295,7 @@ async function quote() {
   try {
     const q = await request("POST", "/v1/quotes", body);
     if (seq !== quoteSeq) return;
-    out.textContent = `${q.credits} credits · you have ${q.available}` + (q.sufficient ? "" : " (not enough: buy credits)");
+    out.textContent = `${plural(q.credits, "credit")} · you have ${q.available}` + (q.sufficient ? "" : " (not enough: buy credits)");
     out.classList.toggle("insufficient", !q.sufficient);
   } catch (error) {
     if (seq === quoteSeq) out.textContent = `No price: ${describe(error)}`;
@@ -353,7 +354,7 @@ function showJob(job, jobInput) {
   currentJob = { id: job.id, input: jobInput, follower: null };
   $("#job-panel").hidden = false;
   $("#job-title").textContent = `${job.task} job`;
-  $("#job-meta").textContent = `id ${job.id} · ${job.cost} credits`;
+  $("#job-meta").textContent = `id ${job.id} · ${plural(job.cost, "credit")}`;
   clearResults($("#results"));
   updateJob(job);
   if (FINAL.has(job.status)) {
@@ -401,7 +402,7 @@ async function cancelJob() {
 // ---- paywall ----
 
 async function openPaywall(problem) {
-  $("#paywall-text").textContent = `This job costs ${problem.required} credits; you have ${problem.available}.`;
+  $("#paywall-text").textContent = `This job costs ${plural(problem.required, "credit")}; you have ${problem.available}.`;
   $("#paywall-error").textContent = "";
   $("#paywall").showModal();
   await renderPacks($("#paywall-packs"), $("#paywall-error"));

@@ -87,15 +87,12 @@ export function renderResults(container, job, { input } = {}) {
     players.append(p.box);
   }
   const files = outputs.filter((o) => !isAudio(o));
-  container.append(
-    el("h3", {}, "Outputs"),
-    players,
-    files.length ? el("ul", { class: "files" }, files.map((o) => el("li", {}, downloadLink(o)))) : null,
-  );
+  container.append(el("h3", {}, "Outputs"), players);
+  if (files.length) container.append(el("ul", { class: "files" }, files.map((o) => el("li", {}, downloadLink(o)))));
 
   if (job.task === "separate") stemMixer(special, outputs.filter(isAudio), blobs);
-  else if (job.task === "transcribe" && byName["transcript.json"]) transcript(special, byName["transcript.json"], inputUrl);
-  else if (job.task === "midi" && byName["notes.json"]) pianoRoll(special, byName["notes.json"], inputUrl);
+  else if (job.task === "transcribe" && byName["transcript.json"]) transcript(special, byName["transcript.json"], input);
+  else if (job.task === "midi" && byName["notes.json"]) pianoRoll(special, byName["notes.json"], input);
   else if (AB_TASKS.has(job.task)) abCompare(special, job, outputs, blobs, inputUrl);
 }
 
@@ -228,12 +225,12 @@ function stemMixer(container, stems, blobs) {
 
 // ---- transcribe: segments and words, click to seek the original ----
 
-function transcript(container, output, inputUrl) {
+function transcript(container, output, input) {
   const section = el("section", { class: "transcript", "aria-label": "Transcript" }, el("h3", {}, "Transcript"));
   container.append(section);
   let audio = null;
-  if (inputUrl) {
-    const p = player("Original", inputUrl, { slug: "original" });
+  if (input) {
+    const p = player("Original", input, { slug: "original" });
     audio = p.audio;
     section.append(p.box);
   } else {
@@ -278,12 +275,12 @@ function svg(tag, attrs) {
   return node;
 }
 
-function pianoRoll(container, output, inputUrl) {
+function pianoRoll(container, output, input) {
   const section = el("section", { class: "piano-roll-box", "aria-label": "Piano roll" }, el("h3", {}, "Piano roll"));
   container.append(section);
   let audio = null;
-  if (inputUrl) {
-    const p = player("Original", inputUrl, { slug: "original" });
+  if (input) {
+    const p = player("Original", input, { slug: "original" });
     audio = p.audio;
     section.append(p.box);
   } else {

@@ -12,4 +12,5 @@ bash scripts/install.sh
 .venv/bin/studio models pull deepfilternet3 basic-pitch
 echo "== demo user demo@localhost (token below; export it as STUDIO_TOKEN for the studio CLI) =="
 .venv/bin/studio token --email demo@localhost --credits 1000 --curl
+echo "== the web studio: open http://127.0.0.1:$PORT/ in a browser and click \"Sign in with one click\" =="
 exec .venv/bin/studio serve --host 127.0.0.1 --port "$PORT"

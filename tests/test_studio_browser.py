@@ -108,18 +108,18 @@ def _serve(pg_server: Any, template: str, **overrides: Any) -> Iterator[LiveStud
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     base = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    settings = Settings(
-        database_url=database_url,
-        state_dir=folder / "state",
-        local_workers=1,
-        secret_key="studio-browser-test-key-not-for-production-0000",
-        public_base_url=base,
-        stripe_secret_key=None,
-        stripe_webhook_secret=None,
-        checkout_success_url=f"{base}/billing/success?session_id={{CHECKOUT_SESSION_ID}}",
-        checkout_cancel_url=f"{base}/billing/canceled",
-        **overrides,
-    )
+    values: dict[str, Any] = {
+        "database_url": database_url,
+        "state_dir": folder / "state",
+        "local_workers": 1,
+        "secret_key": "studio-browser-test-key-not-for-production-0000",
+        "public_base_url": base,
+        "stripe_secret_key": None,
+        "stripe_webhook_secret": None,
+        "checkout_success_url": f"{base}/billing/success?session_id={{CHECKOUT_SESSION_ID}}",
+        "checkout_cancel_url": f"{base}/billing/canceled",
+    }
+    settings = Settings(**{**values, **overrides})
     server = LiveStudio(settings, sock)
     server.thread.start()
     assert server.ready.wait(120), "the studio server did not start"
@@ -463,3 +463,39 @@ def test_generate_from_a_prompt(page: Page, live_builtin: LiveStudio) -> None:
             arg=variant,
         )
     shot(page, "13-generate")
+
+
+# ---- Supabase mode: no one-click sign-in; a magic link through supabase-js ----
+
+FAKE_SUPABASE = "http://127.0.0.1:9"  # never contacted by the server here; the browser's calls are answered below
+
+
+@pytest.fixture(scope="module")
+def live_supabase(pg_server: Any, template_database: str) -> Iterator[LiveStudio]:
+    yield from _serve(
+        pg_server, template_database, engines="builtin", supabase_url=FAKE_SUPABASE, supabase_anon_key="anon-key"
+    )
+
+
+def test_supabase_mode_signs_in_by_magic_link(page: Page, live_supabase: LiveStudio) -> None:
+    sent: list[dict[str, Any]] = []
+
+    def otp(route: Any) -> None:
+        sent.append({"body": route.request.post_data_json, "apikey": route.request.headers.get("apikey")})
+        route.fulfill(status=200, content_type="application/json", body="{}")
+
+    page.route(f"{FAKE_SUPABASE}/auth/v1/otp*", otp)
+    page.goto(live_supabase.base_url + "/")
+    expect(page.get_by_role("button", name="Send me a sign-in link")).to_be_visible()
+    expect(page.get_by_role("button", name="Sign in with one click")).to_be_hidden()
+    expect(page.get_by_label("Paste a personal API key")).to_be_visible()
+    assert page.evaluate("fetch('/v1/auth/local', {method: 'POST'}).then(r => r.status)") == 404
+    page.get_by_label("Email address").fill("singer@example.com")
+    page.get_by_role("button", name="Send me a sign-in link").click()
+    expect(page.locator("#flash")).to_have_text("Check your email for the sign-in link.")
+    (request,) = sent
+    assert request["apikey"] == "anon-key" and request["body"]["email"] == "singer@example.com"
+    assert request["body"]["code_challenge_method"] in ("s256", "S256")  # PKCE: the link carries a code, not a token
+    stored = page.evaluate("Object.keys(localStorage)")
+    assert stored and all(key.endswith("-code-verifier") for key in stored)
+    shot(page, "14-sign-in-supabase")

@@ -289,8 +289,9 @@ function pianoRoll(container, output, input) {
   fetchJson(output.url).then(
     (notes) => {
       const end = Math.max(1, ...notes.map((n) => n.end_s));
-      const low = Math.min(...notes.map((n) => n.pitch), 60) - 2;
-      const high = Math.max(...notes.map((n) => n.pitch), 72) + 2;
+      const pitches = notes.length ? notes.map((n) => n.pitch) : [60];
+      const low = Math.min(...pitches) - 2;
+      const high = Math.max(Math.max(...pitches) + 2, low + 14); // at least an octave and a bit
       const width = 1000;
       const rowHeight = 8;
       const height = (high - low + 1) * rowHeight;

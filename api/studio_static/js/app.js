@@ -273,6 +273,9 @@ let quoteTimer = null;
 let quoteSeq = 0;
 function scheduleQuote() {
   clearTimeout(quoteTimer);
+  quoteSeq++; // an answer to an older question must not overwrite this one
+  $("#quote").textContent = "Pricing…";
+  $("#quote").classList.remove("insufficient");
   quoteTimer = setTimeout(quote, 250);
 }
 

@@ -38,7 +38,7 @@ API_MAX_INPUTS = int(os.environ.get("STUDIO_MODAL_API_MAX_INPUTS", "100"))
 # Secrets (names and keys documented in README "Deploy to Modal"); nothing secret is baked into an image.
 SECRETS = [
     modal.Secret.from_name("studio-database"),  # DATABASE_URL (pooler), DATABASE_LISTEN_URL (session mode)
-    modal.Secret.from_name("studio-supabase"),  # SUPABASE_URL, SUPABASE_SERVICE_ROLE_KEY, [SUPABASE_JWT_SECRET]
+    modal.Secret.from_name("studio-supabase"),  # SUPABASE_URL, _SERVICE_ROLE_KEY, _ANON_KEY, [_JWT_SECRET]
     modal.Secret.from_name("studio-stripe"),  # STRIPE_SECRET_KEY, STRIPE_WEBHOOK_SECRET
     modal.Secret.from_name("studio-app"),  # STUDIO_SECRET_KEY, STUDIO_PUBLIC_BASE_URL
 ]

@@ -57,8 +57,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_token(args: argparse.Namespace) -> int:
-    from api.security import mint_local_token
-    from api.wiring import ensure_user, local_state
+    from api.security import ensure_user, mint_local_token
+    from api.wiring import local_state
     from db import ledger
 
     settings = Settings()
@@ -68,7 +68,7 @@ def _cmd_token(args: argparse.Namespace) -> int:
 
     async def run() -> str:
         async with local_state(settings) as state:
-            user_id = await ensure_user(state, args.email)
+            user_id = await ensure_user(state.pool, state.settings, args.email)
             if args.credits is not None:
                 async with state.pool.connection() as conn:
                     current = await ledger.balance(conn, user_id)

@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.errors import PROBLEM_JSON, Problem
-from api.routes import api_keys, billing, credits, events, files, health, jobs, tasks, webhooks
+from api.routes import api_keys, billing, credits, events, files, health, jobs, studio, tasks, webhooks
 from api.state import AppState, BackgroundService
 
 log = logging.getLogger("studio.api")
@@ -44,6 +44,8 @@ def create_app(state: AppState, background: list[BackgroundService] | None = Non
     for resource in (health, api_keys, credits, tasks, jobs, events, billing, webhooks, files):
         v1.include_router(resource.router)
     app.include_router(v1)
+    # The web studio's pages sit at the root; its two /v1 routes (config, local sign-in) carry their own prefix.
+    app.include_router(studio.build_router(state.settings))
     return app
 
 

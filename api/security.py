@@ -16,11 +16,12 @@ import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any, Literal
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import httpx
 import jwt
 import psycopg
+from psycopg_pool import AsyncConnectionPool
 
 from api.errors import Problem
 from api.settings import Settings
@@ -260,3 +261,23 @@ async def ensure_account(conn: psycopg.AsyncConnection, user_id: UUID, welcome_g
     except psycopg.errors.ForeignKeyViolation as exc:
         # A valid token for a user that no longer exists (deleted in Supabase while the token lives on).
         raise unauthorized("The token's user does not exist.") from exc
+
+
+async def ensure_user(pool: AsyncConnectionPool, settings: Settings, email: str) -> UUID:
+    """Local mode: find or create the auth.users row for `email`, and its account with the welcome grant."""
+    if settings.supabase_url:
+        raise ValueError("users are created by Supabase Auth when SUPABASE_URL is set")
+    email = email.strip().lower()
+    if "@" not in email or any(ch.isspace() for ch in email):
+        raise ValueError(f"not an email address: {email!r}")
+    async with pool.connection() as conn, conn.transaction():
+        cursor = await conn.execute(
+            "INSERT INTO auth.users (id, email) VALUES (%s, %s) ON CONFLICT (email) DO NOTHING RETURNING id",
+            (uuid4(), email),
+        )
+        row = await cursor.fetchone()
+        if row is None:
+            row = await (await conn.execute("SELECT id FROM auth.users WHERE email = %s", (email,))).fetchone()
+        assert row is not None  # inserted, or it existed
+        await ledger.ensure_account(conn, row[0], welcome_grant=settings.welcome_credits)
+    return row[0]

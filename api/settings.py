@@ -44,6 +44,8 @@ class Settings(BaseSettings):
     supabase_service_role_key: str | None = Field(
         default=None, validation_alias=AliasChoices("SUPABASE_SERVICE_ROLE_KEY")
     )
+    # Public key that supabase-js in the studio signs users in with (GET /v1/config hands it out).
+    supabase_anon_key: str | None = Field(default=None, validation_alias=AliasChoices("SUPABASE_ANON_KEY"))
     jwt_algorithms: list[str] = ["ES256", "RS256"]  # accepted algorithms; HS256 only with supabase_jwt_secret
     jwt_audience: str = "authenticated"
     jwks_cache_seconds: int = 600  # Supabase caches its key set up to ~20 min; we refresh sooner

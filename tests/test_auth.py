@@ -64,17 +64,17 @@ async def test_local_token_authenticates_and_gives_the_welcome_grant(app_state, 
 
 
 async def test_ensure_user_is_idempotent_and_case_insensitive(app_state):
-    from api.wiring import ensure_user
+    from api.security import ensure_user
 
-    first = await ensure_user(app_state, "carol@example.com")
-    assert await ensure_user(app_state, "  CAROL@example.com ") == first
+    first = await ensure_user(app_state.pool, app_state.settings, "carol@example.com")
+    assert await ensure_user(app_state.pool, app_state.settings, "  CAROL@example.com ") == first
     async with app_state.pool.connection() as conn:
         grants = await (
             await conn.execute("SELECT count(*) FROM ledger_entries WHERE user_id = %s", (first,))
         ).fetchone()
     assert grants == (1,)
     with pytest.raises(ValueError):
-        await ensure_user(app_state, "not an email")
+        await ensure_user(app_state.pool, app_state.settings, "not an email")
 
 
 def bad_tokens(settings: Any, signing_key: str, user_id: uuid.UUID) -> dict[str, str]:

@@ -350,8 +350,7 @@ class FakeWorker:
 async def test_asgi_app_submits_through_modal_dispatcher_and_a_worker_finishes_it(
     worker_env: Settings, database_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from api.security import mint_local_token
-    from api.wiring import ensure_user
+    from api.security import ensure_user, mint_local_token
 
     FakeWorker.spawned.clear()
     monkeypatch.setattr(modal_app, "WORKERS", {task: FakeWorker(task) for task in WORKER_TASKS})
@@ -359,7 +358,7 @@ async def test_asgi_app_submits_through_modal_dispatcher_and_a_worker_finishes_i
     app = modal_app.api.local()  # the ASGI function's body: the production wiring, Stripe off, local storage here
     async with app.router.lifespan_context(app):
         state = app.state.studio
-        user_id = await ensure_user(state, "modal@example.com")
+        user_id = await ensure_user(state.pool, state.settings, "modal@example.com")
         token = mint_local_token(state.settings, state.signing_key, user_id, "modal@example.com")
         headers = {"Authorization": f"Bearer {token}"}
         audio = write_tone(tmp_path / "melody.wav", seconds=2.0, rate=22050)

@@ -35,10 +35,10 @@ class _LiveApi:
         from api.database import open_pool, secret_key
         from api.dispatchers.local import LocalDispatcher
         from api.main import create_app
-        from api.security import mint_local_token
+        from api.security import ensure_user, mint_local_token
         from api.state import AppState
         from api.storage import LocalStorage
-        from api.wiring import background_services, ensure_user
+        from api.wiring import background_services
 
         pool = await open_pool(self.database_url, self.settings)
         key = secret_key(self.settings)
@@ -51,7 +51,7 @@ class _LiveApi:
             dispatcher=dispatcher,
             signing_key=key,
         )
-        user_id = await ensure_user(state, "fuzz@example.com")
+        user_id = await ensure_user(state.pool, state.settings, "fuzz@example.com")
         self.headers = {"Authorization": f"Bearer {mint_local_token(self.settings, key, user_id, 'fuzz@example.com')}"}
         app = create_app(state, background=background_services(state))
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))

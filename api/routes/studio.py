@@ -1,0 +1,159 @@
+"""The web studio: its pages and static files, the public config it boots from, and local mode's one-click sign-in.
+
+Everything else the studio does goes through the public `/v1` API with a bearer token, like any other client.
+
+- `GET /` (and the app's other page paths) serve one `index.html`; `GET /studio/{file}` serves the app's modules,
+  styles and the vendored libraries (`api/studio_static/vendor`, pinned in `vendor.lock.json`). No CDN: the page
+  works offline.
+- Every studio response carries a Content-Security-Policy that allows scripts from this origin only (no inline
+  script, no eval), and connections/media from this origin plus Supabase when it is configured.
+- `GET /v1/config` is public: the auth mode and, in Supabase mode, the project URL and its anon (public) key.
+- `POST /v1/auth/local` exists only in local mode (no SUPABASE_URL) and answers only loopback clients that address
+  the server by a loopback name (a DNS-rebound page names its own host): it signs in the local demo user.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import mimetypes
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse, Response
+from pydantic import BaseModel, Field
+
+from api.deps import get_state
+from api.errors import Problem
+from api.routes.responses import problem_doc
+from api.security import ensure_user, mint_local_token
+from api.settings import Settings
+
+STATIC_DIR = Path(__file__).resolve().parents[1] / "studio_static"
+LOCAL_USER_EMAIL = "demo@localhost"  # the same demo user scripts/serve.sh tops up and prints a token for
+LOCAL_TOKEN_SECONDS = 12 * 3600  # a browser session, not the CLI's month
+# Paths the single-page app handles itself; Stripe Checkout returns to the two billing ones.
+PAGES = ("/", "/jobs", "/account", "/billing/success", "/billing/canceled")
+_LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def content_security_policy(settings: Settings) -> str:
+    """Scripts only from this origin. Styles may be inline: WaveSurfer styles its shadow DOM with a <style> element.
+    Supabase (auth calls, Storage's signed output URLs) is allowed for connections and media when configured."""
+    supabase = ""
+    if settings.supabase_url:
+        parts = urlsplit(settings.supabase_url)
+        supabase = f" {parts.scheme}://{parts.netloc}"
+    return "; ".join(
+        (
+            "default-src 'self'",
+            "script-src 'self'",
+            "style-src 'self' 'unsafe-inline'",
+            "img-src 'self' data: blob:",
+            f"media-src 'self' blob:{supabase}",
+            f"connect-src 'self'{supabase}",
+            "font-src 'self'",
+            "object-src 'none'",
+            "base-uri 'none'",
+            "form-action 'self'",
+            "frame-ancestors 'none'",
+        )
+    )
+
+
+def _security_headers(settings: Settings) -> dict[str, str]:
+    return {
+        "Content-Security-Policy": content_security_policy(settings),
+        "X-Content-Type-Options": "nosniff",
+        # Signed output URLs and Checkout session ids stay out of other sites' logs.
+        "Referrer-Policy": "no-referrer",
+        "Permissions-Policy": "microphone=(self), camera=(), geolocation=()",
+    }
+
+
+class StudioConfig(BaseModel):
+    mode: Literal["local", "supabase"] = Field(description="`local`: one-click sign-in; `supabase`: Supabase Auth.")
+    supabase_url: str | None = None
+    supabase_anon_key: str | None = Field(default=None, description="Supabase's public (anon) key, for supabase-js.")
+    local_sign_in: bool = Field(description="Whether POST /v1/auth/local exists on this deployment.")
+
+
+class LocalSession(BaseModel):
+    access_token: str
+    token_type: Literal["bearer"] = "bearer"
+    expires_in: int
+    email: str
+
+
+def _is_loopback_client(request: Request) -> bool:
+    host = request.client.host if request.client else None
+    try:
+        return host is not None and ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _host_name(request: Request) -> str:
+    host = request.headers.get("host", "")
+    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    return name.strip("[]").lower()
+
+
+def build_router(settings: Settings) -> APIRouter:
+    """The studio's routes for this deployment: the local sign-in route is only built in local mode."""
+    router = APIRouter()
+    headers = {**_security_headers(settings), "Cache-Control": "no-cache"}
+    local_mode = settings.supabase_url is None
+
+    async def page() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", media_type="text/html", headers=headers)
+
+    for path in PAGES:
+        router.add_api_route(path, page, methods=["GET"], include_in_schema=False, response_class=FileResponse)
+
+    @router.get("/studio/{name:path}", include_in_schema=False)
+    async def static_file(name: str) -> Response:
+        path = (STATIC_DIR / name).resolve()
+        if not path.is_relative_to(STATIC_DIR) or not path.is_file():
+            raise Problem(404, "not_found", "Not found")
+        media_type = "text/javascript" if path.suffix in (".js", ".mjs") else mimetypes.guess_type(path.name)[0]
+        return FileResponse(path, media_type=media_type, headers=headers)
+
+    @router.get("/v1/config", response_model=StudioConfig, tags=["studio"], summary="Public config for the studio")
+    async def studio_config() -> StudioConfig:
+        """No authentication: how the studio signs users in. Only public values (the anon key is public)."""
+        if local_mode:
+            return StudioConfig(mode="local", local_sign_in=True)
+        return StudioConfig(
+            mode="supabase",
+            supabase_url=settings.supabase_url,
+            supabase_anon_key=settings.supabase_anon_key,
+            local_sign_in=False,
+        )
+
+    if local_mode:
+
+        @router.post(
+            "/v1/auth/local",
+            response_model=LocalSession,
+            tags=["studio"],
+            summary="Local mode only: sign in as the local demo user",
+            responses={403: problem_doc(403, "local_sign_in_refused", "Only from this machine, by a loopback name")},
+        )
+        async def local_sign_in(request: Request) -> LocalSession:
+            """Exists only when Supabase auth is not configured, and answers only requests from this machine."""
+            if not _is_loopback_client(request) or _host_name(request) not in _LOOPBACK_HOSTS:
+                raise Problem(
+                    403,
+                    "local_sign_in_refused",
+                    "Local sign-in is for this machine only",
+                    "Open the studio at http://127.0.0.1 or http://localhost on the machine running it, "
+                    "or paste an API key.",
+                )
+            state = get_state(request)
+            user_id = await ensure_user(state.pool, state.settings, LOCAL_USER_EMAIL)
+            token = mint_local_token(state.settings, state.signing_key, user_id, LOCAL_USER_EMAIL, LOCAL_TOKEN_SECONDS)
+            return LocalSession(access_token=token, expires_in=LOCAL_TOKEN_SECONDS, email=LOCAL_USER_EMAIL)
+
+    return router

@@ -13,6 +13,7 @@ normal decoding, timestamp rules and word alignment. Building it takes well unde
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -39,25 +40,32 @@ DIMS = ModelDimensions(
 
 
 def _scripted_model(seed: int) -> Whisper:
-    torch.manual_seed(seed)
-    model = Whisper(DIMS)
-    tokenizer = get_tokenizer(True, num_languages=model.num_languages)
+    tokenizer = get_tokenizer(True)  # text tokens are the same for every language count
     words = [tokenizer.encode(word) for word in SCRIPT_WORDS]
     assert all(len(w) == 1 for w in words)
-    end_timestamp = tokenizer.timestamp_begin + round(SCRIPT_END_SECONDS / 0.02)
+    return scripted_whisper(DIMS, [w[0] for w in words], SCRIPT_END_SECONDS, seed)
+
+
+def scripted_whisper(dims: ModelDimensions, text_tokens: Sequence[int], end_seconds: float, seed: int) -> Whisper:
+    """A random whisper of `dims` whose decoder emits `<|0.00|> text_tokens <|end_seconds|> <|endoftext|>` after
+    detecting SCRIPT_LANGUAGE, for any audio and whatever the encoder computes (see the module docstring).
+
+    The script is keyed on positions, so it holds for a window decoded without a previous-text prompt; positions
+    3 + len(text_tokens) + 2 must fit in half the text context (whisper's sample_len)."""
+    torch.manual_seed(seed)
+    model = Whisper(dims)
+    tokenizer = get_tokenizer(True, num_languages=model.num_languages)
+    end_timestamp = tokenizer.timestamp_begin + round(end_seconds / 0.02)
     # Output wanted at each position. Positions 0-2 hold <|startoftranscript|><|lang|><|task|>; position 0's
     # prediction is the language detection.
-    targets = {
-        0: tokenizer.to_language_token(SCRIPT_LANGUAGE),
-        2: tokenizer.timestamp_begin,
-        3: words[0][0],
-        4: words[1][0],
-        5: end_timestamp,
-        6: tokenizer.eot,
-    }
-    state = DIMS.n_text_state
+    targets = {0: tokenizer.to_language_token(SCRIPT_LANGUAGE), 2: tokenizer.timestamp_begin}
+    targets.update({3 + i: token for i, token in enumerate(text_tokens)})
+    targets.update({3 + len(text_tokens): end_timestamp, 4 + len(text_tokens): tokenizer.eot})
+    if max(targets) >= dims.n_text_ctx // 2 + 3:
+        raise ValueError(f"{len(text_tokens)} text tokens do not fit whisper's sample_len of {dims.n_text_ctx // 2}")
+    state = dims.n_text_state
     # Orthonormal, zero-mean directions (LayerNorm removes the mean), one per position.
-    basis = torch.randn(state, DIMS.n_text_ctx)
+    basis = torch.randn(state, dims.n_text_ctx)
     basis -= basis.mean(dim=0, keepdim=True)
     directions = torch.linalg.qr(basis).Q.T  # (n_text_ctx, state)
     directions -= directions.mean(dim=1, keepdim=True)

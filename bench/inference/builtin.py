@@ -67,5 +67,13 @@ def _direct_transcribe(state: object, input_path: Path, out_dir: Path) -> None:
 
 CASES = [
     BenchCase("builtin separate (4 bands)", _setup_separate, _ours_separate, _direct_separate, make_input),
-    BenchCase("builtin transcribe (VAD)", _setup_transcribe, _ours_transcribe, _direct_transcribe, make_input),
+    BenchCase(
+        "builtin transcribe (VAD)",
+        _setup_transcribe,
+        _ours_transcribe,
+        _direct_transcribe,
+        make_input,
+        direct_differs="20 ms RMS levels thresholded only: no region merging and no transcript files (json, txt, "
+        "srt, vtt), so it does less work than ours",
+    ),
 ]

@@ -18,6 +18,8 @@ class BenchCase:
     ours: Callable[[Any, Path, Path], None]  # (state, input file, out dir): our engine's run
     direct: Callable[[Any, Path, Path], None]  # the library called directly on the same model and input
     make_input: Callable[[float, Path], Path]  # (minutes, folder) -> an input file of that length
+    # What the direct side does differently from ours, printed under the table; empty when both do the same work.
+    direct_differs: str = ""
 
 
 def write_wav(

@@ -1,8 +1,10 @@
-"""Benchmark cases for `midi`: our engine vs `basic_pitch.inference.predict` (+ writing the MIDI file), both on
-the real ICASSP 2022 model that ships in the basic-pitch wheel, run through onnxruntime."""
+"""Benchmark cases for `midi`: our engine vs `basic_pitch.inference.predict` (+ writing the MIDI file and the note
+events as JSON, the two files ours writes), both on the real ICASSP 2022 model that ships in the basic-pitch wheel,
+run through onnxruntime."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -40,8 +42,14 @@ def ours(engine: MidiEngine, input_path: Path, out_dir: Path) -> None:
 
 
 def direct(engine: MidiEngine, input_path: Path, out_dir: Path) -> None:
-    _, midi, _ = predict(input_path, engine.model)
+    _, midi, events = predict(input_path, engine.model)
     midi.write(str(out_dir / "notes.mid"))
+    notes = [
+        {"start_s": float(start), "end_s": float(end), "pitch": int(pitch), "amplitude": float(amplitude),
+         "pitch_bends": [int(bend) for bend in bends or []]}
+        for start, end, pitch, amplitude, bends in events
+    ]  # fmt: skip
+    (out_dir / "notes.json").write_text(json.dumps(notes))
 
 
 CASES: list[BenchCase] = [

@@ -4,8 +4,11 @@
 
 Every `bench/inference/<task>.py` module exposes `CASES: list[BenchCase]`. For each case this runs, each in a
 fresh subprocess (so setup cost stays out of the timing and peak RSS belongs to that one run):
-(a) ours and (b) direct on a short input, `--runs` times each (the median is reported), and (c) ours once on a
-long input for peak memory. Setup (model loading) is untimed but counts toward peak memory, as in a worker.
+(a) ours and (b) direct on a short input, `--runs` times each (the median is reported), and (c) ours and direct
+once each on a long input for peak memory. Setup (model loading) is untimed but counts toward peak memory, as in a
+worker. Each run reports wall seconds and the process's CPU seconds (all its threads: onnxruntime and torch use
+every core they are given), so costs can be priced on CPU time rather than on the wall clock of a shared VM.
+Where a direct side does different work from ours, the case says so and the table prints it under a footnote.
 """
 
 from __future__ import annotations
@@ -36,6 +39,11 @@ class Row:
     peak_mib_short: float
     peak_mib_long: float | None
     error: str = ""
+    ours_cpu_s_per_min: float | None = None
+    direct_cpu_s_per_min: float | None = None
+    direct_peak_mib_short: float | None = None
+    direct_peak_mib_long: float | None = None
+    direct_differs: str = ""
 
     @property
     def ratio(self) -> float | None:
@@ -96,16 +104,22 @@ def bench_case(module_name: str, index: int, case: BenchCase, minutes: tuple[flo
     short_input = case.make_input(short_minutes, inputs)
     ours = [_run_child(module_name, index, "ours", short_input, inputs / f"ours{i}") for i in range(runs)]
     direct = [_run_child(module_name, index, "direct", short_input, inputs / f"direct{i}") for i in range(runs)]
-    peak_long = None
+    peak_long = direct_peak_long = None
     if long_minutes > 0:
         long_input = case.make_input(long_minutes, inputs / "long")
         peak_long = _run_child(module_name, index, "ours", long_input, inputs / "ours-long")["peak_mib"]
+        direct_peak_long = _run_child(module_name, index, "direct", long_input, inputs / "direct-long")["peak_mib"]
     return Row(
         case=case.name,
         ours_s_per_min=statistics.median(r["seconds"] for r in ours) / short_minutes,
         direct_s_per_min=statistics.median(r["seconds"] for r in direct) / short_minutes,
         peak_mib_short=statistics.median(r["peak_mib"] for r in ours),
         peak_mib_long=peak_long,
+        ours_cpu_s_per_min=statistics.median(r["cpu_seconds"] for r in ours) / short_minutes,
+        direct_cpu_s_per_min=statistics.median(r["cpu_seconds"] for r in direct) / short_minutes,
+        direct_peak_mib_short=statistics.median(r["peak_mib"] for r in direct),
+        direct_peak_mib_long=direct_peak_long,
+        direct_differs=case.direct_differs,
     )
 
 
@@ -113,18 +127,26 @@ def format_table(rows: list[Row], minutes: tuple[float, float]) -> str:
     def num(value: float | None, digits: int = 3) -> str:
         return "-" if value is None else f"{value:.{digits}f}"
 
+    def pair(ours: float | None, direct: float | None) -> str:
+        return f"{num(ours, 0)} / {num(direct, 0)}"
+
     short, long = (f"{m:g}" for m in minutes)
-    header = ["case", "s/audio-min ours", "s/audio-min direct", "ratio", f"peak MiB {short} min",
-              f"peak MiB {long} min"]  # fmt: skip
+    notes = [r for r in rows if r.direct_differs and not r.error]
+    header = ["case", "s/audio-min ours", "s/audio-min direct", "ratio", "CPU-s/audio-min ours",
+              "CPU-s/audio-min direct", f"peak MiB {short} min ours / direct",
+              f"peak MiB {long} min ours / direct"]  # fmt: skip
     body = [
-        [r.case, num(r.ours_s_per_min), num(r.direct_s_per_min), num(r.ratio, 2), num(r.peak_mib_short, 0),
-         num(r.peak_mib_long, 0)] if not r.error else [r.case, "error: " + r.error, "", "", "", ""]
+        [r.case + (f" [{notes.index(r) + 1}]" if r in notes else ""), num(r.ours_s_per_min),
+         num(r.direct_s_per_min), num(r.ratio, 2), num(r.ours_cpu_s_per_min), num(r.direct_cpu_s_per_min),
+         pair(r.peak_mib_short, r.direct_peak_mib_short), pair(r.peak_mib_long, r.direct_peak_mib_long)]
+        if not r.error else [r.case, "error: " + r.error, "", "", "", "", "", ""]
         for r in rows
     ]  # fmt: skip
     widths = [max(len(str(line[i])) for line in [header, *body]) for i in range(len(header))]
     lines = [" | ".join(str(cell).ljust(width) for cell, width in zip(line, widths, strict=True)) for line in
              [header, *body]]  # fmt: skip
     lines.insert(1, "-+-".join("-" * width for width in widths))
+    lines += [f"[{number}] direct side: {r.direct_differs}" for number, r in enumerate(notes, start=1)]
     return "\n".join(line.rstrip() for line in lines)
 
 

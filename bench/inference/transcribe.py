@@ -2,19 +2,19 @@
 tests/tiny_whisper.py (real weights cannot be downloaded here): it measures our overhead around whisper (decoding
 with PyAV, progress hook, writers) and the peak memory of a 20-minute input, not whisper's speed on real models.
 
-"direct" is whisper used directly on the same model: soundfile + soxr to 16 kHz mono, `whisper.transcribe`, the
-result dumped as JSON.
+"direct" is whisper used directly on the same model, as its CLI does: soundfile + soxr to 16 kHz mono,
+`whisper.transcribe`, and whisper's own writers for the four files ours writes (json, txt, srt, vtt).
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 import soxr
 import whisper
+from whisper.utils import get_writer
 
 from bench.inference.common import BenchCase, write_wav
 from inference.base import no_progress
@@ -49,7 +49,8 @@ def _direct(engine: TranscribeEngine, input_path: Path, out_dir: Path) -> None:
     data, rate = sf.read(str(input_path), dtype="float32", always_2d=True)
     samples = soxr.resample(data.mean(axis=1), rate, whisper.audio.SAMPLE_RATE, quality="HQ").astype(np.float32)
     result = whisper.transcribe(engine.model, samples, fp16=False)
-    (out_dir / "result.json").write_text(json.dumps(result, ensure_ascii=False, default=str))
+    for output_format in ("json", "txt", "srt", "vtt"):
+        get_writer(output_format, str(out_dir))(result, str(input_path))
 
 
 CASES = [BenchCase("transcribe tiny scripted whisper (CPU)", _setup, _ours, _direct, make_input)]

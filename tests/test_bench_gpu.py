@@ -1,0 +1,59 @@
+"""`python -m bench.gpu.run --tiny`: the GPU benchmark's code, run on tiny configs on the CPU so it cannot rot.
+
+The GPU run itself needs a CUDA machine (bench/gpu/remote.sh); this runs the same code path end to end, in a
+subprocess as a user would, and checks that every engine produced its rows and that each row's own check passed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.engine
+def test_tiny_run_gives_every_engine_its_rows(tmp_path: Path) -> None:
+    report_path = tmp_path / "bench-gpu.json"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.gpu.run", "--tiny", "--json", str(report_path), "--work", str(tmp_path)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads(report_path.read_text())
+    rows = report["rows"]
+    assert report["tiny"] is True and report["environment"]["device"].startswith("cpu")
+
+    separate = [row for row in rows if row["engine"] == "separate"]
+    models = ["htdemucs (1 model)"] * 4 + ["htdemucs_ft (2 models)"] * 4
+    assert [row["case"].split(",")[0] for row in separate] == models
+    assert [row["case"].split("batch ")[1].split(" ")[0] for row in separate] == ["1", "2", "4", "8"] * 2
+    # The CPU-vs-device check ran on both models (CPU against CPU here, so exactly equal).
+    assert all(row["check"].startswith("ok:") and "max |diff| 0.0e+00" in row["check"] for row in separate)
+
+    whisper_row, faster_row = [row for row in rows if row["engine"] == "transcribe"]
+    # The decode loop was bounded as scripted: one segment per 30 s window.
+    assert whisper_row["check"] == "ok: 2 segments for 2 windows of 8 scripted text tokens each", whisper_row
+    # faster-whisper: a figure, or a skip that says why (its engine is another branch's work).
+    if faster_row["seconds_per_unit"] is None:
+        assert faster_row["note"].startswith("skipped:") and "ctranslate2" in faster_row["note"], faster_row
+    else:
+        assert faster_row["seconds_per_unit"] > 0
+
+    generate = [row for row in rows if row["engine"] == "generate"]
+    assert [row["check"] for row in generate] == ["ok: 1 files of [0.512] s", "ok: 4 files of [0.512] s"]
+
+    timed = separate + [whisper_row] + generate
+    for row in timed:
+        assert row["seconds_per_unit"] > 0 and row["realtime_x"] > 0, row
+        assert row["precision"] == "fp32" and row["peak_gpu_mib"] is None  # CPU: fp32, no GPU memory
+        assert row["usd_per_unit_a10g_estimate"] is None  # priced only from CUDA measurements
+        assert row["case"].endswith("[tiny config]")
+    # The printed table carries the same rows.
+    assert done.stdout.count("[tiny config]") == len(timed)

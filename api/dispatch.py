@@ -1,4 +1,4 @@
-"""Starting jobs: the local worker pool, and the per-user cap on jobs running at once (SPEC section 3, fair use).
+"""Starting jobs: the per-user cap on jobs running at once (SPEC section 3, fair use).
 
 A job is "taken" when it is running or queued with a dispatch id (started somewhere, not yet claimed). Each user
 may have at most `settings.max_running_jobs_per_user` taken jobs; the rest wait queued without a dispatch id until
@@ -8,19 +8,13 @@ dispatching happen under a per-user advisory lock, so two API processes never bo
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import multiprocessing
-from collections.abc import Callable
-from concurrent.futures import Future, ProcessPoolExecutor
 from typing import TYPE_CHECKING
-from uuid import UUID, uuid4
+from uuid import UUID
 
 from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 
-from api.database import secret_key
-from api.runner import run_in_worker
 from api.settings import Settings
 from db import ledger
 
@@ -32,81 +26,6 @@ log = logging.getLogger("studio.dispatch")
 
 class DispatchError(Exception):
     """The job could not be started; it has been failed and its hold released (nothing is charged)."""
-
-
-class LocalDispatcher:
-    """A pool of worker processes (spawned, so no torch/CUDA state is forked) that run `api.runner.run_job`.
-
-    Each worker process keeps its engines across jobs. The pool starts on the first dispatch, so an API or a test
-    that never runs a job pays nothing for it. Dispatch ids live in this process only: after a restart they are
-    unknown, `is_alive` says False and the reaper requeues or fails the job.
-    """
-
-    def __init__(self, settings: Settings, database_url: str) -> None:
-        self._settings = settings
-        self._database_url = database_url
-        self._pool: ProcessPoolExecutor | None = None
-        self._runs: dict[str, Future[str]] = {}
-        self._listeners: list[Callable[[], None]] = []
-
-    def on_finished(self, callback: Callable[[], None]) -> None:
-        """Call `callback` in the event loop whenever a run ends (a slot is free: dispatch the next job)."""
-        self._listeners.append(callback)
-
-    def _executor(self) -> ProcessPoolExecutor:
-        # A worker killed by the OS breaks the whole executor: start a fresh one rather than refusing all jobs.
-        if self._pool is None or getattr(self._pool, "_broken", False):
-            self._pool = ProcessPoolExecutor(
-                max_workers=max(1, self._settings.local_workers), mp_context=multiprocessing.get_context("spawn")
-            )
-        return self._pool
-
-    async def dispatch(self, job_id: UUID, task: str) -> str:
-        dispatch_id = f"local:{uuid4()}"
-        future = self._executor().submit(
-            run_in_worker, str(job_id), self._database_url, self._settings, secret_key(self._settings)
-        )
-        self._runs[dispatch_id] = future
-        loop = asyncio.get_running_loop()
-
-        def done(finished: Future[str]) -> None:
-            try:
-                loop.call_soon_threadsafe(self._finished, dispatch_id, finished)
-            except RuntimeError:
-                pass  # the event loop is closed: the API is shutting down
-
-        future.add_done_callback(done)
-        return dispatch_id
-
-    def _finished(self, dispatch_id: str, future: Future[str]) -> None:
-        self._runs.pop(dispatch_id, None)
-        if not future.cancelled() and future.exception() is not None:
-            log.error("local run %s ended abnormally: %r", dispatch_id, future.exception())
-        for callback in self._listeners:
-            callback()
-
-    async def is_alive(self, dispatch_id: str) -> bool:
-        future = self._runs.get(dispatch_id)
-        return future is not None and not future.done()
-
-    async def cancel(self, dispatch_id: str) -> None:
-        # Only a run still waiting for a worker can be dropped; a running one stops at its next progress
-        # report, when the runner sees cancel_requested.
-        future = self._runs.get(dispatch_id)
-        if future is not None:
-            future.cancel()
-
-    async def close(self) -> None:
-        pool, self._pool = self._pool, None
-        if pool is None:
-            return
-        processes = list(getattr(pool, "_processes", {}).values())
-        pool.shutdown(wait=False, cancel_futures=True)
-        # Jobs still running are abandoned on purpose: the reaper requeues or fails them on the next start.
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            await asyncio.to_thread(process.join, 10)
 
 
 async def _lock_user(conn: AsyncConnection, user_id: UUID) -> None:

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from api.app import AppState
 from api.billing import build_stripe_client
 from api.database import open_pool, resolve_database_url, secret_key
-from api.dispatch import LocalDispatcher
+from api.local_pool import LocalDispatcher
 from api.settings import Settings
 from api.storage import build_storage
 from db.migrate import migrate

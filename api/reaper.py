@@ -227,7 +227,7 @@ class ReaperLoop:
         await clean_retention(state.pool, state.storage, state.settings, state.clock())
 
     async def start(self) -> None:
-        from api.dispatch import LocalDispatcher
+        from api.local_pool import LocalDispatcher
 
         wake = self._wake = asyncio.Event()
         self._stopping.clear()

@@ -255,34 +255,40 @@ async def run_job(ctx: WorkerContext, job_id: UUID, *, dispatch_id: str | None =
         job = await _claim(conn, job_id, ctx.settings, dispatch_id)
         if job is None:
             return "skipped"
-        attempt = job["attempts"]
-        progress = _Progress()
-        heartbeat = asyncio.create_task(_heartbeat(conn, job_id, attempt, progress, ctx.heartbeat_interval))
-        outputs: list[dict[str, Any]] = []
-        try:
-            with tempfile.TemporaryDirectory(prefix="studio-job-") as tmp:
-                metrics = await _execute(ctx, job, Path(tmp), progress, outputs)
-            await _stop(heartbeat, progress)
-            status = await _finish(conn, job_id, attempt, "succeeded", ctx.settings, outputs=outputs, metrics=metrics)
-        except JobCanceled:
-            await _stop(heartbeat, progress)
-            status = await _finish(conn, job_id, attempt, "canceled", ctx.settings)
-        except JobLost:
-            await _stop(heartbeat, progress)
-            status = None
-        except EngineError as exc:
-            await _stop(heartbeat, progress)
-            status = await _finish(
-                conn, job_id, attempt, "failed", ctx.settings, error={"code": exc.code, "message": str(exc)}
-            )
-        except Exception:
-            log.exception("job %s failed unexpectedly", job_id)
-            await _stop(heartbeat, progress)
-            status = await _finish(conn, job_id, attempt, "failed", ctx.settings, error=INTERNAL_ERROR)
-        if status != "succeeded" and outputs:
-            await _drop_orphans(ctx, conn, job_id, [item["ref"] for item in outputs])
-        await _delete_input(ctx, conn, job_id)
-        return status or "lost"
+        return await run_claimed(ctx, conn, job)
+
+
+async def run_claimed(ctx: WorkerContext, conn: AsyncConnection, job: dict[str, Any]) -> str:
+    """Run a job this attempt has claimed (a row `_claim` returned) to a final state, on `conn`: as `run_job`."""
+    job_id: UUID = job["id"]
+    attempt = job["attempts"]
+    progress = _Progress()
+    heartbeat = asyncio.create_task(_heartbeat(conn, job_id, attempt, progress, ctx.heartbeat_interval))
+    outputs: list[dict[str, Any]] = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="studio-job-") as tmp:
+            metrics = await _execute(ctx, job, Path(tmp), progress, outputs)
+        await _stop(heartbeat, progress)
+        status = await _finish(conn, job_id, attempt, "succeeded", ctx.settings, outputs=outputs, metrics=metrics)
+    except JobCanceled:
+        await _stop(heartbeat, progress)
+        status = await _finish(conn, job_id, attempt, "canceled", ctx.settings)
+    except JobLost:
+        await _stop(heartbeat, progress)
+        status = None
+    except EngineError as exc:
+        await _stop(heartbeat, progress)
+        status = await _finish(
+            conn, job_id, attempt, "failed", ctx.settings, error={"code": exc.code, "message": str(exc)}
+        )
+    except Exception:
+        log.exception("job %s failed unexpectedly", job_id)
+        await _stop(heartbeat, progress)
+        status = await _finish(conn, job_id, attempt, "failed", ctx.settings, error=INTERNAL_ERROR)
+    if status != "succeeded" and outputs:
+        await _drop_orphans(ctx, conn, job_id, [item["ref"] for item in outputs])
+    await _delete_input(ctx, conn, job_id)
+    return status or "lost"
 
 
 async def _stop(heartbeat: asyncio.Task[None], progress: _Progress) -> None:
@@ -302,10 +308,7 @@ async def _drop_orphans(ctx: WorkerContext, conn: AsyncConnection, job_id: UUID,
         await ctx.storage.delete(ctx.settings.outputs_bucket, keys)
 
 
-# ---- the local worker process (api.dispatch.LocalDispatcher) ----
-
-_worker_loop: asyncio.AbstractEventLoop | None = None
-_worker_contexts: dict[tuple[str, str], WorkerContext] = {}
+# ---- the local worker process (api.local_pool) ----
 
 
 def worker_context(settings: Settings, database_url: str, signing_key: str) -> WorkerContext:
@@ -316,15 +319,3 @@ def worker_context(settings: Settings, database_url: str, signing_key: str) -> W
         return await connect(database_url, settings)
 
     return WorkerContext(settings=settings, connect=connect_db, storage=build_storage(settings, signing_key))
-
-
-def run_in_worker(job_id: str, database_url: str, settings: Settings, signing_key: str) -> str:
-    """Entry point in a pool process: one event loop and one context (engines included) per process, reused."""
-    global _worker_loop
-    if _worker_loop is None:
-        # One loop for the process's life: storage clients keep connections bound to the loop that made them.
-        _worker_loop = asyncio.new_event_loop()
-    key = (database_url, settings.model_dump_json())
-    if key not in _worker_contexts:
-        _worker_contexts[key] = worker_context(settings, database_url, signing_key)
-    return _worker_loop.run_until_complete(run_job(_worker_contexts[key], UUID(job_id)))

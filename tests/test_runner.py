@@ -12,7 +12,7 @@ import psycopg
 import pytest
 from pydantic import BaseModel
 
-from api.dispatch import LocalDispatcher
+from api.local_pool import LocalDispatcher
 from api.reaper import reap
 from api.runner import WorkerContext, run_job
 from api.settings import Settings

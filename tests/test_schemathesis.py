@@ -35,7 +35,7 @@ class _LiveApi:
         from api.app import AppState, create_app
         from api.auth import ensure_user, mint_local_token
         from api.database import open_pool, secret_key
-        from api.dispatch import LocalDispatcher
+        from api.local_pool import LocalDispatcher
         from api.services import background_services
         from api.storage import LocalStorage
 

@@ -577,7 +577,12 @@ async def submit_job(
         if key is not None:
             async with state.pool.connection() as conn:
                 replay = await idempotency.claim(
-                    conn, user.id, key, _fingerprint(job), settings.idempotency_ttl_seconds
+                    conn,
+                    user.id,
+                    key,
+                    _fingerprint(job),
+                    settings.idempotency_ttl_seconds,
+                    in_flight_lease_seconds=settings.idempotency_in_flight_lease_seconds,
                 )
             if replay is not None:
                 return JSONResponse(replay.body, status_code=replay.status, headers={idempotency.REPLAY_HEADER: "true"})

@@ -36,6 +36,7 @@ from uuid import UUID
 from api.database import secret_key
 from api.local_worker import LOCAL_READY, parse_worker_dispatch_id, worker_main
 from api.settings import Settings
+from db.embedded import pid_is_running
 
 log = logging.getLogger("studio.dispatch")
 
@@ -51,21 +52,6 @@ class _Worker:
     process: BaseProcess
     reports: Connection  # the worker sends one message per finished job
     started: float = field(default_factory=time.monotonic)
-
-
-def pid_is_running(pid: int) -> bool:
-    """Whether a process with this pid exists and is not a zombie (an exited orphan nobody has reaped yet)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rpartition(")")[2].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True  # no /proc: trust kill()
 
 
 class LocalDispatcher:

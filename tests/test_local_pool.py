@@ -11,8 +11,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from api.local_pool import pid_is_running
 from db import ledger
+from db.embedded import pid_is_running
 from tests.jobs_api_support import multipart, wait_final, wait_status, write_audio
 
 

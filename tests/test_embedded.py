@@ -15,9 +15,7 @@ from tests.serve_support import Serve
 def test_a_killed_api_does_not_leave_the_embedded_postgres_running_forever() -> None:
     # Not under pytest's tmp_path: when run as root, pgserver runs Postgres as another user, who must reach it.
     tmp_path = Path(tempfile.mkdtemp(prefix="studio-test-serve-"))
-    env = {
-        key: value for key, value in os.environ.items() if key != "DATABASE_URL" and not key.startswith("STUDIO_")
-    }
+    env = {key: value for key, value in os.environ.items() if key != "DATABASE_URL" and not key.startswith("STUDIO_")}
     env |= {
         "STUDIO_STATE_DIR": str(tmp_path / "state"),
         "STUDIO_ENGINES": "builtin",

@@ -163,7 +163,10 @@ class LocalDispatcher:
             worker.process.exitcode,
             lived,
         )
-        self._quick_deaths = self._quick_deaths + 1 if lived < QUICK_DEATH_SECONDS else 0
+        # Only an exit of its own (a Python error, exit code > 0) soon after start counts as crashing on start; a
+        # worker killed by a signal (OOM killer, SIGKILL) is replaced at once.
+        crashed_on_start = lived < QUICK_DEATH_SECONDS and (worker.process.exitcode or 0) > 0
+        self._quick_deaths = self._quick_deaths + 1 if crashed_on_start else 0
         if self._quick_deaths > 1:
             # Crashing on start (a broken install, an unreachable database): do not spin.
             self._stopping.wait(min(MAX_RESTART_DELAY_SECONDS, 0.25 * 2**self._quick_deaths))

@@ -34,8 +34,8 @@ SEED = 25
 JOBS = 60
 USERS = 4
 CREDITS = 1000
-WORKER_KILL_CHANCE = 0.12  # per submit
-CANCEL_CHANCE = 0.2  # per submit: cancel a random earlier job
+WORKER_KILL_CHANCE = 0.15  # per submit
+CANCEL_CHANCE = 0.2  # per submit: cancel one of the last few jobs
 API_KILL_AT = JOBS // 2
 SECRET = "test-secret-key-not-for-production-000000000000"
 FINAL = ("succeeded", "failed", "canceled")
@@ -54,6 +54,14 @@ def _worker_pids(api_pid: int) -> list[int]:
             continue  # exited while we looked
         if parent == api_pid and b"spawn_main" in command:
             pids.append(int(entry.name))
+    return pids
+
+
+async def _running_workers(api_pid: int, count: int, timeout: float = 30.0) -> list[int]:
+    """The API's worker pids once `count` of them run (a kill just before may be being replaced), bounded."""
+    end = time.monotonic() + timeout
+    while len(pids := _worker_pids(api_pid)) < count and time.monotonic() < end:
+        await asyncio.sleep(0.05)  # polling /proc for a condition, bounded by `timeout`
     return pids
 
 
@@ -99,7 +107,7 @@ async def test_jobs_survive_worker_kills_an_api_restart_and_cancels(
         async with httpx.AsyncClient(timeout=30.0) as http:
             for index in range(JOBS):
                 if index == API_KILL_AT:
-                    orphans = _worker_pids(api.process.pid)
+                    orphans = await _running_workers(api.process.pid, count=2)
                     api.kill()
                     api = Serve(env, chaos_dir / "serve.log")
                     api.wait_healthy()
@@ -109,7 +117,8 @@ async def test_jobs_survive_worker_kills_an_api_restart_and_cancels(
                 assert response.status_code == 202, response.text
                 job_owner[response.json()["id"]] = headers
                 if rng.random() < CANCEL_CHANCE:
-                    victim = rng.choice(list(job_owner))
+                    # Recent jobs are the ones most likely still queued or running: the interesting cancels.
+                    victim = rng.choice(list(job_owner)[-3:])
                     canceled = await http.post(f"{api.base_url}/v1/jobs/{victim}/cancel", headers=job_owner[victim])
                     assert canceled.status_code in (200, 202, 409), canceled.text
                 if rng.random() < WORKER_KILL_CHANCE and (workers := _worker_pids(api.process.pid)):

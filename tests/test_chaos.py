@@ -34,9 +34,9 @@ SEED = 25
 JOBS = 60
 USERS = 4
 CREDITS = 1000
-WORKER_KILL_CHANCE = 0.15  # per submit
-CANCEL_CHANCE = 0.2  # per submit: cancel one of the last few jobs
-API_KILL_AT = JOBS // 2
+BURST = 6  # jobs submitted at once
+WORKER_KILL_CHANCE = 0.8  # per burst
+API_KILL_AT_BURST = JOBS // BURST // 2
 SECRET = "test-secret-key-not-for-production-000000000000"
 FINAL = ("succeeded", "failed", "canceled")
 
@@ -89,6 +89,7 @@ async def test_jobs_survive_worker_kills_an_api_restart_and_cancels(
         "STUDIO_REAPER_INTERVAL_SECONDS": "0.5",
         "STUDIO_JOB_DEADLINE_SECONDS": "3600",  # far beyond the test: no job may be ended by its deadline
         "STUDIO_RATE_LIMIT_PER_MINUTE": "100000",
+        "STUDIO_MAX_RUNNING_JOBS_PER_USER": "4",  # more jobs handed to the workers than they can run at once
     }
     settings = Settings(database_url=database_url, state_dir=chaos_dir / "state", secret_key=SECRET)
     users: list[tuple[UUID, dict[str, str]]] = []
@@ -105,20 +106,25 @@ async def test_jobs_survive_worker_kills_an_api_restart_and_cancels(
     try:
         api.wait_healthy()
         async with httpx.AsyncClient(timeout=30.0) as http:
-            for index in range(JOBS):
-                if index == API_KILL_AT:
+            for burst in range(JOBS // BURST):
+                if burst == API_KILL_AT_BURST:
                     orphans = await _running_workers(api.process.pid, count=2)
                     api.kill()
                     api = Serve(env, chaos_dir / "serve.log")
                     api.wait_healthy()
-                _, headers = rng.choice(users)
-                task = rng.choice(["midi", "midi", "enhance"])
-                response = await http.post(f"{api.base_url}/v1/jobs", headers=headers, **multipart(task, {}, audio))
-                assert response.status_code == 202, response.text
-                job_owner[response.json()["id"]] = headers
-                if rng.random() < CANCEL_CHANCE:
-                    # Recent jobs are the ones most likely still queued or running: the interesting cancels.
-                    victim = rng.choice(list(job_owner)[-3:])
+                # A burst of concurrent submits queues jobs behind the busy workers.
+                picks = [(rng.choice(users)[1], rng.choice(["midi", "midi", "enhance"])) for _ in range(BURST)]
+                responses = await asyncio.gather(
+                    *(
+                        http.post(f"{api.base_url}/v1/jobs", headers=headers, **multipart(task, {}, audio))
+                        for headers, task in picks
+                    )
+                )
+                for (headers, _), response in zip(picks, responses, strict=True):
+                    assert response.status_code == 202, response.text
+                    job_owner[response.json()["id"]] = headers
+                # Cancel some of them (queued or running by now), then maybe kill a worker straight after.
+                for victim in rng.sample([response.json()["id"] for response in responses], rng.randint(0, 2)):
                     canceled = await http.post(f"{api.base_url}/v1/jobs/{victim}/cancel", headers=job_owner[victim])
                     assert canceled.status_code in (200, 202, 409), canceled.text
                 if rng.random() < WORKER_KILL_CHANCE and (workers := _worker_pids(api.process.pid)):

@@ -60,6 +60,8 @@ class Settings(BaseSettings):
     # Jobs
     dispatcher: Literal["local", "modal"] = "local"
     local_workers: int = 1
+    # Local workers are woken by NOTIFY when a job is handed to them; this poll only bounds a missed notification.
+    local_worker_poll_seconds: float = 5.0
     engines: Literal["real", "builtin"] = "real"  # builtin: the small DSP engine, for tests and demos without weights
     allow_noncommercial_models: bool = False
     max_upload_bytes: int = 200 * 1024 * 1024
@@ -75,6 +77,8 @@ class Settings(BaseSettings):
     rate_limit_per_minute: int = 120
     prefer_wait_max_seconds: int = 60
     idempotency_ttl_seconds: int = 24 * 3600
+    # A claimed key whose submit never completed (the API crashed mid-submit) is free again after this lease.
+    idempotency_in_flight_lease_seconds: int = 60
 
     # Money
     welcome_credits: int = 100

@@ -1,7 +1,9 @@
 """The embedded Postgres used when DATABASE_URL is unset: a pgserver-managed server in a git-ignored folder.
 
-pgserver keeps one postmaster per data folder and reuses it across processes and runs; we stop it only when
-the process that started it exits (cleanup_mode="stop"), so `studio serve` shuts it down cleanly.
+pgserver keeps one postmaster per data folder and reuses it across processes and runs. Each process using it is
+listed in the folder's handle file, and the last one to exit stops the server (cleanup_mode="stop"), so
+`studio serve` shuts it down cleanly. A process killed outside Python (SIGKILL, OOM) never removes itself from that
+list, and pgserver would then never stop the server again: `start` prunes such dead entries first.
 """
 
 from __future__ import annotations
@@ -25,7 +27,22 @@ def start(data_dir: Path, *, stop_on_exit: bool = True) -> Any:
     import pgserver
 
     data_dir.mkdir(parents=True, exist_ok=True)
+    _prune_dead_handles(data_dir)
     return pgserver.get_server(data_dir, cleanup_mode="stop" if stop_on_exit else None)
+
+
+def _prune_dead_handles(data_dir: Path) -> list[int]:
+    """Drop the pids of exited processes from pgserver's handle file (`.handle_pids.json`); returns them."""
+    from pgserver.postgres_server import PostgresServer
+    from pgserver.utils import DiskList
+
+    handles = DiskList(data_dir.expanduser().resolve() / ".handle_pids.json")
+    with PostgresServer._lock:  # pgserver's own inter-process lock around every change to that file
+        pids = handles.get()
+        dead = [pid for pid in pids if not pid_is_running(pid)]
+        if dead:
+            handles.put([pid for pid in pids if pid not in dead])
+    return dead
 
 
 def database_url(server: Any, dbname: str = "postgres") -> str:
@@ -47,3 +64,18 @@ def create_database(server: Any, dbname: str, *, template: str | None = None) ->
 def drop_database(server: Any, dbname: str) -> None:
     with psycopg.connect(database_url(server), autocommit=True) as admin:
         admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))
+
+
+def pid_is_running(pid: int) -> bool:
+    """Whether a process with this pid exists and is not a zombie (an exited orphan nobody has reaped yet)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True  # no /proc: trust kill()

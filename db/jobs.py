@@ -168,6 +168,18 @@ async def claim(
     return await cursor.fetchone()
 
 
+async def lock_next_ready(conn: AsyncConnection, ready_marker: str) -> UUID | None:
+    """The oldest queued job handed to local workers (`dispatch_id = ready_marker`), locked FOR UPDATE SKIP LOCKED
+    in the caller's transaction so two workers never wait on or take the same row; None when there is none."""
+    cursor = await conn.execute(
+        "SELECT id FROM jobs WHERE status = 'queued' AND dispatch_id = %s AND NOT cancel_requested"
+        " AND deadline_at > now() ORDER BY created_at, id LIMIT 1 FOR UPDATE SKIP LOCKED",
+        (ready_marker,),
+    )
+    row = await cursor.fetchone()
+    return row[0] if row else None
+
+
 async def heartbeat(
     conn: AsyncConnection, job_id: UUID, attempt: int, progress: float, stage: str | None
 ) -> bool | None:

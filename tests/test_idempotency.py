@@ -105,3 +105,30 @@ async def test_concurrent_requests_with_one_key_create_one_job(
     cost = next(response.json()["cost"] for response in responses if response.status_code == 202)
     async with app_state.pool.connection() as conn:
         assert (await ledger.balance(conn, alice["id"])).held == cost
+
+
+async def test_in_flight_claim_of_a_crashed_submit_expires_after_its_lease(
+    client: Any, alice: dict[str, Any], app_state: Any
+) -> None:
+    body = {"task": "generate", "prompt": "rain"}
+    headers = {**alice["headers"], "Idempotency-Key": "cut-off"}
+    lease = app_state.settings.idempotency_in_flight_lease_seconds
+    async with app_state.pool.connection() as conn:
+        # A submit that claimed the key, then its API process was killed: nothing completes or abandons it.
+        assert await idempotency.claim(conn, alice["id"], "cut-off", _fingerprint_of(body), 24 * 3600) is None
+    assert (await client.post("/v1/jobs", headers=headers, json=body)).status_code == 409
+    async with app_state.pool.connection() as conn:
+        # Age the claim on the database's clock, which is the one the lease is measured with.
+        await conn.execute(
+            "UPDATE idempotency_records SET created_at = now() - make_interval(secs => %s) WHERE key = 'cut-off'",
+            (lease + 1,),
+        )
+    retried = await client.post("/v1/jobs", headers=headers, json=body)
+    assert retried.status_code == 202, retried.text
+    assert await _job_count(app_state) == 1
+    # The lease applies to in-flight claims only: a completed key replays for its whole TTL.
+    async with app_state.pool.connection() as conn:
+        await conn.execute("UPDATE idempotency_records SET created_at = now() - interval '23 hours'")
+    replayed = await client.post("/v1/jobs", headers=headers, json=body)
+    assert replayed.status_code == 202 and replayed.headers[idempotency.REPLAY_HEADER] == "true"
+    assert replayed.json()["id"] == retried.json()["id"] and await _job_count(app_state) == 1

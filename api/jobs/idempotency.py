@@ -27,6 +27,13 @@ MAX_KEY_LENGTH = 255
 REPLAY_HEADER = "Idempotent-Replayed"
 
 
+# Past its TTL, or an in-flight claim past its lease (on the database's clock, like every other expiry).
+_EXPIRED = (
+    "(expires_at <= now() OR (state = 'in_flight'"
+    " AND created_at <= now() - make_interval(secs => %(lease)s::double precision)))"
+)
+
+
 @dataclass(frozen=True)
 class Replay:
     status: int
@@ -50,10 +57,21 @@ def request_hash(parts: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-async def claim(conn: AsyncConnection, user_id: UUID, key: str, fingerprint: str, ttl_seconds: int) -> Replay | None:
+async def claim(
+    conn: AsyncConnection,
+    user_id: UUID,
+    key: str,
+    fingerprint: str,
+    ttl_seconds: int,
+    *,
+    in_flight_lease_seconds: float = 60,
+) -> Replay | None:
     """None when this request now owns the key (it must `complete` or `abandon` it); a Replay when it already ran.
 
-    Raises 422 for a reused key with another body and 409 while the first request is in flight.
+    Raises 422 for a reused key with another body and 409 while the first request is in flight. An in-flight
+    claim older than `in_flight_lease_seconds` is taken over: its request died (an API crash) without completing
+    or abandoning it, and it would otherwise answer 409 for the whole TTL. The lease starts after the upload was
+    received, so it only has to cover pricing, the hold and the dispatch.
     """
     for _ in range(3):
         inserted = await conn.execute(
@@ -64,10 +82,11 @@ async def claim(conn: AsyncConnection, user_id: UUID, key: str, fingerprint: str
         )
         if await inserted.fetchone() is not None:
             return None
+        lease = {"user": user_id, "key": key, "lease": in_flight_lease_seconds}
         cursor = await conn.execute(
-            "SELECT request_hash, state, response_status, response_body, expires_at > now()"
-            " FROM idempotency_records WHERE user_id = %s AND key = %s",
-            (user_id, key),
+            "SELECT request_hash, state, response_status, response_body, NOT (" + _EXPIRED + ")"
+            " FROM idempotency_records WHERE user_id = %(user)s AND key = %(key)s",
+            lease,
         )
         row = await cursor.fetchone()
         if row is None:
@@ -75,8 +94,7 @@ async def claim(conn: AsyncConnection, user_id: UUID, key: str, fingerprint: str
         stored_hash, state, status, body, live = row
         if not live:
             await conn.execute(
-                "DELETE FROM idempotency_records WHERE user_id = %s AND key = %s AND expires_at <= now()",
-                (user_id, key),
+                "DELETE FROM idempotency_records WHERE user_id = %(user)s AND key = %(key)s AND " + _EXPIRED, lease
             )
             continue
         if stored_hash != fingerprint:

@@ -202,7 +202,14 @@ async def submit_job(
         job = await parse_request(request.headers, request.stream(), state, workdir, quote=False)
         if key is not None:
             async with state.pool.connection() as conn:
-                replay = await idempotency.claim(conn, user.id, key, fingerprint(job), settings.idempotency_ttl_seconds)
+                replay = await idempotency.claim(
+                    conn,
+                    user.id,
+                    key,
+                    fingerprint(job),
+                    settings.idempotency_ttl_seconds,
+                    in_flight_lease_seconds=settings.idempotency_in_flight_lease_seconds,
+                )
             if replay is not None:
                 return JSONResponse(replay.body, status_code=replay.status, headers={idempotency.REPLAY_HEADER: "true"})
             claimed = True

@@ -94,7 +94,7 @@ class _Progress:
             self.stage = stage[:64]
 
 
-async def _claim(
+async def claim(
     conn: AsyncConnection, job_id: UUID, settings: Settings, dispatch_id: str | None
 ) -> dict[str, Any] | None:
     async with conn.transaction():
@@ -187,50 +187,54 @@ async def run_job(ctx: WorkerContext, job_id: UUID, *, dispatch_id: str | None =
     claim so the reaper asks about the execution that really holds the job.
     """
     async with await ctx.connect() as conn:
-        job = await _claim(conn, job_id, ctx.settings, dispatch_id)
+        job = await claim(conn, job_id, ctx.settings, dispatch_id)
         if job is None:
             return "skipped"
-        attempt = job["attempts"]
-        progress = _Progress()
-        heartbeat = asyncio.create_task(_heartbeat(conn, job_id, attempt, progress, ctx.heartbeat_interval))
-        outputs: list[dict[str, Any]] = []
-        retention = ctx.settings.output_retention_seconds
-        status: JobStatus | None
-        try:
-            with tempfile.TemporaryDirectory(prefix="studio-job-") as tmp:
-                metrics = await _execute(ctx, job, Path(tmp), progress, outputs)
-            await _stop(heartbeat, progress)
-            status = await finish_attempt(
-                conn,
-                job_id,
-                attempt,
-                JobStatus.SUCCEEDED,
-                retention_seconds=retention,
-                outputs=outputs,
-                metrics=metrics,
-            )
-        except JobCanceled:
-            await _stop(heartbeat, progress)
-            status = await finish_attempt(conn, job_id, attempt, JobStatus.CANCELED, retention_seconds=retention)
-        except JobLost:
-            await _stop(heartbeat, progress)
-            status = None
-        except EngineError as exc:
-            await _stop(heartbeat, progress)
-            error = {"code": exc.code, "message": str(exc)}
-            status = await finish_attempt(
-                conn, job_id, attempt, JobStatus.FAILED, retention_seconds=retention, error=error
-            )
-        except Exception:
-            log.exception("job %s failed unexpectedly", job_id)
-            await _stop(heartbeat, progress)
-            status = await finish_attempt(
-                conn, job_id, attempt, JobStatus.FAILED, retention_seconds=retention, error=INTERNAL_ERROR
-            )
-        if status != JobStatus.SUCCEEDED and outputs:
-            await _drop_orphans(ctx, conn, job_id, [item["ref"] for item in outputs])
-        await _delete_input(ctx, conn, job_id)
-        return str(status) if status else "lost"
+        return await run_claimed(ctx, conn, job)
+
+
+async def run_claimed(ctx: WorkerContext, conn: AsyncConnection, job: dict[str, Any]) -> str:
+    """Run a job this attempt has claimed (a row `claim` returned) to a final state, on `conn`: as `run_job`."""
+    job_id: UUID = job["id"]
+    attempt = job["attempts"]
+    progress = _Progress()
+    heartbeat = asyncio.create_task(_heartbeat(conn, job_id, attempt, progress, ctx.heartbeat_interval))
+    outputs: list[dict[str, Any]] = []
+    retention = ctx.settings.output_retention_seconds
+    status: JobStatus | None
+    try:
+        with tempfile.TemporaryDirectory(prefix="studio-job-") as tmp:
+            metrics = await _execute(ctx, job, Path(tmp), progress, outputs)
+        await _stop(heartbeat, progress)
+        status = await finish_attempt(
+            conn,
+            job_id,
+            attempt,
+            JobStatus.SUCCEEDED,
+            retention_seconds=retention,
+            outputs=outputs,
+            metrics=metrics,
+        )
+    except JobCanceled:
+        await _stop(heartbeat, progress)
+        status = await finish_attempt(conn, job_id, attempt, JobStatus.CANCELED, retention_seconds=retention)
+    except JobLost:
+        await _stop(heartbeat, progress)
+        status = None
+    except EngineError as exc:
+        await _stop(heartbeat, progress)
+        error = {"code": exc.code, "message": str(exc)}
+        status = await finish_attempt(conn, job_id, attempt, JobStatus.FAILED, retention_seconds=retention, error=error)
+    except Exception:
+        log.exception("job %s failed unexpectedly", job_id)
+        await _stop(heartbeat, progress)
+        status = await finish_attempt(
+            conn, job_id, attempt, JobStatus.FAILED, retention_seconds=retention, error=INTERNAL_ERROR
+        )
+    if status != JobStatus.SUCCEEDED and outputs:
+        await _drop_orphans(ctx, conn, job_id, [item["ref"] for item in outputs])
+    await _delete_input(ctx, conn, job_id)
+    return str(status) if status else "lost"
 
 
 async def _stop(heartbeat: asyncio.Task[None], progress: _Progress) -> None:

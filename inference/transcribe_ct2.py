@@ -105,7 +105,7 @@ class FasterWhisperEngine:
 
         def ours() -> Iterator[Segment]:
             for raw in raw_segments:
-                segment = _segment(raw, params.word_timestamps)
+                segment = _segment(raw, params.word_timestamps, duration)
                 progress(DECODE_SHARE + (1.0 - DECODE_SHARE) * min(1.0, segment.end / max(duration, 1e-9)), None)
                 if segment.text:
                     yield segment
@@ -144,6 +144,9 @@ def transcribe_options(params: TranscribeParams, duration: float) -> dict[str, A
     }
     if is_batched(params, duration):
         options["batch_size"] = params.batch_size or FASTER_WHISPER_BATCH_SIZE
+        # The pipeline's default decodes text only, making each <= 30 s chunk one segment (one subtitle cue);
+        # with timestamp tokens the model splits chunks into sentence-sized segments, as in sequential mode.
+        options["without_timestamps"] = False
         if not vad_filter:  # the batched pipeline needs chunk boundaries: plain 30 s windows
             starts = np.arange(0.0, duration, WINDOW_SECONDS)
             options["clip_timestamps"] = [
@@ -152,15 +155,22 @@ def transcribe_options(params: TranscribeParams, duration: float) -> dict[str, A
     return options
 
 
-def _segment(raw: Any, with_words: bool) -> Segment:
-    start = float(raw.start)
+def _segment(raw: Any, with_words: bool, duration: float) -> Segment:
+    """Our Segment from faster-whisper's, with times clamped into the audio: a last window's timestamp tokens can
+    point past the end of the input (seen: 49.1 s on 46.4 s of audio), and a subtitle cue must not."""
+
+    def clamp(seconds: float) -> float:
+        return min(max(0.0, float(seconds)), duration)
+
+    start = clamp(raw.start)
     words = None
     if with_words:
         words = tuple(
-            Word(word=str(w.word), start=float(w.start), end=float(w.end), probability=float(w.probability))
+            Word(word=str(w.word), start=clamp(w.start), end=max(clamp(w.start), clamp(w.end)),
+                 probability=float(w.probability))
             for w in raw.words or []
-        )
-    return Segment(start=start, end=max(start, float(raw.end)), text=str(raw.text).strip(), words=words)
+        )  # fmt: skip
+    return Segment(start=start, end=max(start, clamp(raw.end)), text=str(raw.text).strip(), words=words)
 
 
 def verify_weights(model_key: str, weights_dir: Path, lock: ModelsLock | None = None) -> Path:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 from inference.base import EngineError
 from inference.models import UnknownModel
@@ -90,12 +91,55 @@ def test_word_timestamps_when_asked(engine: TranscribeEngine, speech_file: Path,
     assert words[0]["end"] <= words[1]["start"]
 
 
-@pytest.mark.engine
-def test_given_language_and_translate_task(engine: TranscribeEngine, speech_file: Path, tmp_path: Path) -> None:
-    document, _ = transcribe(engine, speech_file, tmp_path, language="fr", task="translate")
+def _decoder_prompts(engine: TranscribeEngine, source: Path, out_dir: Path, **params: object) -> list[list[int]]:
+    """Run a job and return the token sequences the real decoder was fed at the start of each window (a forward
+    pre-hook observes the model's own input; nothing is replaced)."""
+    prompts: list[list[int]] = []
 
+    def record(module: torch.nn.Module, args: tuple) -> None:
+        tokens = args[0]
+        if tokens.shape[-1] > 1:  # a window's first step gets the whole prompt; later steps one new token each
+            prompts.append(tokens[0].tolist())
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    handle = engine.model.decoder.register_forward_pre_hook(record)
+    try:
+        document, _ = transcribe(engine, source, out_dir, **params)
+    finally:
+        handle.remove()
+    assert document["task"] == params.get("task", "transcribe")
+    return prompts
+
+
+@pytest.mark.engine
+def test_given_language_and_translate_task_reach_the_model(
+    engine: TranscribeEngine, speech_file: Path, tmp_path: Path
+) -> None:
+    import whisper.tokenizer
+
+    tokenizer = whisper.tokenizer.get_tokenizer(True, num_languages=engine.model.num_languages)
+    translate = _decoder_prompts(engine, speech_file, tmp_path / "a", language="fr", task="translate")
+    transcribe_ = _decoder_prompts(engine, speech_file, tmp_path / "b", language="fr", task="transcribe")
+
+    french = tokenizer.to_language_token("fr")
+    assert translate and all(p[:3] == [tokenizer.sot, french, tokenizer.translate] for p in translate)
+    assert transcribe_ and all(p[:3] == [tokenizer.sot, french, tokenizer.transcribe] for p in transcribe_)
+    document = json.loads((tmp_path / "a" / "transcript.json").read_text(encoding="utf-8"))
     assert (document["language"], document["task"]) == ("fr", "translate")
     assert "words" not in document["segments"][0]
+
+
+@pytest.mark.engine
+def test_initial_prompt_reaches_the_model(engine: TranscribeEngine, speech_file: Path, tmp_path: Path) -> None:
+    import whisper.tokenizer
+
+    tokenizer = whisper.tokenizer.get_tokenizer(True, num_languages=engine.model.num_languages)
+    prompts = _decoder_prompts(engine, speech_file, tmp_path, language="de", initial_prompt=" Guten Tag.")
+    # whisper puts the prompt before <|startofprev|>...<|startoftranscript|>: <|startofprev|> + prompt tokens.
+    assert prompts[0][: 1 + len(tokenizer.encode(" Guten Tag."))] == [
+        tokenizer.sot_prev,
+        *tokenizer.encode(" Guten Tag."),
+    ]
 
 
 @pytest.mark.engine

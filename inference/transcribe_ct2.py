@@ -104,9 +104,11 @@ class FasterWhisperEngine:
         raw_segments, info = self.transcribe(samples, params)
 
         def ours() -> Iterator[Segment]:
+            reached = 0.0  # audio seconds transcribed so far; never reported backwards
             for raw in raw_segments:
                 segment = _segment(raw, params.word_timestamps, duration)
-                progress(DECODE_SHARE + (1.0 - DECODE_SHARE) * min(1.0, segment.end / max(duration, 1e-9)), None)
+                reached = max(reached, segment.end)
+                progress(DECODE_SHARE + (1.0 - DECODE_SHARE) * reached / max(duration, 1e-9), None)
                 if segment.text:
                     yield segment
 
@@ -120,10 +122,9 @@ class FasterWhisperEngine:
 
     def transcribe(self, samples: np.ndarray, params: TranscribeParams) -> tuple[Iterable[Any], Any]:
         """faster-whisper's (segments generator, info) for 16 kHz mono samples, in the mode the params ask for."""
-        return self.model_call(samples, params)(samples, **transcribe_options(params, len(samples) / SAMPLE_RATE))
-
-    def model_call(self, samples: np.ndarray, params: TranscribeParams) -> Any:
-        return self.batched.transcribe if is_batched(params, len(samples) / SAMPLE_RATE) else self.model.transcribe
+        duration = len(samples) / SAMPLE_RATE
+        call = self.batched.transcribe if is_batched(params, duration) else self.model.transcribe
+        return call(samples, **transcribe_options(params, duration))
 
 
 def is_batched(params: TranscribeParams, duration: float) -> bool:

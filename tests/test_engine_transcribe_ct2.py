@@ -115,12 +115,13 @@ def ours(document: dict) -> list[dict]:
 def test_segments_and_words_equal_the_library_called_directly(
     engine: FasterWhisperEngine, library: WhisperModel, speech: Path, tmp_path: Path
 ) -> None:
-    params = {"word_timestamps": True, "initial_prompt": "Safety notice.", "temperature": 0.2}
+    # temperature 0 first: a sampled first pass (t > 0) is random, so two runs could not be compared
+    params = {"word_timestamps": True, "initial_prompt": "Safety notice.", "temperature": 0.0}
     document, progress = run(engine, speech, tmp_path, **params)
 
     samples = audio.decode(speech, sample_rate=16_000, mono=True)[0]
     options = transcribe_options(TranscribeParams(model=MODEL, **params), len(samples) / 16_000)
-    assert options["vad_filter"] is True and options["temperature"] == [0.2, 0.4, 0.6, 0.8, 1.0]
+    assert options["vad_filter"] is True and options["temperature"] == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
     segments, info = library.transcribe(samples, **options)
     expected = library_segments(segments, with_words=True, duration=len(samples) / 16_000)
     assert ours(document) == expected and len(expected) >= 1

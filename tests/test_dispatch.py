@@ -11,6 +11,7 @@ import pytest
 
 from api.background.reaper import ReaperLoop
 from api.jobs.dispatch import DispatchError, dispatch_job, dispatch_ready
+from api.protocols import Liveness
 from db import ledger
 from tests.jobs_support import (
     RefusingDispatcher,
@@ -54,10 +55,10 @@ async def test_dispatched_job_runs_in_a_worker_process(
     assert await ledger_kinds(conn, job_id) == ["hold", "capture"]
 
     async def ended() -> bool:
-        return not await app_state.dispatcher.is_alive(dispatch_id)
+        return await app_state.dispatcher.is_alive(dispatch_id) is Liveness.DEAD
 
     await wait_until(ended, what="the dispatch to end")
-    assert not await app_state.dispatcher.is_alive("local:unknown")
+    assert await app_state.dispatcher.is_alive("local:unknown") is Liveness.DEAD
 
 
 async def test_running_cap_queues_extra_jobs_until_a_slot_frees(

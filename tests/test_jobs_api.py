@@ -49,6 +49,7 @@ async def test_tasks_are_public_with_prices_limits_and_licences(client: Any) -> 
         assert item["limits"]["formats"] == ["wav", "flac", "mp3", "ogg", "m4a"]
         assert item["params_schema"]["type"] == "object"
         assert item["models"], name
+        assert all(model["installed"] for model in item["models"]), "builtin engines need no weights"
     models = {model["key"]: model for model in tasks["generate"]["models"]}
     assert models["audioldm2"]["enabled"] is False and models["audioldm2"]["commercial_use"] is False
     assert models["stable-audio-open"]["enabled"] is True

@@ -18,6 +18,7 @@ import pytest
 from modal._utils.async_utils import synchronizer
 
 import modal_app
+from api.protocols import Liveness
 from api.settings import Settings
 from api.storage import LocalStorage
 from tests.jobs_support import job_row, ledger_kinds, make_job, make_user, write_tone
@@ -332,7 +333,8 @@ async def test_asgi_app_submits_through_modal_dispatcher_and_a_worker_finishes_i
             assert FakeWorker.spawned == [("midi", job_id)]
             row = await _job(database_url, job_id)
             assert row["dispatch_id"] == "fc-1" and row["status"] == "queued"
-            assert await state.dispatcher.is_alive("fc-1") is True  # TimeoutError from get(timeout=0) = running
+            # TimeoutError from get(timeout=0) = running
+            assert await state.dispatcher.is_alive("fc-1") is Liveness.ALIVE
 
             # Modal would now start a MidiWorker container for the spawned call: run that class for real.
             from inference.models import pull
@@ -341,7 +343,7 @@ async def test_asgi_app_submits_through_modal_dispatcher_and_a_worker_finishes_i
             status = await asyncio.to_thread(modal_app.MidiWorker().run.local, job_id)
             assert status == "succeeded"
             FakeFunctionCall.calls["fc-1"].result = status
-            assert await state.dispatcher.is_alive("fc-1") is False
+            assert await state.dispatcher.is_alive("fc-1") is Liveness.DEAD
 
             job = (await http.get(f"/v1/jobs/{job_id}", headers=headers)).json()
             assert job["status"] == "succeeded"

@@ -10,6 +10,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from uuid import UUID, uuid4
 
 from api.database import secret_key
+from api.protocols import Liveness
 from api.settings import Settings
 from api.worker.process import run_in_worker
 
@@ -67,11 +68,11 @@ class LocalDispatcher:
         for callback in self._listeners:
             callback()
 
-    async def is_alive(self, dispatch_id: str) -> bool:
+    async def is_alive(self, dispatch_id: str) -> Liveness:
         future = self._runs.get(dispatch_id)
-        return future is not None and not future.done()
+        return Liveness.ALIVE if future is not None and not future.done() else Liveness.DEAD
 
-    async def cancel(self, dispatch_id: str) -> None:
+    async def cancel(self, dispatch_id: str, *, terminate: bool = False) -> None:
         # Only a run still waiting for a worker can be dropped; a running one stops at its next progress
         # report, when the runner sees cancel_requested.
         future = self._runs.get(dispatch_id)

@@ -22,9 +22,10 @@ from typing import Any
 from uuid import UUID
 
 from psycopg import AsyncConnection
+from pydantic import BaseModel
 
 from api.jobs.outbox import enqueue_job_event
-from api.jobs.settle import INTERNAL_ERROR, finish_attempt
+from api.jobs.settle import INTERNAL_ERROR, WORKER_INTERRUPTED, fail_out_of_attempts, finish_attempt
 from api.protocols import Storage
 from api.settings import Settings
 from db import jobs as db_jobs
@@ -33,6 +34,9 @@ from inference.base import Engine, EngineError, EngineResult
 from inference.params import TASK_PARAMS
 
 log = logging.getLogger("studio.runner")
+
+# How long an interrupted run waits for its engine thread to reach its next progress report and stop.
+ENGINE_STOP_SECONDS = 60.0
 
 
 class JobCanceled(Exception):
@@ -82,6 +86,8 @@ class _Progress:
         self.canceled = threading.Event()
         self.lost = threading.Event()
         self.done = asyncio.Event()  # set by the runner: the heartbeat writes no more
+        self.engine_idle = threading.Event()  # cleared while the engine thread runs
+        self.engine_idle.set()
 
     def report(self, fraction: float, stage: str | None = None) -> None:
         if self.lost.is_set():
@@ -97,7 +103,14 @@ async def _claim(
     conn: AsyncConnection, job_id: UUID, settings: Settings, dispatch_id: str | None
 ) -> dict[str, Any] | None:
     async with conn.transaction():
-        job = await db_jobs.claim(conn, job_id, settings.heartbeat_timeout_seconds, dispatch_id)
+        job = await db_jobs.claim(
+            conn,
+            job_id,
+            settings.heartbeat_timeout_seconds,
+            dispatch_id,
+            max_attempts=settings.max_attempts,
+            deadline_seconds=settings.job_deadline_seconds,
+        )
         if job is not None and job["attempts"] == 1:
             await enqueue_job_event(conn, job_id, "job.started")
     return job
@@ -134,6 +147,16 @@ async def _delete_input(ctx: WorkerContext, conn: AsyncConnection, job_id: UUID)
     await db_jobs.clear_input_ref(conn, job_id, ref)
 
 
+def _run_engine(
+    engine: Engine, input_path: Path | None, params: BaseModel, out_dir: Path, progress: _Progress
+) -> EngineResult:
+    progress.engine_idle.clear()
+    try:
+        return engine.run(input_path, params, out_dir, progress.report)
+    finally:
+        progress.engine_idle.set()
+
+
 async def _execute(
     ctx: WorkerContext, job: dict[str, Any], workdir: Path, progress: _Progress, outputs: list[dict[str, Any]]
 ) -> dict[str, Any]:
@@ -145,11 +168,19 @@ async def _execute(
         suffix = PurePosixPath(job["input_ref"]).suffix
         input_path = await ctx.storage.get_file(settings.inputs_bucket, job["input_ref"], workdir / f"input{suffix}")
     params = TASK_PARAMS[job["task"]].model_validate(job["params"])
-    engine = await asyncio.to_thread(ctx.engine, job["task"], job["model_key"])
+    try:
+        engine = await asyncio.to_thread(ctx.engine, job["task"], job["model_key"])
+    except FileNotFoundError as exc:
+        # Weights removed after the submit's check (which refuses models that are not installed): say so rather
+        # than report an internal error that a retry cannot fix.
+        log.error("weights of %s missing: %s", job["model_key"], exc)
+        raise EngineError(
+            f"the weights of {job['model_key']} are not installed on this deployment", code="model_not_installed"
+        ) from exc
     out_dir = workdir / "out"
     out_dir.mkdir()
     started = time.monotonic()
-    result: EngineResult = await asyncio.to_thread(engine.run, input_path, params, out_dir, progress.report)
+    result: EngineResult = await asyncio.to_thread(_run_engine, engine, input_path, params, out_dir, progress)
     compute_seconds = time.monotonic() - started
     for output in result.outputs:
         key = f"{job['user_id']}/{job['id']}/{output.name}"
@@ -179,6 +210,12 @@ async def run_job(ctx: WorkerContext, job_id: UUID, *, dispatch_id: str | None =
     async with await ctx.connect() as conn:
         job = await _claim(conn, job_id, ctx.settings, dispatch_id)
         if job is None:
+            settings = ctx.settings
+            if await fail_out_of_attempts(
+                conn, job_id, settings.max_attempts, settings.heartbeat_timeout_seconds, dispatch_id
+            ):
+                await _delete_input(ctx, conn, job_id)
+                return str(JobStatus.FAILED)
             return "skipped"
         attempt = job["attempts"]
         progress = _Progress()
@@ -186,6 +223,7 @@ async def run_job(ctx: WorkerContext, job_id: UUID, *, dispatch_id: str | None =
         outputs: list[dict[str, Any]] = []
         retention = ctx.settings.output_retention_seconds
         status: JobStatus | None
+        interruption: BaseException | None = None
         try:
             with tempfile.TemporaryDirectory(prefix="studio-job-") as tmp:
                 metrics = await _execute(ctx, job, Path(tmp), progress, outputs)
@@ -217,9 +255,24 @@ async def run_job(ctx: WorkerContext, job_id: UUID, *, dispatch_id: str | None =
             status = await finish_attempt(
                 conn, job_id, attempt, JobStatus.FAILED, retention_seconds=retention, error=INTERNAL_ERROR
             )
+        except BaseException as exc:
+            # Not an Exception: modal's InputCancellation (modal/exception.py; raised in a sync method's main thread
+            # when its FunctionCall is cancelled, modal/_container_entrypoint.py), the task being cancelled, or
+            # SystemExit. Settle before it propagates, or the hold would wait for the reaper; and stop the engine
+            # thread first, or it would keep the device into the next job.
+            log.warning("job %s interrupted by %r", job_id, exc)
+            interruption = exc
+            progress.canceled.set()  # the engine thread raises at its next progress report
+            await asyncio.to_thread(progress.engine_idle.wait, ENGINE_STOP_SECONDS)
+            await _stop(heartbeat, progress)
+            status = await finish_attempt(
+                conn, job_id, attempt, JobStatus.FAILED, retention_seconds=retention, error=WORKER_INTERRUPTED
+            )
         if status != JobStatus.SUCCEEDED and outputs:
             await _drop_orphans(ctx, conn, job_id, [item["ref"] for item in outputs])
         await _delete_input(ctx, conn, job_id)
+        if interruption is not None:
+            raise interruption
         return str(status) if status else "lost"
 
 

@@ -43,6 +43,11 @@ class JobCanceled(Exception):
     """Raised inside the engine thread at its next progress report once the user asked to cancel."""
 
 
+class JobInterrupted(Exception):
+    """Raised inside the engine thread at its next progress report once the worker was told to stop (on Modal, the
+    input was cancelled: see modal_app.py `_JobWorker.run`)."""
+
+
 class JobLost(Exception):
     """This attempt no longer owns the job (the reaper failed it, or another attempt re-claimed it)."""
 
@@ -80,7 +85,8 @@ class WorkerContext:
 class _Progress:
     """Shared between the engine thread (reports) and the heartbeat task (writes, reads cancel_requested)."""
 
-    def __init__(self) -> None:
+    def __init__(self, interrupted: threading.Event | None = None) -> None:
+        self.interrupted = interrupted
         self.fraction = 0.0
         self.stage: str | None = "running"
         self.canceled = threading.Event()
@@ -94,6 +100,8 @@ class _Progress:
             raise JobLost()
         if self.canceled.is_set():
             raise JobCanceled()
+        if self.interrupted is not None and self.interrupted.is_set():
+            raise JobInterrupted()
         self.fraction = min(1.0, max(0.0, float(fraction)))
         if stage:
             self.stage = stage[:64]
@@ -200,12 +208,15 @@ async def _execute(
     return metrics
 
 
-async def run_job(ctx: WorkerContext, job_id: UUID, *, dispatch_id: str | None = None) -> str:
+async def run_job(
+    ctx: WorkerContext, job_id: UUID, *, dispatch_id: str | None = None, interrupted: threading.Event | None = None
+) -> str:
     """Run one job to a final state. Returns the state this call wrote, or "skipped" (not ours to run: final,
     canceled, or running under another live attempt) or "lost" (reaped or re-claimed while we ran).
 
     `dispatch_id` names the execution running this attempt (Modal's FunctionCall id): it is recorded at the
-    claim so the reaper asks about the execution that really holds the job.
+    claim so the reaper asks about the execution that really holds the job. Setting `interrupted` (from any thread,
+    a signal handler included) stops the engine at its next progress report and fails the job `worker_interrupted`.
     """
     async with await ctx.connect() as conn:
         job = await _claim(conn, job_id, ctx.settings, dispatch_id)
@@ -218,7 +229,7 @@ async def run_job(ctx: WorkerContext, job_id: UUID, *, dispatch_id: str | None =
                 return str(JobStatus.FAILED)
             return "skipped"
         attempt = job["attempts"]
-        progress = _Progress()
+        progress = _Progress(interrupted)
         heartbeat = asyncio.create_task(_heartbeat(conn, job_id, attempt, progress, ctx.heartbeat_interval))
         outputs: list[dict[str, Any]] = []
         retention = ctx.settings.output_retention_seconds
@@ -243,6 +254,11 @@ async def run_job(ctx: WorkerContext, job_id: UUID, *, dispatch_id: str | None =
         except JobLost:
             await _stop(heartbeat, progress)
             status = None
+        except JobInterrupted:
+            await _stop(heartbeat, progress)
+            status = await finish_attempt(
+                conn, job_id, attempt, JobStatus.FAILED, retention_seconds=retention, error=WORKER_INTERRUPTED
+            )
         except EngineError as exc:
             await _stop(heartbeat, progress)
             error = {"code": exc.code, "message": str(exc)}
@@ -281,8 +297,11 @@ async def _stop(heartbeat: asyncio.Task[None], progress: _Progress) -> None:
     progress.done.set()
     try:
         await heartbeat
-    except Exception:
-        # Without heartbeats the reaper would eventually fail the job; the settlement below decides first.
+    except BaseException:
+        if not heartbeat.done() or heartbeat.cancelled():
+            raise  # this task itself is being cancelled
+        # The heartbeat's own failure (an interruption may land in its frames too). Without heartbeats the reaper
+        # would eventually fail the job; the settlement below decides first.
         log.exception("heartbeat of a job failed")
 
 

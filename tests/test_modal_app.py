@@ -154,6 +154,10 @@ def worker_env(monkeypatch: pytest.MonkeyPatch, settings: Settings, database_url
            "STUDIO_ENGINES": "real", "STUDIO_PUBLIC_BASE_URL": settings.public_base_url}  # fmt: skip
     for key, value in env.items():
         monkeypatch.setenv(key, value)
+    for cls in (modal_app.SeparateWorker, modal_app.TranscribeWorker, modal_app.GenerateWorker):
+        # This machine has no GPU: the CPU stands in for CUDA (the CUDA check itself: tests/test_modal_worker.py).
+        monkeypatch.setattr(cls._get_user_cls(), "cuda_available", staticmethod(lambda: True))
+        monkeypatch.setattr(cls._get_user_cls(), "gpu_device", "cpu")
     return Settings()
 
 
@@ -320,6 +324,9 @@ async def test_asgi_app_submits_through_modal_dispatcher_and_a_worker_finishes_i
         token = mint_local_token(state.settings, state.signing_key, user_id, "modal@example.com")
         headers = {"Authorization": f"Bearer {token}"}
         audio = write_tone(tmp_path / "melody.wav", seconds=2.0, rate=22050)
+        from inference.models import pull
+
+        pull(["basic-pitch"], worker_env.weights_path)  # installed: the API accepts jobs for it
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as http:
             with audio.open("rb") as handle:
                 response = await http.post(
@@ -337,9 +344,6 @@ async def test_asgi_app_submits_through_modal_dispatcher_and_a_worker_finishes_i
             assert await state.dispatcher.is_alive("fc-1") is Liveness.ALIVE
 
             # Modal would now start a MidiWorker container for the spawned call: run that class for real.
-            from inference.models import pull
-
-            pull(["basic-pitch"], worker_env.weights_path)
             status = await asyncio.to_thread(modal_app.MidiWorker().run.local, job_id)
             assert status == "succeeded"
             FakeFunctionCall.calls["fc-1"].result = status

@@ -240,3 +240,10 @@ def test_the_hugging_face_secret_is_optional_and_only_download_models_mounts_it(
     named = _secrets_by_function({"STUDIO_MODAL_HF_SECRET": "studio-huggingface"})
     assert named["download_models"] == ["studio-huggingface"]
     assert all("studio-huggingface" not in names for name, names in named.items() if name != "download_models")
+
+
+def test_the_api_sees_the_weights_volume_read_only() -> None:
+    """Item 20 on Modal: the API checks a model's files on the Volume download_models fills."""
+    [(path, volume)] = _definition(modal_app.api)["validated_volumes_no_cloud_buckets"]
+    assert path == modal_app.WEIGHTS_MOUNT == modal_app.PRODUCTION_ENV["STUDIO_WEIGHTS_DIR"]
+    assert synchronizer._translate_in(volume)._mount_options.read_only is True

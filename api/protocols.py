@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
+from enum import Enum
 from pathlib import Path
 from typing import Protocol
 from uuid import UUID
@@ -31,6 +32,14 @@ class Storage(Protocol):
         ...
 
 
+class Liveness(Enum):
+    """What a dispatcher knows about an execution: the reaper acts only on DEAD."""
+
+    ALIVE = "alive"  # queued, running, or waiting for a retry
+    DEAD = "dead"  # ended (returned, raised, timed out, cancelled, expired) or never existed
+    UNKNOWN = "unknown"  # could not ask (network, control-plane error): decide on a later pass
+
+
 class Dispatcher(Protocol):
     """Starts job executions somewhere (local process pool or Modal) and answers whether they are alive."""
 
@@ -39,12 +48,15 @@ class Dispatcher(Protocol):
         Raises on failure: the caller then releases the hold."""
         ...
 
-    async def is_alive(self, dispatch_id: str) -> bool:
-        """False once the execution has ended or is unknown (the reaper fails jobs whose worker is gone)."""
+    async def is_alive(self, dispatch_id: str) -> Liveness:
+        """Whether the execution still runs; UNKNOWN when the backend could not be asked (the reaper then leaves
+        the job for a later pass: stale heartbeats and the deadline still end it)."""
         ...
 
-    async def cancel(self, dispatch_id: str) -> None:
-        """Best-effort stop of a running execution."""
+    async def cancel(self, dispatch_id: str, *, terminate: bool = False) -> None:
+        """Drop an execution that has not claimed its job yet. A claimed job stops cooperatively at its next
+        progress report (`cancel_requested`); only `terminate=True` (the reaper, past the deadline) stops one that
+        may be hung, by ending its worker."""
         ...
 
     async def close(self) -> None: ...

@@ -71,7 +71,11 @@ class Settings(BaseSettings):
     input_fetch_timeout_seconds: float = 30.0
     # Local development and tests fetch input_url from http://127.0.0.1; production allows only public https.
     input_url_allow_insecure: bool = False
+    # A job's deadline: from submit, and renewed at every claim so queue time never eats an attempt's run time.
     job_deadline_seconds: int = 2 * 3600
+    # Claims per job: the claim past this fails it `too_many_attempts` (a job that always crashes its worker would
+    # otherwise be retried by Modal with backoff until its deadline).
+    max_attempts: int = 3
     heartbeat_timeout_seconds: int = 300
     max_running_jobs_per_user: int = 2
     rate_limit_per_minute: int = 120

@@ -147,23 +147,44 @@ async def status_of(conn: AsyncConnection, job_id: UUID) -> JobStatus | None:
 # ---- a worker's attempt: claim, heartbeat ----
 
 
+# A job an attempt may take: queued, or running under an attempt that is gone (its heartbeat went stale, or Modal
+# retried the same FunctionCall: Modal runs one attempt of a call at a time, so a retry of the same call after
+# preemption or a crash means the earlier attempt is gone and it takes the job over without waiting for staleness).
+_CLAIMABLE = (
+    "NOT cancel_requested AND (status = 'queued' OR (status = 'running'"
+    " AND coalesce(heartbeat_at, started_at) < now() - make_interval(secs => %(stale_after)s))"
+    " OR (status = 'running' AND %(dispatch)s::text IS NOT NULL AND dispatch_id = %(dispatch)s::text))"
+)
+
+
 async def claim(
-    conn: AsyncConnection, job_id: UUID, heartbeat_timeout_seconds: float, dispatch_id: str | None
+    conn: AsyncConnection,
+    job_id: UUID,
+    heartbeat_timeout_seconds: float,
+    dispatch_id: str | None,
+    *,
+    max_attempts: int,
+    deadline_seconds: float,
 ) -> dict[str, Any] | None:
-    """Start an attempt: queued -> running, or take over a running job whose heartbeat went stale. None when the
-    job is not this caller's to run (final, canceled, or running under another live attempt)."""
+    """Start an attempt: queued -> running, or take over a running job whose attempt is gone. None when the job is
+    not this caller's to run (final, canceled, running under another live attempt, or out of attempts).
+
+    The deadline is renewed to at least `deadline_seconds` from now, so time spent queued never eats the attempt's
+    own time limit."""
     cursor = conn.cursor(row_factory=dict_row)
     await cursor.execute(
         "UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = coalesce(started_at, now()),"
-        " heartbeat_at = now(), progress = 0, stage = 'starting',"
-        " dispatch_id = coalesce(%s, dispatch_id)"
-        " WHERE id = %s AND NOT cancel_requested AND (status = 'queued' OR (status = 'running'"
-        " AND coalesce(heartbeat_at, started_at) < now() - make_interval(secs => %s))"
-        # Modal runs one attempt of a FunctionCall at a time: a retry of the same call (after preemption or a
-        # crash) means the earlier attempt is gone, so it takes the job over without waiting for staleness.
-        " OR (status = 'running' AND %s::text IS NOT NULL AND dispatch_id = %s::text))"
+        " heartbeat_at = now(), progress = 0, stage = 'starting', dispatch_id = coalesce(%(dispatch)s, dispatch_id),"
+        " deadline_at = greatest(deadline_at, now() + make_interval(secs => %(deadline)s))"
+        f" WHERE id = %(id)s AND attempts < %(max)s AND {_CLAIMABLE}"
         " RETURNING id, user_id, task, params, model_key, input_ref, input_meta, attempts",
-        (dispatch_id, job_id, heartbeat_timeout_seconds, dispatch_id, dispatch_id),
+        {
+            "id": job_id,
+            "dispatch": dispatch_id,
+            "stale_after": heartbeat_timeout_seconds,
+            "max": max_attempts,
+            "deadline": deadline_seconds,
+        },
     )
     return await cursor.fetchone()
 
@@ -238,6 +259,15 @@ async def lock_dispatch(conn: AsyncConnection, job_id: UUID, status: str, attemp
     return await _lock_if(conn, job_id, guard, {"status": status, "attempts": attempts, "dispatch": dispatch_id})
 
 
+async def lock_out_of_attempts(
+    conn: AsyncConnection, job_id: UUID, max_attempts: int, heartbeat_timeout_seconds: float, dispatch_id: str | None
+) -> bool:
+    """Lock a job an attempt could take, were it not out of attempts."""
+    guard = f"attempts >= %(max)s AND {_CLAIMABLE}"
+    args = {"max": max_attempts, "stale_after": heartbeat_timeout_seconds, "dispatch": dispatch_id}
+    return await _lock_if(conn, job_id, guard, args, skip_locked=False)
+
+
 async def lock_queued_cancel(conn: AsyncConnection, job_id: UUID) -> bool:
     return await _lock_if(conn, job_id, "status = 'queued' AND cancel_requested AND dispatch_id IS NULL", {})
 
@@ -274,15 +304,13 @@ async def write_ended(
     )
 
 
-async def request_cancel_running(conn: AsyncConnection, job_id: UUID, user_id: UUID) -> str | None:
-    """Flag a running job for cancellation; returns its dispatch id ('' when none) when the flag was set."""
+async def request_cancel_running(conn: AsyncConnection, job_id: UUID, user_id: UUID) -> bool:
+    """Flag a running job for cancellation; True when the flag was set."""
     cursor = await conn.execute(
-        "UPDATE jobs SET cancel_requested = true WHERE id = %s AND user_id = %s AND status = 'running'"
-        " RETURNING coalesce(dispatch_id, '')",
+        "UPDATE jobs SET cancel_requested = true WHERE id = %s AND user_id = %s AND status = 'running' RETURNING id",
         (job_id, user_id),
     )
-    row = await cursor.fetchone()
-    return None if row is None else row[0]
+    return await cursor.fetchone() is not None
 
 
 # ---- dispatch: the per-user cap on jobs started at once ----

@@ -80,6 +80,14 @@ class GenerateEngine:
         self.device = device
         self.geometry = _geometry(pipeline)
 
+    def to(self, device: str | torch.device) -> GenerateEngine:
+        """Move the pipeline (a worker loads on the CPU, then moves it to the GPU after a snapshot restore), in the
+        precision `build_engine` would have chosen there."""
+        self.device = torch.device(device)
+        dtype = torch.float16 if self.device.type == "cuda" else torch.float32
+        self.pipeline = self.pipeline.to(self.device, dtype)
+        return self
+
     @property
     def sample_rate(self) -> int:
         return self.geometry.sample_rate

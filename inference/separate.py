@@ -78,6 +78,7 @@ class SeparateEngine:
     ) -> None:
         if not 0 < crossfade_seconds < chunk_seconds:
             raise ValueError("crossfade_seconds must be positive and shorter than chunk_seconds")
+        self._default_batches = batch_windows is None
         if batch_windows is None:
             batch_windows = default_batch_windows(device)
         if batch_windows < 1:
@@ -91,6 +92,14 @@ class SeparateEngine:
         self.channels: int = model.audio_channels
         self.chunk = int(chunk_seconds * self.samplerate)
         self.crossfade = int(crossfade_seconds * self.samplerate)
+
+    def to(self, device: str | torch.device) -> SeparateEngine:
+        """Move the loaded model (a worker loads on the CPU, then moves it to the GPU after a snapshot restore)."""
+        self.device = torch.device(device)
+        self.model.to(self.device)
+        if self._default_batches:
+            self.batch_windows = default_batch_windows(self.device)
+        return self
 
     def run(
         self, input_path: Path | None, params: BaseModel, out_dir: Path, progress: ProgressFn = no_progress

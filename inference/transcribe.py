@@ -162,6 +162,12 @@ class TranscribeEngine:
         self.name = name
         self.fp16 = model.device.type == "cuda"  # fp16 on GPU; whisper only supports fp32 on the CPU
 
+    def to(self, device: str | torch.device) -> TranscribeEngine:
+        """Move the loaded model (a worker loads on the CPU, then moves it to the GPU after a snapshot restore)."""
+        self.model.to(device)
+        self.fp16 = self.model.device.type == "cuda"
+        return self
+
     def run(self, input_path: Path | None, params: BaseModel, out_dir: Path, progress: ProgressFn) -> EngineResult:
         assert isinstance(params, TranscribeParams) and input_path is not None
         progress(0.0, "decoding")

@@ -14,7 +14,7 @@ import psycopg
 import soundfile as sf
 from psycopg.types.json import Jsonb
 
-from api.protocols import Storage
+from api.protocols import Liveness, Storage
 from api.settings import Settings
 from db import ledger
 
@@ -111,10 +111,10 @@ class RefusingDispatcher:
     async def dispatch(self, job_id: UUID, task: str) -> str:
         raise ConnectionError("modal is unreachable")
 
-    async def is_alive(self, dispatch_id: str) -> bool:
-        return False
+    async def is_alive(self, dispatch_id: str) -> Liveness:
+        return Liveness.DEAD
 
-    async def cancel(self, dispatch_id: str) -> None:
+    async def cancel(self, dispatch_id: str, *, terminate: bool = False) -> None:
         return None
 
     async def close(self) -> None:

@@ -11,6 +11,7 @@ import pytest
 
 from api.background.reaper import ReaperLoop
 from api.jobs.dispatch import DispatchError, dispatch_job, dispatch_ready
+from api.protocols import Liveness
 from db import ledger
 from tests.jobs_support import (
     RefusingDispatcher,
@@ -55,8 +56,8 @@ async def test_dispatched_job_runs_in_a_worker_process(
     # The claim recorded the worker process that ran it: the reaper asks about that process.
     _, pid, _ = job["dispatch_id"].split(":")
     assert int(pid) in app_state.dispatcher.worker_pids()
-    assert await app_state.dispatcher.is_alive(job["dispatch_id"])
-    assert not await app_state.dispatcher.is_alive("local:unknown")
+    assert await app_state.dispatcher.is_alive(job["dispatch_id"]) is Liveness.ALIVE
+    assert await app_state.dispatcher.is_alive("local:unknown") is Liveness.DEAD
 
 
 async def test_running_cap_queues_extra_jobs_until_a_slot_frees(

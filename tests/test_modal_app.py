@@ -18,6 +18,7 @@ import pytest
 from modal._utils.async_utils import synchronizer
 
 import modal_app
+from api.protocols import Liveness
 from api.settings import Settings
 from api.storage import LocalStorage
 from tests.jobs_support import job_row, ledger_kinds, make_job, make_user, write_tone
@@ -197,6 +198,10 @@ def worker_env(monkeypatch: pytest.MonkeyPatch, settings: Settings, database_url
            "STUDIO_ENGINES": "real", "STUDIO_PUBLIC_BASE_URL": settings.public_base_url}  # fmt: skip
     for key, value in env.items():
         monkeypatch.setenv(key, value)
+    for cls in (modal_app.SeparateWorker, modal_app.TranscribeWorker, modal_app.GenerateWorker):
+        # This machine has no GPU: the CPU stands in for CUDA (the CUDA check itself: tests/test_modal_worker.py).
+        monkeypatch.setattr(cls._get_user_cls(), "cuda_available", staticmethod(lambda: True))
+        monkeypatch.setattr(cls._get_user_cls(), "gpu_device", "cpu")
     return Settings()
 
 
@@ -362,6 +367,9 @@ async def test_asgi_app_submits_through_modal_dispatcher_and_a_worker_finishes_i
         token = mint_local_token(state.settings, state.signing_key, user_id, "modal@example.com")
         headers = {"Authorization": f"Bearer {token}"}
         audio = write_tone(tmp_path / "melody.wav", seconds=2.0, rate=22050)
+        from inference.models import pull
+
+        pull(["basic-pitch"], worker_env.weights_path)  # installed: the API accepts jobs for it
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as http:
             with audio.open("rb") as handle:
                 response = await http.post(
@@ -375,16 +383,14 @@ async def test_asgi_app_submits_through_modal_dispatcher_and_a_worker_finishes_i
             assert FakeWorker.spawned == [("midi", job_id)]
             row = await _job(database_url, job_id)
             assert row["dispatch_id"] == "fc-1" and row["status"] == "queued"
-            assert await state.dispatcher.is_alive("fc-1") is True  # TimeoutError from get(timeout=0) = running
+            # TimeoutError from get(timeout=0) = running
+            assert await state.dispatcher.is_alive("fc-1") is Liveness.ALIVE
 
             # Modal would now start a MidiWorker container for the spawned call: run that class for real.
-            from inference.models import pull
-
-            pull(["basic-pitch"], worker_env.weights_path)
             status = await asyncio.to_thread(modal_app.MidiWorker().run.local, job_id)
             assert status == "succeeded"
             FakeFunctionCall.calls["fc-1"].result = status
-            assert await state.dispatcher.is_alive("fc-1") is False
+            assert await state.dispatcher.is_alive("fc-1") is Liveness.DEAD
 
             job = (await http.get(f"/v1/jobs/{job_id}", headers=headers)).json()
             assert job["status"] == "succeeded"

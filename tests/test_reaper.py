@@ -13,6 +13,7 @@ from psycopg.types.json import Jsonb
 
 from api.background.reaper import clean_retention, reap
 from api.database import open_pool
+from api.protocols import Liveness
 from api.settings import Settings
 from api.storage import LocalStorage
 from db import ledger
@@ -31,10 +32,10 @@ class ExecutionTable:
     async def dispatch(self, job_id: UUID, task: str) -> str:
         raise NotImplementedError("the reaper never dispatches")
 
-    async def is_alive(self, dispatch_id: str) -> bool:
-        return dispatch_id in self.alive
+    async def is_alive(self, dispatch_id: str) -> Liveness:
+        return Liveness.ALIVE if dispatch_id in self.alive else Liveness.DEAD
 
-    async def cancel(self, dispatch_id: str) -> None:
+    async def cancel(self, dispatch_id: str, *, terminate: bool = False) -> None:
         self.canceled.append(dispatch_id)
 
     async def close(self) -> None:

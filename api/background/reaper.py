@@ -22,7 +22,7 @@ from api.dispatchers.local import LocalDispatcher
 from api.jobs import settle
 from api.jobs.dispatch import dispatch_ready
 from api.jobs.idempotency import purge_expired
-from api.protocols import Dispatcher, Storage
+from api.protocols import Dispatcher, Liveness, Storage
 from api.settings import Settings
 from api.state import AppState, stop_background_task
 from db import jobs as db_jobs
@@ -66,7 +66,8 @@ async def reap(
             if await settle.reap_past_deadline(conn, job_id, now):
                 report.failed.append(job_id)
                 if dispatch_id:
-                    await _cancel_quietly(dispatcher, dispatch_id)
+                    # Terminate: a hung engine reports no progress, so it would never see the job end.
+                    await _cancel_quietly(dispatcher, dispatch_id, terminate=True)
 
         for job_id, attempts in await db_jobs.stale_running(conn, stale_before):
             if await settle.reap_stale(conn, job_id, attempts, stale_before, now):
@@ -75,8 +76,8 @@ async def reap(
         # Liveness is asked outside any transaction (on Modal it is a network call); the settle re-checks that
         # the job is still in the state we judged.
         for job_id, status, attempts, dispatch_id, cancel_requested in await db_jobs.dispatched_unfinished(conn):
-            if await dispatcher.is_alive(dispatch_id):
-                continue
+            if await dispatcher.is_alive(dispatch_id) is not Liveness.DEAD:
+                continue  # alive, or the backend could not be asked this pass (never read as "gone")
             if cancel_requested:
                 ending = JobStatus.CANCELED
             elif status == JobStatus.RUNNING:
@@ -96,9 +97,9 @@ async def reap(
     return report
 
 
-async def _cancel_quietly(dispatcher: Dispatcher, dispatch_id: str) -> None:
+async def _cancel_quietly(dispatcher: Dispatcher, dispatch_id: str, *, terminate: bool) -> None:
     try:
-        await dispatcher.cancel(dispatch_id)
+        await dispatcher.cancel(dispatch_id, terminate=terminate)
     except Exception:
         log.warning("could not cancel dispatch %s", dispatch_id, exc_info=True)
 

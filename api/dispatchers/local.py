@@ -34,6 +34,7 @@ from multiprocessing.process import BaseProcess
 from uuid import UUID
 
 from api.database import secret_key
+from api.protocols import Liveness
 from api.settings import Settings
 from api.worker.local import LOCAL_READY, parse_worker_dispatch_id, worker_main
 from db.embedded import pid_is_running
@@ -87,22 +88,24 @@ class LocalDispatcher:
         self._ensure_started()
         return LOCAL_READY
 
-    async def is_alive(self, dispatch_id: str) -> bool:
+    async def is_alive(self, dispatch_id: str) -> Liveness:
         self._ensure_started()
         if dispatch_id == LOCAL_READY:
-            return True
+            return Liveness.ALIVE
         claimed_by = parse_worker_dispatch_id(dispatch_id)
         if claimed_by is None:
-            return False  # not a dispatch id this dispatcher hands out (e.g. an executor id from an older version)
+            return (
+                Liveness.DEAD
+            )  # not a dispatch id this dispatcher hands out (e.g. an executor id from an older version)
         pid, token = claimed_by
         with self._lock:
             if token in self._workers:
-                return True
+                return Liveness.ALIVE
             if token in self._dead:
-                return False
-        return pid_is_running(pid)
+                return Liveness.DEAD
+        return Liveness.ALIVE if pid_is_running(pid) else Liveness.DEAD
 
-    async def cancel(self, dispatch_id: str) -> None:
+    async def cancel(self, dispatch_id: str, *, terminate: bool = False) -> None:
         """Nothing to do: see the module docstring."""
 
     def _ensure_started(self) -> None:

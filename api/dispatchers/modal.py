@@ -2,7 +2,7 @@
 
 The worker classes live in modal_app.py and are handed in (this module never imports modal_app), so tests can
 pass fakes that stand at the same boundary: `.run.spawn.aio(job_id)` returning an object with `object_id`, and
-`FunctionCall.from_id(id)` with `.get.aio(timeout=0)` and `.cancel.aio()`.
+`FunctionCall.from_id(id)` with `.get.aio(timeout=0)` and `.cancel.aio(terminate_containers=...)`.
 """
 
 from __future__ import annotations
@@ -12,10 +12,34 @@ from collections.abc import Callable, Mapping
 from typing import Any
 from uuid import UUID
 
+import grpclib
 import modal
 import modal.exception
 
+from api.protocols import Liveness
+
 log = logging.getLogger("studio.dispatch")
+
+# `FunctionCall.get(timeout=0)` (modal/_functions.py `_FunctionCall.get` -> `_Invocation.poll_function`) asks the
+# control plane for the call's output. When that request itself fails, nothing is known about the call:
+# `_retry_transient_errors` (modal/_utils/grpc_utils.py) ends in modal.exception.ConnectionError (OSError, asyncio
+# timeouts, HTTP/2 errors) or a modal TimeoutError (`RetryTimeoutError`, total deadline spent), and server statuses
+# map to the `_GRPCErrorWrapper` classes of modal/_grpc_client.py `_STATUS_TO_EXCEPTION` (ServiceError for
+# UNAVAILABLE/UNKNOWN/CANCELLED/DEADLINE_EXCEEDED, ResourceExhaustedError, InternalError, AuthError, ...), all of them
+# grpclib.GRPCError subclasses. NotFoundError is an answer: the call does not exist.
+# No unfinished inputs and no output kept; the call timed out; no such call.
+_ENDED_WITHOUT_OUTPUT = (
+    modal.exception.OutputExpiredError,
+    modal.exception.FunctionTimeoutError,
+    modal.exception.NotFoundError,
+)
+_COULD_NOT_ASK: tuple[type[BaseException], ...] = (
+    grpclib.GRPCError,
+    modal.exception.ConnectionError,
+    modal.exception.ClientClosed,
+    modal.exception.TimeoutError,  # after the call's own ends (FunctionTimeoutError, OutputExpiredError) below
+    OSError,  # after the builtin TimeoutError (an OSError) below
+)
 
 
 class ModalDispatcher:
@@ -28,20 +52,33 @@ class ModalDispatcher:
         call = await self._workers[task]().run.spawn.aio(str(job_id))
         return call.object_id
 
-    async def is_alive(self, dispatch_id: str) -> bool:
+    async def is_alive(self, dispatch_id: str) -> Liveness:
+        """What each outcome of `get(timeout=0)` means, read from modal 1.6.4's `_Invocation.poll_function` and
+        `_process_result` (modal/_utils/function_utils.py)."""
         try:
             await self._from_id(dispatch_id).get.aio(timeout=0)
         except TimeoutError:
-            return True  # still running (or waiting for a container)
-        except modal.exception.OutputExpiredError:
-            return False
-        except Exception:  # the call raised or was cancelled: it is not running any more
+            return Liveness.ALIVE  # the builtin TimeoutError: no output yet (queued, running, or awaiting a retry)
+        except _ENDED_WITHOUT_OUTPUT:
+            return Liveness.DEAD
+        except _COULD_NOT_ASK:
+            log.warning("could not ask Modal about function call %s; deciding next pass", dispatch_id, exc_info=True)
+            return Liveness.UNKNOWN
+        except Exception:
+            # The call ended with an error: the remote exception re-raised, ExecutionError when it cannot be rebuilt
+            # here, InternalFailure (crash), RemoteError (cancelled). A remote exception that happens to be one of
+            # the classes above reads as UNKNOWN: the stale-heartbeat check and the deadline still end that job.
             log.info("function call %s has ended with an error", dispatch_id, exc_info=True)
-            return False
-        return False  # it returned
+            return Liveness.DEAD
+        return Liveness.DEAD  # it returned
 
-    async def cancel(self, dispatch_id: str) -> None:
-        await self._from_id(dispatch_id).cancel.aio()
+    async def cancel(self, dispatch_id: str, *, terminate: bool = False) -> None:
+        # `FunctionCall.cancel()` on a call whose sync method is running makes modal's container raise
+        # InputCancellation (a BaseException) in the worker's main thread (modal/_container_entrypoint.py,
+        # `_cancel_input_signal_handler`), wherever the job happens to be: so callers ask this only for calls
+        # that have not claimed their job, or with terminate=True, which ends the container as well
+        # (modal/_functions.py `_FunctionCall.cancel(terminate_containers=...)`).
+        await self._from_id(dispatch_id).cancel.aio(terminate_containers=terminate)
 
     async def close(self) -> None:
         """Nothing to release: FunctionCalls live on Modal's side."""

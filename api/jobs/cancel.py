@@ -50,10 +50,9 @@ async def cancel_job(state: AppState, job_id: UUID, user_id: UUID) -> Canceled |
                     await state.storage.delete(state.settings.inputs_bucket, [row["input_ref"]])
                     await db_jobs.clear_input_ref(conn, job_id, row["input_ref"])
                 return Canceled(row)
-            dispatch_id = await db_jobs.request_cancel_running(conn, job_id, user_id)
-            if dispatch_id is not None:
-                if dispatch_id:
-                    await state.dispatcher.cancel(dispatch_id)
+            # A running job stops cooperatively: its worker sees the flag at its next progress report. Cancelling its
+            # execution instead would interrupt the worker wherever it is (see ModalDispatcher.cancel).
+            if await db_jobs.request_cancel_running(conn, job_id, user_id):
                 row = await db_jobs.get_job(conn, job_id, user_id)
                 assert row is not None
                 return CancelRequested(row)

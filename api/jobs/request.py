@@ -25,8 +25,9 @@ from api.errors import Problem
 from api.jobs.inputs import MAX_FIELD_BYTES, ReceivedInput, check_content_length, read_multipart
 from api.jobs.view import WEBHOOK_EVENTS
 from api.outbound import validate_webhook_url
+from api.settings import Settings
 from api.state import AppState
-from inference.models import ModelEntry, load_lock
+from inference.models import ModelEntry, ModelsLock, load_lock, status
 from inference.registry import TASKS
 
 
@@ -168,6 +169,20 @@ def model_enabled(entry: ModelEntry, state: AppState) -> bool:
     return entry.enabled_by_default or state.settings.allow_noncommercial_models
 
 
+def model_installed(entry: ModelEntry, settings: Settings) -> bool:
+    """Whether this deployment holds the model's weights: every file models.lock names is in the weights folder (the
+    local cache, or the Modal Volume the API mounts read-only) at its pinned size. Sizes only: hashing gigabytes per
+    request is the worker's job, which verifies each file's sha256 as it loads it. Builtin engines need no weights."""
+    if settings.engines == "builtin":
+        return True
+    [model] = status(settings.weights_path, ModelsLock(version=1, models={entry.key: entry}), verify=False)
+    return bool(model.files) and all(file.state == "present" for file in model.files)
+
+
+def install_command(model_key: str) -> str:
+    return f"studio models pull {model_key}"
+
+
 def validate(create: JobCreate, upload: ReceivedInput | None, state: AppState, *, quote: bool) -> JobRequest:
     spec = TASKS.get(create.task)
     if spec is None:
@@ -194,6 +209,17 @@ def validate(create: JobCreate, upload: ReceivedInput | None, state: AppState, *
             "model_not_enabled",
             "Model not enabled",
             f"{spec.model_key(params)} is not enabled on this deployment (see its licence in GET /v1/tasks).",
+        )
+    # Quotes still price a model that is not installed (the price does not depend on it); a submit is refused here,
+    # before any hold, rather than failing in the worker after charging.
+    if not quote and not model_installed(entry, state.settings):
+        key = entry.key
+        raise invalid(
+            "model_not_installed",
+            "Model not installed",
+            f"The weights of {key} are not installed on this deployment. The operator installs them with "
+            f"`{install_command(key)}` (on Modal: `modal run modal_app.py::download_models --names {key}`).",
+            install=install_command(key),
         )
     if not quote and create.duration_s is not None:
         raise invalid("invalid_request", "The request is not valid", "`duration_s` is only for quotes.")

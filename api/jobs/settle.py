@@ -26,9 +26,18 @@ WORKER_LOST = {
     "code": "worker_lost",
     "message": "The worker running this job stopped unexpectedly; no credits were charged.",
 }
+TOO_MANY_ATTEMPTS = {
+    "code": "too_many_attempts",
+    "message": "The job stopped its worker on every attempt (for example by running out of memory); no credits were"
+    " charged. A shorter input may succeed.",
+}
+WORKER_INTERRUPTED = {
+    "code": "worker_interrupted",
+    "message": "The worker running this job was interrupted; no credits were charged. Submit the job again.",
+}
 INTERNAL_ERROR = {
     "code": "internal_error",
-    "message": "The job failed because of an error on our side; no credits were charged. Retry later.",
+    "message": "The job failed because of an error on our side; no credits were charged.",
 }
 
 
@@ -88,6 +97,17 @@ async def finish_attempt(
         # The final-state trigger refused: another path settled the job between our check and our write.
         return None
     return status
+
+
+async def fail_out_of_attempts(
+    conn: AsyncConnection, job_id: UUID, max_attempts: int, heartbeat_timeout_seconds: float, dispatch_id: str | None
+) -> bool:
+    """A worker came to claim a job that has used all its attempts: fail it rather than run it once more."""
+    async with conn.transaction():
+        if not await db_jobs.lock_out_of_attempts(conn, job_id, max_attempts, heartbeat_timeout_seconds, dispatch_id):
+            return False
+        await _finish(conn, job_id, JobStatus.FAILED, error=TOO_MANY_ATTEMPTS)
+    return True
 
 
 async def fail_dispatch(conn: AsyncConnection, job_id: UUID) -> None:

@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 from api.deps import State
 from api.jobs.inputs import SUPPORTED_FORMATS
 from api.jobs.pricing import RATES
-from api.jobs.request import lock_entries, model_enabled
+from api.jobs.request import lock_entries, model_enabled, model_installed
 from inference.registry import TASKS
 
 router = APIRouter(tags=["jobs"])
@@ -28,7 +28,11 @@ class ModelInfo(BaseModel):
     licence_note: str
     commercial_use: bool
     licence_unresolved: bool
-    enabled: bool = Field(description="Whether this deployment accepts jobs for the model.")
+    enabled: bool = Field(description="Whether this deployment accepts jobs for the model (its licence allows it).")
+    installed: bool = Field(
+        description="Whether its weights are installed here; a submit for a model that is not answers 422"
+        " `model_not_installed`."
+    )
     source: str
 
 
@@ -86,6 +90,7 @@ async def list_tasks(state: State) -> TaskList:
                 commercial_use=entry.commercial_use,
                 licence_unresolved=entry.licence_unresolved,
                 enabled=model_enabled(entry, state),
+                installed=model_installed(entry, settings),
                 source=entry.source,
             )
             for entry in lock_entries().values()

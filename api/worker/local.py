@@ -18,14 +18,17 @@ import logging
 import os
 from multiprocessing.connection import Connection
 from typing import Any
+from uuid import UUID
 
 from psycopg import AsyncConnection
 
 from api.database import connect
+from api.jobs.settle import fail_out_of_attempts
 from api.settings import Settings
 from api.worker.process import worker_context
 from api.worker.runner import WorkerContext, claim, run_claimed
 from db import jobs as db_jobs
+from db.jobs import JobStatus
 
 log = logging.getLogger("studio.worker")
 
@@ -47,14 +50,16 @@ def parse_worker_dispatch_id(dispatch_id: str) -> tuple[int, str] | None:
     return int(pid), token
 
 
-async def claim_next(conn: AsyncConnection, settings: Settings, dispatch_id: str) -> dict[str, Any] | None:
-    """Claim the oldest job handed to local workers, or None when there is none (or another worker won it)."""
+async def claim_next(conn: AsyncConnection, settings: Settings, dispatch_id: str) -> dict[str, Any] | UUID | None:
+    """Claim the oldest job handed to local workers: its row; or its id when it is ready but not claimable (out of
+    attempts: the caller settles it, or it would be picked again forever); or None when nothing is waiting."""
     async with conn.transaction():
         job_id = await db_jobs.lock_next_ready(conn, LOCAL_READY)
         if job_id is None:
             return None
         # The row stays locked by this transaction, so the claim (a savepoint inside it) cannot lose a race.
-        return await claim(conn, job_id, settings, dispatch_id)
+        job = await claim(conn, job_id, settings, dispatch_id)
+    return job if job is not None else job_id
 
 
 async def run_next(ctx: WorkerContext, dispatch_id: str) -> str | None:
@@ -63,6 +68,12 @@ async def run_next(ctx: WorkerContext, dispatch_id: str) -> str | None:
         job = await claim_next(conn, ctx.settings, dispatch_id)
         if job is None:
             return None
+        if isinstance(job, UUID):
+            settings = ctx.settings
+            failed = await fail_out_of_attempts(
+                conn, job, settings.max_attempts, settings.heartbeat_timeout_seconds, LOCAL_READY
+            )
+            return str(JobStatus.FAILED) if failed else "skipped"
         return await run_claimed(ctx, conn, job)
 
 

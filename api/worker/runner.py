@@ -22,9 +22,10 @@ from typing import Any
 from uuid import UUID
 
 from psycopg import AsyncConnection
+from pydantic import BaseModel
 
 from api.jobs.outbox import enqueue_job_event
-from api.jobs.settle import INTERNAL_ERROR, finish_attempt
+from api.jobs.settle import INTERNAL_ERROR, WORKER_INTERRUPTED, fail_out_of_attempts, finish_attempt
 from api.protocols import Storage
 from api.settings import Settings
 from db import jobs as db_jobs
@@ -35,9 +36,17 @@ from inference.params import TASK_PARAMS
 
 log = logging.getLogger("studio.runner")
 
+# How long an interrupted run waits for its engine thread to reach its next progress report and stop.
+ENGINE_STOP_SECONDS = 60.0
+
 
 class JobCanceled(Exception):
     """Raised inside the engine thread at its next progress report once the user asked to cancel."""
+
+
+class JobInterrupted(Exception):
+    """Raised inside the engine thread at its next progress report once the worker was told to stop (on Modal, the
+    input was cancelled: see modal_app.py `_JobWorker.run`)."""
 
 
 class JobLost(Exception):
@@ -77,18 +86,23 @@ class WorkerContext:
 class _Progress:
     """Shared between the engine thread (reports) and the heartbeat task (writes, reads cancel_requested)."""
 
-    def __init__(self) -> None:
+    def __init__(self, interrupted: threading.Event | None = None) -> None:
+        self.interrupted = interrupted
         self.fraction = 0.0
         self.stage: str | None = "running"
         self.canceled = threading.Event()
         self.lost = threading.Event()
         self.done = asyncio.Event()  # set by the runner: the heartbeat writes no more
+        self.engine_idle = threading.Event()  # cleared while the engine thread runs
+        self.engine_idle.set()
 
     def report(self, fraction: float, stage: str | None = None) -> None:
         if self.lost.is_set():
             raise JobLost()
         if self.canceled.is_set():
             raise JobCanceled()
+        if self.interrupted is not None and self.interrupted.is_set():
+            raise JobInterrupted()
         self.fraction = min(1.0, max(0.0, float(fraction)))
         if stage:
             self.stage = stage[:64]
@@ -98,7 +112,14 @@ async def claim(
     conn: AsyncConnection, job_id: UUID, settings: Settings, dispatch_id: str | None
 ) -> dict[str, Any] | None:
     async with conn.transaction():
-        job = await db_jobs.claim(conn, job_id, settings.heartbeat_timeout_seconds, dispatch_id)
+        job = await db_jobs.claim(
+            conn,
+            job_id,
+            settings.heartbeat_timeout_seconds,
+            dispatch_id,
+            max_attempts=settings.max_attempts,
+            deadline_seconds=settings.job_deadline_seconds,
+        )
         if job is not None and job["attempts"] == 1:
             await enqueue_job_event(conn, job_id, "job.started")
     return job
@@ -135,6 +156,16 @@ async def _delete_input(ctx: WorkerContext, conn: AsyncConnection, job_id: UUID)
     await db_jobs.clear_input_ref(conn, job_id, ref)
 
 
+def _run_engine(
+    engine: Engine, input_path: Path | None, params: BaseModel, out_dir: Path, progress: _Progress
+) -> EngineResult:
+    progress.engine_idle.clear()
+    try:
+        return engine.run(input_path, params, out_dir, progress.report)
+    finally:
+        progress.engine_idle.set()
+
+
 async def _execute(
     ctx: WorkerContext, job: dict[str, Any], workdir: Path, progress: _Progress, outputs: list[dict[str, Any]]
 ) -> dict[str, Any]:
@@ -146,7 +177,15 @@ async def _execute(
         suffix = PurePosixPath(job["input_ref"]).suffix
         input_path = await ctx.storage.get_file(settings.inputs_bucket, job["input_ref"], workdir / f"input{suffix}")
     params = TASK_PARAMS[job["task"]].model_validate(job["params"])
-    engine = await asyncio.to_thread(ctx.engine, job["task"], job["model_key"])
+    try:
+        engine = await asyncio.to_thread(ctx.engine, job["task"], job["model_key"])
+    except FileNotFoundError as exc:
+        # Weights removed after the submit's check (which refuses models that are not installed): say so rather
+        # than report an internal error that a retry cannot fix.
+        log.error("weights of %s missing: %s", job["model_key"], exc)
+        raise EngineError(
+            f"the weights of {job['model_key']} are not installed on this deployment", code="model_not_installed"
+        ) from exc
     out_dir = workdir / "out"
     out_dir.mkdir()
     started = time.monotonic()
@@ -159,7 +198,7 @@ async def _execute(
         settings.max_sample_rate,
     )
     with audio.decode_limits(limits):
-        result: EngineResult = await asyncio.to_thread(engine.run, input_path, params, out_dir, progress.report)
+        result: EngineResult = await asyncio.to_thread(_run_engine, engine, input_path, params, out_dir, progress)
     compute_seconds = time.monotonic() - started
     for output in result.outputs:
         key = f"{job['user_id']}/{job['id']}/{output.name}"
@@ -179,29 +218,41 @@ async def _execute(
     return metrics
 
 
-async def run_job(ctx: WorkerContext, job_id: UUID, *, dispatch_id: str | None = None) -> str:
+async def run_job(
+    ctx: WorkerContext, job_id: UUID, *, dispatch_id: str | None = None, interrupted: threading.Event | None = None
+) -> str:
     """Run one job to a final state. Returns the state this call wrote, or "skipped" (not ours to run: final,
     canceled, or running under another live attempt) or "lost" (reaped or re-claimed while we ran).
 
     `dispatch_id` names the execution running this attempt (Modal's FunctionCall id): it is recorded at the
-    claim so the reaper asks about the execution that really holds the job.
+    claim so the reaper asks about the execution that really holds the job. Setting `interrupted` (from any thread,
+    a signal handler included) stops the engine at its next progress report and fails the job `worker_interrupted`.
     """
     async with await ctx.connect() as conn:
         job = await claim(conn, job_id, ctx.settings, dispatch_id)
         if job is None:
+            settings = ctx.settings
+            if await fail_out_of_attempts(
+                conn, job_id, settings.max_attempts, settings.heartbeat_timeout_seconds, dispatch_id
+            ):
+                await _delete_input(ctx, conn, job_id)
+                return str(JobStatus.FAILED)
             return "skipped"
-        return await run_claimed(ctx, conn, job)
+        return await run_claimed(ctx, conn, job, interrupted=interrupted)
 
 
-async def run_claimed(ctx: WorkerContext, conn: AsyncConnection, job: dict[str, Any]) -> str:
+async def run_claimed(
+    ctx: WorkerContext, conn: AsyncConnection, job: dict[str, Any], *, interrupted: threading.Event | None = None
+) -> str:
     """Run a job this attempt has claimed (a row `claim` returned) to a final state, on `conn`: as `run_job`."""
     job_id: UUID = job["id"]
     attempt = job["attempts"]
-    progress = _Progress()
+    progress = _Progress(interrupted)
     heartbeat = asyncio.create_task(_heartbeat(conn, job_id, attempt, progress, ctx.heartbeat_interval))
     outputs: list[dict[str, Any]] = []
     retention = ctx.settings.output_retention_seconds
     status: JobStatus | None
+    interruption: BaseException | None = None
     try:
         with tempfile.TemporaryDirectory(prefix="studio-job-") as tmp:
             metrics = await _execute(ctx, job, Path(tmp), progress, outputs)
@@ -221,6 +272,11 @@ async def run_claimed(ctx: WorkerContext, conn: AsyncConnection, job: dict[str, 
     except JobLost:
         await _stop(heartbeat, progress)
         status = None
+    except JobInterrupted:
+        await _stop(heartbeat, progress)
+        status = await finish_attempt(
+            conn, job_id, attempt, JobStatus.FAILED, retention_seconds=retention, error=WORKER_INTERRUPTED
+        )
     except EngineError as exc:
         await _stop(heartbeat, progress)
         error = {"code": exc.code, "message": str(exc)}
@@ -231,9 +287,24 @@ async def run_claimed(ctx: WorkerContext, conn: AsyncConnection, job: dict[str, 
         status = await finish_attempt(
             conn, job_id, attempt, JobStatus.FAILED, retention_seconds=retention, error=INTERNAL_ERROR
         )
+    except BaseException as exc:
+        # Not an Exception: modal's InputCancellation (modal/exception.py; raised in a sync method's main thread
+        # when its FunctionCall is cancelled, modal/_container_entrypoint.py), the task being cancelled, or
+        # SystemExit. Settle before it propagates, or the hold would wait for the reaper; and stop the engine
+        # thread first, or it would keep the device into the next job.
+        log.warning("job %s interrupted by %r", job_id, exc)
+        interruption = exc
+        progress.canceled.set()  # the engine thread raises at its next progress report
+        await asyncio.to_thread(progress.engine_idle.wait, ENGINE_STOP_SECONDS)
+        await _stop(heartbeat, progress)
+        status = await finish_attempt(
+            conn, job_id, attempt, JobStatus.FAILED, retention_seconds=retention, error=WORKER_INTERRUPTED
+        )
     if status != JobStatus.SUCCEEDED and outputs:
         await _drop_orphans(ctx, conn, job_id, [item["ref"] for item in outputs])
     await _delete_input(ctx, conn, job_id)
+    if interruption is not None:
+        raise interruption
     return str(status) if status else "lost"
 
 
@@ -242,8 +313,11 @@ async def _stop(heartbeat: asyncio.Task[None], progress: _Progress) -> None:
     progress.done.set()
     try:
         await heartbeat
-    except Exception:
-        # Without heartbeats the reaper would eventually fail the job; the settlement below decides first.
+    except BaseException:
+        if not heartbeat.done() or heartbeat.cancelled():
+            raise  # this task itself is being cancelled
+        # The heartbeat's own failure (an interruption may land in its frames too). Without heartbeats the reaper
+        # would eventually fail the job; the settlement below decides first.
         log.exception("heartbeat of a job failed")
 
 

@@ -1,0 +1,59 @@
+"""Models whose weights are not installed (issue 10, item 20): a fresh install with real engines and an empty weights
+folder, through real HTTP. The submit is refused before any hold; a quote still prices; `GET /v1/tasks` says
+which models are installed; installing one with `studio models pull` opens it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from api.settings import Settings
+from db import ledger
+from inference.models import pull
+from tests.jobs_api_support import multipart, write_audio
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """The conftest settings with the real engines a deployment runs (tests otherwise use the builtin ones)."""
+    return settings.model_copy(update={"engines": "real"})
+
+
+def _models(tasks: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {model["key"]: model for task in tasks["data"] for model in task["models"]}
+
+
+async def test_a_model_that_is_not_installed_is_refused_before_any_hold(
+    client: Any, alice: dict[str, Any], app_state: Any, tmp_path: Path
+) -> None:
+    audio = write_audio(tmp_path / "melody.wav", seconds=1.0)
+    models = _models((await client.get("/v1/tasks")).json())
+    assert {key for key, model in models.items() if model["installed"]} == set()
+    assert models["basic-pitch"]["enabled"] is True
+
+    response = await client.post("/v1/jobs", headers=alice["headers"], **multipart("midi", {}, audio, "audio/wav"))
+    assert response.status_code == 422, response.text
+    problem = response.json()
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert problem["code"] == "model_not_installed"
+    assert problem["install"] == "studio models pull basic-pitch"
+    assert "studio models pull basic-pitch" in problem["detail"] and "retry" not in problem["detail"].lower()
+
+    # Nothing charged, nothing created.
+    credits = (await client.get("/v1/credits", headers=alice["headers"])).json()
+    assert (credits["available"], credits["held"]) == (app_state.settings.welcome_credits, 0)
+    assert (await client.get("/v1/jobs", headers=alice["headers"])).json()["data"] == []
+    async with app_state.pool.connection() as conn:
+        assert await ledger.invariant_violations(conn) == []
+
+    # A quote still prices it: the price does not depend on where the weights are.
+    quote = await client.post("/v1/quotes", headers=alice["headers"], **multipart("midi", {}, audio, "audio/wav"))
+    assert quote.status_code == 200, quote.text
+    assert quote.json()["credits"] >= 1
+
+    # The operator runs the command the answer named: the model shows installed and jobs for it are accepted.
+    pull(["basic-pitch"], app_state.settings.weights_path)
+    models = _models((await client.get("/v1/tasks")).json())
+    assert models["basic-pitch"]["installed"] is True and models["demucs/htdemucs"]["installed"] is False

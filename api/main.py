@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.errors import PROBLEM_JSON, Problem
+from api.request_guard import RequestGuard
 from api.routes import api_keys, billing, credits, events, files, health, jobs, tasks, webhooks
 from api.state import AppState, BackgroundService
 
@@ -44,6 +45,7 @@ def create_app(state: AppState, background: list[BackgroundService] | None = Non
     for resource in (health, api_keys, credits, tasks, jobs, events, billing, webhooks, files):
         v1.include_router(resource.router)
     app.include_router(v1)
+    app.add_middleware(RequestGuard, settings=lambda: state.settings)
     return app
 
 
@@ -67,6 +69,7 @@ _HTTP_CODES = {
     405: "method_not_allowed",
     406: "not_acceptable",
     409: "conflict",
+    408: "request_timeout",
     413: "payload_too_large",
     415: "unsupported_media_type",
     422: "invalid_request",

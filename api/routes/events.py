@@ -127,7 +127,11 @@ async def stream_job_events(state: AppState, hub: JobEvents, job_id: UUID, after
         204: {"description": "The job is final and the client already received `done`: stop reconnecting."},
         401: problem_doc(401, "unauthorized", "Missing or invalid bearer token"),
         404: problem_doc(404, "not_found", "Job not found"),
-        429: problem_doc(429, "too_many_streams", "Too many open event streams for this user"),
+        429: problem_doc(
+            429,
+            "too_many_streams",
+            "Too many open event streams for this user (or `rate_limited`, `too_many_failed_auth`)",
+        ),
         503: problem_doc(503, "events_unavailable", "Live events are not available"),
     },
 )

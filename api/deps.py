@@ -35,12 +35,28 @@ bearer_scheme = HTTPBearer(
 
 
 async def current_user(
-    state: State, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)]
+    request: Request,
+    state: State,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
 ) -> User:
-    """The caller, after the request-rate limit; a token's first sight opens its account with the welcome grant."""
+    """The caller, after the request-rate limit; a token's first sight opens its account with the welcome grant.
+
+    An address that presented failing credentials too often in the current window is refused (429) before its
+    credentials are checked, so guessing API keys cannot cost a database query each without limit."""
     if credentials is None:
         raise unauthorized("Send `Authorization: Bearer <token>`.", missing=True)
-    token = credentials.credentials
+    host = request.client.host if request.client is not None else None
+    limit = state.settings.failed_auth_per_minute
+    state.failed_auth.check(host, now=state.clock(), limit=limit)
+    try:
+        return await _authenticate(state, credentials.credentials)
+    except Problem as exc:
+        if exc.status == 401:
+            state.failed_auth.record(host, now=state.clock())
+        raise
+
+
+async def _authenticate(state: AppState, token: str) -> User:
     if token.startswith(API_KEY_PREFIX):
         async with state.pool.connection() as conn:
             user = await api_key_user(conn, token)

@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.errors import PROBLEM_JSON, Problem
+from api.request_guard import RequestGuard
 from api.routes import api_keys, billing, credits, events, files, health, jobs, studio, tasks, webhooks
 from api.state import AppState, BackgroundService
 
@@ -35,7 +36,9 @@ def create_app(state: AppState, background: list[BackgroundService] | None = Non
         title="Audio Studio API",
         version="1.0.0",
         description="GPU audio AI: stem separation, speech enhancement, transcription, audio-to-MIDI and "
-        "text-to-audio. Errors are application/problem+json with a stable `code`.",
+        "text-to-audio. Errors are application/problem+json with a stable `code`. Request bodies are capped "
+        "(413 `payload_too_large`; uploads on POST /v1/jobs and /v1/quotes, a small cap elsewhere) and must "
+        "arrive in time (408 `request_timeout`); a body sent without `Authorization` is refused unread (401).",
         lifespan=lifespan,
     )
     app.state.studio = state
@@ -46,6 +49,7 @@ def create_app(state: AppState, background: list[BackgroundService] | None = Non
     app.include_router(v1)
     # The web studio's pages sit at the root; its two /v1 routes (config, local sign-in) carry their own prefix.
     app.include_router(studio.build_router(state.settings))
+    app.add_middleware(RequestGuard, settings=lambda: state.settings)
     return app
 
 
@@ -69,6 +73,7 @@ _HTTP_CODES = {
     405: "method_not_allowed",
     406: "not_acceptable",
     409: "conflict",
+    408: "request_timeout",
     413: "payload_too_large",
     415: "unsupported_media_type",
     422: "invalid_request",

@@ -1,11 +1,19 @@
-"""The per-user fair-use request-rate limit: fixed windows counted in Postgres (`rate_limit_windows`), so the
-limit holds however many API processes serve the user. One upsert per request; a window's first request also
-drops the user's finished windows, which keeps the table at about one row per active user."""
+"""Fair-use limits.
+
+- The per-user request-rate limit: fixed windows counted in Postgres (`rate_limit_windows`), so the limit holds
+  however many API processes serve the user. One upsert per request; a window's first request also drops the
+  user's finished windows, which keeps the table at about one row per active user. Costly requests count more.
+- Failed authentication per client address (`FailedAuthLimiter`), in the process's memory: it exists to spare the
+  database, so it must not cost a query itself.
+- Open event streams per user (`StreamSlots`), per process: a stream holds a connection, a queue and a task.
+"""
 
 from __future__ import annotations
 
+import ipaddress
 import math
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from uuid import UUID
 
@@ -29,32 +37,45 @@ def window_start(now: datetime, window_seconds: int = WINDOW_SECONDS) -> datetim
 
 
 async def hit(
-    conn: AsyncConnection, user_id: UUID, *, now: datetime, limit: int, window_seconds: int = WINDOW_SECONDS
+    conn: AsyncConnection,
+    user_id: UUID,
+    *,
+    now: datetime,
+    limit: int,
+    window_seconds: int = WINDOW_SECONDS,
+    cost: int = 1,
 ) -> RateDecision:
-    """Count one request of `user_id` in the window holding `now` and say whether it is within `limit`."""
+    """Count `cost` requests of `user_id` in the window holding `now` and say whether it is within `limit`."""
     start = window_start(now, window_seconds)
     cursor = await conn.execute(
-        "INSERT INTO rate_limit_windows (user_id, window_start, requests) VALUES (%s, %s, 1)"
-        " ON CONFLICT (user_id, window_start) DO UPDATE SET requests = rate_limit_windows.requests + 1"
+        "INSERT INTO rate_limit_windows (user_id, window_start, requests) VALUES (%s, %s, %s)"
+        " ON CONFLICT (user_id, window_start) DO UPDATE SET requests = rate_limit_windows.requests + EXCLUDED.requests"
         " RETURNING requests",
-        (user_id, start),
+        (user_id, start, cost),
     )
     row = await cursor.fetchone()
     assert row is not None  # an upsert with RETURNING always yields its row
     requests = row[0]
-    if requests == 1:
+    if requests == cost:
         await conn.execute("DELETE FROM rate_limit_windows WHERE user_id = %s AND window_start < %s", (user_id, start))
     retry_after = max(1, math.ceil(start.timestamp() + window_seconds - now.timestamp()))
     return RateDecision(allowed=requests <= limit, limit=limit, requests=requests, retry_after=retry_after)
 
 
 async def enforce(
-    conn: AsyncConnection, user_id: UUID, *, now: datetime, limit: int, window_seconds: int = WINDOW_SECONDS
+    conn: AsyncConnection,
+    user_id: UUID,
+    *,
+    now: datetime,
+    limit: int,
+    window_seconds: int = WINDOW_SECONDS,
+    cost: int = 1,
 ) -> None:
-    """Count the request; raise a 429 problem with Retry-After past the limit. A limit <= 0 turns the limit off."""
+    """Count the request (as `cost` requests); raise a 429 problem with Retry-After past the limit. A limit <= 0
+    turns the limit off."""
     if limit <= 0:
         return
-    decision = await hit(conn, user_id, now=now, limit=limit, window_seconds=window_seconds)
+    decision = await hit(conn, user_id, now=now, limit=limit, window_seconds=window_seconds, cost=cost)
     if not decision.allowed:
         raise Problem(
             429,
@@ -65,3 +86,93 @@ async def enforce(
             limit=limit,
             retry_after=decision.retry_after,
         )
+
+
+# Distinct addresses remembered per window; past it, new addresses share one bucket (a flood of source addresses
+# cannot grow memory, and is itself limited).
+MAX_TRACKED_ADDRESSES = 65_536
+_OVERFLOW = "overflow"
+
+
+def address_key(host: str | None) -> str:
+    """An IPv4 address, or an IPv6 address's /64 (one host usually holds a whole /64)."""
+    if not host:
+        return "unknown"
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host[:64]
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
+
+
+@dataclass
+class FailedAuthLimiter:
+    """Failed authentications per client address in fixed windows, in memory (one process's view)."""
+
+    window: datetime | None = None
+    failures: Counter[str] = field(default_factory=Counter)
+
+    def _roll(self, now: datetime, window_seconds: int) -> None:
+        start = window_start(now, window_seconds)
+        if start != self.window:
+            self.window, self.failures = start, Counter()
+
+    def check(self, host: str | None, *, now: datetime, limit: int, window_seconds: int = WINDOW_SECONDS) -> None:
+        """429 with Retry-After when this address already failed `limit` times in the window (limit <= 0: off)."""
+        if limit <= 0:
+            return
+        self._roll(now, window_seconds)
+        key = address_key(host)
+        if key not in self.failures and len(self.failures) >= MAX_TRACKED_ADDRESSES:
+            key = _OVERFLOW
+        if self.failures.get(key, 0) < limit:
+            return
+        assert self.window is not None
+        retry_after = max(1, math.ceil(self.window.timestamp() + window_seconds - now.timestamp()))
+        raise Problem(
+            429,
+            "too_many_failed_auth",
+            "Too many failed sign-ins",
+            f"Too many failed authentications from your address; retry in {retry_after} s.",
+            headers={"Retry-After": str(retry_after)},
+            retry_after=retry_after,
+        )
+
+    def record(self, host: str | None, *, now: datetime, window_seconds: int = WINDOW_SECONDS) -> None:
+        self._roll(now, window_seconds)
+        key = address_key(host)
+        if key not in self.failures and len(self.failures) >= MAX_TRACKED_ADDRESSES:
+            key = _OVERFLOW
+        self.failures[key] += 1
+
+
+@dataclass
+class StreamSlots:
+    """Open event streams per user in this process."""
+
+    counts: Counter[UUID] = field(default_factory=Counter)
+
+    def open(self, user_id: UUID) -> int:
+        return self.counts.get(user_id, 0)
+
+    def acquire(self, user_id: UUID, limit: int) -> None:
+        """Take a slot, or 429 when the user already holds `limit` (limit <= 0: unlimited)."""
+        if 0 < limit <= self.open(user_id):
+            raise Problem(
+                429,
+                "too_many_streams",
+                "Too many open event streams",
+                f"At most {limit} event streams at once; close one (or poll GET /v1/jobs/{{id}}).",
+                headers={"Retry-After": "5"},
+                limit=limit,
+            )
+        self.counts[user_id] += 1
+
+    def release(self, user_id: UUID) -> None:
+        self.counts[user_id] -= 1
+        if self.counts[user_id] <= 0:
+            del self.counts[user_id]

@@ -65,6 +65,10 @@ class Settings(BaseSettings):
     engines: Literal["real", "builtin"] = "real"  # builtin: the small DSP engine, for tests and demos without weights
     allow_noncommercial_models: bool = False
     max_upload_bytes: int = 200 * 1024 * 1024
+    max_body_bytes: int = 1024 * 1024  # every body but the uploads' (api.request_guard)
+    # A body must arrive within the total, with no pause past the idle limit (a trickling client holds temp disk).
+    body_read_idle_seconds: float = 30.0
+    body_read_timeout_seconds: float = 900.0
     max_duration_seconds: float = 20 * 60
     max_audio_channels: int = 8
     max_sample_rate: int = 192_000
@@ -79,6 +83,11 @@ class Settings(BaseSettings):
     heartbeat_timeout_seconds: int = 300
     max_running_jobs_per_user: int = 2
     rate_limit_per_minute: int = 120
+    # A quote with `input_url` downloads the input: it counts as this many requests against the rate limit.
+    quote_fetch_rate_cost: int = 10
+    # Presented credentials that fail, per client address, before that address is refused unchecked (429).
+    failed_auth_per_minute: int = 30
+    max_event_streams_per_user: int = 8  # open SSE streams per user, per API process
     prefer_wait_max_seconds: int = 60
     idempotency_ttl_seconds: int = 24 * 3600
     # A claimed key whose submit never completed (the API crashed mid-submit) is free again after this lease.

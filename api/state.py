@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 from uuid import UUID
@@ -12,6 +12,7 @@ from uuid import UUID
 from psycopg_pool import AsyncConnectionPool
 
 from api.protocols import Clock, Dispatcher, Storage
+from api.ratelimit import FailedAuthLimiter, StreamSlots
 from api.security import TokenVerifier
 from api.settings import Settings
 
@@ -73,3 +74,5 @@ class AppState:
     stripe: StripeClient | None = None  # when Stripe is configured
     events: JobEvents | None = None  # the events hub, when the process runs one (api.wiring.background_services)
     token_verifier: TokenVerifier | None = None  # built on first use (api.deps); tests put their own in place
+    failed_auth: FailedAuthLimiter = field(default_factory=FailedAuthLimiter)
+    event_streams: StreamSlots = field(default_factory=StreamSlots)

@@ -27,7 +27,7 @@ import hashlib
 import socket
 import tempfile
 import unicodedata
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -42,7 +42,8 @@ from inference.audio import MAX_CHANNELS, MAX_SAMPLE_RATE, AudioInfo, DecodeLimi
 from inference.base import EngineError
 
 _CHUNK = 1 << 16
-MAX_FIELD_BYTES = 64 * 1024  # `params` and the other text fields are small JSON
+MAX_FORM_BYTES = 64 * 1024  # all text fields of a body together (`params` is small JSON); a JSON body too
+MAX_PART_HEADER_BYTES = 8 * 1024  # the headers of one multipart part
 MAX_REDIRECTS = 3
 
 # Declared types we accept: any audio/*, plus the generic binary types browsers and curl send for unknown files.
@@ -156,11 +157,17 @@ class _Sink:
 
 
 class _MultipartReader:
-    """Streams one multipart body: text fields into memory (small), the `file` part straight into a capped temp file."""
+    """Streams one multipart body: text fields into memory (small), the `file` part straight into a capped temp file.
 
-    def __init__(self, directory: Path, max_bytes: int, charset: str) -> None:
-        self.directory, self.max_bytes, self.charset = directory, max_bytes, charset
+    Each part is judged as its headers arrive: a name outside `fields` (and `file`), or a name seen before, ends the
+    read there, so a body has at most len(fields) + 1 parts; part headers and all text fields together are capped.
+    """
+
+    def __init__(self, directory: Path, max_bytes: int, charset: str, fields: Collection[str]) -> None:
+        self.directory, self.max_bytes, self.charset, self.fields = directory, max_bytes, charset, fields
         self.body = MultipartBody()
+        self._form_bytes = 0
+        self._header_bytes = 0
         self._sink: _Sink | None = None
         self._header_name = b""
         self._header_value = b""
@@ -170,12 +177,24 @@ class _MultipartReader:
         self._is_file = False
 
     def on_part_begin(self) -> None:
-        self._headers, self._data, self._is_file = {}, bytearray(), False
+        self._headers, self._data, self._is_file, self._header_bytes = {}, bytearray(), False, 0
+
+    def _count_header(self, size: int) -> None:
+        self._header_bytes += size
+        if self._header_bytes > MAX_PART_HEADER_BYTES:
+            raise Problem(
+                400,
+                "bad_request",
+                "Malformed multipart body",
+                f"A part's headers are limited to {MAX_PART_HEADER_BYTES} bytes.",
+            )
 
     def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self._count_header(end - start)
         self._header_name += data[start:end]
 
     def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self._count_header(end - start)
         self._header_value += data[start:end]
 
     def on_header_end(self) -> None:
@@ -187,6 +206,15 @@ class _MultipartReader:
         if b"name" not in options:
             raise Problem(400, "bad_request", "Malformed multipart body", "Every part needs a name.")
         self._name = options[b"name"].decode(self.charset, "replace")
+        if self._name != "file" and self._name not in self.fields:
+            raise Problem(
+                422,
+                "invalid_request",
+                "Unknown form field",
+                f"Unknown field `{self._name[:100]}`; fields: file, " + ", ".join(sorted(self.fields)) + ".",
+            )
+        if self._name in self.body.fields:
+            raise Problem(422, "invalid_request", "Repeated form field", f"`{self._name}` appears more than once.")
         if b"filename" in options or self._name == "file":
             if self._name != "file" or self._sink is not None:
                 raise Problem(422, "invalid_request", "Unexpected file part", "Send exactly one file, as `file`.")
@@ -205,12 +233,14 @@ class _MultipartReader:
             assert self._sink is not None
             self._sink.write(data[start:end])
             return
-        if len(self._data) + (end - start) > MAX_FIELD_BYTES:
+        self._form_bytes += end - start
+        if self._form_bytes > MAX_FORM_BYTES:
             raise Problem(
                 413,
                 "payload_too_large",
-                "A form field is too large",
-                f"Text fields are limited to {MAX_FIELD_BYTES} bytes.",
+                "The form fields are too large",
+                f"Text fields are limited to {MAX_FORM_BYTES} bytes together.",
+                max_bytes=MAX_FORM_BYTES,
             )
         self._data += data[start:end]
 
@@ -220,8 +250,6 @@ class _MultipartReader:
             self._sink.close()
             self.body.file.bytes = self._sink.size
             self.body.file.sha256 = self._sink.hash.hexdigest()
-        elif self._name in self.body.fields:
-            raise Problem(422, "invalid_request", "Repeated form field", f"`{self._name}` appears more than once.")
         else:
             self.body.fields[self._name] = self._data.decode(self.charset, "replace")
 
@@ -230,7 +258,7 @@ class _MultipartReader:
             self._sink.close()
 
 
-def check_content_length(header: str | None, max_bytes: int, slack: int = MAX_FIELD_BYTES) -> None:
+def check_content_length(header: str | None, max_bytes: int, slack: int = MAX_FORM_BYTES) -> None:
     """Refuse early when the client announces a body we would refuse anyway (`slack` covers the form fields)."""
     if header is None:
         return
@@ -243,9 +271,10 @@ def check_content_length(header: str | None, max_bytes: int, slack: int = MAX_FI
 
 
 async def read_multipart(
-    content_type: str, stream: AsyncIterator[bytes], directory: Path, max_bytes: int
+    content_type: str, stream: AsyncIterator[bytes], directory: Path, max_bytes: int, fields: Collection[str]
 ) -> MultipartBody:
-    """Parse a multipart/form-data body. The caller deletes `directory` (it owns the temp file)."""
+    """Parse a multipart/form-data body with text `fields` and one `file`. The caller deletes `directory` (it owns
+    the temp file)."""
     _, options = parse_options_header(content_type)
     boundary = options.get(b"boundary")
     if not boundary:
@@ -255,7 +284,7 @@ async def read_multipart(
         charset = codecs.lookup(charset).name
     except LookupError:
         charset = "latin-1"
-    reader = _MultipartReader(directory, max_bytes, charset)
+    reader = _MultipartReader(directory, max_bytes, charset, fields)
     callbacks = {
         name: getattr(reader, name)
         for name in (

@@ -22,7 +22,7 @@ from urllib.parse import parse_qsl
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from api.errors import Problem
-from api.jobs.inputs import MAX_FIELD_BYTES, ReceivedInput, check_content_length, read_multipart
+from api.jobs.inputs import MAX_FORM_BYTES, ReceivedInput, check_content_length, read_multipart
 from api.jobs.view import WEBHOOK_EVENTS
 from api.outbound import validate_webhook_url
 from api.settings import Settings
@@ -68,6 +68,10 @@ class JobRequest:
     duration_s: float | None
 
 
+# The text fields of a form body (multipart adds `file`).
+FORM_FIELDS = frozenset({"task", "params", "input_url", "prompt", "webhook_url", "webhook_events", "duration_s"})
+
+
 def invalid(code: str, title: str, detail: str, **extra: Any) -> Problem:
     return Problem(422, code, title, detail, **extra)
 
@@ -98,7 +102,7 @@ async def _read_body(
     main_type = content_type.split(";", 1)[0].strip().lower()
     if main_type == "multipart/form-data":
         check_content_length(headers.get("content-length"), max_bytes)
-        body = await read_multipart(content_type, stream, workdir, max_bytes)
+        body = await read_multipart(content_type, stream, workdir, max_bytes, FORM_FIELDS)
         parsed = _from_fields(body.fields)
         return (parsed, body.file) if body.file is not None else parsed
     if main_type in ("application/json", "application/x-www-form-urlencoded"):
@@ -106,12 +110,12 @@ async def _read_body(
         raw = bytearray()
         async for chunk in stream:
             raw += chunk
-            if len(raw) > MAX_FIELD_BYTES:
+            if len(raw) > MAX_FORM_BYTES:
                 raise Problem(
                     413,
                     "payload_too_large",
                     "The body is too large",
-                    f"JSON and form bodies are limited to {MAX_FIELD_BYTES} bytes; upload audio as multipart.",
+                    f"JSON and form bodies are limited to {MAX_FORM_BYTES} bytes; upload audio as multipart.",
                 )
         if main_type == "application/x-www-form-urlencoded":
             pairs = parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True)
@@ -133,7 +137,7 @@ async def _read_body(
 
 def _from_fields(fields: dict[str, str]) -> JobCreate:
     """Form fields (multipart or urlencoded) to the JSON shape: `params` and `webhook_events` arrive as text."""
-    unknown = set(fields) - {"task", "params", "input_url", "prompt", "webhook_url", "webhook_events", "duration_s"}
+    unknown = set(fields) - FORM_FIELDS
     if unknown:
         raise invalid("invalid_request", "Unknown form field", f"Unknown fields: {', '.join(sorted(unknown))}.")
     text = ("task", "input_url", "prompt", "webhook_url", "duration_s")

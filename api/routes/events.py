@@ -10,11 +10,13 @@ from uuid import UUID
 
 from fastapi import APIRouter, Header, Response
 from fastapi.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from api.background.events import RESYNC, Update
 from api.deps import CurrentUser, State
 from api.errors import Problem
 from api.jobs import view
+from api.ratelimit import StreamSlots
 from api.routes.responses import problem_doc
 from api.state import AppState, JobEvents
 from db.jobs import FINAL_STATES, get_job, job_state
@@ -40,8 +42,31 @@ def _public(update: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+_MAX_EVENT_ID_DIGITS = 18  # event ids are a bigint sequence
+
+
 def _parse_event_id(value: str | None) -> int | None:
-    return int(value) if value is not None and value.strip().isdigit() else None
+    """An id we sent (ASCII digits); anything else is no id, and the stream starts over (never an error)."""
+    if value is None:
+        return None
+    value = value.strip()
+    if not (value.isascii() and value.isdigit() and len(value) <= _MAX_EVENT_ID_DIGITS):
+        return None
+    return int(value)
+
+
+class _SlotResponse(StreamingResponse):
+    """A stream holding one of its user's slots, released however the response ends (done, disconnect, error)."""
+
+    def __init__(self, content: AsyncIterator[str], slots: StreamSlots, user_id: UUID, **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self._slots, self._user_id = slots, user_id
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._slots.release(self._user_id)
 
 
 async def _final_resource(state: AppState, job_id: UUID) -> dict[str, Any]:
@@ -102,6 +127,11 @@ async def stream_job_events(state: AppState, hub: JobEvents, job_id: UUID, after
         204: {"description": "The job is final and the client already received `done`: stop reconnecting."},
         401: problem_doc(401, "unauthorized", "Missing or invalid bearer token"),
         404: problem_doc(404, "not_found", "Job not found"),
+        429: problem_doc(
+            429,
+            "too_many_streams",
+            "Too many open event streams for this user (or `rate_limited`, `too_many_failed_auth`)",
+        ),
         503: problem_doc(503, "events_unavailable", "Live events are not available"),
     },
 )
@@ -119,8 +149,11 @@ async def job_events(
     if after is not None and row["status"] in FINAL_STATES and after >= row["seq"]:
         # EventSource stops reconnecting on 204; a 200 here would have it reconnect forever.
         return Response(status_code=204)
-    return StreamingResponse(
+    state.event_streams.acquire(user.id, state.settings.max_event_streams_per_user)
+    return _SlotResponse(
         stream_job_events(state, hub, job_id, after),
+        state.event_streams,
+        user.id,
         media_type="text/event-stream",
         headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
     )

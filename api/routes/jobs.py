@@ -21,6 +21,7 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from api import ratelimit
 from api.deps import CurrentUser, State
 from api.errors import Problem
 from api.jobs import cancel, idempotency
@@ -36,7 +37,7 @@ from inference.registry import TASKS, TaskName
 
 router = APIRouter(tags=["jobs"])
 
-_PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d+)", re.IGNORECASE)
+_PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*([0-9]+)", re.IGNORECASE | re.ASCII)
 
 
 class Quote(BaseModel):
@@ -70,10 +71,14 @@ class Quote(BaseModel):
 
 
 def _prefer_wait(header: str | None, maximum: int) -> int | None:
+    """`wait=N` saturated at `maximum` (any number of digits: more than fit an int mean "as long as you allow")."""
     if not header:
         return None
     match = _PREFER_WAIT.search(header)
-    return None if match is None else min(int(match.group(1)), maximum)
+    if match is None:
+        return None
+    digits = match.group(1).lstrip("0") or "0"
+    return maximum if len(digits) > len(str(maximum)) else min(int(digits), maximum)
 
 
 def _job_id(raw: str) -> UUID:
@@ -150,6 +155,16 @@ async def create_quote(request: Request, user: CurrentUser, state: State) -> Quo
                     )
                 seconds = job.duration_s
             else:
+                if job.input_url is not None:
+                    # The download is what a submit would do, and a quote is free: it pays in rate budget.
+                    async with state.pool.connection() as conn:
+                        await ratelimit.enforce(
+                            conn,
+                            user.id,
+                            now=state.clock(),
+                            limit=state.settings.rate_limit_per_minute,
+                            cost=state.settings.quote_fetch_rate_cost,
+                        )
                 _, probed = await obtain_input(state, job, workdir)
                 seconds = probed.info.duration_s
     finally:
@@ -195,7 +210,9 @@ async def submit_job(
 ) -> JSONResponse:
     """Create a job: the input is probed, priced and held before the job is accepted."""
     settings = state.settings
+    # Every header is read before any work: a bad one must not fail after the job was created and charged.
     key = idempotency.check_key(idempotency_key) if idempotency_key is not None else None
+    wait = _prefer_wait(prefer, settings.prefer_wait_max_seconds)
     workdir = Path(tempfile.mkdtemp(prefix="studio-submit-"))
     claimed = False
     try:
@@ -227,7 +244,6 @@ async def submit_job(
         shutil.rmtree(workdir, ignore_errors=True)
     job_id = UUID(body["id"])
     headers = {"Location": body["links"]["self"]}
-    wait = _prefer_wait(prefer, settings.prefer_wait_max_seconds)
     if wait is None:
         return JSONResponse(body, status_code=202, headers=headers)
     headers["Preference-Applied"] = f"wait={wait}"

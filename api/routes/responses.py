@@ -29,5 +29,10 @@ def problem_doc(status: int, code: str, description: str) -> dict[str, Any]:
 
 AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: problem_doc(401, "unauthorized", "Missing, invalid or expired credentials"),
-    429: problem_doc(429, "rate_limited", "Too many requests; see Retry-After"),
+    429: problem_doc(
+        429,
+        "rate_limited",
+        "Too many requests (`rate_limited`), or too many failed sign-ins from this address (`too_many_failed_auth`); "
+        "see Retry-After",
+    ),
 }

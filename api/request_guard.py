@@ -1,0 +1,148 @@
+"""`RequestGuard`: a pure-ASGI middleware that bounds every request body before any route sees it.
+
+- Size: every route gets `max_body_bytes` (small: JSON bodies); the upload routes (`UPLOAD_PATHS`, POST) get
+  `max_upload_bytes` plus the form budget. An announced Content-Length past the cap is refused without reading a
+  byte; otherwise the bytes of each `http.request` message are counted, so a chunked body (no Content-Length) is
+  cut off at the cap too. 413 problem+json.
+- Time: while the body is incomplete, each read waits at most `body_read_idle_seconds`, and the whole body must
+  arrive within `body_read_timeout_seconds`, so a trickling client cannot hold a temp upload forever. 408.
+- Auth first: a request with a body and no Authorization header gets its 401 before the body is read (FastAPI
+  reads a JSON body before it runs the auth dependency), except on the routes that take bodies from callers
+  without a bearer token (`UNAUTHENTICATED_BODY_PATHS`: the Stripe webhook, signed by Stripe). Bodiless requests
+  go on to the route, which answers as it always does (a GET without a token is refused by the route itself).
+- Whenever the answer goes out before the body was read to its end, it says `Connection: close`, so the server
+  stops receiving the rest instead of reading and discarding it.
+
+Once the guard has refused a request, whatever the app does with the error is discarded: the answer is the
+guard's own problem+json (FastAPI, for one, turns a failed body read into a 400).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+from starlette.datastructures import Headers
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.errors import PROBLEM_JSON, Problem
+from api.jobs.inputs import MAX_FORM_BYTES, too_large
+from api.security import unauthorized
+from api.settings import Settings
+
+# POST routes that take an audio upload (multipart): they stream it to a capped temp file themselves.
+UPLOAD_PATHS = frozenset({"/v1/jobs", "/v1/quotes", "/v1/audio/transcriptions", "/v1/audio/translations"})
+UNAUTHENTICATED_BODY_PATHS = frozenset({"/v1/billing/stripe-webhook"})
+# Boundaries and part headers around the file and the text fields.
+MULTIPART_OVERHEAD_BYTES = 64 * 1024
+
+
+class _Refused(Exception):
+    """Raised into the app from `receive` once the guard has decided the answer."""
+
+
+def body_cap(settings: Settings, method: str, path: str) -> int:
+    if method == "POST" and path in UPLOAD_PATHS:
+        return settings.max_upload_bytes + MAX_FORM_BYTES + MULTIPART_OVERHEAD_BYTES
+    return settings.max_body_bytes
+
+
+def request_timeout(seconds: float) -> Problem:
+    return Problem(
+        408,
+        "request_timeout",
+        "The request body arrived too slowly",
+        f"The body must arrive within {seconds:g} s, with no pause longer than the idle limit.",
+    )
+
+
+class RequestGuard:
+    def __init__(self, app: ASGIApp, *, settings: Callable[[], Settings]) -> None:
+        self.app = app
+        self.settings = settings  # read per request: tests may swap the settings object
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        settings = self.settings()
+        headers = Headers(scope=scope)
+        cap = body_cap(settings, scope["method"], scope["path"])
+        announced = headers.get("content-length")
+        has_body = "transfer-encoding" in headers or announced not in (None, "0")
+        if has_body and "authorization" not in headers and scope["path"] not in UNAUTHENTICATED_BODY_PATHS:
+            missing = unauthorized("Send `Authorization: Bearer <token>`.", missing=True)
+            await _answer(scope, send, missing, close=True)
+            return
+        if announced is not None and announced.isdigit() and int(announced) > cap:
+            await _answer(scope, send, too_large(cap), close=True)
+            return
+        await _GuardedRequest(self.app, settings, cap)(scope, receive, send)
+
+
+class _GuardedRequest:
+    """One request's body accounting."""
+
+    def __init__(self, app: ASGIApp, settings: Settings, cap: int) -> None:
+        self.app, self.cap = app, cap
+        self.idle, self.total = settings.body_read_idle_seconds, settings.body_read_timeout_seconds
+        self.deadline = time.monotonic() + self.total
+        self.received = 0
+        self.body_complete = False
+        self.refusal: Problem | None = None
+        self.started = False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def guarded_receive() -> Message:
+            if self.refusal is not None:
+                raise _Refused
+            if self.body_complete:
+                return await receive()  # e.g. a streaming response listening for the disconnect: no limit
+            wait = min(self.idle, self.deadline - time.monotonic())
+            try:
+                async with asyncio.timeout(max(wait, 0.0)):
+                    message = await receive()
+            except TimeoutError:
+                self.refusal = request_timeout(self.total)
+                raise _Refused from None
+            if message["type"] == "http.request":
+                self.received += len(message.get("body", b""))
+                if self.received > self.cap:
+                    self.refusal = too_large(self.cap)
+                    raise _Refused
+                self.body_complete = not message.get("more_body", False)
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            if self.refusal is not None and not self.started:
+                return  # the app's own answer to the refusal: ours goes out instead
+            if message["type"] == "http.response.start":
+                self.started = True
+                if not self.body_complete:
+                    message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
+            await send(message)
+
+        try:
+            await self.app(scope, guarded_receive, guarded_send)
+        except Exception:
+            if self.refusal is None or self.started:
+                raise
+        if self.refusal is not None and not self.started:
+            await _answer(scope, send, self.refusal, close=not self.body_complete)
+
+
+async def _answer(scope: Scope, send: Send, problem: Problem, *, close: bool) -> None:
+    """The problem as a response; `close` when a body we will never read is behind it."""
+
+    async def nothing() -> Message:
+        return {"type": "http.disconnect"}
+
+    response = JSONResponse(
+        problem.body(),
+        status_code=problem.status,
+        headers={**problem.headers, **({"Connection": "close"} if close else {})},
+        media_type=PROBLEM_JSON,
+    )
+    await response(scope, nothing, send)

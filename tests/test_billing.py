@@ -582,3 +582,29 @@ async def test_a_won_dispute_gives_back_only_what_refunds_meanwhile_leave(client
     assert row is not None and (row["amount_refunded"], row["credits_refunded"]) == (1000, 1200)
     assert await dispute_rows(app_state, session["id"]) == (0, [("dp_then_refund", "won", 3000)])
     await assert_ledger_consistent(app_state)
+
+
+async def test_a_refund_and_a_dispute_racing_on_one_charge_take_back_the_purchase_once(
+    client, alice, app_state, fake_stripe
+):
+    session = await paid_purchase(client, fake_stripe, alice, "studio")  # 3000 credits for 2500 cents
+    pi = session["payment_intent"]
+    full_refund = event("charge.refunded", refunded_charge(pi, 2500, [("re_all", 2500, 100)]))
+    full_dispute = event("charge.dispute.created", dispute(pi, 2500, dispute_id="dp_race_refund"))
+    # Real concurrent transactions: each locks the purchase row, so the second sees what the first took.
+    responses = await asyncio.gather(deliver(client, full_refund), deliver(client, full_dispute))
+    assert [r.status_code for r in responses] == [200, 200]
+    assert sorted(r.json()["outcome"] for r in responses) in (
+        ["dispute_no_change", "refunded"],
+        ["disputed", "refund_no_change"],
+    )
+    assert await available(client, alice) == WELCOME
+    async with app_state.pool.connection() as conn:
+        row = await (
+            await conn.execute(
+                "SELECT credits_refunded + credits_disputed FROM purchases WHERE checkout_session_id = %s",
+                (session["id"],),
+            )
+        ).fetchone()
+    assert row == (3000,)
+    await assert_ledger_consistent(app_state)

@@ -6,7 +6,10 @@ import asyncio
 import contextlib
 import ipaddress
 import socket
+from collections.abc import Awaitable, Callable, Mapping
 from urllib.parse import urlsplit
+
+import httpx
 
 from api.errors import Problem
 from api.settings import Settings
@@ -25,9 +28,30 @@ METADATA_ADDRESSES = frozenset(
 )
 
 
+# IPv6 ranges that reach IPv4 (or old private space) through a translator: whatever they embed, refuse them, since
+# Python's is_global for these differs between versions (3.12 follows the IANA registry, where 64:ff9b::/96 is
+# global) and a NAT64 gateway would carry 64:ff9b::a9fe:a9fe to 169.254.169.254.
+TRANSLATED_RANGES = (
+    ipaddress.ip_network("64:ff9b::/96"),  # NAT64 well-known prefix (RFC 6052)
+    ipaddress.ip_network("64:ff9b:1::/48"),  # NAT64 local-use prefix (RFC 8215)
+    ipaddress.ip_network("::/96"),  # IPv4-compatible ::a.b.c.d (deprecated, RFC 4291), :: and ::1 included
+)
+SITE_LOCAL = ipaddress.ip_network("fec0::/10")  # deprecated (RFC 3879), still routed privately by some networks
+
+Resolver = Callable[[str, int], Awaitable[list[str]]]
+
+
+class OutboundRefused(Exception):
+    """The target may not be connected to; the message says why and is safe to show the user."""
+
+
 def address_refusal(address: IPAddress) -> str | None:
     """Why `address` may not be connected to, or None when it is plainly on the public internet."""
     if isinstance(address, ipaddress.IPv6Address):
+        if any(address in network for network in TRANSLATED_RANGES):
+            return f"{address} is a NAT64 or IPv4-compatible address, which is not allowed."
+        if address in SITE_LOCAL:
+            return f"{address} is a site-local address, which is not allowed."
         embedded = address.ipv4_mapped or address.sixtofour
         if embedded is not None:
             refusal = address_refusal(embedded)
@@ -63,6 +87,43 @@ async def resolve_host(host: str, port: int) -> list[str]:
     """Every address `host` resolves to. Numeric forms (2130706433, 0x7f.1) resolve too."""
     infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
     return [str(info[4][0]) for info in infos]
+
+
+async def resolve_checked(host: str, port: int, *, allow_private: bool, resolver: Resolver = resolve_host) -> str:
+    """Resolve `host` once and return the one address to connect to. Every answer must pass the guard (a name that
+    answers both a public and a private address is refused): raises OutboundRefused. Resolution failures raise
+    OSError (or UnicodeError for names IDNA cannot encode)."""
+    addresses = [parse_address(address) for address in await resolver(host, port)]
+    if not addresses:
+        raise OutboundRefused(f"{host!r} has no address.")
+    if not allow_private:
+        for address in addresses:
+            refusal = address_refusal(address)
+            if refusal is not None:
+                raise OutboundRefused(refusal)
+    return str(addresses[0])
+
+
+def pinned_request(
+    client: httpx.AsyncClient,
+    method: str,
+    url: httpx.URL,
+    address: str,
+    *,
+    headers: Mapping[str, str],
+    content: bytes | None = None,
+) -> httpx.Request:
+    """A request to `url` that connects to the checked `address`, with the original name as Host and TLS SNI (and
+    certificate check): httpx never resolves the name again, so a DNS answer that changes after the check
+    (rebinding) cannot redirect the connection."""
+    host_header = url.host if url.port is None else f"{url.host}:{url.port}"
+    return client.build_request(
+        method,
+        url.copy_with(host=address),
+        headers={**headers, "Host": host_header},
+        content=content,
+        extensions={"sni_hostname": url.host},
+    )
 
 
 def validate_webhook_url(url: str, settings: Settings) -> str:

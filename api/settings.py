@@ -107,6 +107,11 @@ class Settings(BaseSettings):
     webhook_retry_horizon_seconds: int = 26 * 3600  # SPEC: retry for at least 24 h
     # Local development and tests deliver webhooks to http://127.0.0.1; production refuses http and private targets.
     webhook_allow_insecure_urls: bool = False
+    # One delivery attempt (resolve, connect, send, read the status) ends by this deadline, however slowly the
+    # receiver trickles bytes; a timeout is a failed attempt, retried with backoff.
+    webhook_attempt_timeout_seconds: float = Field(default=15.0, gt=0)
+    webhook_max_concurrent_attempts: int = Field(default=10, ge=1)  # per deliverer process
+    webhook_max_attempts_per_user: int = Field(default=2, ge=1)  # per pass of a deliverer: one user's slow receiver
 
     @property
     def weights_path(self) -> Path:

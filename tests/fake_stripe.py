@@ -233,3 +233,43 @@ def refunded_charge(
             "url": f"/v1/charges/{charge_id}/refunds",
         }
     return charge
+
+
+def dispute(
+    payment_intent: str,
+    amount: int,
+    *,
+    status: str = "needs_response",
+    dispute_id: str = "dp_1Qfake0000000000",
+    charge_id: str = "ch_3Qfake0000000000",
+    created: int | None = None,
+) -> dict[str, Any]:
+    """A Dispute as `charge.dispute.created` / `charge.dispute.closed` carry it (stripe-python's `Dispute` fields;
+    `closed` has status won, lost, warning_closed or prevented)."""
+    created = int(time.time()) if created is None else created
+    return {
+        "id": dispute_id,
+        "object": "dispute",
+        "amount": amount,
+        "balance_transactions": [],
+        "charge": charge_id,
+        "created": created,
+        "currency": "usd",
+        "enhanced_eligibility_types": [],
+        "evidence": {"customer_email_address": None, "product_description": None, "uncategorized_text": None},
+        "evidence_details": {
+            "due_by": created + 7 * 86400,
+            "enhanced_eligibility": {},
+            "has_evidence": False,
+            "past_due": False,
+            "submission_count": 0,
+        },
+        "is_charge_refundable": False,
+        "livemode": False,
+        "metadata": {},
+        "network_reason_code": "10.4",
+        "payment_intent": payment_intent,
+        "payment_method_details": {"card": {"brand": "visa", "network_reason_code": "10.4"}, "type": "card"},
+        "reason": "fraudulent",
+        "status": status,
+    }

@@ -16,7 +16,7 @@ import pytest
 from api.settings import Settings
 from api.wiring import build_stripe_client
 from db import ledger
-from tests.fake_stripe import FakeStripe, completed_session, event, refunded_charge, sign
+from tests.fake_stripe import FakeStripe, completed_session, dispute, event, refunded_charge, sign
 
 STRIPE_KEY = "sk_test_51QfakeKeyForTestsOnly000000000000000000000000"
 WEBHOOK_SECRET = "whsec_dGVzdC13ZWJob29rLXNlY3JldC1mb3ItYmlsbGluZy10ZXN0cw"
@@ -457,4 +457,154 @@ async def test_concurrent_deliveries_grant_once(client, alice, app_state, fake_s
     assert [r.status_code for r in responses] == [200] * 5
     assert sorted(r.json()["outcome"] for r in responses) == ["already_granted"] * 4 + ["granted"]
     assert await available(client, alice) == WELCOME + 500 + 3000
+    await assert_ledger_consistent(app_state)
+
+
+# ---- webhook: disputes ----
+
+
+async def dispute_rows(app_state: Any, session_id: str) -> tuple[int, list[tuple[str, str, int]]]:
+    async with app_state.pool.connection() as conn:
+        purchase = await (
+            await conn.execute("SELECT credits_disputed FROM purchases WHERE checkout_session_id = %s", (session_id,))
+        ).fetchone()
+        disputes = await (
+            await conn.execute(
+                "SELECT dispute_id, status, credits_clawed_back FROM disputes WHERE checkout_session_id = %s"
+                " ORDER BY dispute_id",
+                (session_id,),
+            )
+        ).fetchall()
+    assert purchase is not None
+    return purchase[0], [tuple(row) for row in disputes]
+
+
+async def test_a_dispute_claws_back_blocks_jobs_and_a_won_dispute_gives_back(client, alice, app_state, fake_stripe):
+    session = await paid_purchase(client, fake_stripe, alice)  # starter: 500 credits for 500 cents
+    pi = session["payment_intent"]
+    async with app_state.pool.connection() as conn:
+        await ledger.adjust(conn, alice["id"], "spent", -(WELCOME + 450))  # the credits were used on jobs
+    assert await available(client, alice) == 50
+
+    opened = event("charge.dispute.created", dispute(pi, 500, dispute_id="dp_won"))
+    assert (await deliver(client, opened)).json()["outcome"] == "disputed"
+    assert await available(client, alice) == -450
+    # The same dispute again, under a new event id (Stripe sends charge.dispute.updated and re-sends): no change.
+    again = event("charge.dispute.created", dispute(pi, 500, dispute_id="dp_won"))
+    assert (await deliver(client, again)).json()["outcome"] == "dispute_no_change"
+    assert await available(client, alice) == -450
+    blocked = await client.post("/v1/jobs", headers=alice["headers"], json={"task": "generate", "prompt": "rain"})
+    assert blocked.status_code == 402 and blocked.json()["code"] == "insufficient_credits"
+
+    won = event("charge.dispute.closed", dispute(pi, 500, dispute_id="dp_won", status="won"))
+    assert (await deliver(client, won)).json()["outcome"] == "dispute_won"
+    assert await available(client, alice) == 50
+    won_again = event("charge.dispute.closed", dispute(pi, 500, dispute_id="dp_won", status="won"))
+    assert (await deliver(client, won_again)).json()["outcome"] == "dispute_no_change"
+    assert await available(client, alice) == 50
+    assert await dispute_rows(app_state, session["id"]) == (0, [("dp_won", "won", 500)])
+    await assert_ledger_consistent(app_state)
+
+
+async def test_refunds_and_disputes_together_never_claw_back_more_than_was_bought(
+    client, alice, app_state, fake_stripe
+):
+    session = await paid_purchase(client, fake_stripe, alice, "studio")  # 3000 credits for 2500 cents
+    pi = session["payment_intent"]
+    refund_1000 = refunded_charge(pi, 2500, [("re_1", 1000, 100)])
+    assert (await deliver(client, event("charge.refunded", refund_1000))).json()["outcome"] == "refunded"
+    assert await available(client, alice) == WELCOME + 3000 - 1200
+    # The cardholder disputes the whole charge anyway: only the 1800 credits not yet refunded can be taken back.
+    opened = event("charge.dispute.created", dispute(pi, 2500, dispute_id="dp_lost"))
+    assert (await deliver(client, opened)).json()["outcome"] == "disputed"
+    assert await available(client, alice) == WELCOME
+    lost = event("charge.dispute.closed", dispute(pi, 2500, dispute_id="dp_lost", status="lost"))
+    assert (await deliver(client, lost)).json()["outcome"] == "dispute_lost"
+    # A later refund state for the same charge takes nothing more, nor does a second dispute.
+    refund_all = refunded_charge(pi, 2500, [("re_1", 1000, 100), ("re_2", 1500, 200)])
+    assert (await deliver(client, event("charge.refunded", refund_all))).json()["outcome"] == "refund_no_change"
+    second = event("charge.dispute.created", dispute(pi, 2500, dispute_id="dp_second"))
+    assert (await deliver(client, second)).json()["outcome"] == "dispute_no_change"
+    assert await available(client, alice) == WELCOME
+    assert await dispute_rows(app_state, session["id"]) == (
+        1800,
+        [("dp_lost", "lost", 1800), ("dp_second", "open", 0)],
+    )
+    row = await purchase_row(app_state, session["id"])
+    assert row is not None and row["credits_refunded"] == 1200
+    await assert_ledger_consistent(app_state)
+
+
+async def test_out_of_order_dispute_events_apply_once(client, alice, app_state, fake_stripe):
+    session = await paid_purchase(client, fake_stripe, alice)
+    pi = session["payment_intent"]
+    # closed (lost) arrives before created: the claw-back happens once, and the late created changes nothing.
+    lost = event("charge.dispute.closed", dispute(pi, 250, dispute_id="dp_late", status="lost"))
+    assert (await deliver(client, lost)).json()["outcome"] == "dispute_lost"
+    assert await available(client, alice) == WELCOME + 500 - 250
+    late = event("charge.dispute.created", dispute(pi, 250, dispute_id="dp_late"))
+    assert (await deliver(client, late)).json()["outcome"] == "dispute_no_change"
+    # closed (won) before created: nothing is taken at all.
+    won = event("charge.dispute.closed", dispute(pi, 250, dispute_id="dp_early_win", status="won"))
+    assert (await deliver(client, won)).json()["outcome"] == "dispute_won"
+    late_won = event("charge.dispute.created", dispute(pi, 250, dispute_id="dp_early_win"))
+    assert (await deliver(client, late_won)).json()["outcome"] == "dispute_no_change"
+    assert await available(client, alice) == WELCOME + 500 - 250
+    # Concurrent deliveries of one dispute under different event ids: one claw-back.
+    copies = [event("charge.dispute.created", dispute(pi, 150, dispute_id="dp_race")) for _ in range(4)]
+    outcomes = sorted([(await deliver(client, copy)).json()["outcome"] for copy in copies])
+    responses = await asyncio.gather(
+        *(deliver(client, event("charge.dispute.created", dispute(pi, 100, dispute_id="dp_gather"))) for _ in range(4))
+    )
+    assert outcomes == ["dispute_no_change"] * 3 + ["disputed"]
+    assert sorted(r.json()["outcome"] for r in responses) == ["dispute_no_change"] * 3 + ["disputed"]
+    assert await available(client, alice) == WELCOME + 500 - 250 - 150 - 100  # the whole purchase, no more
+    # A dispute for a payment we have not recorded yet is retried by Stripe, like a refund.
+    unknown = await deliver(client, event("charge.dispute.created", dispute("pi_unknown", 500, dispute_id="dp_x")))
+    assert unknown.status_code == 409
+    await assert_ledger_consistent(app_state)
+
+
+async def test_a_won_dispute_gives_back_only_what_refunds_meanwhile_leave(client, alice, app_state, fake_stripe):
+    session = await paid_purchase(client, fake_stripe, alice, "studio")  # 3000 credits for 2500 cents
+    pi = session["payment_intent"]
+    opened = event("charge.dispute.created", dispute(pi, 2500, dispute_id="dp_then_refund"))
+    assert (await deliver(client, opened)).json()["outcome"] == "disputed"
+    assert await available(client, alice) == WELCOME
+    # Refunded while disputed: the dispute already holds every credit, so the refund takes nothing more now...
+    refund_1000 = refunded_charge(pi, 2500, [("re_1", 1000, 100)])
+    assert (await deliver(client, event("charge.refunded", refund_1000))).json()["outcome"] == "refund_no_change"
+    # ...and when the dispute is won, its 3000 come back less the refund's 1200.
+    won = event("charge.dispute.closed", dispute(pi, 2500, dispute_id="dp_then_refund", status="won"))
+    assert (await deliver(client, won)).json()["outcome"] == "dispute_won"
+    assert await available(client, alice) == WELCOME + 3000 - 1200
+    row = await purchase_row(app_state, session["id"])
+    assert row is not None and (row["amount_refunded"], row["credits_refunded"]) == (1000, 1200)
+    assert await dispute_rows(app_state, session["id"]) == (0, [("dp_then_refund", "won", 3000)])
+    await assert_ledger_consistent(app_state)
+
+
+async def test_a_refund_and_a_dispute_racing_on_one_charge_take_back_the_purchase_once(
+    client, alice, app_state, fake_stripe
+):
+    session = await paid_purchase(client, fake_stripe, alice, "studio")  # 3000 credits for 2500 cents
+    pi = session["payment_intent"]
+    full_refund = event("charge.refunded", refunded_charge(pi, 2500, [("re_all", 2500, 100)]))
+    full_dispute = event("charge.dispute.created", dispute(pi, 2500, dispute_id="dp_race_refund"))
+    # Real concurrent transactions: each locks the purchase row, so the second sees what the first took.
+    responses = await asyncio.gather(deliver(client, full_refund), deliver(client, full_dispute))
+    assert [r.status_code for r in responses] == [200, 200]
+    assert sorted(r.json()["outcome"] for r in responses) in (
+        ["dispute_no_change", "refunded"],
+        ["disputed", "refund_no_change"],
+    )
+    assert await available(client, alice) == WELCOME
+    async with app_state.pool.connection() as conn:
+        row = await (
+            await conn.execute(
+                "SELECT credits_refunded + credits_disputed FROM purchases WHERE checkout_session_id = %s",
+                (session["id"],),
+            )
+        ).fetchone()
+    assert row == (3000,)
     await assert_ledger_consistent(app_state)

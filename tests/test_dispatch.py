@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -11,8 +12,11 @@ import pytest
 
 from api.background.reaper import ReaperLoop
 from api.jobs.dispatch import DispatchError, dispatch_job, dispatch_ready
+from api.jobs.settle import finish_attempt
 from api.protocols import Liveness
+from db import jobs as db_jobs
 from db import ledger
+from db.jobs import JobStatus
 from tests.jobs_support import (
     RefusingDispatcher,
     job_row,
@@ -111,3 +115,51 @@ async def test_failed_dispatch_fails_the_job_and_releases_the_hold(
     retry = await make_job(conn, app_state.storage, app_state.settings, user, tone, cost=30)
     assert await dispatch_ready(app_state) == 0
     assert await job_status(conn, retry) == "queued"
+
+
+class ClaimedThenFailingDispatcher(RefusingDispatcher):
+    """A spawn that raised after the call was created: the worker has already claimed the job."""
+
+    def __init__(self, app_state: Any) -> None:
+        self._state = app_state
+
+    async def dispatch(self, job_id: UUID, task: str) -> str:
+        async with self._state.pool.connection() as worker_conn:
+            assert await db_jobs.claim(worker_conn, job_id, 60, "modal:fc-created") is not None
+        raise TimeoutError("spawn timed out after the function call was created")
+
+
+async def test_dispatch_failure_after_the_worker_claimed_keeps_the_job_and_its_hold(
+    client: Any, alice: dict[str, Any], app_state: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    app_state.dispatcher = ClaimedThenFailingDispatcher(app_state)
+    with caplog.at_level(logging.ERROR, logger="studio.dispatch"):
+        response = await client.post("/v1/jobs", headers=alice["headers"], json={"task": "generate", "prompt": "x"})
+    # Not "503 nothing charged": the job runs, and it will be charged when it succeeds.
+    assert response.status_code == 202, response.text
+    job = response.json()
+    assert job["status"] == "running"
+    assert any("already claimed" in record.getMessage() for record in caplog.records)
+    async with app_state.pool.connection() as conn:
+        assert (await ledger.balance(conn, alice["id"])).held == job["cost"]
+        assert await ledger_kinds(conn, UUID(job["id"])) == ["hold"]
+        written = await finish_attempt(
+            conn, UUID(job["id"]), 1, JobStatus.SUCCEEDED, retention_seconds=60, outputs=[], metrics={}
+        )
+        assert written == JobStatus.SUCCEEDED
+        assert await ledger_kinds(conn, UUID(job["id"])) == ["hold", "capture"]
+        assert await ledger.invariant_violations(conn) == []
+
+
+async def test_a_capture_that_finds_its_hold_settled_logs_loudly(
+    app_state: Any, conn: psycopg.AsyncConnection, tone: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    user = await make_user(conn, credits=100)
+    job_id = await make_job(conn, app_state.storage, app_state.settings, user, tone, cost=30)
+    assert await db_jobs.claim(conn, job_id, 60, "local:test") is not None
+    assert await ledger.release(conn, job_id)  # some other path settled the hold first
+    with caplog.at_level(logging.ERROR, logger="studio.settle"):
+        written = await finish_attempt(conn, job_id, 1, JobStatus.SUCCEEDED, retention_seconds=60, outputs=[])
+    assert written == JobStatus.SUCCEEDED
+    assert [r.levelno for r in caplog.records if "already settled" in r.getMessage()] == [logging.ERROR]
+    assert await ledger_kinds(conn, job_id) == ["hold", "release"]

@@ -132,3 +132,38 @@ async def test_in_flight_claim_of_a_crashed_submit_expires_after_its_lease(
     replayed = await client.post("/v1/jobs", headers=headers, json=body)
     assert replayed.status_code == 202 and replayed.headers[idempotency.REPLAY_HEADER] == "true"
     assert replayed.json()["id"] == retried.json()["id"] and await _job_count(app_state) == 1
+
+
+async def test_a_failure_after_the_job_committed_keeps_the_key_so_a_retry_is_not_charged_twice(
+    client: Any, alice: dict[str, Any], app_state: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import psycopg
+
+    from api.jobs import submit
+
+    real_dispatch = submit.dispatch_job
+    failures = []
+
+    async def dispatch_losing_the_database_once(state: Any, job_id: Any) -> None:
+        # The job and its hold are committed; the connection dies before dispatch (or shutdown cancels the request).
+        if not failures:
+            failures.append(job_id)
+            raise psycopg.OperationalError("server closed the connection unexpectedly")
+        await real_dispatch(state, job_id)
+
+    monkeypatch.setattr(submit, "dispatch_job", dispatch_losing_the_database_once)
+    app_state.settings.max_running_jobs_per_user = 0
+    headers = {**alice["headers"], "Idempotency-Key": "after-commit"}
+    body = {"task": "generate", "prompt": "rain on a roof"}
+    with pytest.raises(psycopg.OperationalError):
+        await client.post("/v1/jobs", headers=headers, json=body)
+
+    retried = await client.post("/v1/jobs", headers=headers, json=body)
+    assert retried.status_code == 202, retried.text
+    assert retried.headers[idempotency.REPLAY_HEADER] == "true"
+    assert retried.json()["id"] == str(failures[0])
+    assert await _job_count(app_state) == 1
+    async with app_state.pool.connection() as conn:
+        holds = await (await conn.execute("SELECT count(*), sum(amount) FROM holds")).fetchone()
+        assert holds == (1, retried.json()["cost"])
+        assert (await ledger.balance(conn, alice["id"])).held == retried.json()["cost"]

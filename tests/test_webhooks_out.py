@@ -9,6 +9,8 @@ import dataclasses
 import hashlib
 import hmac
 import json
+import os
+import socket
 import threading
 import uuid
 from collections import Counter, deque
@@ -419,7 +421,7 @@ async def test_delivery_refuses_hosts_resolving_to_private_addresses(app_state, 
         await deliverer.stop()
     row = await delivery(app_state, delivery_id)
     assert row["state"] == "failed" and row["last_status_code"] is None
-    assert "non-public address" in row["last_error"]
+    assert "10.0.0.7 is not a public address" in row["last_error"]
 
 
 # ---- end to end ----
@@ -452,3 +454,209 @@ async def test_a_real_job_reports_to_its_webhook(client, alice, receiver, app_st
     body = json.loads(final.body)
     assert body["id"] == job_id and body["status"] == "succeeded"
     assert body["outputs"] and all(out["url"] and out["expires_at"] for out in body["outputs"])
+
+
+# ---- the shared outbound guard, DNS rebinding, and bounded attempts ----
+
+
+class FakeDNS:
+    """The system resolver as seen through the event loop's getaddrinfo, which both the guard and httpx (anyio) call.
+    `answers[host]` lists the address of each successive lookup of `host` (the last repeats); others resolve for real.
+    """
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self.answers: dict[str, list[str]] = {}
+        self.lookups: list[str] = []
+
+    async def getaddrinfo(self, host: Any, port: Any, *args: Any, **kwargs: Any) -> list[tuple[Any, ...]]:
+        name = host.decode() if isinstance(host, bytes) else host
+        if name not in self.answers:
+            return await self.real(host, port, *args, **kwargs)
+        answers = self.answers[name]
+        address = answers[min(self.lookups.count(name), len(answers) - 1)]
+        self.lookups.append(name)
+        if ":" in address:
+            return [(socket.AF_INET6, socket.SOCK_STREAM, 6, "", (address, int(port), 0, 0))]
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, int(port)))]
+
+
+@pytest.fixture
+async def fake_dns(monkeypatch: pytest.MonkeyPatch) -> FakeDNS:
+    loop = asyncio.get_running_loop()
+    dns = FakeDNS(loop.getaddrinfo)
+    monkeypatch.setattr(loop, "getaddrinfo", dns.getaddrinfo)
+    return dns
+
+
+def strict(app_state: Any, **settings: Any) -> Any:
+    """The app state with production's outbound policy (https only, public addresses only)."""
+    return dataclasses.replace(
+        app_state, settings=app_state.settings.model_copy(update={"webhook_allow_insecure_urls": False, **settings})
+    )
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "64:ff9b::a9fe:a9fe",  # NAT64 of 169.254.169.254
+        "::a9fe:a9fe",  # IPv4-compatible 169.254.169.254
+        "2002:a9fe:a9fe::1",  # 6to4 of 169.254.169.254
+        "fec0::1",  # site-local
+        "127.0.0.1",
+        "10.0.0.7",
+        "169.254.169.254",
+        "::1",
+        "fe80::1",
+        "fd00::1",
+        "::ffff:127.0.0.1",
+    ],
+)
+async def test_one_guard_refuses_the_address_for_input_urls_and_webhooks(
+    address, app_state, alice, clock, fake_dns, tmp_path
+):
+    from api.jobs.inputs import fetch_url
+
+    fake_dns.answers["media.example.com"] = [address]
+    with pytest.raises(Problem) as refused:
+        await fetch_url("https://media.example.com/in.wav", tmp_path, max_bytes=1024, timeout=5)
+    assert refused.value.code == "input_url_not_allowed"
+
+    job_id = await new_job(app_state, alice["id"], "https://media.example.com/hook")
+    delivery_id = await enqueue(app_state, clock, job_id, "job.succeeded", status="running")
+    deliverer = webhooks.WebhookDeliverer(strict(app_state))  # the default resolver: the loop's getaddrinfo
+    try:
+        assert await asyncio.wait_for(deliverer.deliver_due(), timeout=30) == 1
+    finally:
+        await deliverer.stop()
+    row = await delivery(app_state, delivery_id)
+    # Refused for good (a failed connection would stay pending for a retry), without any HTTP exchange.
+    assert (row["state"], row["attempts"], row["last_status_code"]) == ("failed", 1, None)
+    assert "refused" in row["last_error"]
+
+
+async def test_delivery_connects_to_the_checked_address_not_a_rebound_one(app_state, alice, clock, fake_dns):
+    connections: list[str] = []
+
+    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(writer.get_extra_info("peername")[0])  # a TLS hello reached 127.0.0.1
+        writer.close()
+
+    server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    # The check sees a public address; any later lookup (httpx's own, at connect) would get 127.0.0.1.
+    fake_dns.answers["hooks.example.com"] = ["93.184.216.34", "127.0.0.1"]
+    job_id = await new_job(app_state, alice["id"], f"https://hooks.example.com:{port}/x")
+    delivery_id = await enqueue(app_state, clock, job_id, "job.succeeded", status="running")
+    deliverer = webhooks.WebhookDeliverer(strict(app_state, webhook_attempt_timeout_seconds=2.0))
+    try:
+        assert await asyncio.wait_for(deliverer.deliver_due(), timeout=30) == 1
+    finally:
+        await deliverer.stop()
+        server.close()
+        await server.wait_closed()
+    assert connections == []
+    assert fake_dns.lookups == ["hooks.example.com"]  # resolved once, by the guard; the connection used that answer
+    row = await delivery(app_state, delivery_id)
+    # 93.184.216.34 is unreachable from the test machine (or answers nothing TLS on this port): a failed attempt.
+    assert (row["state"], row["attempts"], row["last_status_code"]) == ("pending", 1, None)
+    assert row["next_attempt_at"] > clock()
+
+
+def _peer_closed(writer: asyncio.StreamWriter) -> bool:
+    """Whether the client closed this connection, asked of the kernel (the loop may not have seen the FIN yet)."""
+    probe = socket.socket(fileno=os.dup(writer.get_extra_info("socket").fileno()))
+    try:
+        return probe.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+    finally:
+        probe.close()
+
+
+class TricklingReceiver:
+    """A receiver on 127.0.0.1 that reads the request, then answers one byte of a status line every 0.2 s, forever:
+    per-read timeouts never fire. Records the most connections the client held open at once."""
+
+    def __init__(self) -> None:
+        self.connections: list[asyncio.StreamWriter] = []
+        self.most_open = 0
+        self.requests: list[bytes] = []
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/slow"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections = [other for other in self.connections if not _peer_closed(other)] + [writer]
+        self.most_open = max(self.most_open, len(self.connections))
+        try:
+            self.requests.append(await reader.readuntil(b"\r\n\r\n"))
+            for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"." * 10_000:
+                writer.write(bytes([byte]))
+                await writer.drain()
+                await asyncio.sleep(0.2)  # the receiver's behaviour, not a wait in the test
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            if writer in self.connections:
+                self.connections.remove(writer)
+            writer.close()
+
+    async def stop(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        await self.server.wait_closed()
+
+
+@pytest.fixture
+async def trickling() -> Any:
+    receiver = TricklingReceiver()
+    yield receiver
+    await receiver.stop()
+
+
+async def test_a_trickling_receiver_cannot_hold_an_attempt_past_its_deadline(app_state, alice, clock, trickling):
+    url = await trickling.start()
+    app_state.settings.webhook_attempt_timeout_seconds = 0.5
+    job_id = await new_job(app_state, alice["id"], url)
+    delivery_id = await enqueue(app_state, clock, job_id, "job.succeeded", status="running")
+    deliverer = webhooks.WebhookDeliverer(app_state)
+    try:
+        assert await asyncio.wait_for(deliverer.deliver_due(), timeout=20) == 1
+    finally:
+        await deliverer.stop()
+    assert len(trickling.requests) == 1
+    row = await delivery(app_state, delivery_id)
+    assert (row["state"], row["attempts"], row["last_status_code"]) == ("pending", 1, None)
+    assert "deadline" in row["last_error"]
+    assert row["next_attempt_at"] > clock()  # a retry is scheduled
+
+
+async def test_attempts_are_bounded_in_all_and_per_user(app_state, alice, bob, clock, trickling):
+    url = await trickling.start()
+    settings = app_state.settings
+    settings.webhook_attempt_timeout_seconds = 0.5
+    settings.webhook_max_concurrent_attempts = 3
+    settings.webhook_max_attempts_per_user = 2
+    rows: dict[str, list[str]] = {"alice": [], "bob": []}
+    for name, user in (("alice", alice), ("bob", bob)):
+        for _ in range(4):
+            job_id = await new_job(app_state, user["id"], url)
+            rows[name].append(await enqueue(app_state, clock, job_id, "job.succeeded", status="running"))
+    deliverer = webhooks.WebhookDeliverer(app_state, batch_size=20)
+    try:
+        # One pass takes at most 2 of each user's deliveries, and attempts at most 3 of them at a time.
+        assert await asyncio.wait_for(deliverer.deliver_due(), timeout=30) == 4
+    finally:
+        await deliverer.stop()
+    assert trickling.most_open <= 3 and len(trickling.requests) == 4
+    for name in rows:
+        attempts = [(await delivery(app_state, delivery_id))["attempts"] for delivery_id in rows[name]]
+        assert sorted(attempts) == [0, 0, 1, 1], name
+        for delivery_id in rows[name]:
+            row = await delivery(app_state, delivery_id)
+            assert row["state"] == "pending" and (row["attempts"] == 0 or "deadline" in row["last_error"])

@@ -14,12 +14,11 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import random
 import secrets
-from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
-from urllib.parse import urlsplit
 from uuid import UUID
 
 import httpx
@@ -29,20 +28,18 @@ from psycopg.rows import dict_row
 from api.database import connect
 from api.jobs import view
 from api.jobs.outbox import DELIVERIES_CHANNEL
-from api.outbound import is_public, resolve_host
+from api.outbound import OutboundRefused, Resolver, pinned_request, resolve_checked, resolve_host
 from api.state import STOP_CHECK_SECONDS, AppState, stop_background_task
 
 log = logging.getLogger("studio.webhooks")
 
 SECRET_PREFIX = "whsec_"
 
-REQUEST_TIMEOUT_SECONDS = 10.0
 RETRY_BASE_SECONDS = 5.0
 RETRY_CAP_SECONDS = 3600.0
-# A claimed delivery is invisible to other deliverers this long; if its process dies mid-send it becomes due again.
+# A claimed delivery is invisible to other deliverers at least this long (longer when a pass's attempt deadlines
+# add up to more: see `_lease`); if its process dies mid-send it becomes due again.
 CLAIM_LEASE = timedelta(seconds=60)
-
-Resolver = Callable[[str, int], Awaitable[list[str]]]
 
 
 # ---- signing (https://www.standardwebhooks.com/) ----
@@ -93,12 +90,20 @@ class _Refused(Exception):
 
 # ---- delivery ----
 
+# At most `per_user` of one user's due deliveries per pass, so one user's slow receiver holds at most that many
+# attempts while everyone else's go out. (The window runs before the row locks: a row another deliverer holds is
+# skipped, never waited for.)
 _CLAIM_SQL = """
-WITH due AS (
-  SELECT id FROM webhook_deliveries
+WITH ranked AS (
+  SELECT id, next_attempt_at, row_number() OVER (PARTITION BY user_id ORDER BY next_attempt_at, id) AS nth
+  FROM webhook_deliveries
   WHERE state = 'pending' AND next_attempt_at <= %(now)s
-  ORDER BY next_attempt_at LIMIT %(limit)s
-  FOR UPDATE SKIP LOCKED
+),
+due AS (
+  SELECT d.id FROM webhook_deliveries AS d JOIN ranked ON ranked.id = d.id
+  WHERE ranked.nth <= %(per_user)s AND d.state = 'pending' AND d.next_attempt_at <= %(now)s
+  ORDER BY ranked.next_attempt_at LIMIT %(limit)s
+  FOR UPDATE OF d SKIP LOCKED
 )
 UPDATE webhook_deliveries AS d
 SET attempts = d.attempts + 1, last_attempt_at = %(now)s, next_attempt_at = %(lease_until)s
@@ -143,6 +148,15 @@ class WebhookDeliverer:
         self._http: httpx.AsyncClient | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
+        # The bounded pool of attempts in flight at once (each also bounded in time by its deadline).
+        self._slots = asyncio.Semaphore(state.settings.webhook_max_concurrent_attempts)
+
+    def _lease(self) -> timedelta:
+        """Long enough for a whole pass: the batch goes out in rounds of the pool's size, each round at most one
+        attempt deadline, plus the time to record outcomes. Another deliverer never takes a row mid-attempt."""
+        settings = self._state.settings
+        rounds = math.ceil(self._batch_size / settings.webhook_max_concurrent_attempts)
+        return max(CLAIM_LEASE, timedelta(seconds=rounds * settings.webhook_attempt_timeout_seconds + 30))
 
     async def start(self) -> None:
         self._stopping.clear()
@@ -159,12 +173,22 @@ class WebhookDeliverer:
         """One pass: claim up to a batch of due deliveries, attempt them concurrently, record the outcomes.
         Returns how many were attempted."""
         now = self._state.clock()
+        claim = {
+            "now": now,
+            "lease_until": now + self._lease(),
+            "limit": self._batch_size,
+            "per_user": self._state.settings.webhook_max_attempts_per_user,
+        }
         async with self._state.pool.connection() as conn:
             cursor = conn.cursor(row_factory=dict_row)
-            await cursor.execute(_CLAIM_SQL, {"now": now, "lease_until": now + CLAIM_LEASE, "limit": self._batch_size})
+            await cursor.execute(_CLAIM_SQL, claim)
             claimed = await cursor.fetchall()
-        await asyncio.gather(*(self._attempt(row) for row in claimed))
+        await asyncio.gather(*(self._attempt_in_pool(row) for row in claimed))
         return len(claimed)
+
+    async def _attempt_in_pool(self, row: dict[str, Any]) -> None:
+        async with self._slots:
+            await self._attempt(row)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -190,23 +214,35 @@ class WebhookDeliverer:
 
     def _client(self) -> httpx.AsyncClient:
         if self._http is None:
-            # No redirects: a 3xx is a failed attempt, and following one could bypass the address check.
+            # No redirects: a 3xx is a failed attempt, and following one could bypass the address check. The
+            # per-read timeout is a backstop; the attempt's deadline (asyncio.timeout in _attempt) bounds the total.
             self._http = httpx.AsyncClient(
-                timeout=REQUEST_TIMEOUT_SECONDS,
+                timeout=self._state.settings.webhook_attempt_timeout_seconds,
                 follow_redirects=False,
+                trust_env=False,  # a proxy from the environment would resolve the name itself, after our check
                 headers={"user-agent": "AudioStudio-Webhooks/1"},
             )
         return self._http
 
-    async def _check_target(self, url: str) -> None:
-        if self._state.settings.webhook_allow_insecure_urls:
-            return
-        parts = urlsplit(url)
-        if parts.scheme != "https" or not parts.hostname:
-            raise _Refused("webhook URL must be https")
-        addresses = await self._resolver(parts.hostname, parts.port or 443)
-        if not addresses or not all(is_public(address) for address in addresses):
-            raise _Refused("webhook URL resolves to a non-public address")
+    async def _checked_target(self, url: str) -> tuple[httpx.URL, str]:
+        """The URL and the one checked address the attempt connects to (the shared guard in api.outbound)."""
+        insecure_ok = self._state.settings.webhook_allow_insecure_urls
+        try:
+            target = httpx.URL(url)
+        except (httpx.InvalidURL, TypeError) as exc:
+            raise _Refused("webhook URL refused: it cannot be parsed") from exc
+        if target.scheme != "https" and not (insecure_ok and target.scheme == "http"):
+            raise _Refused("webhook URL refused: it must be https")
+        if not target.host:
+            raise _Refused("webhook URL refused: it has no host")
+        port = target.port or (443 if target.scheme == "https" else 80)
+        try:
+            address = await resolve_checked(target.host, port, allow_private=insecure_ok, resolver=self._resolver)
+        except OutboundRefused as exc:
+            raise _Refused(f"webhook URL refused: {exc}") from exc
+        except UnicodeError as exc:  # a host name IDNA cannot encode never resolves
+            raise _Refused("webhook URL refused: the host name is not valid") from exc
+        return target, address
 
     async def _attempt(self, row: dict[str, Any]) -> None:
         now = self._state.clock()
@@ -214,8 +250,8 @@ class WebhookDeliverer:
         error: str | None = None
         retry_after: float | None = None
         permanent = False
+        deadline = self._state.settings.webhook_attempt_timeout_seconds
         try:
-            await self._check_target(row["url"])
             async with self._state.pool.connection() as conn:
                 secret = (await ensure_secret(conn, row["user_id"]))["secret"]
             # Download URLs expire, so they are minted per attempt rather than stored in the queued snapshot.
@@ -229,12 +265,23 @@ class WebhookDeliverer:
                 "webhook-signature": sign(secret, row["id"], timestamp, body),
                 "webhook-event": row["event"],
             }
-            # Streamed and never read: a receiver's response body is of no use and could be huge.
-            async with self._client().stream("POST", row["url"], content=body, headers=headers) as response:
-                code = response.status_code
-                retry_after = _retry_after(response)
+            # One deadline for the whole exchange: httpx's timeouts are per read, which a receiver trickling a
+            # byte at a time never trips.
+            async with asyncio.timeout(deadline):
+                target, address = await self._checked_target(row["url"])
+                client = self._client()
+                request = pinned_request(client, "POST", target, address, headers=headers, content=body)
+                # Streamed and never read: a receiver's response body is of no use and could be huge.
+                response = await client.send(request, stream=True)
+                try:
+                    code = response.status_code
+                    retry_after = _retry_after(response)
+                finally:
+                    await response.aclose()
         except _Refused as exc:
             error, permanent = str(exc), True
+        except TimeoutError:
+            error = f"no answer within the {deadline:g} s attempt deadline"
         except httpx.HTTPError as exc:
             error = f"{type(exc).__name__}: {exc}"[:500]
         except OSError as exc:  # name resolution failures and the like: retry

@@ -28,8 +28,9 @@ class DispatchError(Exception):
 async def dispatch_job(state: AppState, job_id: UUID) -> None:
     """Start a freshly submitted (committed) job now if its user has a free slot, else leave it queued.
 
-    Raises DispatchError when the dispatcher refuses: the job is then failed and its hold released, so a submit
-    that answers with an error leaves nothing held.
+    Raises DispatchError when the dispatcher refuses and the job is still queued: the job is then failed and its
+    hold released, so a submit that answers with an error leaves nothing held. When a worker claimed the job
+    despite the error, it returns normally (logged as an error) and the job runs as any other.
     """
     failure: Exception | None = None
     async with state.pool.connection() as conn:
@@ -49,8 +50,14 @@ async def dispatch_job(state: AppState, job_id: UUID) -> None:
             else:
                 await db_jobs.set_dispatch_id(conn, job_id, dispatch_id)
                 return
+        if not await fail_dispatch(conn, job_id):
+            # The dispatcher raised, yet a worker already claimed the job (the call was created before the error):
+            # it runs and is charged as usual, so the submit must not answer "nothing charged".
+            log.error(
+                "dispatch of job %s raised %r but a worker already claimed it; the job is left to run", job_id, failure
+            )
+            return
         log.error("dispatch of job %s failed: %r", job_id, failure)
-        await fail_dispatch(conn, job_id)
     raise DispatchError(str(failure)) from failure
 
 

@@ -7,6 +7,9 @@
 - A failed first attempt frees the key instead of storing the error. Every error path of a submit leaves nothing
   created and nothing charged, so a retry with the same key cannot double-charge, and replaying a 402 or a 503
   would only stop a client from retrying after topping up or after an outage.
+- Once the job exists the key can no longer be freed by an error: the submit records it as done (with the new
+  job) inside the transaction that creates the job and its hold, and `abandon` only frees in-flight keys. A
+  dispatch refusal that released the hold `forget`s the key explicitly.
 """
 
 from __future__ import annotations
@@ -141,3 +144,8 @@ async def purge_expired(conn: AsyncConnection) -> int:
     """Delete records past their TTL (the reaper may call this; claims also drop an expired record they meet)."""
     cursor = await conn.execute("DELETE FROM idempotency_records WHERE expires_at <= now()")
     return cursor.rowcount
+
+
+async def forget(conn: AsyncConnection, user_id: UUID, key: str) -> None:
+    """Free a key whose job was failed with its hold released (a refused dispatch): nothing to replay or charge."""
+    await conn.execute("DELETE FROM idempotency_records WHERE user_id = %s AND key = %s", (user_id, key))

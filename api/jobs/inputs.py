@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import codecs
 import hashlib
-import socket
 import tempfile
 import unicodedata
 from collections.abc import AsyncIterator, Collection
@@ -36,8 +35,9 @@ import httpx
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
+from api import outbound
 from api.errors import Problem
-from api.outbound import IPAddress, address_refusal, parse_address
+from api.outbound import IPAddress, address_refusal
 from inference.audio import MAX_CHANNELS, MAX_SAMPLE_RATE, AudioInfo, DecodeLimits, probe
 from inference.base import EngineError
 
@@ -326,21 +326,15 @@ def check_address(address: IPAddress) -> None:
 
 
 async def resolve_checked(host: str, port: int, policy: FetchPolicy) -> str:
-    """Resolve once and return one checked address to connect to. Numeric forms (2130706433, 0x7f.1) resolve too."""
+    """Resolve once and return one checked address to connect to (`api.outbound.resolve_checked`)."""
     try:
-        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError) as exc:
+        return await outbound.resolve_checked(host, port, allow_private=policy.allow_private)
+    except outbound.OutboundRefused as exc:
+        raise _not_allowed(str(exc)) from exc
+    except (OSError, UnicodeError) as exc:
         raise Problem(
             422, "input_fetch_failed", "The input URL could not be fetched", f"The host {host!r} does not resolve."
         ) from exc
-    addresses = [parse_address(info[4][0]) for info in infos]
-    if not addresses:
-        raise Problem(422, "input_fetch_failed", "The input URL could not be fetched", f"{host!r} has no address.")
-    if not policy.allow_private:
-        # Every answer must pass: a name answering both a public and a private address is refused.
-        for address in addresses:
-            check_address(address)
-    return str(addresses[0])
 
 
 def _checked_url(url: str, policy: FetchPolicy) -> httpx.URL:
@@ -373,13 +367,8 @@ async def fetch_url(
                 for _ in range(MAX_REDIRECTS + 1):
                     port = target.port or (443 if target.scheme == "https" else 80)
                     address = await resolve_checked(target.host, port, policy)
-                    pinned = target.copy_with(host=address)
-                    host_header = target.host if target.port is None else f"{target.host}:{target.port}"
-                    request = client.build_request(
-                        "GET",
-                        pinned,
-                        headers={"Host": host_header, "Accept": "audio/*, */*;q=0.5"},
-                        extensions={"sni_hostname": target.host},
+                    request = outbound.pinned_request(
+                        client, "GET", target, address, headers={"Accept": "audio/*, */*;q=0.5"}
                     )
                     response = await client.send(request, stream=True)
                     try:

@@ -7,6 +7,7 @@ after: nothing; final states are final (the trigger of migration 0002 refuses an
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -18,6 +19,8 @@ from api.jobs.outbox import enqueue_job_event
 from db import jobs as db_jobs
 from db import ledger
 from db.jobs import JobStatus
+
+log = logging.getLogger("studio.settle")
 
 DISPATCH_FAILED = {"code": "dispatch_failed", "message": "The job could not be started; nothing was charged."}
 USER_CANCELED = {"code": "canceled", "message": "Canceled by the user."}
@@ -58,7 +61,10 @@ async def _finish(
     """The one finish path. Runs inside the caller's transaction, after it locked the row and checked its guard."""
     if status == JobStatus.SUCCEEDED:
         await db_jobs.write_succeeded(conn, job_id, outputs or [], metrics or {}, retention_seconds)
-        await ledger.capture(conn, job_id)
+        if not await ledger.capture(conn, job_id):
+            # The job succeeded but its hold was already released or expired: it ran free. Some path settled it
+            # while it was still running, which is a bug to chase, not a state to pass over quietly.
+            log.error("job %s succeeded but its hold was already settled: nothing captured", job_id)
     else:
         await db_jobs.write_ended(
             conn, job_id, status, error, metrics or {}, finished_at, cancel_requested=cancel_requested
@@ -110,12 +116,15 @@ async def fail_out_of_attempts(
     return True
 
 
-async def fail_dispatch(conn: AsyncConnection, job_id: UUID) -> None:
+async def fail_dispatch(conn: AsyncConnection, job_id: UUID) -> bool:
     """The dispatcher refused a fresh submit: fail the job and release its hold. No webhook: the submit's own
-    error answer is the news."""
+    error answer is the news. False when the job is no longer queued (a spawn that raised after creating the call
+    may already be running it): nothing is written, and the job settles as any run does."""
     async with conn.transaction():
-        if await db_jobs.lock_queued(conn, job_id):
-            await _finish(conn, job_id, JobStatus.FAILED, error=DISPATCH_FAILED, webhook=False)
+        if not await db_jobs.lock_queued(conn, job_id):
+            return False
+        await _finish(conn, job_id, JobStatus.FAILED, error=DISPATCH_FAILED, webhook=False)
+    return True
 
 
 async def cancel_queued(conn: AsyncConnection, job_id: UUID, user_id: UUID) -> bool:

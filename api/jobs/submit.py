@@ -84,8 +84,15 @@ def fingerprint(job: JobRequest) -> str:
     )
 
 
-async def create_job(state: AppState, user_id: UUID, job: JobRequest, workdir: Path) -> dict[str, Any]:
-    """Probe, price, store, hold, dispatch. Returns the job resource; leaves nothing held or stored on error."""
+async def create_job(
+    state: AppState, user_id: UUID, job: JobRequest, workdir: Path, *, idempotency_key: str | None = None
+) -> dict[str, Any]:
+    """Probe, price, store, hold, dispatch. Returns the job resource; leaves nothing held or stored on error.
+
+    With `idempotency_key` (claimed by the caller), the key is recorded as done, with the new job to replay, in the
+    transaction that creates the job and its hold: no failure after that commit can free the key and let a retry
+    create (and charge) a second job. Only a refused dispatch, which released the hold, frees it again.
+    """
     settings = state.settings
     spec = TASKS[job.task]
     job_id = uuid4()
@@ -121,6 +128,10 @@ async def create_job(state: AppState, user_id: UUID, job: JobRequest, workdir: P
                 deadline_at=deadline_at,
             )
             await ledger.hold(conn, user_id, job_id, cost, deadline_at + HOLD_MARGIN)
+            if idempotency_key is not None:
+                created = await db_jobs.get_job(conn, job_id)
+                assert created is not None  # inserted above, in this transaction
+                await idempotency.complete(conn, user_id, idempotency_key, 202, job_resource(created))
     except BaseException as exc:
         if input_ref is not None:
             await state.storage.delete(settings.inputs_bucket, [input_ref])
@@ -137,7 +148,11 @@ async def create_job(state: AppState, user_id: UUID, job: JobRequest, workdir: P
     try:
         await dispatch_job(state, job_id)
     except DispatchError as exc:
-        # dispatch_job has failed the job and released its hold; the input is no longer needed.
+        # dispatch_job has failed the job and released its hold; the input is no longer needed, and a retry with
+        # the same key may try again (nothing was charged).
+        if idempotency_key is not None:
+            async with state.pool.connection() as conn:
+                await idempotency.forget(conn, user_id, idempotency_key)
         if input_ref is not None:
             await state.storage.delete(settings.inputs_bucket, [input_ref])
             async with state.pool.connection() as conn:

@@ -3,7 +3,8 @@
 The webhook records the event id and applies the event in ONE database transaction, so an event is never marked
 seen without its effect (a crash rolls both back and Stripe redelivers). Grants are also deduped by checkout
 session (`purchase:<session>` in the ledger), and refunds use Stripe's cumulative `amount_refunded`, so replays,
-concurrent deliveries and out-of-order events never grant or claw back twice.
+concurrent deliveries and out-of-order events never grant or claw back twice. Disputes claw back per dispute id
+and give back when won (`db.ledger.dispute_opened` / `dispute_closed`).
 """
 
 from __future__ import annotations
@@ -44,6 +45,10 @@ Outcome = Literal[
     "expired",
     "refunded",
     "refund_no_change",
+    "disputed",
+    "dispute_won",
+    "dispute_lost",
+    "dispute_no_change",
     "duplicate_event",
     "ignored",
 ]
@@ -306,7 +311,31 @@ async def _apply(conn: AsyncConnection, event: dict[str, Any]) -> Outcome:
             raise _RefundNotYetKnown(obj["payment_intent"]) from exc
         # No change: an older or repeated refund state, or a refund too small to be worth a whole credit yet.
         return "refunded" if taken > 0 else "refund_no_change"
+    if kind in ("charge.dispute.created", "charge.dispute.closed"):
+        return await _apply_dispute(conn, kind, obj)
     return "ignored"
+
+
+async def _apply_dispute(conn: AsyncConnection, kind: str, dispute: dict[str, Any]) -> Outcome:
+    """A chargeback is handled like a refund: `created` claws back the disputed share of the purchase's credits at
+    once (a negative balance blocks new jobs), `closed` gives it back when the money came back to us (won), and
+    keeps it when lost. Idempotent per dispute id, whatever order or number of events arrive."""
+    payment_intent = dispute.get("payment_intent")
+    if not payment_intent:
+        return "ignored"  # not a PaymentIntent charge, so not a Checkout purchase of ours
+    try:
+        if kind == "charge.dispute.created":
+            taken = await ledger.dispute_opened(conn, payment_intent, dispute["id"], dispute["amount"])
+            if taken == 0:
+                return "dispute_no_change"
+            log.warning("dispute %s on %s: %d credits clawed back", dispute["id"], payment_intent, taken)
+            return "disputed"
+        given = await ledger.dispute_closed(conn, payment_intent, dispute["id"], dispute["amount"], dispute["status"])
+    except ledger.UnknownPurchase as exc:
+        raise _RefundNotYetKnown(payment_intent) from exc
+    if given < 0:
+        return "dispute_no_change"
+    return "dispute_won" if dispute["status"] in ledger.DISPUTE_RETURNED else "dispute_lost"
 
 
 async def _read_capped(request: Request, limit: int) -> bytes:
@@ -327,7 +356,7 @@ async def _read_capped(request: Request, limit: int) -> bytes:
     description="Verifies `Stripe-Signature` on the raw body. Replays answer 200 and change nothing.",
     responses={
         400: problem_doc(400, "bad_signature", "The Stripe signature is missing, invalid or stale"),
-        409: problem_doc(409, "purchase_not_found", "A refund for a payment not recorded yet"),
+        409: problem_doc(409, "purchase_not_found", "A refund or dispute for a payment not recorded yet"),
         503: _DISABLED,
     },
 )
@@ -365,7 +394,7 @@ async def stripe_webhook(request: Request, state: State) -> WebhookAck:
         raise Problem(
             409,
             "purchase_not_found",
-            "A refund for a payment not recorded yet",
+            "A refund or dispute for a payment not recorded yet",
             f"No paid purchase has payment_intent {exc}; Stripe will retry.",
         ) from exc
     log.info("stripe event %s %s: %s", event_id, event["type"], outcome)

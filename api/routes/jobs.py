@@ -230,11 +230,11 @@ async def submit_job(
             if replay is not None:
                 return JSONResponse(replay.body, status_code=replay.status, headers={idempotency.REPLAY_HEADER: "true"})
             claimed = True
-        body = await create_job(state, user.id, job, workdir)
+        body = await create_job(state, user.id, job, workdir, idempotency_key=key)
+        claimed = False  # the job's transaction recorded the key as done: from here on it replays, never frees
         if key is not None:
             async with state.pool.connection() as conn:
-                await idempotency.complete(conn, user.id, key, 202, body)
-            claimed = False  # the job exists: from here on the key must replay it, never be freed
+                await idempotency.complete(conn, user.id, key, 202, body)  # replay this answer, not the snapshot
     except BaseException:
         if claimed:
             async with state.pool.connection() as conn:

@@ -125,7 +125,10 @@ class ClaimedThenFailingDispatcher(RefusingDispatcher):
 
     async def dispatch(self, job_id: UUID, task: str) -> str:
         async with self._state.pool.connection() as worker_conn:
-            assert await db_jobs.claim(worker_conn, job_id, 60, "modal:fc-created") is not None
+            assert (
+                await db_jobs.claim(worker_conn, job_id, 60, "modal:fc-created", max_attempts=3, deadline_seconds=3600)
+                is not None
+            )
         raise TimeoutError("spawn timed out after the function call was created")
 
 
@@ -156,7 +159,7 @@ async def test_a_capture_that_finds_its_hold_settled_logs_loudly(
 ) -> None:
     user = await make_user(conn, credits=100)
     job_id = await make_job(conn, app_state.storage, app_state.settings, user, tone, cost=30)
-    assert await db_jobs.claim(conn, job_id, 60, "local:test") is not None
+    assert await db_jobs.claim(conn, job_id, 60, "local:test", max_attempts=3, deadline_seconds=3600) is not None
     assert await ledger.release(conn, job_id)  # some other path settled the hold first
     with caplog.at_level(logging.ERROR, logger="studio.settle"):
         written = await finish_attempt(conn, job_id, 1, JobStatus.SUCCEEDED, retention_seconds=60, outputs=[])

@@ -269,10 +269,8 @@ class BuiltinEngine:
         before, rate, channels = _rough_loudness(input_path)
         if not np.isfinite(before["integrated_lufs"]):
             raise EngineError("the audio is silent (or under 0.4 s): no loudness to master", code="silent_audio")
-        target = params.target_lufs
         reference_loudness = _rough_loudness(reference)[0] if reference is not None else None
-        if reference_loudness is not None and "target_lufs" not in params.model_fields_set:
-            target = float(np.clip(reference_loudness["integrated_lufs"], -24.0, -6.0))
+        target = params.target(None if reference_loudness is None else reference_loudness["integrated_lufs"])
         gain_db = target - before["integrated_lufs"]
         ceiling = 10 ** (params.ceiling_dbtp / 20)
         path = out_dir / f"mastered.{params.format}"

@@ -83,6 +83,7 @@ IMAGES = {
     "enhancement": _image("enhancement"),
     "transcription": _image("transcription", nodeps=True),
     "generation": _image("generation"),
+    "dsp": _image("dsp"),  # pedalboard, pyloudnorm, pyworld, scipy: no torch, no weights
 }
 
 app = modal.App(APP_NAME)
@@ -217,12 +218,34 @@ class GenerateWorker(_JobWorker):
     preload_models = ("stable-audio-open",)
 
 
+# The DSP tasks run on CPU from libraries alone: the "model" preloaded is the engine itself (no models.lock row).
+@app.cls(**_worker_options("dsp", gpu=False), cpu=2.0)
+class MasterWorker(_JobWorker):
+    task = "master"
+    preload_models = ("dsp/master",)
+
+
+@app.cls(**_worker_options("dsp", gpu=False), cpu=2.0)
+class TuneWorker(_JobWorker):
+    task = "tune"
+    preload_models = ("dsp/tune",)
+
+
+@app.cls(**_worker_options("dsp", gpu=False), cpu=2.0)
+class FxWorker(_JobWorker):
+    task = "fx"
+    preload_models = ("dsp/fx",)
+
+
 WORKERS = {
     "separate": SeparateWorker,
     "enhance": EnhanceWorker,
     "transcribe": TranscribeWorker,
     "midi": MidiWorker,
     "generate": GenerateWorker,
+    "master": MasterWorker,
+    "tune": TuneWorker,
+    "fx": FxWorker,
 }
 
 

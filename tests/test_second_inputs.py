@@ -216,3 +216,20 @@ class TestWithTheRealMasterEngine:
         difference = outputs["plain"] - outputs["matched"]
         assert np.sqrt(np.mean(difference**2)) > 0.1 * np.sqrt(np.mean(outputs["plain"] ** 2))
         assert _stored_inputs(app_state) == []
+
+
+async def test_openapi_documents_the_second_input(client: Any) -> None:
+    document = (await client.get("/openapi.json")).json()
+    for path in ("/v1/jobs", "/v1/quotes"):
+        form = document["paths"][path]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+        assert form["properties"]["reference"] == {
+            "type": "string",
+            "format": "binary",
+            "description": "master only: a reference track whose tone and loudness to match.",
+        }
+        assert "reference_url" in form["properties"]
+        json_body = document["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        assert "reference_url" in json_body["properties"]
+    tasks = {item["task"]: item for item in (await client.get("/v1/tasks")).json()["data"]}
+    target = tasks["master"]["params_schema"]["properties"]["target_lufs"]
+    assert target["default"] is None and "reference" in target["description"]

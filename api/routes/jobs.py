@@ -26,7 +26,7 @@ from api.errors import Problem
 from api.jobs import cancel, idempotency
 from api.jobs.inputs import SUPPORTED_FORMATS
 from api.jobs.pricing import RATES, price
-from api.jobs.request import invalid, parse_request
+from api.jobs.request import JobCreate, invalid, parse_request
 from api.jobs.submit import create_job, fingerprint, obtain_extra_inputs, obtain_input
 from api.jobs.view import JobList, JobOut, JobStatus, job_resource, with_download_urls
 from api.routes.responses import AUTH_RESPONSES, problem_doc
@@ -116,7 +116,8 @@ _SUBMIT_BODY = {
                     },
                 }
             },
-            "application/json": {"schema": {"$ref": "#/components/schemas/JobCreate"}},
+            # Inline: nothing else registers JobCreate under components, so a $ref to it would dangle.
+            "application/json": {"schema": JobCreate.model_json_schema()},
         },
     }
 }

@@ -92,6 +92,15 @@ async def test_reference_upload_reaches_the_engine_is_not_priced_and_is_deleted_
         ).fetchone()
     assert row == (None, {})
 
+    # The reference is part of what an Idempotency-Key stands for: another reference under the same key is refused.
+    keyed = {**alice["headers"], "Idempotency-Key": "master-with-reference"}
+    first = await client.post("/v1/jobs", headers=keyed, data={"task": "master"}, files=_files(main, reference))
+    assert first.status_code == 202, first.text
+    replay = await client.post("/v1/jobs", headers=keyed, data={"task": "master"}, files=_files(main, reference))
+    assert replay.headers.get("idempotent-replayed") == "true" and replay.json()["id"] == first.json()["id"]
+    other = await client.post("/v1/jobs", headers=keyed, data={"task": "master"}, files=_files(main, main))
+    assert other.status_code == 422 and other.json()["code"] == "idempotency_key_reused", other.text
+
 
 class _Handler(BaseHTTPRequestHandler):
     routes: dict[str, bytes] = {}

@@ -90,18 +90,19 @@ def _input_meta(received: ReceivedInput, probed: ProbedInput, input_url: str | N
 
 
 def fingerprint(job: JobRequest) -> str:
-    return idempotency.request_hash(
-        {
-            "task": job.task,
-            "params": job.params.model_dump(mode="json"),
-            "input_sha256": job.upload.sha256 if job.upload else None,
-            "input_url": job.input_url,
-            "extra_inputs": {name: {"sha256": upload.sha256} for name, upload in sorted(job.extra_uploads.items())}
-            | {name: {"url": url} for name, url in sorted(job.extra_urls.items())},
-            "webhook_url": job.webhook_url,
-            "webhook_events": job.webhook_events,
-        }
-    )
+    request: dict[str, Any] = {
+        "task": job.task,
+        "params": job.params.model_dump(mode="json"),
+        "input_sha256": job.upload.sha256 if job.upload else None,
+        "input_url": job.input_url,
+        "webhook_url": job.webhook_url,
+        "webhook_events": job.webhook_events,
+    }
+    extra = {name: {"sha256": upload.sha256} for name, upload in job.extra_uploads.items()}
+    extra |= {name: {"url": url} for name, url in job.extra_urls.items()}
+    if extra:  # only then: requests without second inputs keep the fingerprints stored before they existed
+        request["extra_inputs"] = extra
+    return idempotency.request_hash(request)
 
 
 async def create_job(state: AppState, user_id: UUID, job: JobRequest, workdir: Path) -> dict[str, Any]:

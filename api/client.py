@@ -6,6 +6,7 @@ import json
 import mimetypes
 import uuid
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -59,19 +60,31 @@ class StudioClient:
 
 
 def submit(
-    api: StudioClient, task: str, file: Path | None, params: dict[str, Any], *, wait: bool, out_dir: Path | None
+    api: StudioClient,
+    task: str,
+    file: Path | None,
+    params: dict[str, Any],
+    *,
+    wait: bool,
+    out_dir: Path | None,
+    reference: str | None = None,
 ) -> int:
+    """Submit a job; `reference` (master) is a local file, uploaded, or an http(s) URL, sent as `reference_url`."""
     headers = {"Idempotency-Key": str(uuid.uuid4())}
-    if file is not None:
-        content_type = mimetypes.guess_type(file.name)[0] or "application/octet-stream"
-        with file.open("rb") as handle:
-            response = api.request(
-                "POST",
-                "/v1/jobs",
-                headers=headers,
-                data={"task": task, "params": json.dumps(params)},
-                files={"file": (file.name, handle, content_type)},
-            )
+    fields = {"task": task, "params": json.dumps(params)}
+    uploads = {"file": file} if file is not None else {}
+    if reference is not None:
+        if reference.startswith(("https://", "http://")):
+            fields["reference_url"] = reference
+        else:
+            uploads["reference"] = Path(reference)
+    if uploads or "reference_url" in fields:
+        with ExitStack() as stack:
+            files = {
+                name: (path.name, stack.enter_context(path.open("rb")), _content_type(path))
+                for name, path in uploads.items()
+            }
+            response = api.request("POST", "/v1/jobs", headers=headers, data=fields, files=files or None)
     else:
         response = api.request("POST", "/v1/jobs", headers=headers, json={"task": task, "params": params})
     job = response.json()
@@ -86,6 +99,10 @@ def submit(
     if out_dir:
         download_outputs(api, job, out_dir)
     return 0
+
+
+def _content_type(path: Path) -> str:
+    return mimetypes.guess_type(path.name)[0] or "application/octet-stream"
 
 
 def follow(api: StudioClient, job_id: str) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import PROBLEM_JSON, Problem
 from api.jobs.inputs import MAX_FORM_BYTES, too_large
+from api.jobs.request import EXTRA_INPUT_NAMES
 from api.security import unauthorized
 from api.settings import Settings
 
@@ -45,7 +46,9 @@ class _Refused(Exception):
 
 def body_cap(settings: Settings, method: str, path: str) -> int:
     if method == "POST" and path in UPLOAD_PATHS:
-        return settings.max_upload_bytes + MAX_FORM_BYTES + MULTIPART_OVERHEAD_BYTES
+        # The main input and one file per second input (e.g. `reference`), each capped at the upload limit.
+        files = 1 + len(EXTRA_INPUT_NAMES)
+        return files * settings.max_upload_bytes + MAX_FORM_BYTES + MULTIPART_OVERHEAD_BYTES
     return settings.max_body_bytes
 
 

@@ -47,13 +47,14 @@ async def insert_job(
     cost: int,
     input_ref: str | None,
     input_meta: dict[str, Any],
+    extra_inputs: dict[str, str] | None = None,
     webhook_url: str | None,
     webhook_events: list[str] | None,
     deadline_at: datetime,
 ) -> None:
     await conn.execute(
-        "INSERT INTO jobs (id, user_id, task, params, model_key, cost, input_ref, input_meta, webhook_url,"
-        " webhook_events, deadline_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        "INSERT INTO jobs (id, user_id, task, params, model_key, cost, input_ref, input_meta, extra_inputs,"
+        " webhook_url, webhook_events, deadline_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
         (
             job_id,
             user_id,
@@ -63,6 +64,7 @@ async def insert_job(
             cost,
             input_ref,
             Jsonb(input_meta),
+            Jsonb(extra_inputs or {}),
             webhook_url,
             webhook_events,
             deadline_at,
@@ -118,25 +120,28 @@ async def list_jobs(
     return await cursor.fetchall()
 
 
-async def clear_input(conn: AsyncConnection, job_id: UUID) -> None:
-    """Forget the input's storage key once the object is deleted (SPEC: inputs go when the job is final)."""
-    await conn.execute("UPDATE jobs SET input_ref = NULL WHERE id = %s", (job_id,))
+def stored_inputs(input_ref: str | None, extra_inputs: dict[str, str] | None) -> list[str]:
+    """Every storage key a job's inputs live under: the main input first, then its second inputs."""
+    return ([input_ref] if input_ref else []) + list((extra_inputs or {}).values())
 
 
 async def clear_input_ref(conn: AsyncConnection, job_id: UUID, ref: str) -> None:
-    """Forget `ref` once its object is deleted, unless the job has meanwhile moved on to another input."""
-    await conn.execute("UPDATE jobs SET input_ref = NULL WHERE id = %s AND input_ref = %s", (job_id, ref))
+    """Forget the input `ref` and the second inputs stored with it once their objects are deleted, unless the job
+    has meanwhile moved on to another input."""
+    await conn.execute(
+        "UPDATE jobs SET input_ref = NULL, extra_inputs = '{}'::jsonb WHERE id = %s AND input_ref = %s", (job_id, ref)
+    )
 
 
-async def final_input_ref(conn: AsyncConnection, job_id: UUID) -> str | None:
-    """The input key of a final job that still has one (inputs go as soon as the job is final)."""
+async def final_input_refs(conn: AsyncConnection, job_id: UUID) -> list[str]:
+    """The stored input keys (main input first) of a final job that still has them (inputs go once it is final)."""
     cursor = await conn.execute(
-        "SELECT input_ref FROM jobs WHERE id = %s AND status IN ('succeeded', 'failed', 'canceled')"
+        "SELECT input_ref, extra_inputs FROM jobs WHERE id = %s AND status IN ('succeeded', 'failed', 'canceled')"
         " AND input_ref IS NOT NULL",
         (job_id,),
     )
     row = await cursor.fetchone()
-    return None if row is None else row[0]
+    return [] if row is None else stored_inputs(row[0], row[1])
 
 
 async def status_of(conn: AsyncConnection, job_id: UUID) -> JobStatus | None:
@@ -177,7 +182,7 @@ async def claim(
         " heartbeat_at = now(), progress = 0, stage = 'starting', dispatch_id = coalesce(%(dispatch)s, dispatch_id),"
         " deadline_at = greatest(deadline_at, now() + make_interval(secs => %(deadline)s))"
         f" WHERE id = %(id)s AND attempts < %(max)s AND {_CLAIMABLE}"
-        " RETURNING id, user_id, task, params, model_key, input_ref, input_meta, attempts",
+        " RETURNING id, user_id, task, params, model_key, input_ref, input_meta, extra_inputs, attempts",
         {
             "id": job_id,
             "dispatch": dispatch_id,
@@ -419,14 +424,14 @@ async def queued_with_cancel(conn: AsyncConnection) -> list[UUID]:
     return [row[0] for row in await cursor.fetchall()]
 
 
-async def final_inputs(conn: AsyncConnection, limit: int) -> list[tuple[UUID, str]]:
-    """Final jobs whose input object is still stored: (id, input_ref)."""
+async def final_inputs(conn: AsyncConnection, limit: int) -> list[tuple[UUID, list[str]]]:
+    """Final jobs whose inputs are still stored: (id, their keys, the main input's first)."""
     cursor = await conn.execute(
-        "SELECT id, input_ref FROM jobs WHERE status IN ('succeeded', 'failed', 'canceled') AND input_ref IS NOT NULL"
-        " LIMIT %s",
+        "SELECT id, input_ref, extra_inputs FROM jobs WHERE status IN ('succeeded', 'failed', 'canceled')"
+        " AND input_ref IS NOT NULL LIMIT %s",
         (limit,),
     )
-    return [(row[0], row[1]) for row in await cursor.fetchall()]
+    return [(row[0], stored_inputs(row[1], row[2])) for row in await cursor.fetchall()]
 
 
 async def expired_outputs(conn: AsyncConnection, now: datetime, limit: int) -> list[tuple[UUID, list[dict[str, Any]]]]:

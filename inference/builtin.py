@@ -269,9 +269,8 @@ class BuiltinEngine:
         before, rate, channels = _rough_loudness(input_path)
         if not np.isfinite(before["integrated_lufs"]):
             raise EngineError("the audio is silent (or under 0.4 s): no loudness to master", code="silent_audio")
-        target = params.target_lufs
-        if reference is not None and "target_lufs" not in params.model_fields_set:
-            target = float(np.clip(_rough_loudness(reference)[0]["integrated_lufs"], -24.0, -6.0))
+        reference_loudness = _rough_loudness(reference)[0] if reference is not None else None
+        target = params.target(None if reference_loudness is None else reference_loudness["integrated_lufs"])
         gain_db = target - before["integrated_lufs"]
         ceiling = 10 ** (params.ceiling_dbtp / 20)
         path = out_dir / f"mastered.{params.format}"
@@ -296,6 +295,8 @@ class BuiltinEngine:
             "sample_rate": rate,
             "channels": channels,
         }  # fmt: skip
+        if reference_loudness is not None:
+            report["reference"] = reference_loudness  # the demo engine only levels to it: no tone match
         report_path = out_dir / "report.json"
         report_path.write_text(json.dumps(report, indent=2))
         progress(1.0, "done")

@@ -212,15 +212,14 @@ class MasterEngine:
         input_lufs = source.lufs
         if not math.isfinite(input_lufs):
             raise EngineError("the audio is silent (or under 0.4 s): no loudness to master", code="silent_audio")
-        target = params.target_lufs
+        target = params.target()
         taps: np.ndarray | None = None
         reference_report: dict[str, Any] | None = None
         if reference_path is not None:
             reference, _, _ = measure(reference_path, rate=rate, spectrum=True)
             if not math.isfinite(reference.lufs):
                 raise EngineError("the reference is silent (or under 0.4 s)", code="silent_audio")
-            if "target_lufs" not in params.model_fields_set:
-                target = float(np.clip(reference.lufs, -24.0, -6.0))
+            target = params.target(reference.lufs)
             assert source.spectrum is not None and reference.spectrum is not None
             taps, band_gains = match_taps(source.spectrum.bands_db(), reference.spectrum.bands_db(), rate)
             reference_report = {

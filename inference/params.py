@@ -210,15 +210,19 @@ class GenerateParams(_Params):
 # --- DSP tasks (CPU; pedalboard, pyloudnorm, pyworld) ----------------------------------------------------------------
 
 MASTER_PRESETS = ("neutral", "warm", "bright", "punchy")
+DEFAULT_TARGET_LUFS = -14.0  # the common streaming level (Spotify, YouTube, Tidal normalise near it)
 
 
 class MasterParams(_Params):
-    target_lufs: float = Field(
-        default=-14.0,
+    # None, not -14, when unset: a job's params are stored with every field filled in and validated again by the
+    # worker, so "left unset" has to survive that round trip as a value.
+    target_lufs: float | None = Field(
+        default=None,
         ge=-24.0,
         le=-6.0,
-        description="Integrated loudness of the result, LUFS (ITU-R BS.1770-4). With a `reference` and this left "
-        "unset, the reference's own integrated loudness (clamped to -24..-6) is the target.",
+        description="Integrated loudness of the result, LUFS (ITU-R BS.1770-4). "
+        f"Unset (null): {DEFAULT_TARGET_LUFS:g}, or with a `reference` the reference's own integrated loudness "
+        "(clamped to -24..-6).",
     )
     ceiling_dbtp: float = Field(
         default=-1.0, ge=-3.0, le=0.0, description="Highest true peak allowed (4x oversampled), dBTP."
@@ -229,6 +233,14 @@ class MasterParams(_Params):
         "down), bright (mud cut, air up), punchy (kick and presence up, harder slower-attack compression).",
     )
     format: AudioFormat = "wav"
+
+    def target(self, reference_lufs: float | None = None) -> float:
+        """The loudness to master to: the one asked for, else the reference's (clamped), else the default."""
+        if self.target_lufs is not None:
+            return self.target_lufs
+        if reference_lufs is not None:
+            return min(max(reference_lufs, -24.0), -6.0)
+        return DEFAULT_TARGET_LUFS
 
 
 NOTE_NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import socket
@@ -105,3 +106,24 @@ def test_client_errors_are_one_clear_line(served: tuple[str, dict[str, str]], tm
     assert missing_token.stderr == (
         "error: set STUDIO_TOKEN (or pass --token); `studio token --email you@example.com` makes one locally\n"
     )
+
+
+def test_submit_master_with_a_reference(served: tuple[str, dict[str, str]], tmp_path: Path) -> None:
+    base, env = served
+    bearer = _studio(env, "token", "--email", "mastering@example.com").stdout.strip()
+    client_env = {**env, "STUDIO_API_URL": base, "STUDIO_TOKEN": bearer}
+    mix = write_tone(tmp_path / "mix.wav", seconds=2.0, rate=22050)
+    reference = write_tone(tmp_path / "ref.flac", seconds=3.0, rate=44100)
+    out = tmp_path / "out"
+    args = ["--param", "target_lufs=-14", "--reference", str(reference), "--out", str(out)]
+    submitted = _studio(client_env, "submit", "master", str(mix), *args)
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    assert sorted(path.name for path in out.iterdir()) == ["mastered.wav", "report.json"]
+    report = json.loads((out / "report.json").read_text())
+    # The builtin master records the reference it was given; the explicit target wins over the reference's level.
+    assert report["target_lufs"] == -14.0 and math.isfinite(report["reference"]["integrated_lufs"])
+    job = httpx.get(f"{base}/v1/jobs/{submitted.stdout.split()[1]}", headers={"Authorization": f"Bearer {bearer}"})
+    assert job.json()["input"]["extra_inputs"]["reference"]["filename"] == "ref.flac"
+    refused = _studio(client_env, "submit", "midi", str(mix), "--reference", str(reference))
+    assert (refused.returncode, refused.stdout) == (1, "")
+    assert refused.stderr == "error: 422 unexpected_input: midi takes no `reference`.\n"

@@ -4,6 +4,7 @@ job path (embedded Postgres, local storage, capture), and the ASGI app dispatchi
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import httpx
 import psycopg
 import pytest
 from modal._utils.async_utils import synchronizer
+from psycopg.types.json import Jsonb
 
 import modal_app
 from api.protocols import Liveness
@@ -26,7 +28,8 @@ from tests.jobs_support import job_row, ledger_kinds, make_job, make_user, write
 ROOT = Path(modal_app.__file__).parent
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 WORKER_TASKS = {"separate": "SeparateWorker", "enhance": "EnhanceWorker", "transcribe": "TranscribeWorker",
-                "midi": "MidiWorker", "generate": "GenerateWorker"}  # fmt: skip
+                "midi": "MidiWorker", "generate": "GenerateWorker", "master": "MasterWorker", "tune": "TuneWorker",
+                "fx": "FxWorker"}  # fmt: skip
 
 
 def _closure(obj: Any) -> dict[str, Any]:
@@ -164,7 +167,7 @@ def test_schedules_are_crons_and_weights_are_written_only_by_download_models() -
     assert path == modal_app.WEIGHTS_MOUNT and synchronizer._translate_in(volume)._mount_options is None  # writable
 
 
-@pytest.mark.parametrize("family", ["api", "separation", "enhancement", "transcription", "generation"])
+@pytest.mark.parametrize("family", ["api", "separation", "enhancement", "transcription", "generation", "dsp"])
 def test_each_image_installs_exactly_its_pyproject_group(family: str) -> None:
     commands = _dockerfile(modal_app.IMAGES[family])
     assert any("python3.11" in command or "3.11" in command for command in commands[:3]), commands[:3]
@@ -182,7 +185,7 @@ def test_each_image_installs_exactly_its_pyproject_group(family: str) -> None:
     assert any("apt-get install" in command and "ffmpeg" in command for command in commands)
     nodeps = any("install_nodeps.sh" in command for command in commands)
     assert nodeps == (family == "transcription")
-    if family == "api":
+    if family in ("api", "dsp"):
         assert "torch" not in pip
 
 
@@ -245,6 +248,44 @@ def test_midi_and_enhance_workers_run_real_models_through_local(
         assert job["status"] == "succeeded" and kinds == ["hold", "capture"]
         assert {output["name"] for output in job["outputs"]} == expected
         assert job["metrics"]["compute_seconds"] > 0
+
+
+@pytest.mark.engine
+def test_dsp_worker_class_runs_a_real_master_job_with_its_reference_through_local(
+    worker_env: Settings, database_url: str, tmp_path: Path
+) -> None:
+    """No weights folder at all: the DSP engines need none. The reference is stored and recorded the way a submit
+    leaves it, reaches the engine and is deleted with the input once the job is final."""
+    assert modal_app.MasterWorker._get_user_cls().preload_models == ("dsp/master",)
+    mix = write_tone(tmp_path / "mix.wav", seconds=2.0, rate=44100)
+    reference = write_tone(tmp_path / "ref.wav", seconds=2.0, rate=44100)
+    _, job_id = _queued_job(database_url, worker_env, mix, "master", "dsp/master")
+    stored = asyncio.run(_add_reference(database_url, worker_env, job_id, reference))
+    assert modal_app.MasterWorker().run.local(str(job_id)) == "succeeded"
+    job, kinds = _finished(database_url, job_id)
+    assert job["status"] == "succeeded" and kinds == ["hold", "capture"]
+    outputs = {output["name"]: output for output in job["outputs"]}
+    assert set(outputs) == {"mastered.wav", "report.json"}
+    assert outputs["mastered.wav"]["metadata"]["integrated_lufs"] == pytest.approx(-14.0, abs=0.5)
+    files = worker_env.state_dir / "files"
+    report = json.loads((files / worker_env.outputs_bucket / outputs["report.json"]["ref"]).read_text())
+    assert report["reference"]["integrated_lufs"] == pytest.approx(report["input"]["integrated_lufs"], abs=0.1)
+    assert job["input_ref"] is None and job["extra_inputs"] == {}
+    assert not (files / worker_env.inputs_bucket / stored).exists()
+
+
+async def _add_reference(database_url: str, settings: Settings, job_id: UUID, reference: Path) -> str:
+    storage = LocalStorage(settings.state_dir / "files", settings.secret_key or "", "http://testserver")
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+        row = await job_row(conn, job_id)
+        ref = f"{row['user_id']}/{job_id}/reference.wav"
+        await storage.put_file(settings.inputs_bucket, ref, reference, "audio/wav")
+        meta = {**row["input_meta"], "extra_inputs": {"reference": {"duration_s": 2.0}}}
+        await conn.execute(
+            "UPDATE jobs SET params = %s, extra_inputs = %s, input_meta = %s WHERE id = %s",
+            (Jsonb({"target_lufs": -14}), Jsonb({"reference": ref}), Jsonb(meta), job_id),
+        )
+    return ref
 
 
 @pytest.mark.engine

@@ -116,9 +116,9 @@ async def clean_retention(
     idempotency records past their 24 h."""
     report = RetentionReport()
     async with _connection(conn_or_pool) as conn:
-        for job_id, ref in await db_jobs.final_inputs(conn, batch):
-            await storage.delete(settings.inputs_bucket, [ref])
-            await db_jobs.clear_input_ref(conn, job_id, ref)
+        for job_id, refs in await db_jobs.final_inputs(conn, batch):
+            await storage.delete(settings.inputs_bucket, refs)
+            await db_jobs.clear_input_ref(conn, job_id, refs[0])
             report.inputs_deleted += 1
 
         for job_id, outputs in await db_jobs.expired_outputs(conn, now, batch):

@@ -47,7 +47,8 @@ async def cancel_job(state: AppState, job_id: UUID, user_id: UUID) -> Canceled |
                 if row["dispatch_id"]:
                     await state.dispatcher.cancel(row["dispatch_id"])  # dispatched, not yet claimed by a worker
                 if row["input_ref"]:
-                    await state.storage.delete(state.settings.inputs_bucket, [row["input_ref"]])
+                    refs = db_jobs.stored_inputs(row["input_ref"], row["extra_inputs"])
+                    await state.storage.delete(state.settings.inputs_bucket, refs)
                     await db_jobs.clear_input_ref(conn, job_id, row["input_ref"])
                 return Canceled(row)
             # A running job stops cooperatively: its worker sees the flag at its next progress report. Cancelling its

@@ -89,6 +89,7 @@ class ReceivedInput:
 class MultipartBody:
     fields: dict[str, str] = field(default_factory=dict)
     file: ReceivedInput | None = None
+    extra_files: dict[str, ReceivedInput] = field(default_factory=dict)  # second inputs (e.g. `reference`) by name
 
 
 @dataclass(frozen=True)
@@ -157,18 +158,25 @@ class _Sink:
 
 
 class _MultipartReader:
-    """Streams one multipart body: text fields into memory (small), the `file` part straight into a capped temp file.
+    """Streams one multipart body: text fields into memory (small), each file part (`file`, or a second input named
+    in `extra_file_names`) straight into its own capped temp file.
 
-    Each part is judged as its headers arrive: a name outside `fields` (and `file`), or a name seen before, ends the
-    read there, so a body has at most len(fields) + 1 parts; part headers and all text fields together are capped.
+    Each part is judged as its headers arrive: a name outside `fields`, `file` and `extra_file_names`, or a name seen
+    before, ends the read there, so a body has a bounded number of parts; part headers and all text fields together
+    are capped.
     """
 
-    def __init__(self, directory: Path, max_bytes: int, charset: str, fields: Collection[str]) -> None:
+    def __init__(
+        self, directory: Path, max_bytes: int, charset: str, fields: Collection[str], extra_file_names: frozenset[str]
+    ) -> None:
         self.directory, self.max_bytes, self.charset, self.fields = directory, max_bytes, charset, fields
+        self.extra_file_names = extra_file_names
         self.body = MultipartBody()
         self._form_bytes = 0
         self._header_bytes = 0
         self._sink: _Sink | None = None
+        self._sinks: list[_Sink] = []
+        self._received: ReceivedInput | None = None
         self._header_name = b""
         self._header_value = b""
         self._headers: dict[bytes, bytes] = {}
@@ -206,27 +214,43 @@ class _MultipartReader:
         if b"name" not in options:
             raise Problem(400, "bad_request", "Malformed multipart body", "Every part needs a name.")
         self._name = options[b"name"].decode(self.charset, "replace")
-        if self._name != "file" and self._name not in self.fields:
+        is_main = self._name == "file"
+        is_file_name = is_main or self._name in self.extra_file_names
+        if not is_file_name and self._name not in self.fields:
+            known = ["file", *sorted(self.extra_file_names), *sorted(self.fields)]
             raise Problem(
                 422,
                 "invalid_request",
                 "Unknown form field",
-                f"Unknown field `{self._name[:100]}`; fields: file, " + ", ".join(sorted(self.fields)) + ".",
+                f"Unknown field `{self._name[:100]}`; fields: " + ", ".join(known) + ".",
             )
         if self._name in self.body.fields:
             raise Problem(422, "invalid_request", "Repeated form field", f"`{self._name}` appears more than once.")
-        if b"filename" in options or self._name == "file":
-            if self._name != "file" or self._sink is not None:
-                raise Problem(422, "invalid_request", "Unexpected file part", "Send exactly one file, as `file`.")
+        if b"filename" in options or is_file_name:
+            if not is_file_name:
+                raise Problem(
+                    422,
+                    "invalid_request",
+                    "Unexpected file part",
+                    f"Send the input as `file` (second inputs: {', '.join(sorted(self.extra_file_names)) or 'none'}).",
+                )
+            if (self.body.file if is_main else self.body.extra_files.get(self._name)) is not None:
+                raise Problem(422, "invalid_request", "Repeated file part", f"`{self._name}` appears more than once.")
             check_declared_type(self._headers.get(b"content-type", b"").decode("latin-1"))
             self._is_file = True
+            # Each file is capped on its own: a second input is limited exactly like the main one.
             self._sink = _Sink(self.directory, self.max_bytes)
+            self._sinks.append(self._sink)
             filename = options.get(b"filename", b"").decode(self.charset, "replace")
-            self.body.file = ReceivedInput(
+            self._received = ReceivedInput(
                 path=self._sink.path,
-                filename=safe_filename(filename),
+                filename=safe_filename(filename, default=self._name if not is_main else "input"),
                 content_type=self._headers.get(b"content-type", b"application/octet-stream").decode("latin-1"),
             )
+            if is_main:
+                self.body.file = self._received
+            else:
+                self.body.extra_files[self._name] = self._received
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
         if self._is_file:
@@ -246,16 +270,17 @@ class _MultipartReader:
 
     def on_part_end(self) -> None:
         if self._is_file:
-            assert self._sink is not None and self.body.file is not None
+            assert self._sink is not None and self._received is not None
             self._sink.close()
-            self.body.file.bytes = self._sink.size
-            self.body.file.sha256 = self._sink.hash.hexdigest()
+            self._received.bytes = self._sink.size
+            self._received.sha256 = self._sink.hash.hexdigest()
+            self._sink, self._received = None, None
         else:
             self.body.fields[self._name] = self._data.decode(self.charset, "replace")
 
     def close(self) -> None:
-        if self._sink is not None:
-            self._sink.close()
+        for sink in self._sinks:
+            sink.close()
 
 
 def check_content_length(header: str | None, max_bytes: int, slack: int = MAX_FORM_BYTES) -> None:
@@ -271,10 +296,15 @@ def check_content_length(header: str | None, max_bytes: int, slack: int = MAX_FO
 
 
 async def read_multipart(
-    content_type: str, stream: AsyncIterator[bytes], directory: Path, max_bytes: int, fields: Collection[str]
+    content_type: str,
+    stream: AsyncIterator[bytes],
+    directory: Path,
+    max_bytes: int,
+    fields: Collection[str],
+    extra_file_names: frozenset[str] = frozenset(),
 ) -> MultipartBody:
-    """Parse a multipart/form-data body with text `fields` and one `file`. The caller deletes `directory` (it owns
-    the temp file)."""
+    """Parse a multipart/form-data body with text `fields`, the `file` part and any second inputs named in
+    `extra_file_names`, each file capped at `max_bytes`. The caller deletes `directory` (it owns the temp files)."""
     _, options = parse_options_header(content_type)
     boundary = options.get(b"boundary")
     if not boundary:
@@ -284,7 +314,7 @@ async def read_multipart(
         charset = codecs.lookup(charset).name
     except LookupError:
         charset = "latin-1"
-    reader = _MultipartReader(directory, max_bytes, charset, fields)
+    reader = _MultipartReader(directory, max_bytes, charset, fields, extra_file_names)
     callbacks = {
         name: getattr(reader, name)
         for name in (
@@ -306,8 +336,8 @@ async def read_multipart(
         raise Problem(400, "bad_request", "Malformed multipart body", "The body is not valid multipart.") from exc
     finally:
         reader.close()
-    if reader.body.file is not None and reader.body.file.sha256 == "":
-        raise Problem(400, "bad_request", "Malformed multipart body", "The file part is truncated.")
+    if any(part.sha256 == "" for part in [reader.body.file, *reader.body.extra_files.values()] if part is not None):
+        raise Problem(400, "bad_request", "Malformed multipart body", "A file part is truncated.")
     return reader.body
 
 

@@ -7,6 +7,9 @@ Request bodies, for submits and quotes alike:
 - multipart/form-data: `task`, `params` (a JSON object as text), `file` or `input_url`, optional `prompt`,
   `webhook_url`, `webhook_events` (JSON array or comma-separated); quotes also take `duration_s`.
 - application/json: the same members, `params` as an object and `webhook_events` as an array.
+
+Second inputs (`TaskSpec.extra_inputs`, e.g. master's `reference`): a multipart file part under the input's name or
+`<name>_url`, accepted only by the tasks that declare that input (422 `unexpected_input` naming the field otherwise).
 """
 
 from __future__ import annotations
@@ -30,6 +33,10 @@ from api.state import AppState
 from inference.models import ModelEntry, ModelsLock, load_lock, status
 from inference.registry import TASKS
 
+# Every second input any task declares: the multipart reader accepts these file parts, then `validate` refuses one
+# the chosen task does not take.
+EXTRA_INPUT_NAMES = frozenset(name for spec in TASKS.values() for name in spec.extra_inputs)
+
 
 class JobCreate(BaseModel):
     """The JSON form of a job (or quote) body. Multipart bodies carry the same members as form fields."""
@@ -51,6 +58,9 @@ class JobCreate(BaseModel):
     task: str = Field(description="One of the tasks listed by GET /v1/tasks.")
     params: dict[str, Any] = Field(default_factory=dict, description="The task's params (see GET /v1/tasks).")
     input_url: str | None = Field(default=None, description="An https URL of the input audio.")
+    reference_url: str | None = Field(
+        default=None, description="master only: an https URL of a reference track (or a multipart `reference` file)."
+    )
     prompt: str | None = Field(default=None, description="Same as params.prompt (generate only).")
     webhook_url: str | None = None
     webhook_events: list[str] | None = Field(default=None, description=f"Subset of {list(WEBHOOK_EVENTS)}.")
@@ -63,13 +73,17 @@ class JobRequest:
     params: BaseModel
     input_url: str | None
     upload: ReceivedInput | None
+    extra_urls: dict[str, str]  # second inputs by name: each is either a URL here or an upload below
+    extra_uploads: dict[str, ReceivedInput]
     webhook_url: str | None
     webhook_events: list[str] | None
     duration_s: float | None
 
 
 # The text fields of a form body (multipart adds `file`).
-FORM_FIELDS = frozenset({"task", "params", "input_url", "prompt", "webhook_url", "webhook_events", "duration_s"})
+FORM_FIELDS = frozenset(
+    {"task", "params", "input_url", "reference_url", "prompt", "webhook_url", "webhook_events", "duration_s"}
+)
 
 
 def invalid(code: str, title: str, detail: str, **extra: Any) -> Problem:
@@ -97,14 +111,14 @@ def _events_field(raw: str) -> list[str]:
 
 async def _read_body(
     headers: Mapping[str, str], stream: AsyncIterator[bytes], workdir: Path, max_bytes: int
-) -> JobCreate | tuple[JobCreate, ReceivedInput]:
+) -> tuple[JobCreate, ReceivedInput | None, dict[str, ReceivedInput]]:
     content_type = headers.get("content-type", "")
     main_type = content_type.split(";", 1)[0].strip().lower()
     if main_type == "multipart/form-data":
-        check_content_length(headers.get("content-length"), max_bytes)
-        body = await read_multipart(content_type, stream, workdir, max_bytes, FORM_FIELDS)
-        parsed = _from_fields(body.fields)
-        return (parsed, body.file) if body.file is not None else parsed
+        # Each file is capped at max_bytes; the body may carry the main input and one of each second input.
+        check_content_length(headers.get("content-length"), max_bytes * (1 + len(EXTRA_INPUT_NAMES)))
+        body = await read_multipart(content_type, stream, workdir, max_bytes, FORM_FIELDS, EXTRA_INPUT_NAMES)
+        return _from_fields(body.fields), body.file, body.extra_files
     if main_type in ("application/json", "application/x-www-form-urlencoded"):
         check_content_length(headers.get("content-length"), 0)
         raw = bytearray()
@@ -121,12 +135,12 @@ async def _read_body(
             pairs = parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True)
             if len({key for key, _ in pairs}) != len(pairs):
                 raise invalid("invalid_request", "Repeated form field", "Each field may appear once.")
-            return _from_fields(dict(pairs))
+            return _from_fields(dict(pairs)), None, {}
         try:
             data = json.loads(raw)
         except ValueError as exc:
             raise Problem(400, "bad_request", "Malformed JSON body", "The body is not valid JSON.") from exc
-        return _parse_create(data)
+        return _parse_create(data), None, {}
     raise Problem(
         415,
         "unsupported_media_type",
@@ -140,7 +154,7 @@ def _from_fields(fields: dict[str, str]) -> JobCreate:
     unknown = set(fields) - FORM_FIELDS
     if unknown:
         raise invalid("invalid_request", "Unknown form field", f"Unknown fields: {', '.join(sorted(unknown))}.")
-    text = ("task", "input_url", "prompt", "webhook_url", "duration_s")
+    text = ("task", "input_url", "reference_url", "prompt", "webhook_url", "duration_s")
     data: dict[str, Any] = {key: value for key, value in fields.items() if key in text}
     if "params" in fields:
         data["params"] = _json_field(fields["params"] or "{}", "params")
@@ -187,7 +201,28 @@ def install_command(model_key: str) -> str:
     return f"studio models pull {model_key}"
 
 
-def validate(create: JobCreate, upload: ReceivedInput | None, state: AppState, *, quote: bool) -> JobRequest:
+def _extra_inputs(
+    create: JobCreate, uploads: dict[str, ReceivedInput], task: str, accepted: tuple[str, ...]
+) -> dict[str, str]:
+    """The second inputs given as URLs, after refusing any the task does not take or that came twice."""
+    urls = {"reference": create.reference_url} if create.reference_url is not None else {}
+    for name in sorted({*urls, *uploads}):
+        if name not in accepted:
+            field = f"{name}_url" if name in urls else name
+            raise invalid("unexpected_input", "Unexpected input", f"{task} takes no `{field}`.", field=field)
+        if name in urls and name in uploads:
+            raise invalid("invalid_request", "Two inputs", f"Send either `{name}` or `{name}_url`, not both.")
+    return urls
+
+
+def validate(
+    create: JobCreate,
+    upload: ReceivedInput | None,
+    state: AppState,
+    *,
+    quote: bool,
+    extra_uploads: dict[str, ReceivedInput] | None = None,
+) -> JobRequest:
     spec = TASKS.get(create.task)
     if spec is None:
         raise invalid("unknown_task", "Unknown task", f"Tasks: {', '.join(TASKS)}.", tasks=list(TASKS))
@@ -216,7 +251,7 @@ def validate(create: JobCreate, upload: ReceivedInput | None, state: AppState, *
         )
     # Quotes still price a model that is not installed (the price does not depend on it); a submit is refused here,
     # before any hold, rather than failing in the worker after charging.
-    if not quote and not model_installed(entry, state.settings):
+    if not quote and entry is not None and not model_installed(entry, state.settings):
         key = entry.key
         raise invalid(
             "model_not_installed",
@@ -241,6 +276,8 @@ def validate(create: JobCreate, upload: ReceivedInput | None, state: AppState, *
                 f"{create.task} needs audio: a multipart `file` or an `input_url`"
                 + (", or `duration_s` for a quote." if quote else "."),
             )
+    extra_uploads = extra_uploads or {}
+    extra_urls = _extra_inputs(create, extra_uploads, create.task, spec.extra_inputs)
     if create.webhook_events is not None and create.webhook_url is None:
         raise invalid("invalid_request", "The request is not valid", "`webhook_events` needs a `webhook_url`.")
     events = None
@@ -261,6 +298,8 @@ def validate(create: JobCreate, upload: ReceivedInput | None, state: AppState, *
         params=params,
         input_url=create.input_url,
         upload=upload,
+        extra_urls=extra_urls,
+        extra_uploads=extra_uploads,
         webhook_url=webhook_url,
         webhook_events=events,
         duration_s=create.duration_s,
@@ -271,6 +310,5 @@ async def parse_request(
     headers: Mapping[str, str], stream: AsyncIterator[bytes], state: AppState, workdir: Path, *, quote: bool
 ) -> JobRequest:
     """Read (streamed, capped) and validate a submit or quote body; an upload lands in `workdir`."""
-    body = await _read_body(headers, stream, workdir, state.settings.max_upload_bytes)
-    create, upload = body if isinstance(body, tuple) else (body, None)
-    return validate(create, upload, state, quote=quote)
+    create, upload, extra_uploads = await _read_body(headers, stream, workdir, state.settings.max_upload_bytes)
+    return validate(create, upload, state, quote=quote, extra_uploads=extra_uploads)

@@ -30,14 +30,32 @@ HOLD_MARGIN = timedelta(hours=1)  # holds outlive the job deadline so the reaper
 
 
 async def obtain_input(state: AppState, job: JobRequest, workdir: Path) -> tuple[ReceivedInput, ProbedInput]:
+    """The main input, fetched if it is a URL, then probed within the deployment's limits."""
+    return await _obtain(state, job.upload, job.input_url, workdir)
+
+
+async def obtain_extra_inputs(
+    state: AppState, job: JobRequest, workdir: Path
+) -> dict[str, tuple[ReceivedInput, ProbedInput]]:
+    """Second inputs (e.g. `reference`), fetched through the same guard and probed with the same caps as the main
+    input. They are not priced: only the main input's duration is."""
+    names = sorted({*job.extra_uploads, *job.extra_urls})
+    return {
+        name: await _obtain(state, job.extra_uploads.get(name), job.extra_urls.get(name), workdir) for name in names
+    }
+
+
+async def _obtain(
+    state: AppState, upload: ReceivedInput | None, url: str | None, workdir: Path
+) -> tuple[ReceivedInput, ProbedInput]:
     settings = state.settings
-    received = job.upload
+    received = upload
     if received is None:
-        assert job.input_url is not None
+        assert url is not None
         insecure = settings.input_url_allow_insecure
         policy = FetchPolicy(allow_http=insecure, allow_private=insecure)
         received = await fetch_url(
-            job.input_url,
+            url,
             workdir,
             max_bytes=settings.max_upload_bytes,
             timeout=settings.input_fetch_timeout_seconds,
@@ -72,16 +90,19 @@ def _input_meta(received: ReceivedInput, probed: ProbedInput, input_url: str | N
 
 
 def fingerprint(job: JobRequest) -> str:
-    return idempotency.request_hash(
-        {
-            "task": job.task,
-            "params": job.params.model_dump(mode="json"),
-            "input_sha256": job.upload.sha256 if job.upload else None,
-            "input_url": job.input_url,
-            "webhook_url": job.webhook_url,
-            "webhook_events": job.webhook_events,
-        }
-    )
+    request: dict[str, Any] = {
+        "task": job.task,
+        "params": job.params.model_dump(mode="json"),
+        "input_sha256": job.upload.sha256 if job.upload else None,
+        "input_url": job.input_url,
+        "webhook_url": job.webhook_url,
+        "webhook_events": job.webhook_events,
+    }
+    extra = {name: {"sha256": upload.sha256} for name, upload in job.extra_uploads.items()}
+    extra |= {name: {"url": url} for name, url in job.extra_urls.items()}
+    if extra:  # only then: requests without second inputs keep the fingerprints stored before they existed
+        request["extra_inputs"] = extra
+    return idempotency.request_hash(request)
 
 
 async def create_job(
@@ -98,16 +119,33 @@ async def create_job(
     job_id = uuid4()
     input_ref: str | None = None
     input_meta: dict[str, Any] = {}
+    extra_refs: dict[str, str] = {}
     seconds: float | None = None
     if spec.input_kind == "audio":
+        # Every input is received and probed before anything is stored: a bad reference stores nothing.
         received, probed = await obtain_input(state, job, workdir)
+        extras = await obtain_extra_inputs(state, job, workdir)
         seconds = probed.info.duration_s
         input_meta = _input_meta(received, probed, job.input_url)
-        cost = price(job.task, job.params, seconds)
-        # Upload first under the fresh job id: if the transaction then fails, the object is deleted and no job
-        # row ever pointed at it; if the upload fails, nothing was written to the database at all.
+        if extras:
+            input_meta["extra_inputs"] = {
+                name: _input_meta(extra, extra_probed, job.extra_urls.get(name))
+                for name, (extra, extra_probed) in extras.items()
+            }
+        cost = price(job.task, job.params, seconds)  # the main input's duration only
+        # Upload first under the fresh job id: if the transaction then fails, the objects are deleted and no job
+        # row ever pointed at them; if the upload fails, nothing was written to the database at all.
         input_ref = f"{user_id}/{job_id}/input{probed.extension}"
         await state.storage.put_file(settings.inputs_bucket, input_ref, received.path, probed.content_type)
+        try:
+            for name, (extra, extra_probed) in extras.items():
+                extra_refs[name] = f"{user_id}/{job_id}/{name}{extra_probed.extension}"
+                await state.storage.put_file(
+                    settings.inputs_bucket, extra_refs[name], extra.path, extra_probed.content_type
+                )
+        except BaseException:
+            await state.storage.delete(settings.inputs_bucket, db_jobs.stored_inputs(input_ref, extra_refs))
+            raise
     else:
         cost = price(job.task, job.params, None)
     deadline_at: datetime = state.clock() + timedelta(seconds=settings.job_deadline_seconds)
@@ -123,6 +161,7 @@ async def create_job(
                 cost=cost,
                 input_ref=input_ref,
                 input_meta=input_meta,
+                extra_inputs=extra_refs,
                 webhook_url=job.webhook_url,
                 webhook_events=job.webhook_events,
                 deadline_at=deadline_at,
@@ -134,7 +173,7 @@ async def create_job(
                 await idempotency.complete(conn, user_id, idempotency_key, 202, job_resource(created))
     except BaseException as exc:
         if input_ref is not None:
-            await state.storage.delete(settings.inputs_bucket, [input_ref])
+            await state.storage.delete(settings.inputs_bucket, db_jobs.stored_inputs(input_ref, extra_refs))
         if isinstance(exc, ledger.InsufficientCredits):
             raise Problem(
                 402,
@@ -154,7 +193,7 @@ async def create_job(
             async with state.pool.connection() as conn:
                 await idempotency.forget(conn, user_id, idempotency_key)
         if input_ref is not None:
-            await state.storage.delete(settings.inputs_bucket, [input_ref])
+            await state.storage.delete(settings.inputs_bucket, db_jobs.stored_inputs(input_ref, extra_refs))
             async with state.pool.connection() as conn:
                 await db_jobs.clear_input_ref(conn, job_id, input_ref)
         raise Problem(

@@ -29,6 +29,7 @@ _INPUT_KEYS = (
     "container",
     "url",
     "sha256",
+    "extra_inputs",  # second inputs (e.g. master's `reference`): name -> the same keys as the main input
 )
 
 

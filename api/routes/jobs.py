@@ -27,8 +27,8 @@ from api.errors import Problem
 from api.jobs import cancel, idempotency
 from api.jobs.inputs import SUPPORTED_FORMATS
 from api.jobs.pricing import RATES, price
-from api.jobs.request import invalid, parse_request
-from api.jobs.submit import create_job, fingerprint, obtain_input
+from api.jobs.request import JobCreate, invalid, parse_request
+from api.jobs.submit import create_job, fingerprint, obtain_extra_inputs, obtain_input
 from api.jobs.view import JobList, JobOut, JobStatus, job_resource, with_download_urls
 from api.routes.responses import AUTH_RESPONSES, problem_doc
 from db import jobs as db_jobs
@@ -109,13 +109,20 @@ _SUBMIT_BODY = {
                             "description": f"The input audio ({', '.join(SUPPORTED_FORMATS)}).",
                         },
                         "input_url": {"type": "string"},
+                        "reference": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "master only: a reference track whose tone and loudness to match.",
+                        },
+                        "reference_url": {"type": "string", "description": "master only: the reference as a URL."},
                         "prompt": {"type": "string"},
                         "webhook_url": {"type": "string"},
                         "webhook_events": {"type": "string", "description": "JSON array or comma-separated."},
                     },
                 }
             },
-            "application/json": {"schema": {"$ref": "#/components/schemas/JobCreate"}},
+            # Inline: nothing else registers JobCreate under components, so a $ref to it would dangle.
+            "application/json": {"schema": JobCreate.model_json_schema()},
         },
     }
 }
@@ -127,7 +134,7 @@ _INPUT_ERRORS: dict[int | str, dict[str, Any]] = {
         "invalid_params",
         "Invalid task, params or input (undecodable_audio, empty_file, "
         "audio_too_long, too_many_channels, sample_rate_too_high, unknown_task, model_not_enabled, "
-        "idempotency_key_reused...)",
+        "unexpected_input, idempotency_key_reused...)",
     ),
 }
 
@@ -167,6 +174,7 @@ async def create_quote(request: Request, user: CurrentUser, state: State) -> Quo
                         )
                 _, probed = await obtain_input(state, job, workdir)
                 seconds = probed.info.duration_s
+            await obtain_extra_inputs(state, job, workdir)  # checked as a submit would, never priced
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     credits = price(job.task, job.params, seconds)

@@ -33,6 +33,7 @@ from db.jobs import JobStatus
 from inference import audio
 from inference.base import Engine, EngineError, EngineResult
 from inference.params import TASK_PARAMS
+from inference.registry import TASKS
 
 log = logging.getLogger("studio.runner")
 
@@ -149,19 +150,24 @@ async def _heartbeat(conn: AsyncConnection, job_id: UUID, attempt: int, progress
 
 async def _delete_input(ctx: WorkerContext, conn: AsyncConnection, job_id: UUID) -> None:
     """Inputs go as soon as the job is final (SPEC section 3); the retention sweep catches any we miss."""
-    ref = await db_jobs.final_input_ref(conn, job_id)
-    if ref is None:
+    refs = await db_jobs.final_input_refs(conn, job_id)
+    if not refs:
         return
-    await ctx.storage.delete(ctx.settings.inputs_bucket, [ref])
-    await db_jobs.clear_input_ref(conn, job_id, ref)
+    await ctx.storage.delete(ctx.settings.inputs_bucket, refs)
+    await db_jobs.clear_input_ref(conn, job_id, refs[0])
 
 
 def _run_engine(
-    engine: Engine, input_path: Path | None, params: BaseModel, out_dir: Path, progress: _Progress
+    engine: Engine,
+    input_path: Path | None,
+    params: BaseModel,
+    out_dir: Path,
+    progress: _Progress,
+    extra: dict[str, dict[str, Path]],
 ) -> EngineResult:
     progress.engine_idle.clear()
     try:
-        return engine.run(input_path, params, out_dir, progress.report)
+        return engine.run(input_path, params, out_dir, progress.report, **extra)
     finally:
         progress.engine_idle.set()
 
@@ -176,6 +182,10 @@ async def _execute(
     if job["input_ref"]:
         suffix = PurePosixPath(job["input_ref"]).suffix
         input_path = await ctx.storage.get_file(settings.inputs_bucket, job["input_ref"], workdir / f"input{suffix}")
+    extra_paths: dict[str, Path] = {}
+    for name, ref in (job.get("extra_inputs") or {}).items():
+        suffix = PurePosixPath(ref).suffix
+        extra_paths[name] = await ctx.storage.get_file(settings.inputs_bucket, ref, workdir / f"{name}{suffix}")
     params = TASK_PARAMS[job["task"]].model_validate(job["params"])
     try:
         engine = await asyncio.to_thread(ctx.engine, job["task"], job["model_key"])
@@ -191,14 +201,25 @@ async def _execute(
     started = time.monotonic()
     # Engines decode through inference.audio, which stops past these: the deployment's limit, and the seconds the
     # submit's probe priced (plus slack), so an input that decodes to more than it was priced on fails here.
+    # One limit covers every file the engine decodes, so a second input (probed, not priced) widens it to its own
+    # probed length; the main input is still held to the deployment's cap.
+    input_meta = job["input_meta"] or {}
+    probed = [input_meta.get("duration_s")] + [
+        meta.get("duration_s") for meta in (input_meta.get("extra_inputs") or {}).values()
+    ]
+    known = [float(seconds) for seconds in probed if seconds is not None]
     limits = audio.DecodeLimits.for_job(
         settings.max_duration_seconds,
-        (job["input_meta"] or {}).get("duration_s"),
+        max(known) if known else None,
         settings.max_audio_channels,
         settings.max_sample_rate,
     )
+    # Engines of tasks with second inputs take them as a keyword (inference.base.MultiInputEngine); others never see it.
+    extra = {"extra_inputs": extra_paths} if TASKS[job["task"]].extra_inputs else {}
     with audio.decode_limits(limits):
-        result: EngineResult = await asyncio.to_thread(_run_engine, engine, input_path, params, out_dir, progress)
+        result: EngineResult = await asyncio.to_thread(
+            _run_engine, engine, input_path, params, out_dir, progress, extra
+        )
     compute_seconds = time.monotonic() - started
     for output in result.outputs:
         key = f"{job['user_id']}/{job['id']}/{output.name}"

@@ -68,19 +68,19 @@ def direct(state: object, input_path: Path, out_dir: Path) -> None:
     input_lufs = meter.integrated_loudness(data)
     (out_dir / "input.txt").write_text(f"{input_lufs} {_true_peak_db(data, rate)}")
     trim = params.ceiling_dbtp - TRUE_PEAK_MARGIN_DB
-    drive = params.target_lufs - trim - input_lufs
+    drive = params.target() - trim - input_lufs
     history: list[tuple[float, float]] = []
     for renders in range(1, MAX_RENDERS + 1):
-        board = build_board(chain_description(params.preset, params.target_lufs, drive, trim, eq=True))
+        board = build_board(chain_description(params.preset, params.target(), drive, trim, eq=True))
         out = np.clip(board(data.T, rate), -1.0, 1.0).T
         lufs, peak = meter.integrated_loudness(out), _true_peak_db(out, rate)
         history.append((drive, lufs - trim))
         peak_ok = peak <= params.ceiling_dbtp
-        if abs(lufs - params.target_lufs) <= LOUDNESS_TOLERANCE_LU and peak_ok or renders == MAX_RENDERS:
+        if abs(lufs - params.target()) <= LOUDNESS_TOLERANCE_LU and peak_ok or renders == MAX_RENDERS:
             break
         if not peak_ok:
             trim -= peak - (params.ceiling_dbtp - TRUE_PEAK_MARGIN_DB)
-        drive += _drive_step(history, params.target_lufs - trim)
+        drive += _drive_step(history, params.target() - trim)
     sf.write(str(out_dir / "mastered.wav"), out, rate, subtype="PCM_24")
     written, _ = sf.read(str(out_dir / "mastered.wav"), always_2d=True)
     (out_dir / "report.txt").write_text(f"{meter.integrated_loudness(written)} {_true_peak_db(written, rate)}")

@@ -19,6 +19,23 @@ WHISPER_MODELS = (
     "tiny", "tiny.en", "base", "base.en", "small", "small.en", "medium", "medium.en",
     "large-v1", "large-v2", "large-v3", "large-v3-turbo",
 )  # fmt: skip
+# CTranslate2 conversions run by faster-whisper (models.lock keys `faster-whisper/<name>`).
+FASTER_WHISPER_MODELS = ("large-v3-turbo", "large-v3", "distil-large-v3", "tiny.en")
+# Trained on English only: no other language, no translation.
+ENGLISH_ONLY_MODELS = frozenset(
+    [f"whisper/{name}" for name in WHISPER_MODELS if name.endswith(".en")]
+    + ["faster-whisper/tiny.en", "faster-whisper/distil-large-v3"]
+)
+# The transcribe `model` param names a models.lock key: `faster-whisper/<name>` or `whisper/<name>`. The bare
+# openai-whisper names (`large-v3`, `tiny`...) that jobs used before faster-whisper existed stay valid and keep
+# meaning openai-whisper.
+TRANSCRIBE_MODELS = (
+    *(f"faster-whisper/{name}" for name in FASTER_WHISPER_MODELS),
+    *(f"whisper/{name}" for name in WHISPER_MODELS),
+    *WHISPER_MODELS,
+)
+DEFAULT_TRANSCRIBE_MODEL = "faster-whisper/large-v3-turbo"
+FASTER_WHISPER_BATCH_SIZE = 8  # faster-whisper's own default for BatchedInferencePipeline
 
 # Whisper's language codes (whisper.tokenizer.LANGUAGES keys), copied so the API needs no torch to validate.
 WHISPER_LANGUAGES = frozenset(
@@ -79,10 +96,34 @@ class EnhanceParams(_Params):
 
 
 class TranscribeParams(_Params):
-    model: Literal[WHISPER_MODELS] = "large-v3-turbo"  # type: ignore[valid-type]
+    model: Literal[TRANSCRIBE_MODELS] = Field(  # type: ignore[valid-type]
+        default=DEFAULT_TRANSCRIBE_MODEL,
+        description="faster-whisper/<name> (CTranslate2) or whisper/<name> (openai-whisper); a bare openai-whisper "
+        "name such as large-v3 means whisper/large-v3.",
+    )
     language: str | None = Field(default=None, description="ISO 639-1 code; none = detect.")
     task: Literal["transcribe", "translate"] = "transcribe"
     word_timestamps: bool = False
+    initial_prompt: str | None = Field(
+        default=None, max_length=1000, description="Text that conditions the first window (names, spelling, style)."
+    )
+    temperature: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="First sampling temperature; a window that fails the compression-ratio or log-prob checks is "
+        "decoded again at +0.2 steps while <= 1.0 (batched faster-whisper decoding uses the first value only).",
+    )
+    vad_filter: bool | None = Field(
+        default=None, description="Silero VAD skips non-speech (faster-whisper only; on by default there)."
+    )
+    batch_size: int | None = Field(
+        default=None,
+        ge=1,
+        le=64,
+        description=f"faster-whisper only: windows decoded at once on audio longer than 30 s (default "
+        f"{FASTER_WHISPER_BATCH_SIZE}); 1 decodes them one after another, each conditioned on the previous text.",
+    )
 
     @field_validator("language")
     @classmethod
@@ -91,10 +132,31 @@ class TranscribeParams(_Params):
             raise ValueError("unknown language code")
         return value
 
+    @field_validator("initial_prompt")
+    @classmethod
+    def _printable_prompt(cls, value: str | None) -> str | None:
+        return value if value is None else _reject_control_chars(value)
+
+    @property
+    def model_key(self) -> str:
+        """The models.lock key of the weights: bare openai-whisper names get their `whisper/` prefix."""
+        return self.model if "/" in self.model else f"whisper/{self.model}"
+
+    @property
+    def family(self) -> Literal["faster-whisper", "whisper"]:
+        return "faster-whisper" if self.model_key.startswith("faster-whisper/") else "whisper"
+
+    def temperatures(self) -> tuple[float, ...]:
+        """The fallback schedule: temperature, +0.2, ... while <= 1.0 (openai-whisper's CLI default schedule)."""
+        steps = int((1.0 + 1e-6 - self.temperature) // 0.2)
+        return tuple(round(self.temperature + 0.2 * step, 6) for step in range(steps + 1))
+
     @model_validator(mode="after")
-    def _english_only_models(self) -> TranscribeParams:
-        if self.model.endswith(".en") and (self.language not in (None, "en") or self.task == "translate"):
+    def _fits_the_model(self) -> TranscribeParams:
+        if self.model_key in ENGLISH_ONLY_MODELS and (self.language not in (None, "en") or self.task == "translate"):
             raise ValueError(f"{self.model} is English-only: language must be en and task transcribe")
+        if self.family == "whisper" and (self.vad_filter is not None or self.batch_size is not None):
+            raise ValueError("vad_filter and batch_size apply to faster-whisper models only")
         return self
 
 

@@ -76,7 +76,7 @@ def _separate_key(params: SeparateParams) -> str:
 
 
 def _transcribe_key(params: TranscribeParams) -> str:
-    return f"whisper/{params.model}"
+    return params.model_key
 
 
 def _generate_key(params: GenerateParams) -> str:
@@ -90,7 +90,8 @@ _SPECS = (
     TaskSpec(task="enhance", description="Remove noise from speech (DeepFilterNet3).", input_kind="audio",
              family="enhancement", gpu=False, price_unit="audio_minute",
              engine_factory="inference.enhance:build_engine", model_key=lambda params: "deepfilternet3"),
-    TaskSpec(task="transcribe", description="Speech to text with timestamps (whisper).", input_kind="audio",
+    TaskSpec(task="transcribe", description="Speech to text with timestamps (faster-whisper or whisper).",
+             input_kind="audio",
              family="transcription", gpu=True, price_unit="audio_minute",
              engine_factory="inference.transcribe:build_engine", model_key=_transcribe_key),
     TaskSpec(task="midi", description="Audio to MIDI notes (basic-pitch).", input_kind="audio",

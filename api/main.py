@@ -13,9 +13,22 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api.errors import PROBLEM_JSON, Problem
+from api.errors import PROBLEM_JSON, Problem, openai_error
+from api.jobs.openai_audio import PATH_PREFIX as OPENAI_PATH_PREFIX
 from api.request_guard import RequestGuard
-from api.routes import api_keys, billing, credits, events, files, health, jobs, studio, tasks, webhooks
+from api.routes import (
+    api_keys,
+    billing,
+    credits,
+    events,
+    files,
+    health,
+    jobs,
+    openai_audio,
+    studio,
+    tasks,
+    webhooks,
+)
 from api.state import AppState, BackgroundService
 
 log = logging.getLogger("studio.api")
@@ -44,7 +57,7 @@ def create_app(state: AppState, background: list[BackgroundService] | None = Non
     app.state.studio = state
     install_error_handlers(app)
     v1 = APIRouter(prefix="/v1")
-    for resource in (health, api_keys, credits, tasks, jobs, events, billing, webhooks, files):
+    for resource in (health, api_keys, credits, tasks, jobs, openai_audio, events, billing, webhooks, files):
         v1.include_router(resource.router)
     app.include_router(v1)
     # The web studio's pages sit at the root; its two /v1 routes (config, local sign-in) carry their own prefix.
@@ -53,7 +66,10 @@ def create_app(state: AppState, background: list[BackgroundService] | None = Non
     return app
 
 
-def problem_response(problem: Problem) -> JSONResponse:
+def problem_response(problem: Problem, request: Request) -> JSONResponse:
+    """problem+json, except on the OpenAI-compatible routes, which answer OpenAI's error object (same status)."""
+    if request.url.path.startswith(OPENAI_PATH_PREFIX):
+        return JSONResponse(openai_error(problem), status_code=problem.status, headers=problem.headers)
     return JSONResponse(problem.body(), status_code=problem.status, headers=problem.headers, media_type=PROBLEM_JSON)
 
 
@@ -84,7 +100,7 @@ _HTTP_CODES = {
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Problem)
     async def _problem(request: Request, exc: Problem) -> JSONResponse:
-        return problem_response(exc)
+        return problem_response(exc, request)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -95,7 +111,8 @@ def install_error_handlers(app: FastAPI) -> None:
                 "The request is not valid",
                 "See `errors` for each invalid field.",
                 errors=_validation_errors(exc),
-            )
+            ),
+            request,
         )
 
     @app.exception_handler(StarletteHTTPException)
@@ -108,7 +125,8 @@ def install_error_handlers(app: FastAPI) -> None:
                 code,
                 detail or code.replace("_", " ").capitalize(),
                 headers=getattr(exc, "headers", None),
-            )
+            ),
+            request,
         )
 
     @app.exception_handler(Exception)
@@ -116,5 +134,6 @@ def install_error_handlers(app: FastAPI) -> None:
         # Log the trace server-side; the client gets no internals.
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return problem_response(
-            Problem(500, "internal_error", "Internal server error", "Something went wrong on our side; retry later.")
+            Problem(500, "internal_error", "Internal server error", "Something went wrong on our side; retry later."),
+            request,
         )

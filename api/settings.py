@@ -89,6 +89,11 @@ class Settings(BaseSettings):
     failed_auth_per_minute: int = 30
     max_event_streams_per_user: int = 8  # open SSE streams per user, per API process
     prefer_wait_max_seconds: int = 60
+    # POST /v1/audio/* answer within this many seconds (then 504 with the job id to poll): Modal cuts any web request
+    # at 150 s with a 303 to a result URL, so the route must give its own answer first.
+    audio_api_wait_seconds: float = Field(default=140.0, gt=0, lt=150)
+    # The transcription model `whisper-1` stands for on POST /v1/audio/* (None: the task's default model).
+    audio_api_whisper_1_model: str | None = None
     idempotency_ttl_seconds: int = 24 * 3600
     # A claimed key whose submit never completed (the API crashed mid-submit) is free again after this lease.
     idempotency_in_flight_lease_seconds: int = 60

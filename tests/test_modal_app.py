@@ -189,6 +189,28 @@ def test_each_image_installs_exactly_its_pyproject_group(family: str) -> None:
         assert "torch" not in pip
 
 
+def test_the_transcription_image_carries_ctranslate2s_cuda_libraries() -> None:
+    """cuBLAS 12 and cuDNN 9 from NVIDIA's wheels, on the loader's path (only the transcription image needs them);
+    the site-packages named in LD_LIBRARY_PATH is the base image's Python's (python:3.11-slim: /usr/local)."""
+    commands = _dockerfile(modal_app.IMAGES["transcription"])
+    assert "FROM python:3.11" in commands[0] and "slim" in commands[0]
+    [pip] = [command for command in commands if "nvidia-cublas-cu12" in command]
+    assert "'nvidia-cublas-cu12>=12,<13'" in pip and "'nvidia-cudnn-cu12>=9,<10'" in pip
+    [env] = [command for command in commands if command.startswith("ENV LD_LIBRARY_PATH=")]
+    site = "/usr/local/lib/python3.11/site-packages"
+    assert env.split("=", 1)[1].split(":") == [f"{site}/nvidia/cublas/lib", f"{site}/nvidia/cudnn/lib"]
+    for family in ("api", "separation", "enhancement", "generation"):
+        assert not any("nvidia-cu" in command for command in _dockerfile(modal_app.IMAGES[family])), family
+
+
+def test_the_transcribe_worker_preloads_the_default_ctranslate2_model() -> None:
+    from inference.params import DEFAULT_TRANSCRIBE_MODEL, TranscribeParams
+
+    preload = modal_app.TranscribeWorker._get_user_cls().preload_models
+    assert preload == (DEFAULT_TRANSCRIBE_MODEL,) == (TranscribeParams().model_key,)
+    assert preload[0].startswith("faster-whisper/")
+
+
 # ---- the whole job path through the worker classes' .local() ----
 
 

@@ -44,6 +44,7 @@ from inference.base import EngineError
 _CHUNK = 1 << 16
 MAX_FORM_BYTES = 64 * 1024  # all text fields of a body together (`params` is small JSON); a JSON body too
 MAX_PART_HEADER_BYTES = 8 * 1024  # the headers of one multipart part
+MAX_LIST_ITEMS = 16  # values of one repeated `name[]` field (the OpenAI routes' timestamp_granularities[])
 MAX_REDIRECTS = 3
 
 # Declared types we accept: any audio/*, plus the generic binary types browsers and curl send for unknown files.
@@ -88,6 +89,8 @@ class ReceivedInput:
 @dataclass
 class MultipartBody:
     fields: dict[str, str] = field(default_factory=dict)
+    # Fields named with the `name[]` array convention (OpenAI's `timestamp_granularities[]`) may repeat.
+    lists: dict[str, list[str]] = field(default_factory=dict)
     file: ReceivedInput | None = None
     extra_files: dict[str, ReceivedInput] = field(default_factory=dict)  # second inputs (e.g. `reference`) by name
 
@@ -275,6 +278,13 @@ class _MultipartReader:
             self._received.bytes = self._sink.size
             self._received.sha256 = self._sink.hash.hexdigest()
             self._sink, self._received = None, None
+        elif self._name.endswith("[]"):
+            values = self.body.lists.setdefault(self._name, [])
+            if len(values) >= MAX_LIST_ITEMS:
+                raise Problem(
+                    422, "invalid_request", "Too many values", f"`{self._name}` takes {MAX_LIST_ITEMS} at most."
+                )
+            values.append(self._data.decode(self.charset, "replace"))
         else:
             self.body.fields[self._name] = self._data.decode(self.charset, "replace")
 

@@ -9,6 +9,7 @@ before the commit; a refused dispatch fails the job and releases its hold (`api.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -208,3 +209,42 @@ async def create_job(
         row = await db_jobs.get_job(conn, job_id)
     assert row is not None
     return job_resource(row)
+
+
+@dataclass(frozen=True)
+class Submitted:
+    body: dict[str, Any]  # the job resource as created (or as first created, for a replay)
+    status: int
+    replayed: bool
+
+
+async def submit_once(state: AppState, user_id: UUID, job: JobRequest, key: str | None, workdir: Path) -> Submitted:
+    """`create_job` behind an optional `Idempotency-Key` (checked by `idempotency.check_key`): the same key and
+    request replay the first job; a failed attempt frees the key. Every route that submits comes through here.
+
+    `create_job` records the key as done inside the transaction that creates the job and its hold, so a failure
+    after that commit (a database error in dispatch, cancellation at shutdown) cannot free it: `abandon` deletes
+    only an in-flight claim, and a retry replays the job instead of charging twice."""
+    settings = state.settings
+    if key is None:
+        return Submitted(await create_job(state, user_id, job, workdir), 202, replayed=False)
+    async with state.pool.connection() as conn:
+        replay = await idempotency.claim(
+            conn,
+            user_id,
+            key,
+            fingerprint(job),
+            settings.idempotency_ttl_seconds,
+            in_flight_lease_seconds=settings.idempotency_in_flight_lease_seconds,
+        )
+    if replay is not None:
+        return Submitted(replay.body, replay.status, replayed=True)
+    try:
+        body = await create_job(state, user_id, job, workdir, idempotency_key=key)
+    except BaseException:
+        async with state.pool.connection() as conn:
+            await idempotency.abandon(conn, user_id, key)
+        raise
+    async with state.pool.connection() as conn:
+        await idempotency.complete(conn, user_id, key, 202, body)  # replay this answer, not the in-transaction snapshot
+    return Submitted(body, 202, replayed=False)

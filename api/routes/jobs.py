@@ -28,7 +28,7 @@ from api.jobs import cancel, idempotency
 from api.jobs.inputs import SUPPORTED_FORMATS
 from api.jobs.pricing import RATES, price
 from api.jobs.request import JobCreate, invalid, parse_request
-from api.jobs.submit import create_job, fingerprint, obtain_extra_inputs, obtain_input
+from api.jobs.submit import obtain_extra_inputs, obtain_input, submit_once
 from api.jobs.view import JobList, JobOut, JobStatus, job_resource, with_download_urls
 from api.routes.responses import AUTH_RESPONSES, problem_doc
 from db import jobs as db_jobs
@@ -222,34 +222,14 @@ async def submit_job(
     key = idempotency.check_key(idempotency_key) if idempotency_key is not None else None
     wait = _prefer_wait(prefer, settings.prefer_wait_max_seconds)
     workdir = Path(tempfile.mkdtemp(prefix="studio-submit-"))
-    claimed = False
     try:
         job = await parse_request(request.headers, request.stream(), state, workdir, quote=False)
-        if key is not None:
-            async with state.pool.connection() as conn:
-                replay = await idempotency.claim(
-                    conn,
-                    user.id,
-                    key,
-                    fingerprint(job),
-                    settings.idempotency_ttl_seconds,
-                    in_flight_lease_seconds=settings.idempotency_in_flight_lease_seconds,
-                )
-            if replay is not None:
-                return JSONResponse(replay.body, status_code=replay.status, headers={idempotency.REPLAY_HEADER: "true"})
-            claimed = True
-        body = await create_job(state, user.id, job, workdir, idempotency_key=key)
-        claimed = False  # the job's transaction recorded the key as done: from here on it replays, never frees
-        if key is not None:
-            async with state.pool.connection() as conn:
-                await idempotency.complete(conn, user.id, key, 202, body)  # replay this answer, not the snapshot
-    except BaseException:
-        if claimed:
-            async with state.pool.connection() as conn:
-                await idempotency.abandon(conn, user.id, key)  # type: ignore[arg-type]
-        raise
+        submitted = await submit_once(state, user.id, job, key, workdir)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+    body = submitted.body
+    if submitted.replayed:
+        return JSONResponse(body, status_code=submitted.status, headers={idempotency.REPLAY_HEADER: "true"})
     job_id = UUID(body["id"])
     headers = {"Location": body["links"]["self"]}
     if wait is None:

@@ -1,4 +1,4 @@
--- Local worker processes claim queued jobs themselves (api/local_pool.py). A job is handed to them by setting its
+-- Local worker processes claim queued jobs themselves (api/dispatchers/local.py). A job is handed to them by setting its
 -- dispatch_id to 'local'; this trigger wakes them with a NOTIFY on `local_work`, delivered when that transaction
 -- commits (so the job is visible to the claim). Workers also poll, so a missed notification only delays a claim.
 CREATE FUNCTION jobs_notify_local_work() RETURNS trigger LANGUAGE plpgsql AS $$

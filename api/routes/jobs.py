@@ -11,9 +11,7 @@ import base64
 import binascii
 import re
 import shutil
-import tempfile
 from datetime import datetime
-from pathlib import Path
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
@@ -24,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from api.deps import CurrentUser, State
 from api.errors import Problem
 from api.jobs import cancel, idempotency
-from api.jobs.inputs import SUPPORTED_FORMATS
+from api.jobs.inputs import SUPPORTED_FORMATS, lazy_workdir
 from api.jobs.pricing import RATES, price
 from api.jobs.request import invalid, parse_request
 from api.jobs.submit import create_job, fingerprint, obtain_input
@@ -136,7 +134,7 @@ _INPUT_ERRORS: dict[int | str, dict[str, Any]] = {
 )
 async def create_quote(request: Request, user: CurrentUser, state: State) -> Quote:
     """The same body as POST /v1/jobs; audio tasks may send `duration_s` instead of the audio."""
-    workdir = Path(tempfile.mkdtemp(prefix="studio-quote-"))
+    workdir = lazy_workdir("studio-quote-")
     try:
         job = await parse_request(request.headers, request.stream(), state, workdir, quote=True)
         seconds: float | None = None
@@ -196,7 +194,7 @@ async def submit_job(
     """Create a job: the input is probed, priced and held before the job is accepted."""
     settings = state.settings
     key = idempotency.check_key(idempotency_key) if idempotency_key is not None else None
-    workdir = Path(tempfile.mkdtemp(prefix="studio-submit-"))
+    workdir = lazy_workdir("studio-submit-")
     claimed = False
     try:
         job = await parse_request(request.headers, request.stream(), state, workdir, quote=False)

@@ -573,16 +573,29 @@ class Load:
         self.jobs: list[tuple[int, str]] = []  # (user index, job id) of every accepted submit
 
     async def send(self, op: str, number: int) -> tuple[httpx.Response, int]:
+        """Request `number` of `op`, as user `number % users`; returns the response and the status that means success.
+        Accepted submits are remembered for get-job."""
         user = number % len(self.headers)
+        if op == "get-job":
+            owner, job_id = self.jobs[number % len(self.jobs)]
+            return await self.http.get(f"/v1/jobs/{job_id}", headers=self.headers[owner]), 200
         if op == "submit-multipart":
             files = {"file": ("tone.wav", self.wav, "audio/wav")}
             data = {"task": "enhance", "params": "{}"}
             response = await self.http.post("/v1/jobs", data=data, files=files, headers=self.headers[user])
-            return response, 202
-        if op == "submit-json":
-            return await self.http.post("/v1/jobs", json=GENERATE_BODY, headers=self.headers[user]), 202
-        owner, job_id = self.jobs[number % len(self.jobs)]
-        return await self.http.get(f"/v1/jobs/{job_id}", headers=self.headers[owner]), 200
+        else:
+            response = await self.http.post("/v1/jobs", json=GENERATE_BODY, headers=self.headers[user])
+        if response.status_code == 202:
+            self.jobs.append((user, response.json()["id"]))
+        return response, 202
+
+    async def warm_up(self, requests: int) -> None:
+        """Connections, caches, the worker's first engine load, and jobs for get-job to read; not recorded."""
+        for op in OPEN_LOOP_OPS:
+            for number in range(requests):
+                response, expect = await self.send(op, number)
+                if response.status_code != expect:
+                    raise RuntimeError(f"warm-up {op}: HTTP {response.status_code} {response.text[:300]}")
 
 
 async def open_loop_step(
@@ -608,8 +621,6 @@ async def open_loop_step(
             errors[f"HTTP {response.status_code} {code}".strip()] += 1
             return
         latencies.append(answered - scheduled)
-        if op != "get-job":
-            load.jobs.append((number % len(load.headers), response.json()["id"]))
 
     before = meter.snapshot()
     start = loop.time() + 0.05
@@ -666,9 +677,7 @@ async def open_loop(
     rng = np.random.default_rng(args.seed)
     steps: list[Step] = []
     try:
-        # Warm-up (not recorded): connections, caches, the worker's first engine load, and jobs for get-job.
-        for op in OPEN_LOOP_OPS:
-            await open_loop_step(load, op, min(args.rates), 1.0, args.grace, meter, rng)
+        await load.warm_up(max(3, len(tokens)))
         for op in OPEN_LOOP_OPS:
             if args.only and op not in args.only:
                 continue

@@ -567,7 +567,9 @@ class Load:
         self.http = httpx.AsyncClient(
             base_url=base_url,
             timeout=REQUEST_TIMEOUT_S,
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
+            # Idle connections expire well before uvicorn's 5 s keep-alive timeout: reusing one the server is closing
+            # at that instant is a client-side ReadError, not an answer of the API.
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=256, keepalive_expiry=2.0),
         )
         self.headers = [{"Authorization": f"Bearer {token}"} for token in tokens]
         self.wav = wav

@@ -450,7 +450,9 @@ def make_wav() -> bytes:
     return buffer.getvalue()
 
 
-async def closed_loop(args: argparse.Namespace, base_url: str, tokens: list[str], meter: CpuMeter) -> int:
+async def closed_loop(
+    args: argparse.Namespace, base_url: str, tokens: list[str], meter: CpuMeter, database_url: str
+) -> int:
     wav = make_wav()
     job_ids: list[list[str]] = [[] for _ in tokens]
     http = [
@@ -491,7 +493,11 @@ async def closed_loop(args: argparse.Namespace, base_url: str, tokens: list[str]
         ("submit-json", "POST /v1/jobs JSON: generate (no upload)", submit_json, 202, keep_id),
         ("get-job", "GET /v1/jobs/{id} (the client's own jobs)", get_job, 200, ignore),
     ]
-    mode = "jobs dispatched to 1 local worker" if args.workers == "on" else "jobs stay queued (no worker)"
+    mode = (
+        "jobs dispatched to 1 local worker, DRAINED (every earlier job final) before each phase"
+        if args.workers == "on"
+        else "jobs stay queued (no worker)"
+    )
     print(
         f"server {base_url}; {mode}; {args.repeat} round(s) per level, each at most {args.requests} requests "
         f"or {args.seconds:g} s; figures are medians over rounds; cpu = CPU ms per successful request"
@@ -501,6 +507,8 @@ async def closed_loop(args: argparse.Namespace, base_url: str, tokens: list[str]
         for name, title, op, expect, on_ok in phases:
             if args.only and name not in args.only:
                 continue
+            if args.workers == "on":
+                await drain(database_url)  # no phase pays for the worker's backlog of the one before
             top = max(args.clients)
             warm = await run_round(top, op, expect, args.warmup * top, args.seconds, meter, on_ok)
             failed += sum(warm.errors.values())
@@ -521,6 +529,8 @@ async def closed_loop(args: argparse.Namespace, base_url: str, tokens: list[str]
             print_table(f"{name}: {title}", rows)
             if warm.errors:
                 print(f"  warm-up errors: {dict(warm.errors)}")
+        if args.workers == "on":
+            await drain(database_url)  # the workers stop with the server: only once nothing is pending
     finally:
         await asyncio.gather(*(client.aclose() for client in http))
     return failed
@@ -866,7 +876,7 @@ def main(argv: list[str] | None = None) -> int:
                     meter = CpuMeter(server.pid, postmaster)
                     if args.closed_loop:
                         print(f"\n{code} code:")
-                        failed += asyncio.run(closed_loop(args, server.base_url, tokens, meter))
+                        failed += asyncio.run(closed_loop(args, server.base_url, tokens, meter, database_url))
                     else:
                         found = asyncio.run(open_loop(args, code, workers, server, tokens, meter, database_url, wav))
                         steps += found

@@ -101,20 +101,34 @@ def _check_not_empty(path: Path) -> None:
         raise EngineError("the file is empty", code="empty_file")
 
 
+# FFmpeg's default stream probe reads up to 5 MB of packets and decodes them to fill in parameters that every accepted
+# container states in its header (a short upload is read and decoded whole: ~10 ms of a ~1 ms probe), and then the
+# probe demuxes the same packets again. A 4 KiB probe finds the same rate, channels, codec and container for wav,
+# flac, mp3 (ID3 tags are skipped, however large), ogg and m4a; a stream it leaves incomplete gets the full probe.
+_SHORT_PROBE = {"probesize": "4096"}
+
+
 def _open_audio(path: Path) -> tuple[av.container.InputContainer, av.AudioStream]:
     _check_not_empty(path)
+    container, stream = _open_stream(path, _SHORT_PROBE)
+    if not stream.codec_context.sample_rate or not stream.codec_context.channels:
+        container.close()
+        container, stream = _open_stream(path, {})
+        if not stream.codec_context.sample_rate or not stream.codec_context.channels:
+            container.close()
+            raise _undecodable()
+    return container, stream
+
+
+def _open_stream(path: Path, options: dict[str, str]) -> tuple[av.container.InputContainer, av.AudioStream]:
     try:
-        container = av.open(str(path), metadata_errors="ignore")
+        container = av.open(str(path), metadata_errors="ignore", container_options=options)
     except _DECODE_ERRORS as exc:
         raise _undecodable(exc) from exc
     if not container.streams.audio:
         container.close()
         raise EngineError("the file has no audio stream", code="undecodable_audio")
-    stream = container.streams.audio[0]
-    if not stream.codec_context.sample_rate or not stream.codec_context.channels:
-        container.close()
-        raise _undecodable()
-    return container, stream
+    return container, container.streams.audio[0]
 
 
 def _too_long(limits: DecodeLimits) -> EngineError:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import hashlib
+import secrets
 import tempfile
 import unicodedata
 from collections.abc import AsyncIterator, Collection
@@ -137,6 +138,12 @@ def safe_filename(name: str | None, default: str = "input") -> str:
     return cleaned[:200] or default
 
 
+def lazy_workdir(prefix: str) -> Path:
+    """A fresh temp folder's path, created by the first input written into it (`_Sink`): submits and quotes without
+    a file never touch the disk. The caller removes it (`shutil.rmtree(..., ignore_errors=True)`)."""
+    return Path(tempfile.gettempdir()) / f"{prefix}{secrets.token_hex(16)}"
+
+
 class _Sink:
     """A temp file that counts and hashes what is written and refuses to grow past the cap."""
 
@@ -144,6 +151,7 @@ class _Sink:
         self.max_bytes = max_bytes
         self.hash = hashlib.sha256()
         self.size = 0
+        directory.mkdir(mode=0o700, exist_ok=True)  # a lazy_workdir exists only once something is written
         handle, name = tempfile.mkstemp(dir=directory, prefix="input-")
         self.path = Path(name)
         self._file = open(handle, "wb")

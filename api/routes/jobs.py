@@ -11,9 +11,7 @@ import base64
 import binascii
 import re
 import shutil
-import tempfile
 from datetime import datetime
-from pathlib import Path
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
@@ -25,7 +23,7 @@ from api import ratelimit
 from api.deps import CurrentUser, State
 from api.errors import Problem
 from api.jobs import cancel, idempotency
-from api.jobs.inputs import SUPPORTED_FORMATS
+from api.jobs.inputs import SUPPORTED_FORMATS, lazy_workdir
 from api.jobs.pricing import RATES, price
 from api.jobs.request import JobCreate, invalid, parse_request
 from api.jobs.submit import obtain_extra_inputs, obtain_input, submit_once
@@ -148,7 +146,7 @@ _INPUT_ERRORS: dict[int | str, dict[str, Any]] = {
 )
 async def create_quote(request: Request, user: CurrentUser, state: State) -> Quote:
     """The same body as POST /v1/jobs; audio tasks may send `duration_s` instead of the audio."""
-    workdir = Path(tempfile.mkdtemp(prefix="studio-quote-"))
+    workdir = lazy_workdir("studio-quote-")
     try:
         job = await parse_request(request.headers, request.stream(), state, workdir, quote=True)
         seconds: float | None = None
@@ -221,7 +219,7 @@ async def submit_job(
     # Every header is read before any work: a bad one must not fail after the job was created and charged.
     key = idempotency.check_key(idempotency_key) if idempotency_key is not None else None
     wait = _prefer_wait(prefer, settings.prefer_wait_max_seconds)
-    workdir = Path(tempfile.mkdtemp(prefix="studio-submit-"))
+    workdir = lazy_workdir("studio-submit-")
     try:
         job = await parse_request(request.headers, request.stream(), state, workdir, quote=False)
         submitted = await submit_once(state, user.id, job, key, workdir)

@@ -1,23 +1,41 @@
-"""API benchmark (issue 3): submit and status-poll throughput and latency of the real app over real HTTP.
+"""API benchmark (issues 3, 14, 15): latency of the real app over real HTTP, open loop by default.
 
-    python -m bench.api.run [--clients 1 8 32] [--requests 300] [--seconds 30] [--repeat 3]
-                            [--defer-dispatch] [--profile DIR]
+    python -m bench.api.run [--rates 10 20 40 80 160] [--seconds 6] [--workers both|on|off] [--baseline DIR]
+    python -m bench.api.run --closed-loop [--clients 1 8 32] [--requests 300] [--seconds 30] [--repeat 3] ...
 
 One command, no setup: an embedded Postgres in a temp folder, migrated; the app built as `studio serve` builds it
-(`local_state` + `create_app` + background services, builtin engines, one local worker) and served by uvicorn in a
-separate process (so client and server share neither an event loop nor a GIL); one user and token per simulated
-client with plenty of credits, and fair-use limits set high so the benchmark measures the API, not the limits
-(the rate-limit upsert still runs on every request). Then, at each concurrency level, `--repeat` bounded rounds
-(at most `--requests` requests or `--seconds` seconds each) of:
+(`local_state` + `create_app` + background services, builtin engines) by `bench/api/serve.py` in its own process
+(client and server share neither an event loop nor a GIL), configured through the environment like `studio serve`;
+users with plenty of credits and fair-use limits set high, so the benchmark measures the API, not the limits (the
+rate-limit upsert still runs on every request). Requests go to 127.0.0.1 only. The operations:
   submit-multipart  POST /v1/jobs, enhance on a 1.5 s wav upload (parse, probe, store, hold, dispatch)
   submit-json       POST /v1/jobs, a JSON `generate` body (no upload, no probe)
-  get-job           GET /v1/jobs/{id} of the client's own jobs
-Each client is its own user with its own connection. Figures are medians over the rounds. The CPU columns are
-milliseconds of CPU per successful request, read from /proc, for the API process, Postgres, the worker pool and
-this client process: with 2 cores they show who competes for the CPU. By default every job is dispatched and the
-worker runs builtin jobs during the submit rounds; `--defer-dispatch` (max_running_jobs_per_user=0) leaves jobs
-queued, isolating the API's own cost. `--profile DIR` samples the API process with py-spy (when installed) during
-the first round at the highest concurrency of each phase and prints where its CPU time goes.
+  get-job           GET /v1/jobs/{id} of jobs the submits created
+
+Open loop (default): requests arrive at a fixed offered rate with Poisson (exponential) inter-arrival times and each
+is sent at its scheduled time whatever the state of the earlier ones, spread over the users. Latency is measured
+from the scheduled send time, not from when the client got round to sending, so queueing anywhere (server, client,
+connection set-up) counts: no coordinated omission. A request not answered `--grace` s after the last arrival
+counts as an infinite latency. Rates climb `--rates`; once a step is overloaded (p99 over 1 s, errors or timeouts)
+the higher steps of that operation are skipped. Each operation's ladder starts after an unrecorded settling step at
+the lowest rate. The summary gives, per operation, the highest offered rate at which p99 stayed under 50 ms with no
+error, at that rate and at every lower one.
+
+Worker modes (`--workers`): `off` leaves every job queued (max_running_jobs_per_user=0: dispatch takes its lock and
+counts, but no job is handed to a worker and no worker process starts): the API's own cost. `on` runs 1 local
+worker (the builtin engines) during the measurement; before each step and before the server stops, the bench
+DRAINS: it waits until every job submitted so far is final, so no step pays for an earlier step's backlog and the
+workers are never shut down with jobs pending. `--baseline DIR` runs everything twice, first serving the code of the
+checkout DIR (PYTHONPATH=DIR for the server process only), then this checkout: before/after in one run.
+
+CPU columns: milliseconds of CPU per sent request, from /proc, for the API process, Postgres, the workers and this
+client process. Postgres = the postmaster's own utime+stime plus its cutime+cstime (the CPU of every backend it has
+reaped: connections opened and closed by workers during the step are counted) plus utime+stime(+cutime+cstime) of
+every live descendant; the difference between the start and the end of a step. The workers the same way: the API
+process's cutime+cstime plus its live descendants.
+
+Closed loop (`--closed-loop`, issue 3's first form): `--clients` concurrent loops each sending as fast as answers
+come, `--repeat` rounds per level; `--profile DIR` samples the API process with py-spy (when installed).
 Exits 1 when any request failed.
 """
 
@@ -27,12 +45,10 @@ import argparse
 import asyncio
 import io
 import math
-import multiprocessing
 import os
 import secrets
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -41,7 +57,6 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -69,84 +84,72 @@ Op = Callable[[int, int], Awaitable[httpx.Response]]  # (client index, its reque
 
 # ---- the server, in its own process ----
 
+SERVE_SCRIPT = Path(__file__).with_name("serve.py")
+# Inherited variables that would change what the server is (production services, another database, other limits).
+_FOREIGN_ENV = ("DATABASE_", "SUPABASE_", "STRIPE_", "STUDIO_", "MODAL_")
 
-def bench_settings(state_dir: Path, database_url: str, *, defer_dispatch: bool) -> Settings:
+
+def bench_settings(state_dir: Path, database_url: str, secret_key: str, *, workers: bool) -> Settings:
     return Settings(
         database_url=database_url,
         state_dir=state_dir,
         engines="builtin",
         local_workers=1,
-        secret_key=secrets.token_urlsafe(48),
+        secret_key=secret_key,  # the same in every server of a run: it signs the users' tokens
         supabase_url=None,
         stripe_secret_key=None,
         stripe_webhook_secret=None,
         rate_limit_per_minute=UNLIMITED,
         # 0 slots: dispatch_job still takes its lock and counts, but every job stays queued and no worker runs.
-        max_running_jobs_per_user=0 if defer_dispatch else UNLIMITED,
+        max_running_jobs_per_user=UNLIMITED if workers else 0,
     )
 
 
-def serve(settings: Settings, port_out: Connection, stop_in: Connection) -> None:
-    """The child process: bind a free port, report it, and serve the app exactly as `studio serve` wires it, until
-    `stop_in` reaches end of file (the parent closed it, or died)."""
-    import uvicorn
-
-    from api.main import create_app
-    from api.wiring import background_services, local_state
-
-    # Binding here (not picking a port in the parent and hoping it stays free) makes the port race-free.
-    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets whose proto says TCP; with proto 0, Nagle
-    # plus delayed ACKs adds ~40 ms to every response (uvicorn binding host/port itself gets this right).
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port_out.send(sock.getsockname()[1])
-    port_out.close()
-
-    async def main() -> None:
-        async with local_state(settings) as state:
-            app = create_app(state, background=background_services(state))
-            # No access log: one stderr line per request would be part of the measurement and is not the API.
-            config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5)
-            server = uvicorn.Server(config)
-            loop = asyncio.get_running_loop()
-
-            def stop() -> None:
-                loop.remove_reader(stop_in.fileno())
-                server.should_exit = True
-
-            # Not SIGTERM: uvicorn re-raises a captured SIGTERM after its shutdown, which kills this process before
-            # local_state's cleanup and orphans the worker pool. A pipe also stops us if the parent dies.
-            loop.add_reader(stop_in.fileno(), stop)
-            await server.serve(sockets=[sock])
-
-    asyncio.run(main())
+def server_environment(settings: Settings, code_dir: Path | None) -> dict[str, str]:
+    """The settings as `studio serve` reads them (STUDIO_* and DATABASE_URL), nothing else of ours inherited."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith(_FOREIGN_ENV)}
+    assert settings.database_url is not None and settings.secret_key is not None
+    env.update(
+        {
+            "DATABASE_URL": settings.database_url,
+            "STUDIO_STATE_DIR": str(settings.state_dir),
+            "STUDIO_ENGINES": settings.engines,
+            "STUDIO_LOCAL_WORKERS": str(settings.local_workers),
+            "STUDIO_SECRET_KEY": settings.secret_key,
+            "STUDIO_RATE_LIMIT_PER_MINUTE": str(settings.rate_limit_per_minute),
+            "STUDIO_MAX_RUNNING_JOBS_PER_USER": str(settings.max_running_jobs_per_user),
+        }
+    )
+    if code_dir is not None:
+        env["PYTHONPATH"] = str(code_dir)
+    return env
 
 
 @dataclass
 class Server:
-    process: multiprocessing.process.BaseProcess
+    process: subprocess.Popen[str]
     base_url: str
-    stop_out: Connection
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
 
     @classmethod
-    def start(cls, settings: Settings) -> Server:
-        context = multiprocessing.get_context("spawn")
-        receive, send = context.Pipe(duplex=False)
-        stop_in, stop_out = context.Pipe(duplex=False)
-        process = context.Process(target=serve, args=(settings, send, stop_in), name="bench-api-server")
-        process.start()
-        send.close()
-        stop_in.close()
-        try:
-            if not receive.poll(SERVER_START_TIMEOUT_S):
-                raise EOFError
-            port = receive.recv()
-        except EOFError:
+    def start(cls, settings: Settings, code_dir: Path | None = None) -> Server:
+        process = subprocess.Popen(
+            [sys.executable, str(SERVE_SCRIPT)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=server_environment(settings, code_dir),
+            text=True,
+        )
+        assert process.stdout is not None
+        line = process.stdout.readline()  # the port, once bound (empty if the process died first)
+        if not line.strip().isdigit():
             process.kill()
-            process.join(10)
-            raise RuntimeError(f"the server process did not report its port (exit code {process.exitcode})") from None
-        server = cls(process, f"http://127.0.0.1:{port}", stop_out)
+            process.wait(10)
+            raise RuntimeError(f"the server process did not report its port (exit code {process.returncode})")
+        server = cls(process, f"http://127.0.0.1:{int(line)}")
         try:
             server.wait_healthy()
         except BaseException:
@@ -158,8 +161,8 @@ class Server:
         deadline = time.monotonic() + SERVER_START_TIMEOUT_S
         with httpx.Client(base_url=self.base_url, timeout=5) as http:
             while time.monotonic() < deadline:
-                if not self.process.is_alive():
-                    raise RuntimeError(f"the server exited during start-up (exit code {self.process.exitcode})")
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"the server exited during start-up (exit code {self.process.returncode})")
                 try:
                     if http.get("/v1/health").status_code == 200:
                         return
@@ -169,24 +172,26 @@ class Server:
         raise RuntimeError(f"/v1/health did not answer 200 within {SERVER_START_TIMEOUT_S:g} s")
 
     def stop(self) -> None:
-        self.stop_out.close()  # end of file: uvicorn shuts down, then local_state stops the worker pool and the pool
-        self.process.join(60)
-        if self.process.is_alive():
+        assert self.process.stdin is not None
+        self.process.stdin.close()  # end of file: uvicorn shuts down, then local_state stops the workers
+        try:
+            self.process.wait(60)
+        except subprocess.TimeoutExpired:
             self.process.kill()
-            self.process.join(10)
+            self.process.wait(10)
 
 
 async def create_users(settings: Settings, count: int) -> list[str]:
     """`count` users with tokens and CREDITS_PER_USER credits each, through the same calls as `studio token`."""
-    from api.security import mint_local_token
-    from api.wiring import ensure_user, local_state
+    from api.security import ensure_user, mint_local_token
+    from api.wiring import local_state
     from db import ledger
 
     tokens = []
     async with local_state(settings) as state:
         for index in range(count):
             email = f"bench{index}@example.com"
-            user_id = await ensure_user(state, email)
+            user_id = await ensure_user(state.pool, settings, email)
             async with state.pool.connection() as conn:
                 await ledger.adjust(conn, user_id, f"bench:{user_id}", CREDITS_PER_USER, note="bench.api")
             tokens.append(mint_local_token(settings, state.signing_key, user_id, email))
@@ -196,13 +201,15 @@ async def create_users(settings: Settings, count: int) -> list[str]:
 # ---- CPU accounting from /proc ----
 
 
-def _cpu_seconds(pid: int) -> float:
+def _proc_times(pid: int) -> tuple[float, float]:
+    """(utime + stime, cutime + cstime) in seconds: own CPU, and the CPU of children it has reaped (waited for)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return 0.0  # exited between listing and reading
+        return 0.0, 0.0  # exited between listing and reading: its CPU is in its parent's cutime from now on
     fields = stat.rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+    tick = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / tick, (int(fields[13]) + int(fields[14])) / tick
 
 
 def _descendants(root: int) -> list[int]:
@@ -222,10 +229,18 @@ def _descendants(root: int) -> list[int]:
     return found
 
 
+def _tree_cpu(pids: list[int]) -> float:
+    """Own plus reaped-children CPU of each process. A child reaped by one of them is in its parent's cutime and no
+    longer listed, a live one is listed and not yet in any cutime: each CPU second is counted once."""
+    return sum(own + reaped for own, reaped in map(_proc_times, pids))
+
+
 @dataclass
 class CpuMeter:
-    """CPU seconds used so far by each component. Postgres backends are the API's pooled connections (long-lived),
-    so the counters of exited processes are not a concern between two snapshots."""
+    """CPU seconds used so far by each component (see the module docstring for the Postgres method).
+
+    The root is read before its descendants: a backend that exits between the two reads is missed by this snapshot
+    (and found in the root's cutime by the next), never counted twice."""
 
     api_pid: int
     postmaster_pid: int
@@ -234,10 +249,12 @@ class CpuMeter:
         if not Path("/proc/self/stat").exists():
             return {}
         times = os.times()
+        api_own, api_reaped = _proc_times(self.api_pid)
+        postmaster_own, postmaster_reaped = _proc_times(self.postmaster_pid)
         return {
-            "api": _cpu_seconds(self.api_pid),
-            "workers": sum(_cpu_seconds(pid) for pid in _descendants(self.api_pid)),
-            "postgres": sum(_cpu_seconds(pid) for pid in [self.postmaster_pid, *_descendants(self.postmaster_pid)]),
+            "api": api_own,
+            "workers": api_reaped + _tree_cpu(_descendants(self.api_pid)),
+            "postgres": postmaster_own + postmaster_reaped + _tree_cpu(_descendants(self.postmaster_pid)),
             "client": times.user + times.system,
         }
 
@@ -433,7 +450,9 @@ def make_wav() -> bytes:
     return buffer.getvalue()
 
 
-async def benchmark(args: argparse.Namespace, base_url: str, tokens: list[str], meter: CpuMeter) -> int:
+async def closed_loop(
+    args: argparse.Namespace, base_url: str, tokens: list[str], meter: CpuMeter, database_url: str
+) -> int:
     wav = make_wav()
     job_ids: list[list[str]] = [[] for _ in tokens]
     http = [
@@ -474,7 +493,11 @@ async def benchmark(args: argparse.Namespace, base_url: str, tokens: list[str], 
         ("submit-json", "POST /v1/jobs JSON: generate (no upload)", submit_json, 202, keep_id),
         ("get-job", "GET /v1/jobs/{id} (the client's own jobs)", get_job, 200, ignore),
     ]
-    mode = "jobs stay queued (--defer-dispatch)" if args.defer_dispatch else "jobs dispatched to 1 local worker"
+    mode = (
+        "jobs dispatched to 1 local worker, DRAINED (every earlier job final) before each phase"
+        if args.workers == "on"
+        else "jobs stay queued (no worker)"
+    )
     print(
         f"server {base_url}; {mode}; {args.repeat} round(s) per level, each at most {args.requests} requests "
         f"or {args.seconds:g} s; figures are medians over rounds; cpu = CPU ms per successful request"
@@ -484,6 +507,8 @@ async def benchmark(args: argparse.Namespace, base_url: str, tokens: list[str], 
         for name, title, op, expect, on_ok in phases:
             if args.only and name not in args.only:
                 continue
+            if args.workers == "on":
+                await drain(database_url)  # no phase pays for the worker's backlog of the one before
             top = max(args.clients)
             warm = await run_round(top, op, expect, args.warmup * top, args.seconds, meter, on_ok)
             failed += sum(warm.errors.values())
@@ -504,35 +529,320 @@ async def benchmark(args: argparse.Namespace, base_url: str, tokens: list[str], 
             print_table(f"{name}: {title}", rows)
             if warm.errors:
                 print(f"  warm-up errors: {dict(warm.errors)}")
+        if args.workers == "on":
+            await drain(database_url)  # the workers stop with the server: only once nothing is pending
     finally:
         await asyncio.gather(*(client.aclose() for client in http))
     return failed
 
 
+# ---- open loop ----
+
+P99_TARGET_MS = 50.0
+OVERLOADED_P99_S = 1.0  # above this the higher rates of the operation are skipped: they would only queue longer
+DRAIN_TIMEOUT_S = 600.0
+OPEN_LOOP_OPS = ("submit-multipart", "submit-json", "get-job")
+
+
+@dataclass
+class Step:
+    code: str  # "baseline" or "current"
+    workers: str  # "on" or "off"
+    op: str
+    offered: float  # requests per second
+    sent: int
+    latencies: list[float]  # seconds from the scheduled send time to the answer, successful requests only
+    errors: Counter[str]
+    timeouts: int
+    seconds: float  # from the first scheduled send to the last answer
+    cpu: dict[str, float]
+    load1: float
+
+    def p(self, q: float) -> float:
+        """Nearest-rank percentile in ms over every sent request; errors and timeouts count as infinitely slow."""
+        failed = self.sent - len(self.latencies)
+        values = sorted(self.latencies) + [math.inf] * failed
+        return percentile(values, q) * 1000 if values else math.nan
+
+    @property
+    def clean(self) -> bool:
+        return not self.errors and not self.timeouts
+
+
+class Load:
+    """The connections and users the open loop spreads its requests over (one AsyncClient, unbounded connections:
+    an open loop never waits for a free connection before sending)."""
+
+    def __init__(self, base_url: str, tokens: list[str], wav: bytes) -> None:
+        self.http = httpx.AsyncClient(
+            base_url=base_url,
+            timeout=REQUEST_TIMEOUT_S,
+            # Idle connections expire well before uvicorn's 5 s keep-alive timeout: reusing one the server is closing
+            # at that instant is a client-side ReadError, not an answer of the API.
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=256, keepalive_expiry=2.0),
+        )
+        self.headers = [{"Authorization": f"Bearer {token}"} for token in tokens]
+        self.wav = wav
+        self.jobs: list[tuple[int, str]] = []  # (user index, job id) of every accepted submit
+
+    async def send(self, op: str, number: int) -> tuple[httpx.Response, int]:
+        """Request `number` of `op`, as user `number % users`; returns the response and the status that means success.
+        Accepted submits are remembered for get-job."""
+        user = number % len(self.headers)
+        if op == "get-job":
+            owner, job_id = self.jobs[number % len(self.jobs)]
+            return await self.http.get(f"/v1/jobs/{job_id}", headers=self.headers[owner]), 200
+        if op == "submit-multipart":
+            files = {"file": ("tone.wav", self.wav, "audio/wav")}
+            data = {"task": "enhance", "params": "{}"}
+            response = await self.http.post("/v1/jobs", data=data, files=files, headers=self.headers[user])
+        else:
+            response = await self.http.post("/v1/jobs", json=GENERATE_BODY, headers=self.headers[user])
+        if response.status_code == 202:
+            self.jobs.append((user, response.json()["id"]))
+        return response, 202
+
+    async def warm_up(self, requests: int) -> None:
+        """Connections, caches, the worker's first engine load, and jobs for get-job to read; not recorded."""
+        for op in OPEN_LOOP_OPS:
+            for number in range(requests):
+                response, expect = await self.send(op, number)
+                if response.status_code != expect:
+                    raise RuntimeError(f"warm-up {op}: HTTP {response.status_code} {response.text[:300]}")
+
+
+async def open_loop_step(
+    load: Load, op: str, rate: float, seconds: float, grace: float, meter: CpuMeter, rng: np.random.Generator
+) -> tuple[int, list[float], Counter[str], int, float, dict[str, float]]:
+    """Send `op` at Poisson arrivals of mean `rate` per second for `seconds`; latency from each scheduled time."""
+    gaps = rng.exponential(1.0 / rate, size=int(rate * seconds * 2) + 16)
+    offsets = np.cumsum(gaps)
+    offsets = offsets[offsets < seconds]
+    latencies: list[float] = []
+    errors: Counter[str] = Counter()
+    loop = asyncio.get_running_loop()
+
+    async def one(number: int, scheduled: float) -> None:
+        try:
+            response, expect = await load.send(op, number)
+        except httpx.HTTPError as exc:
+            errors[type(exc).__name__] += 1
+            return
+        answered = loop.time()
+        if response.status_code != expect:
+            code = response.json().get("code", "") if response.content else ""
+            errors[f"HTTP {response.status_code} {code}".strip()] += 1
+            return
+        latencies.append(answered - scheduled)
+
+    before = meter.snapshot()
+    start = loop.time() + 0.05
+    tasks = []
+    for number, offset in enumerate(offsets):
+        scheduled = start + float(offset)
+        delay = scheduled - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        # On schedule whatever the earlier requests are doing: a task per request, never awaited here.
+        tasks.append(asyncio.create_task(one(number, scheduled)))
+    done, pending = await asyncio.wait(tasks, timeout=grace) if tasks else (set(), set())
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    elapsed = loop.time() - start
+    after = meter.snapshot()
+    cpu = {name: after[name] - before[name] for name in after}
+    return len(offsets), latencies, errors, len(pending), elapsed, cpu
+
+
+async def unfinished_jobs(database_url: str) -> int:
+    import psycopg
+
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+        cursor = await conn.execute(
+            "SELECT count(*) FROM jobs WHERE status <> ALL(%s)", (["succeeded", "failed", "canceled"],)
+        )
+        row = await cursor.fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def drain(database_url: str, timeout: float = DRAIN_TIMEOUT_S) -> None:
+    """Wait until every job is final (the worker has caught up), so the next step starts with an idle worker."""
+    deadline = time.monotonic() + timeout
+    while (left := await unfinished_jobs(database_url)) > 0:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{left} job(s) still not final after {timeout:g} s of draining")
+        await asyncio.sleep(0.25)  # polling the database for completion; nothing is timed here
+
+
+async def open_loop(
+    args: argparse.Namespace,
+    code: str,
+    workers: str,
+    server: Server,
+    tokens: list[str],
+    meter: CpuMeter,
+    database_url: str,
+    wav: bytes,
+) -> list[Step]:
+    load = Load(server.base_url, tokens, wav)
+    rng = np.random.default_rng(args.seed)
+    steps: list[Step] = []
+    try:
+        await load.warm_up(max(3, len(tokens)))
+        for op in OPEN_LOOP_OPS:
+            if args.only and op not in args.only:
+                continue
+            # Unrecorded settling step at the lowest rate: the previous operation's last (often overloaded) step
+            # leaves hundreds of idle connections and fresh tables behind, which would be charged to this one's first.
+            if workers == "on":
+                await drain(database_url)
+            await open_loop_step(load, op, min(args.rates), min(2.0, args.seconds), args.grace, meter, rng)
+            for rate in sorted(args.rates):
+                if workers == "on":
+                    await drain(database_url)
+                sent, latencies, errors, timeouts, seconds, cpu = await open_loop_step(
+                    load, op, rate, args.seconds, args.grace, meter, rng
+                )
+                step = Step(
+                    code, workers, op, rate, sent, latencies, errors, timeouts, seconds, cpu, os.getloadavg()[0]
+                )
+                steps.append(step)
+                print(f"  {code} workers {workers} {op} {rate:g}/s: p50 {step.p(50):.1f} ms, p99 {step.p(99):.1f} ms")
+                if not step.clean or step.p(99) > OVERLOADED_P99_S * 1000:
+                    break
+        if workers == "on":
+            await drain(database_url)  # the workers stop with the server: only once nothing is pending
+    finally:
+        await load.http.aclose()
+    return steps
+
+
+OPEN_HEADER = [
+    "code",
+    "workers",
+    "op",
+    "offered/s",
+    "sent",
+    "ok",
+    "errors",
+    "p50 ms",
+    "p99 ms",
+    *(f"cpu {n} ms/req" for n in CPU_COMPONENTS),
+    "load1",
+]
+
+
+def open_loop_table(steps: list[Step]) -> list[list[str]]:
+    rows = []
+    for step in steps:
+        failed = sum(step.errors.values()) + step.timeouts
+        cpu = [
+            f"{step.cpu[name] / step.sent * 1000:.2f}" if step.sent and name in step.cpu else "-"
+            for name in CPU_COMPONENTS
+        ]
+        rows.append(
+            [
+                step.code,
+                step.workers,
+                step.op,
+                f"{step.offered:g}",
+                str(step.sent),
+                str(len(step.latencies)),
+                str(failed),
+                f"{step.p(50):.1f}",
+                f"{step.p(99):.1f}",
+                *cpu,
+                f"{step.load1:.1f}",
+            ]
+        )
+    return rows
+
+
+def max_rate_under_target(steps: list[Step]) -> dict[tuple[str, str, str], str]:
+    """Per (code, workers, op): the highest offered rate at which it, and every lower rate tried, had p99 < 50 ms and
+    no error."""
+    best: dict[tuple[str, str, str], str] = {}
+    for key in dict.fromkeys((s.code, s.workers, s.op) for s in steps):
+        group = sorted((s for s in steps if (s.code, s.workers, s.op) == key), key=lambda s: s.offered)
+        sustained = None
+        for step in group:
+            if not (step.clean and step.p(99) < P99_TARGET_MS):
+                break
+            sustained = step.offered
+        if sustained is None:
+            best[key] = f"< {group[0].offered:g}/s"
+        elif sustained == group[-1].offered:
+            best[key] = f">= {sustained:g}/s (highest tried)"
+        else:
+            best[key] = f"{sustained:g}/s"
+    return best
+
+
+def print_open_loop(args: argparse.Namespace, steps: list[Step]) -> None:
+    print(
+        f"\nopen loop: Poisson arrivals, {args.seconds:g} s per step, latency from the scheduled send time; "
+        f"workers on = 1 local worker running jobs, DRAINED (every earlier job final) before each step; "
+        f"workers off = jobs stay queued, no worker process; cpu per sent request; load1 = 1-min load average "
+        f"at the step's end ({os.cpu_count()} cores, shared)"
+    )
+    rows = open_loop_table(steps)
+    table = [OPEN_HEADER, *rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(OPEN_HEADER))]
+    for line in table:
+        print("  ".join(cell.rjust(width) for cell, width in zip(line, widths, strict=True)))
+    print(f"\nhighest offered rate with p99 < {P99_TARGET_MS:g} ms and no error (at it and every lower rate):")
+    for (code, workers, op), verdict in max_rate_under_target(steps).items():
+        print(f"  {code:8}  workers {workers:3}  {op:16}  {verdict}")
+    failures: Counter[str] = Counter()
+    for step in steps:
+        failures.update(step.errors)
+        if step.timeouts:
+            failures[f"no answer within {args.grace:g} s"] += step.timeouts
+    for reason, count in failures.most_common():
+        print(f"  error: {count} x {reason}")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.api.run", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32], help="concurrency levels")
-    parser.add_argument("--requests", type=int, default=300, help="requests per round (upper bound)")
-    parser.add_argument("--seconds", type=float, default=30.0, help="time limit per round")
-    parser.add_argument("--repeat", type=int, default=3, help="rounds per level; the table shows medians")
-    parser.add_argument("--warmup", type=int, default=3, help="warm-up requests per client before each phase")
+    parser.add_argument("--closed-loop", action="store_true", help="issue 3's closed loop instead of the open loop")
+    parser.add_argument("--rates", type=float, nargs="+", default=[10, 20, 40, 80, 160], help="offered req/s")
+    parser.add_argument("--grace", type=float, default=10.0, help="open loop: seconds to wait for the last answers")
+    parser.add_argument("--seed", type=int, default=0, help="open loop: seed of the arrival times")
+    parser.add_argument("--users", type=int, default=8, help="open loop: users the requests are spread over")
+    parser.add_argument(
+        "--workers",
+        choices=["both", "on", "off"],
+        default="both",
+        help="on: 1 local worker runs the jobs (drained between steps); off: jobs stay queued, no worker",
+    )
+    parser.add_argument(
+        "--baseline", type=Path, help="another checkout (e.g. a worktree of main): measured first, same run"
+    )
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32], help="closed loop: concurrency levels")
+    parser.add_argument("--requests", type=int, default=300, help="closed loop: requests per round (upper bound)")
+    parser.add_argument("--seconds", type=float, help="seconds per step (open: 6) or time limit per round (closed: 30)")
+    parser.add_argument("--repeat", type=int, default=3, help="closed loop: rounds per level; the table shows medians")
+    parser.add_argument("--warmup", type=int, default=3, help="closed loop: warm-up requests per client per phase")
     parser.add_argument(
         "--only",
         nargs="+",
-        choices=["submit-multipart", "submit-json", "get-job"],
-        help="run only these phases (get-job polls the jobs the submit phases created)",
+        choices=list(OPEN_LOOP_OPS),
+        help="run only these operations (get-job polls the jobs the submits created)",
     )
-    parser.add_argument(
-        "--defer-dispatch",
-        action="store_true",
-        help="leave jobs queued (max_running_jobs_per_user=0): the API's cost without the worker",
-    )
-    parser.add_argument("--profile", type=Path, help="py-spy the API process into this folder and summarise it")
+    parser.add_argument("--profile", type=Path, help="closed loop: py-spy the API process into this folder")
     args = parser.parse_args(argv)
+    if args.seconds is None:
+        args.seconds = 30.0 if args.closed_loop else 6.0
     if min(args.clients) < 1 or args.requests < 1 or args.repeat < 1 or args.seconds <= 0 or args.warmup < 1:
         parser.error("--clients, --requests, --repeat and --warmup must be >= 1 and --seconds > 0")
-    if args.only and "get-job" in args.only and len(args.only) == 1:
-        parser.error("get-job needs jobs: run it with a submit phase")
+    if min(args.rates) <= 0 or args.users < 1 or args.grace <= 0:
+        parser.error("--rates and --grace must be > 0 and --users >= 1")
+    if args.closed_loop and args.workers == "both":
+        args.workers = "on"
+    if args.baseline is not None and not (args.baseline / "api" / "main.py").is_file():
+        parser.error(f"--baseline {args.baseline} is not a checkout of this project (no api/main.py)")
     if args.profile and PY_SPY is None:
         parser.error("--profile needs py-spy on PATH (pip install py-spy==0.4.1 into the venv)")
     return args
@@ -542,25 +852,45 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     folder = Path(tempfile.mkdtemp(prefix="studio-bench-api-"))
     pg = None
-    server: Server | None = None
+    failed = 0
+    steps: list[Step] = []
     try:
         pg = embedded.start(folder / "postgres")
         database_url = embedded.database_url(pg)
         migrate(database_url)
-        settings = bench_settings(folder / "state", database_url, defer_dispatch=args.defer_dispatch)
-        tokens = asyncio.run(create_users(settings, max(args.clients)))
-        server = Server.start(settings)
-        assert server.process.pid is not None
         postmaster = int((Path(pg.pgdata) / "postmaster.pid").read_text().split()[0])
-        failed = asyncio.run(benchmark(args, server.base_url, tokens, CpuMeter(server.process.pid, postmaster)))
+        users = max(args.clients) if args.closed_loop else args.users
+        secret_key = secrets.token_urlsafe(48)
+        state_dir = folder / "state"
+        tokens = asyncio.run(create_users(bench_settings(state_dir, database_url, secret_key, workers=True), users))
+        codes: list[tuple[str, Path | None]] = [("current", None)]
+        if args.baseline is not None:
+            codes.insert(0, ("baseline", args.baseline.resolve()))
+        modes = ["on", "off"] if args.workers == "both" else [args.workers]
+        wav = make_wav()
+        for workers in modes:
+            for code, code_dir in codes:
+                settings = bench_settings(state_dir, database_url, secret_key, workers=workers == "on")
+                server = Server.start(settings, code_dir)
+                try:
+                    meter = CpuMeter(server.pid, postmaster)
+                    if args.closed_loop:
+                        print(f"\n{code} code:")
+                        failed += asyncio.run(closed_loop(args, server.base_url, tokens, meter, database_url))
+                    else:
+                        found = asyncio.run(open_loop(args, code, workers, server, tokens, meter, database_url, wav))
+                        steps += found
+                        failed += sum(sum(s.errors.values()) + s.timeouts for s in found)
+                finally:
+                    server.stop()
     finally:
-        if server is not None:
-            server.stop()
         if pg is not None:
             pg.cleanup()
         shutil.rmtree(folder, ignore_errors=True)
+    if steps:
+        print_open_loop(args, steps)
     if failed:
-        print(f"\nFAILED: {failed} request(s) errored", file=sys.stderr)
+        print(f"\nFAILED: {failed} request(s) errored or went unanswered", file=sys.stderr)
         return 1
     return 0
 

@@ -277,8 +277,15 @@ async def test_a_reaped_attempt_cannot_overwrite_the_final_state(
     await wait_until(lambda: asyncio.to_thread(engine.started.wait, 0), what="the engine to start")
 
     dispatcher = LocalDispatcher(settings, database_url)
-    report = await reap(conn, dispatcher, settings, datetime.now(UTC) + timedelta(days=1))
-    assert report.failed == [job_id]
+
+    async def reaped() -> bool:
+        # The reaper skips rows another transaction holds locked (SKIP LOCKED): a pass that meets the running
+        # attempt's heartbeat mid-update leaves the job to the next pass, so ask again until a pass takes it.
+        report = await reap(conn, dispatcher, settings, datetime.now(UTC) + timedelta(days=1))
+        assert report.failed in ([], [job_id])
+        return report.failed == [job_id]
+
+    await wait_until(reaped, what="a reaper pass to fail the job")
     engine.release.set()
     assert await asyncio.wait_for(run, 30) == "lost"
 

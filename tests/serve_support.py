@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -64,3 +67,52 @@ class Serve:
 
     def tail(self, chars: int = 4000) -> str:
         return self.log.read_text(errors="replace")[-chars:]
+
+
+class InProcessServer:
+    """The app as `studio serve` wires it (api.wiring.local_state), served by uvicorn on a socket bound before
+    start-up, in its own thread and event loop: tests drive it over real HTTP and reach its state through `call`."""
+
+    def __init__(self, settings: Any, sock: socket.socket) -> None:
+        self.settings, self.sock = settings, sock
+        self.base_url = settings.public_base_url
+        self.ready = threading.Event()
+        self.state: Any = None
+        self.server: Any = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except BaseException as exc:  # surfaced by the fixture instead of a silent hang
+            self.error = exc
+            self.ready.set()
+
+    async def _main(self) -> None:
+        import uvicorn
+
+        from api.main import create_app
+        from api.wiring import background_services, local_state
+
+        self.loop = asyncio.get_running_loop()
+        async with local_state(self.settings) as state:
+            self.state = state
+            app = create_app(state, background=background_services(state))
+            self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2))
+            serving = asyncio.create_task(self.server.serve(sockets=[self.sock]))
+            while not self.server.started and not serving.done():
+                await asyncio.sleep(0.01)  # uvicorn offers no startup event to await
+            self.ready.set()
+            await serving
+
+    def call(self, coro: Any, timeout: float = 60) -> Any:
+        """Run a coroutine on the server's loop (its pool is bound to that loop)."""
+        assert self.loop is not None
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.should_exit = True
+        self.thread.join(60)

@@ -8,13 +8,11 @@ the reference recorded from faster-whisper itself (tests/data); error and 402 pa
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import shutil
 import socket
 import tempfile
-import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,52 +24,15 @@ import pytest
 import soundfile as sf
 
 from db import embedded, ledger
+from tests.serve_support import InProcessServer
 
 REFERENCE = Path(__file__).parent / "data" / "speech_clean_48k.faster-whisper-tiny.en.json"
 TINY_EN = "faster-whisper/tiny.en"
 SRT_CUE = re.compile(r"(\d+)\n(\d\d):(\d\d):(\d\d),(\d{3}) --> (\d\d):(\d\d):(\d\d),(\d{3})\n(.+)")
 
 
-class LiveServer:
-    """The app as `studio serve` wires it (api.wiring.local_state) under uvicorn, in its own thread and loop."""
-
-    def __init__(self, settings: Any, sock: socket.socket) -> None:
-        self.settings, self.sock = settings, sock
-        self.ready = threading.Event()
-        self.state: Any = None
-        self.server: Any = None
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        try:
-            asyncio.run(self._main())
-        except BaseException as exc:  # surfaced by the fixture instead of a silent hang
-            self.error = exc
-            self.ready.set()
-
-    async def _main(self) -> None:
-        import uvicorn
-
-        from api.main import create_app
-        from api.wiring import background_services, local_state
-
-        self.loop = asyncio.get_running_loop()
-        async with local_state(self.settings) as state:
-            self.state = state
-            app = create_app(state, background=background_services(state))
-            self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2))
-            serving = asyncio.create_task(self.server.serve(sockets=[self.sock]))
-            while not self.server.started and not serving.done():
-                await asyncio.sleep(0.01)  # uvicorn offers no startup event to await
-            self.ready.set()
-            await serving
-
-    def call(self, coro: Any, timeout: float = 60) -> Any:
-        """Run a coroutine on the server's loop (its pool is bound to that loop)."""
-        assert self.loop is not None
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+class LiveServer(InProcessServer):
+    """The API for the SDK tests, with helpers to make users and read balances on its own loop."""
 
     def new_user(self) -> tuple[uuid.UUID, str]:
         """A user with the welcome grant and a personal API key made through POST /v1/api-keys."""
@@ -120,9 +81,7 @@ def _serve(pg_server: Any, template: str, **overrides: Any) -> Iterator[LiveServ
     if server.error is not None:
         raise server.error
     yield server
-    if server.server is not None:
-        server.server.should_exit = True
-    server.thread.join(60)
+    server.stop()
     embedded.drop_database(pg_server, name)
     shutil.rmtree(folder, ignore_errors=True)
 

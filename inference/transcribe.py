@@ -45,7 +45,7 @@ from inference import audio
 from inference.base import EngineResult, ProgressFn
 from inference.models import load_lock, sha256_file
 from inference.params import TranscribeParams
-from inference.transcript import Segment, Word, write_transcript
+from inference.transcript import DecoderStats, Segment, Word, write_transcript
 
 if TYPE_CHECKING:
     from inference.transcribe_ct2 import FasterWhisperEngine
@@ -204,7 +204,17 @@ def _segment(raw: dict[str, Any], with_words: bool) -> Segment:
             Word(word=str(w["word"]), start=float(w["start"]), end=float(w["end"]), probability=float(w["probability"]))
             for w in raw.get("words", [])
         )
-    return Segment(start=start, end=max(start, float(raw["end"])), text=str(raw["text"]).strip(), words=words)
+    decoder = DecoderStats(
+        seek=int(raw["seek"]),
+        tokens=tuple(int(token) for token in raw["tokens"]),
+        temperature=float(raw["temperature"]),
+        avg_logprob=float(raw["avg_logprob"]),
+        compression_ratio=float(raw["compression_ratio"]),
+        no_speech_prob=float(raw["no_speech_prob"]),
+    )
+    return Segment(
+        start=start, end=max(start, float(raw["end"])), text=str(raw["text"]).strip(), words=words, decoder=decoder
+    )
 
 
 def build_engine(

@@ -40,7 +40,7 @@ from inference import audio
 from inference.base import EngineResult, ProgressFn
 from inference.models import ModelsLock, load_lock, status
 from inference.params import FASTER_WHISPER_BATCH_SIZE, TranscribeParams
-from inference.transcript import Segment, Word, write_transcript
+from inference.transcript import DecoderStats, Segment, Word, write_transcript
 
 SAMPLE_RATE = 16_000
 WINDOW_SECONDS = 30  # whisper's window; longer audio goes through the batched pipeline
@@ -171,7 +171,17 @@ def _segment(raw: Any, with_words: bool, duration: float) -> Segment:
                  probability=float(w.probability))
             for w in raw.words or []
         )  # fmt: skip
-    return Segment(start=start, end=max(start, clamp(raw.end)), text=str(raw.text).strip(), words=words)
+    decoder = DecoderStats(
+        seek=int(raw.seek),
+        tokens=tuple(int(token) for token in raw.tokens),
+        temperature=float(raw.temperature or 0.0),  # Optional in the library's type; both modes set it
+        avg_logprob=float(raw.avg_logprob),
+        compression_ratio=float(raw.compression_ratio),
+        no_speech_prob=float(raw.no_speech_prob),
+    )
+    return Segment(
+        start=start, end=max(start, clamp(raw.end)), text=str(raw.text).strip(), words=words, decoder=decoder
+    )
 
 
 def verify_weights(model_key: str, weights_dir: Path, lock: ModelsLock | None = None) -> Path:

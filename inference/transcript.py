@@ -36,11 +36,26 @@ class Word:
 
 
 @dataclass(frozen=True)
+class DecoderStats:
+    """Whisper's figures for how a segment was decoded, as both engines report them (and OpenAI's verbose_json
+    segments carry): the window it came from (`seek`, in 10 ms mel frames), its tokens (timestamp tokens
+    included), the temperature that produced it and the fallback checks' inputs."""
+
+    seek: int
+    tokens: tuple[int, ...]
+    temperature: float
+    avg_logprob: float
+    compression_ratio: float
+    no_speech_prob: float
+
+
+@dataclass(frozen=True)
 class Segment:
     start: float
     end: float
     text: str
     words: tuple[Word, ...] | None = None  # None when word timestamps were not asked for
+    decoder: DecoderStats | None = None  # None from engines that do not decode (the builtin one)
 
 
 def _seconds(value: float) -> float:
@@ -54,6 +69,16 @@ def _segment_json(index: int, segment: Segment) -> dict[str, Any]:
         "end": _seconds(segment.end),
         "text": segment.text,
     }
+    if segment.decoder is not None:
+        stats = segment.decoder
+        item.update(
+            seek=stats.seek,
+            tokens=list(stats.tokens),
+            temperature=round(stats.temperature, 4),
+            avg_logprob=round(stats.avg_logprob, 6),
+            compression_ratio=round(stats.compression_ratio, 6),
+            no_speech_prob=round(stats.no_speech_prob, 6),
+        )
     if segment.words is not None:
         item["words"] = [
             {"word": w.word, "start": _seconds(w.start), "end": _seconds(w.end), "probability": round(w.probability, 4)}

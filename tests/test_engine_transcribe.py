@@ -9,20 +9,22 @@ from __future__ import annotations
 import json
 import socket
 import tomllib
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from whisper.tokenizer import get_tokenizer
 
 from inference.base import EngineError
 from inference.models import UnknownModel
-from inference.params import WHISPER_LANGUAGES, WHISPER_MODELS, TranscribeParams
+from inference.params import WHISPER_LANGUAGE_NAMES, WHISPER_LANGUAGES, WHISPER_MODELS, TranscribeParams
 from inference.registry import load_engine
 from inference.transcribe import TranscribeEngine, build_engine, chunked_log_mel_spectrogram, official_checkpoint
-from inference.transcript import Segment, Word, write_json, write_srt, write_txt, write_vtt
-from tests.tiny_whisper import SCRIPT_LANGUAGE, build_tiny_whisper, lock_pinning
+from inference.transcript import DecoderStats, Segment, Word, write_json, write_srt, write_txt, write_vtt
+from tests.tiny_whisper import SCRIPT_LANGUAGE, SCRIPT_WORDS, build_tiny_whisper, lock_pinning
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -71,7 +73,18 @@ def test_transcribes_with_language_detection(engine: TranscribeEngine, speech_fi
     assert document["language"] == SCRIPT_LANGUAGE and document["language"] in WHISPER_LANGUAGES
     assert document["task"] == "transcribe" and document["duration"] == pytest.approx(4.0)
     assert document["text"] == "hello world"
-    assert document["segments"] == [{"id": 0, "start": 0.0, "end": 1.0, "text": "hello world"}]
+    (segment,) = document["segments"]
+    tokenizer = get_tokenizer(True, num_languages=engine.model.num_languages)
+    words = [tokenizer.encode(word)[0] for word in SCRIPT_WORDS]
+    script = [tokenizer.timestamp_begin, *words, tokenizer.timestamp_begin + 50]  # <|0.00|> hello world <|1.00|>
+    assert segment == {
+        "id": 0, "start": 0.0, "end": 1.0, "text": "hello world",
+        # the decoder's own record of the window: the scripted tokens with their timestamps, decoded at t=0
+        "seek": 0, "tokens": script, "temperature": 0.0, "avg_logprob": segment["avg_logprob"],
+        "compression_ratio": round(len(b"hello world") / len(zlib.compress(b"hello world")), 6),
+        "no_speech_prob": segment["no_speech_prob"],
+    }  # fmt: skip
+    assert segment["avg_logprob"] <= 0.0 and 0.0 <= segment["no_speech_prob"] <= 1.0  # the script is near-certain
     assert (tmp_path / "transcript.txt").read_text() == "hello world\n"
     assert (tmp_path / "transcript.srt").read_text() == "1\n00:00:00,000 --> 00:00:01,000\nhello world\n\n"
     assert (tmp_path / "transcript.vtt").read_text() == "WEBVTT\n\n00:00:00.000 --> 00:00:01.000\nhello world\n\n"
@@ -202,8 +215,12 @@ HAND_MADE = [
     Segment(
         start=0.0, end=2.5, text="Hello there.", words=(Word(" Hello", 0.0, 1.0, 0.9), Word(" there.", 1.2, 2.5, 0.8))
     ),
-    Segment(start=59.9996, end=3723.4567, text="Line one\n\nline --> two", words=()),
-]
+    Segment(
+        start=59.9996, end=3723.4567, text="Line one\n\nline --> two", words=(),
+        decoder=DecoderStats(seek=6000, tokens=(50364, 7004, 50414), temperature=0.2, avg_logprob=-0.31234567,
+                             compression_ratio=1.1, no_speech_prob=0.0123456789),
+    ),
+]  # fmt: skip
 
 
 def test_srt_format_exactly() -> None:
@@ -230,7 +247,17 @@ def test_txt_and_json_writers() -> None:
         "words": [{"word": " Hello", "start": 0.0, "end": 1.0, "probability": 0.9},
                   {"word": " there.", "start": 1.2, "end": 2.5, "probability": 0.8}],
     }  # fmt: skip
-    assert document["segments"][1]["start"] == 60.0 and document["segments"][1]["words"] == []
+    assert document["segments"][1] == {
+        "id": 1, "start": 60.0, "end": 3723.457, "text": "Line one\n\nline --> two", "words": [],
+        "seek": 6000, "tokens": [50364, 7004, 50414], "temperature": 0.2, "avg_logprob": -0.312346,
+        "compression_ratio": 1.1, "no_speech_prob": 0.012346,
+    }  # fmt: skip
+
+
+def test_language_names_are_whispers_own() -> None:
+    from whisper.tokenizer import LANGUAGES
+
+    assert WHISPER_LANGUAGE_NAMES == LANGUAGES
 
 
 @pytest.mark.parametrize(
@@ -273,9 +300,12 @@ def test_real_tiny_en_tensors_through_openai_whisper(shared_data: Path, tmp_path
 
     samples = audio.decode(speech, sample_rate=16_000, mono=True)[0]
     direct = whisper.transcribe(engine.model, samples, word_timestamps=True, fp16=False)
-    assert [(s["start"], s["end"], s["text"]) for s in document["segments"]] == [
-        (round(s["start"], 3), round(s["end"], 3), s["text"].strip()) for s in direct["segments"]
-    ]
+    decoder_fields = ("seek", "tokens", "temperature", "avg_logprob", "compression_ratio", "no_speech_prob")
+    assert [(s["start"], s["end"], s["text"], *(s[k] for k in decoder_fields)) for s in document["segments"]] == [
+        (round(s["start"], 3), round(s["end"], 3), s["text"].strip(), s["seek"], s["tokens"], s["temperature"],
+         round(s["avg_logprob"], 6), round(s["compression_ratio"], 6), round(s["no_speech_prob"], 6))
+        for s in direct["segments"]
+    ]  # fmt: skip
     got = [w for s in document["segments"] for w in s["words"]]
     assert got == [
         {"word": w["word"], "start": round(w["start"], 3), "end": round(w["end"], 3),

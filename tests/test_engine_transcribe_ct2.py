@@ -89,7 +89,8 @@ def run(engine: FasterWhisperEngine, source: Path, out_dir: Path, **params: Any)
 
 def library_segments(segments: Any, with_words: bool, duration: float) -> list[dict]:
     """The library's segments as our transcript.json writes them: text stripped, times to the millisecond and
-    clamped into the audio (the engine's one documented change), empty segments dropped."""
+    clamped into the audio (the engine's one documented change), decoder figures rounded as the writer rounds them,
+    empty segments dropped."""
 
     def clamp(seconds: float) -> float:
         return round(min(max(0.0, seconds), duration), 3)
@@ -97,7 +98,12 @@ def library_segments(segments: Any, with_words: bool, duration: float) -> list[d
     out = []
     for s in segments:
         start = clamp(s.start)
-        item: dict[str, Any] = {"start": start, "end": max(start, clamp(s.end)), "text": s.text.strip()}
+        item: dict[str, Any] = {
+            "start": start, "end": max(start, clamp(s.end)), "text": s.text.strip(), "seek": s.seek,
+            "tokens": list(s.tokens), "temperature": round(s.temperature or 0.0, 4),
+            "avg_logprob": round(s.avg_logprob, 6), "compression_ratio": round(s.compression_ratio, 6),
+            "no_speech_prob": round(s.no_speech_prob, 6),
+        }  # fmt: skip
         if with_words:
             item["words"] = [
                 {"word": w.word, "start": clamp(w.start), "end": max(clamp(w.start), clamp(w.end)),

@@ -31,7 +31,7 @@ from api.jobs.inputs import check_content_length, read_multipart
 from api.jobs.request import JobCreate, JobRequest, validate
 from api.state import AppState
 from db import jobs as db_jobs
-from inference.params import DEFAULT_TRANSCRIBE_MODEL
+from inference.params import DEFAULT_TRANSCRIBE_MODEL, WHISPER_LANGUAGE_NAMES
 
 PATH_PREFIX = "/v1/audio/"  # the routes whose errors use OpenAI's error object (api.main)
 WHISPER_1 = "whisper-1"
@@ -200,12 +200,15 @@ async def _render(
 
 
 def verbose_json(transcript: Mapping[str, Any], params: Mapping[str, Any], granularities: tuple[str, ...]) -> dict:
-    """OpenAI's verbose_json from our transcript.json. Decoder statistics the transcript does not carry are null
-    (tokens empty); `seek` is the segment start in Whisper's 10 ms mel frames."""
+    """OpenAI's verbose_json from our transcript.json: the language by name, as OpenAI gives it ("english"; our
+    transcript.json keeps the ISO code), and each segment's decoder figures as the engine recorded them. A transcript
+    without them (the builtin engine's, or one written before they were recorded) gives nulls, no tokens, and the
+    segment start in Whisper's 10 ms mel frames for `seek`."""
     segments = transcript.get("segments") or []
+    language = transcript.get("language")
     body: dict[str, Any] = {
         "task": transcript.get("task") or params.get("task", "transcribe"),
-        "language": transcript.get("language"),
+        "language": WHISPER_LANGUAGE_NAMES.get(language, language) if isinstance(language, str) else language,
         "duration": transcript.get("duration"),
         "text": transcript.get("text", ""),
     }

@@ -21,7 +21,14 @@ fixed 30 s windows for batching.
 Memory: the library computes one log-mel for the whole input in sequential mode, through a numpy STFT that holds
 every frame's spectrum at once (about 20 MB per audio minute); `ChunkedFeatureExtractor` computes the same mel
 60 s at a time, so the host holds the decoded 16 kHz samples (3.8 MB per minute), the mel (1.9 MB per minute at 80
-mels) and one chunk. Batched mode computes features per <= 30 s chunk. Segments are streamed to the writers.
+mels) and one chunk. In batched mode the library's pipeline holds whole-input copies (Silero VAD's padded and
+context copies, the speech concatenated, every chunk's features stacked); `transcribe_ct2_batched` gives the same
+results holding, beyond the samples, one 10000-window VAD run (23 MB) and then one batch's audio and features
+(<= 15 + 15 MB at batch 8). What is left grows with the chunks in a batch, not with the input: CTranslate2's
+working memory, where beam search (5 beams) tiles each chunk's encoder output and keeps cross-attention keys and
+values per decoder layer, ~90 MB per chunk for tiny.en on the CPU. A 1-minute input fills a batch with 3 chunks,
+anything over ~4 minutes with 8, so the peak climbs to ~4 minutes and is then flat but for the samples (figures:
+docs/COSTS.md). Segments are streamed to the writers.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ from typing import Any
 
 import ctranslate2
 import numpy as np
-from faster_whisper import BatchedInferencePipeline, WhisperModel
+from faster_whisper import WhisperModel
 from faster_whisper.feature_extractor import FeatureExtractor
 from pydantic import BaseModel
 
@@ -40,6 +47,7 @@ from inference import audio
 from inference.base import EngineResult, ProgressFn
 from inference.models import ModelsLock, load_lock, status
 from inference.params import FASTER_WHISPER_BATCH_SIZE, TranscribeParams
+from inference.transcribe_ct2_batched import transcribe_batched
 from inference.transcript import Segment, Word, write_transcript
 
 SAMPLE_RATE = 16_000
@@ -93,7 +101,6 @@ class FasterWhisperEngine:
     def __init__(self, model: WhisperModel, model_key: str) -> None:
         self.model = model
         self.model_key = model_key
-        self.batched = BatchedInferencePipeline(model)
 
     def run(self, input_path: Path | None, params: BaseModel, out_dir: Path, progress: ProgressFn) -> EngineResult:
         assert isinstance(params, TranscribeParams) and input_path is not None
@@ -123,8 +130,10 @@ class FasterWhisperEngine:
     def transcribe(self, samples: np.ndarray, params: TranscribeParams) -> tuple[Iterable[Any], Any]:
         """faster-whisper's (segments generator, info) for 16 kHz mono samples, in the mode the params ask for."""
         duration = len(samples) / SAMPLE_RATE
-        call = self.batched.transcribe if is_batched(params, duration) else self.model.transcribe
-        return call(samples, **transcribe_options(params, duration))
+        options = transcribe_options(params, duration)
+        if is_batched(params, duration):
+            return transcribe_batched(self.model, samples, **options)
+        return self.model.transcribe(samples, **options)
 
 
 def is_batched(params: TranscribeParams, duration: float) -> bool:

@@ -22,7 +22,7 @@ Memory: the library computes one log-mel for the whole input in sequential mode,
 every frame's spectrum at once (about 20 MB per audio minute); `ChunkedFeatureExtractor` computes the same mel
 60 s at a time, so the host holds the decoded 16 kHz samples (3.8 MB per minute), the mel (1.9 MB per minute at 80
 mels) and one chunk. In batched mode the library's pipeline holds whole-input copies (Silero VAD's padded and
-context copies, the speech concatenated, every chunk's features stacked); `transcribe_ct2_batched` gives the same
+context copies, the speech concatenated, every chunk's features stacked); `transcribe_ct2_bounded` gives the same
 results holding, beyond the samples, one 10000-window VAD run (23 MB) and then one batch's audio and features
 (<= 15 + 15 MB at batch 8). What is left grows with the chunks in a batch, not with the input: CTranslate2's
 working memory, where beam search (5 beams) tiles each chunk's encoder output and keeps cross-attention keys and
@@ -47,7 +47,7 @@ from inference import audio
 from inference.base import EngineResult, ProgressFn
 from inference.models import ModelsLock, load_lock, status
 from inference.params import FASTER_WHISPER_BATCH_SIZE, TranscribeParams
-from inference.transcribe_ct2_batched import transcribe_batched
+from inference.transcribe_ct2_bounded import transcribe_batched, transcribe_sequential
 from inference.transcript import Segment, Word, write_transcript
 
 SAMPLE_RATE = 16_000
@@ -133,7 +133,7 @@ class FasterWhisperEngine:
         options = transcribe_options(params, duration)
         if is_batched(params, duration):
             return transcribe_batched(self.model, samples, **options)
-        return self.model.transcribe(samples, **options)
+        return transcribe_sequential(self.model, samples, **options)
 
 
 def is_batched(params: TranscribeParams, duration: float) -> bool:

@@ -36,7 +36,7 @@ from inference.transcribe_ct2 import (
     transcribe_options,
     verify_weights,
 )
-from inference.transcribe_ct2_batched import (
+from inference.transcribe_ct2_bounded import (
     WINDOWS_PER_RUN,
     chunks_holding_frames,
     clip_seconds,
@@ -44,6 +44,7 @@ from inference.transcribe_ct2_batched import (
     speech_probabilities,
     speech_timestamps,
     transcribe_batched,
+    transcribe_sequential,
 )
 
 MODEL = "faster-whisper/tiny.en"
@@ -299,7 +300,7 @@ def test_weights_are_checked_before_loading(weights_dir: Path, tmp_path: Path) -
         build_engine(MODEL, tmp_path)
 
 
-# ---- the batched pipeline in bounded memory (inference.transcribe_ct2_batched) against the library's own steps ----
+# ---- the batched pipeline in bounded memory (inference.transcribe_ct2_bounded) against the library's own steps ----
 
 VAD_OPTIONS = (  # the batched pipeline's own, then ones that reach the rule's other branches
     VadOptions(max_speech_duration_s=30, min_silence_duration_ms=160),
@@ -429,3 +430,14 @@ def test_no_speech_equals_the_library(engine: FasterWhisperEngine) -> None:
     expected, expected_info = BatchedInferencePipeline(engine.model).transcribe(silence, batch_size=8)
     got, info = transcribe_batched(engine.model, silence, batch_size=8)
     assert list(got) == list(expected) == [] and info == expected_info and info.duration_after_vad == 0
+
+
+@pytest.mark.engine
+def test_sequential_with_streamed_vad_equals_the_library(engine: FasterWhisperEngine, speech: Path) -> None:
+    """Also on silence: no speech at all, nothing decoded, the same info."""
+    options = {"word_timestamps": True, "vad_filter": True, "temperature": [0.0, 0.2]}
+    for samples, least in ((_samples(speech), 1), (np.zeros(16_000 * 40, np.float32), 0)):
+        expected_segments, expected_info = engine.model.transcribe(samples, **options)
+        segments, info = transcribe_sequential(engine.model, samples, **options)
+        expected, got = list(expected_segments), list(segments)
+        assert got == expected and len(got) >= least and info == expected_info

@@ -1,10 +1,10 @@
-"""faster-whisper's batched pipeline on long audio with the same results in bounded memory.
+"""faster-whisper's two transcribe modes on long audio with the same results in bounded memory.
 
 `BatchedInferencePipeline.transcribe` (faster-whisper 1.2.1) holds several whole-input copies: Silero VAD pads a
 copy of the samples and builds a 1.125x second one (each 512-sample window behind its 64-sample context) for the
 ONNX model; `collect_chunks` concatenates the speech into <= 30 s chunks (~1x the audio); then every chunk's
-log-mel is computed up front and stacked (2 x 0.96 MB per chunk at 80 mels), all held for the whole decode. On
-20 minutes of speech that is ~650 MB above the samples. Here:
+log-mel is computed up front and stacked (2 x 0.96 MB per chunk at 80 mels), all held for the whole decode.
+`WhisperModel.transcribe` (sequential) makes the same two VAD copies before concatenating the speech. Here:
 
 - `speech_probabilities` builds the same ONNX input rows one run of 10000 windows at a time (the library's batch,
   23 MB) from the samples, carrying the LSTM state (h, c) and the last window's tail as it does, so the
@@ -18,6 +18,8 @@ log-mel is computed up front and stacked (2 x 0.96 MB per chunk at 80 mels), all
   fresh `np.zeros` per call: Linux maps a large zeroed allocation lazily, so only the batch's pages (<= 15 MB at
   batch 8) become resident. What one call keeps across batches is kept across calls (the segment ids, and the
   word-timing clock `last_speech_timestamp`), and the library's `restore_speech_timestamps` maps the times back.
+- `transcribe_sequential` hands `WhisperModel.transcribe` the speech already concatenated, with VAD off, and maps
+  the times back the same way: the library's own VAD step does exactly that, after its two copies.
 """
 
 from __future__ import annotations
@@ -260,6 +262,24 @@ def transcribe_batched(
 
     # Times on the speech-only timeline back to the input's, as the library does after VAD.
     return (restore_speech_timestamps(segments(), speech, sampling_rate) if restore else segments()), info
+
+
+def transcribe_sequential(
+    model: WhisperModel, samples: np.ndarray, *, vad_filter: bool = False, **options: Any
+) -> tuple[Iterator[Segment], TranscriptionInfo]:
+    """`model.transcribe(samples, ...)` for 16 kHz mono float32 samples: the same segments and info; with
+    `vad_filter`, Silero VAD runs streamed and only the speech, concatenated (what the library decodes), is copied."""
+    if not vad_filter or options.get("clip_timestamps", "0") != "0":  # no VAD run: the library copies nothing
+        return model.transcribe(samples, vad_filter=vad_filter, **options)
+    if options.pop("vad_parameters", None) is not None:
+        raise ValueError("vad_parameters: only the library's defaults for sequential decoding are supported")
+    sampling_rate = model.feature_extractor.sampling_rate
+    vad_options = VadOptions()  # the sequential mode's defaults
+    speech = speech_timestamps(speech_probabilities(samples), len(samples), vad_options, sampling_rate)
+    speech_audio = np.concatenate([samples[s["start"] : s["end"]] for s in speech] or [np.zeros(0, np.float32)])
+    segments, info = model.transcribe(speech_audio, vad_filter=False, **options)
+    info = dataclasses.replace(info, duration=samples.shape[0] / sampling_rate, vad_options=vad_options)
+    return (restore_speech_timestamps(segments, speech, sampling_rate) if speech else segments), info
 
 
 def _batches(chunks: list[list[dict[str, int]]], *, clip_mode: bool, batch_size: int) -> list[_Batch]:

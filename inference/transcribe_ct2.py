@@ -18,17 +18,18 @@ Decoding, faster-whisper's own two modes:
 Silero VAD (the ONNX model ships in the faster-whisper wheel) is on by default; with it off, long audio is cut into
 fixed 30 s windows for batching.
 
-Memory: the library computes one log-mel for the whole input in sequential mode, through a numpy STFT that holds
-every frame's spectrum at once (about 20 MB per audio minute); `ChunkedFeatureExtractor` computes the same mel
-60 s at a time, so the host holds the decoded 16 kHz samples (3.8 MB per minute), the mel (1.9 MB per minute at 80
-mels) and one chunk. In batched mode the library's pipeline holds whole-input copies (Silero VAD's padded and
-context copies, the speech concatenated, every chunk's features stacked); `transcribe_ct2_bounded` gives the same
-results holding, beyond the samples, one 10000-window VAD run (23 MB) and then one batch's audio and features
-(<= 15 + 15 MB at batch 8). What is left grows with the chunks in a batch, not with the input: CTranslate2's
-working memory, where beam search (5 beams) tiles each chunk's encoder output and keeps cross-attention keys and
-values per decoder layer, ~90 MB per chunk for tiny.en on the CPU. A 1-minute input fills a batch with 3 chunks,
-anything over ~4 minutes with 8, so the peak climbs to ~4 minutes and is then flat but for the samples (figures:
-docs/COSTS.md). Segments are streamed to the writers.
+Memory (`transcribe_ct2_bounded` calls the library without its whole-input VAD and batching copies, with the same
+results): Silero VAD runs one 10000-window run (23 MB) at a time instead of on two whole-input copies.
+Sequential decoding then holds the speech concatenated, as the library does, and its log-mel, which
+`ChunkedFeatureExtractor` computes 60 s at a time (the library's numpy STFT holds every frame's spectrum at once,
+about 20 MB per audio minute): the host holds the 16 kHz samples (3.8 MB per minute), the speech (at most as much)
+and the mel (1.9 MB per minute at 80 mels). Batched decoding calls the library's pipeline once per batch, so it
+holds one batch's audio and features (<= 15 + 15 MB at batch 8) where the library would concatenate all the
+speech and stack every chunk's features. What is left grows with the chunks in a batch, not with the input:
+CTranslate2's working memory, where beam search (5 beams) tiles each chunk's encoder output and keeps
+cross-attention keys and values per decoder layer, ~90 MB per chunk for tiny.en on the CPU. A 1-minute input
+fills a batch with 3 chunks, ~4 minutes of speech with 8, so the peak climbs until ~4 minutes and then stays
+flat but for the samples (figures: docs/COSTS.md). Segments are streamed to the writers.
 """
 
 from __future__ import annotations

@@ -300,10 +300,11 @@ def test_weights_are_checked_before_loading(weights_dir: Path, tmp_path: Path) -
         build_engine(MODEL, tmp_path)
 
 
-# ---- the batched pipeline in bounded memory (inference.transcribe_ct2_bounded) against the library's own steps ----
+# ---- faster-whisper without its whole-input copies (inference.transcribe_ct2_bounded) vs the library's steps ----
 
-VAD_OPTIONS = (  # the batched pipeline's own, then ones that reach the rule's other branches
+VAD_OPTIONS = (  # the batched and the sequential modes' own, then ones that reach the rule's other branches
     VadOptions(max_speech_duration_s=30, min_silence_duration_ms=160),
+    VadOptions(),
     VadOptions(max_speech_duration_s=3, min_silence_duration_ms=160, speech_pad_ms=100),
     VadOptions(threshold=0.3, neg_threshold=0.2, min_speech_duration_ms=250, max_speech_duration_s=5),
 )

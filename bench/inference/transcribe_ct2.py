@@ -5,8 +5,9 @@ of silence between repetitions, to the input's length).
 Both sides run the same loaded CTranslate2 model with the engine's default params (Silero VAD on; audio longer than
 30 s through `BatchedInferencePipeline` with batch size 8 and timestamp tokens; temperature schedule 0.0..1.0) and
 write the same four files (json, txt, srt, vtt). What differs is only what is ours:
-- ours: `FasterWhisperEngine.run`: PyAV decode + soxr to 16 kHz, the chunked log-mel, progress, segment clamping,
-  the streaming transcript writer;
+- ours: `FasterWhisperEngine.run`: PyAV decode + soxr to 16 kHz, the chunked log-mel, the batched pipeline without
+  whole-input copies (Silero VAD streamed, one library call per batch: `inference.transcribe_ct2_bounded`),
+  progress, segment clamping, the streaming transcript writer;
 - direct: faster-whisper called directly, the library's own feature extractor, segments dumped by a few lines of
   plain Python. Its input is read with soundfile and resampled with soxr (HQ), as the openai-whisper case does:
   the same samples ours decodes, so both sides transcribe the same thing. (faster-whisper's own `decode_audio`

@@ -10,7 +10,6 @@ transaction that creates the job, its hold and its dispatch together).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -31,10 +30,6 @@ class InsufficientCredits(Exception):
 
 class UnknownAccount(Exception):
     pass
-
-
-class UnknownPurchase(Exception):
-    """A refund for a payment we have no purchase for (yet): the caller decides whether Stripe should retry."""
 
 
 @dataclass(frozen=True)
@@ -135,161 +130,35 @@ async def release(conn: AsyncConnection, job_id: UUID, *, expired: bool = False)
     return await _settle(conn, job_id, "expired" if expired else "released", "release")
 
 
-async def purchase(
-    conn: AsyncConnection,
-    user_id: UUID,
-    checkout_session_id: str,
-    *,
-    pack: str,
-    credits: int,
-    amount_total: int,
-    currency: str,
-    payment_intent: str | None,
-) -> bool:
-    """Grant a paid checkout session's credits, once per session. True when this call granted them."""
-    async with conn.transaction():
-        await conn.execute(
-            "INSERT INTO purchases (checkout_session_id, user_id, pack, credits, amount_total, currency,"
-            " payment_intent, status) VALUES (%s, %s, %s, %s, %s, %s, %s, 'paid')"
-            " ON CONFLICT (checkout_session_id) DO UPDATE SET status = 'paid', updated_at = now(),"
-            " payment_intent = coalesce(purchases.payment_intent, EXCLUDED.payment_intent)"
-            " WHERE purchases.status = 'open'",
-            (checkout_session_id, user_id, pack, credits, amount_total, currency, payment_intent),
-        )
-        return await _post(
-            conn, user_id, "purchase", f"purchase:{checkout_session_id}", credits, 0, reference=checkout_session_id
-        )
-
-
-async def _lock_purchase(conn: AsyncConnection, payment_intent: str) -> dict[str, Any]:
-    cursor = await conn.cursor(row_factory=dict_row).execute(
-        "SELECT * FROM purchases WHERE payment_intent = %s FOR UPDATE", (payment_intent,)
-    )
-    purchase_row = await cursor.fetchone()
-    if purchase_row is None:
-        raise UnknownPurchase(payment_intent)
-    return purchase_row
-
-
-def _credit_share(purchase_row: dict[str, Any], amount: int) -> int:
-    """The credits `amount` (smallest currency unit) of this purchase bought, rounded down."""
-    if purchase_row["amount_total"] <= 0:
-        return 0
-    return math.floor(
-        purchase_row["credits"] * min(amount, purchase_row["amount_total"]) / purchase_row["amount_total"]
+async def credit_purchase(conn: AsyncConnection, user_id: UUID, checkout_session_id: str, credits: int) -> bool:
+    """Add a paid checkout session's credits, once per session. True when this call added them."""
+    return await _post(
+        conn, user_id, "purchase", f"purchase:{checkout_session_id}", credits, 0, reference=checkout_session_id
     )
 
 
-def _refunded_credits(purchase_row: dict[str, Any], credits_disputed: int) -> int:
-    """What the refunds so far should have taken back, never more than disputes left of the purchase: refunds and
-    disputes of one charge together take back at most what it granted."""
-    target = _credit_share(purchase_row, purchase_row["amount_refunded"])
-    allowed = max(purchase_row["credits"] - credits_disputed, 0)
-    return max(purchase_row["credits_refunded"], min(target, allowed))
+async def claw_back_refund(conn: AsyncConnection, user_id: UUID, refund_id: str, credits: int) -> bool:
+    """Take back what a refund's share of a purchase bought (the balance may go negative), once per refund id."""
+    return await _post(conn, user_id, "refund", f"refund:{refund_id}", -credits, 0, reference=refund_id)
 
 
-async def refund(conn: AsyncConnection, payment_intent: str, refund_id: str, amount_refunded: int) -> int:
-    """Claw back credits for a refund. `amount_refunded` is Stripe's cumulative refunded amount for the charge, so
-    events arriving twice or out of order never claw back more than the refunded share. Returns credits taken."""
-    async with conn.transaction():
-        purchase_row = await _lock_purchase(conn, payment_intent)
-        if purchase_row["amount_total"] <= 0:
-            return 0
-        cumulative = min(amount_refunded, purchase_row["amount_total"])
-        if cumulative <= purchase_row["amount_refunded"]:
-            return 0  # an older or repeated event: a later one already covered this much
-        refunded = _refunded_credits({**purchase_row, "amount_refunded": cumulative}, purchase_row["credits_disputed"])
-        clawback = refunded - purchase_row["credits_refunded"]
-        applied = clawback > 0 and await _post(
-            conn, purchase_row["user_id"], "refund", f"refund:{refund_id}", -clawback, 0, reference=refund_id
-        )
-        if clawback > 0 and not applied:
-            return 0  # this refund id was already applied
-        status = "refunded" if cumulative >= purchase_row["amount_total"] else "partially_refunded"
-        await conn.execute(
-            "UPDATE purchases SET amount_refunded = %s, credits_refunded = %s, status = %s, updated_at = now()"
-            " WHERE checkout_session_id = %s",
-            (cumulative, refunded, status, purchase_row["checkout_session_id"]),
-        )
-        return max(clawback, 0)
+async def claw_back_dispute(conn: AsyncConnection, user_id: UUID, dispute_id: str, credits: int) -> bool:
+    """Take back what a disputed share of a purchase bought (the balance may go negative), once per dispute."""
+    return await _post(conn, user_id, "refund", f"dispute:{dispute_id}", -credits, 0, reference=dispute_id)
 
 
-# Closed disputes that leave the money with us: the claw-back is given back. `lost` keeps it.
-DISPUTE_RETURNED = frozenset({"won", "warning_closed", "prevented"})
-
-
-async def dispute_opened(conn: AsyncConnection, payment_intent: str, dispute_id: str, amount: int) -> int:
-    """Claw back the disputed amount's credits, once per dispute (the balance may go negative). Returns credits
-    taken: 0 for a dispute already known (repeated, or its `closed` event came first)."""
-    async with conn.transaction():
-        purchase_row = await _lock_purchase(conn, payment_intent)
-        return await _open_dispute(conn, purchase_row, dispute_id, amount, "open")
-
-
-async def _open_dispute(
-    conn: AsyncConnection, purchase_row: dict[str, Any], dispute_id: str, amount: int, status: str
-) -> int:
-    # Under the purchase row's lock, so concurrent disputes and refunds of one charge see each other's totals.
-    remaining = purchase_row["credits"] - purchase_row["credits_refunded"] - purchase_row["credits_disputed"]
-    take = max(min(_credit_share(purchase_row, amount), remaining), 0)
-    inserted = await conn.execute(
-        "INSERT INTO disputes (dispute_id, checkout_session_id, amount, credits_clawed_back, status)"
-        " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (dispute_id) DO NOTHING RETURNING 1",
-        (dispute_id, purchase_row["checkout_session_id"], amount, take, status),
-    )
-    if await inserted.fetchone() is None:
-        return 0
-    if take > 0:
-        await _post(conn, purchase_row["user_id"], "refund", f"dispute:{dispute_id}", -take, 0, reference=dispute_id)
-        await conn.execute(
-            "UPDATE purchases SET credits_disputed = credits_disputed + %s, updated_at = now()"
-            " WHERE checkout_session_id = %s",
-            (take, purchase_row["checkout_session_id"]),
-        )
-    return take
-
-
-async def dispute_closed(conn: AsyncConnection, payment_intent: str, dispute_id: str, amount: int, status: str) -> int:
-    """Settle a dispute: a won one gives its claw-back back (less what refunds of the charge now take instead), a
-    lost one keeps it. Returns the credits given back; -1 when this dispute was already closed (a replay)."""
-    async with conn.transaction():
-        purchase_row = await _lock_purchase(conn, payment_intent)
-        cursor = await conn.execute(
-            "SELECT status, credits_clawed_back FROM disputes WHERE dispute_id = %s FOR UPDATE", (dispute_id,)
-        )
-        row = await cursor.fetchone()
-        if row is None:
-            # `closed` before `created` (Stripe does not order events): a lost dispute claws back now, a won one
-            # is recorded with nothing taken so the late `created` changes nothing.
-            clawback = status not in DISPUTE_RETURNED
-            await _open_dispute(conn, purchase_row, dispute_id, amount if clawback else 0, status)
-            return 0
-        previous, clawed = row
-        if previous != "open":
-            return -1
-        await conn.execute(
-            "UPDATE disputes SET status = %s, updated_at = now() WHERE dispute_id = %s", (status, dispute_id)
-        )
-        if status not in DISPUTE_RETURNED or clawed == 0:
-            return 0
-        disputed = purchase_row["credits_disputed"] - clawed
-        # Refunds capped while the dispute held the credits now take their full share out of what is given back.
-        refunded = _refunded_credits(purchase_row, disputed)
-        given = clawed - (refunded - purchase_row["credits_refunded"])
-        await _post(
-            conn, purchase_row["user_id"], "adjustment", f"dispute_won:{dispute_id}", given, 0, reference=dispute_id
-        )
-        await conn.execute(
-            "UPDATE purchases SET credits_disputed = %s, credits_refunded = %s, updated_at = now()"
-            " WHERE checkout_session_id = %s",
-            (disputed, refunded, purchase_row["checkout_session_id"]),
-        )
-        return given
+async def give_back_dispute(conn: AsyncConnection, user_id: UUID, dispute_id: str, credits: int) -> bool:
+    """Return a won dispute's claw-back, once per dispute."""
+    return await _post(conn, user_id, "adjustment", f"dispute_won:{dispute_id}", credits, 0, reference=dispute_id)
 
 
 async def adjust(conn: AsyncConnection, user_id: UUID, key: str, delta: int, *, note: str | None = None) -> bool:
     """An operator's correction or a local top-up (`studio token --credits`). Idempotent by `adjustment:<key>`."""
     return await _post(conn, user_id, "adjustment", f"adjustment:{key}", delta, 0, reference=note)
+
+
+async def account_exists(conn: AsyncConnection, user_id: UUID) -> bool:
+    return await (await conn.execute("SELECT 1 FROM accounts WHERE user_id = %s", (user_id,))).fetchone() is not None
 
 
 async def balance(conn: AsyncConnection, user_id: UUID) -> Balance:

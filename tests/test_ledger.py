@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 
+from api import billing
 from db import ledger
 
 
@@ -128,7 +129,7 @@ async def test_purchase_replay_and_concurrent_duplicates_grant_once(conn, databa
             async with racer.transaction():
                 await racer.execute("SELECT 1")
                 await barrier.wait()
-                return await ledger.purchase(
+                return await billing.grant_purchase(
                     racer,
                     user_id,
                     "cs_test_1",
@@ -145,31 +146,31 @@ async def test_purchase_replay_and_concurrent_duplicates_grant_once(conn, databa
 
 async def test_refunds_are_cumulative_idempotent_and_order_independent(conn):
     user_id = await new_user(conn)
-    await ledger.purchase(
+    await billing.grant_purchase(
         conn, user_id, "cs_1", pack="starter", credits=500, amount_total=1000, currency="usd", payment_intent="pi_1"
     )
-    assert await ledger.refund(conn, "pi_1", "re_1", amount_refunded=300) == 150
-    assert await ledger.refund(conn, "pi_1", "re_1", amount_refunded=300) == 0  # replay
+    assert await billing.refund(conn, "pi_1", "re_1", amount_refunded=300) == 150
+    assert await billing.refund(conn, "pi_1", "re_1", amount_refunded=300) == 0  # replay
     # The full refund arrives, then the first partial one is delivered again late: only the rest is taken.
-    assert await ledger.refund(conn, "pi_1", "re_2", amount_refunded=1000) == 350
-    assert await ledger.refund(conn, "pi_1", "re_1", amount_refunded=300) == 0
+    assert await billing.refund(conn, "pi_1", "re_2", amount_refunded=1000) == 350
+    assert await billing.refund(conn, "pi_1", "re_1", amount_refunded=300) == 0
     assert await ledger.balance(conn, user_id) == ledger.Balance(available=0, held=0)
     status = await (await conn.execute("SELECT status, credits_refunded FROM purchases")).fetchone()
     assert status == ("refunded", 500)
-    with pytest.raises(ledger.UnknownPurchase):
-        await ledger.refund(conn, "pi_unknown", "re_3", amount_refunded=10)
+    with pytest.raises(billing.UnknownPurchase):
+        await billing.refund(conn, "pi_unknown", "re_3", amount_refunded=10)
     assert await ledger.invariant_violations(conn) == []
 
 
 async def test_refund_after_spending_pushes_available_negative_and_blocks_jobs(conn):
     user_id = await new_user(conn)
-    await ledger.purchase(
+    await billing.grant_purchase(
         conn, user_id, "cs_2", pack="starter", credits=100, amount_total=500, currency="usd", payment_intent="pi_2"
     )
     spent = await new_job(conn, user_id, 80)
     await ledger.hold(conn, user_id, spent, 80, soon())
     await ledger.capture(conn, spent)
-    assert await ledger.refund(conn, "pi_2", "re_9", amount_refunded=500) == 100
+    assert await billing.refund(conn, "pi_2", "re_9", amount_refunded=500) == 100
     assert await ledger.balance(conn, user_id) == ledger.Balance(available=-80, held=0)
     with pytest.raises(ledger.InsufficientCredits):
         await ledger.hold(conn, user_id, await new_job(conn, user_id, 1), 1, soon())

@@ -27,7 +27,6 @@ from pydantic import BaseModel
 from api.settings import CreditPack, Settings
 from db import ledger
 from db import purchases as db_purchases
-from db.purchases import PaidPurchase
 
 log = logging.getLogger("studio.billing")
 
@@ -279,21 +278,21 @@ async def grant_purchase(
 # ---- refunds and disputes: the caps ----
 
 
-async def _lock_purchase(conn: AsyncConnection, payment_intent: str) -> PaidPurchase:
+async def _lock_purchase(conn: AsyncConnection, payment_intent: str) -> db_purchases.PaidPurchase:
     purchase = await db_purchases.lock_by_payment_intent(conn, payment_intent)
     if purchase is None:
         raise UnknownPurchase(payment_intent)
     return purchase
 
 
-def _credit_share(purchase: PaidPurchase, amount: int) -> int:
+def _credit_share(purchase: db_purchases.PaidPurchase, amount: int) -> int:
     """The credits `amount` (smallest currency unit) of this purchase bought, rounded down."""
     if purchase.amount_total <= 0:
         return 0
     return math.floor(purchase.credits * min(amount, purchase.amount_total) / purchase.amount_total)
 
 
-def _refunded_credits(purchase: PaidPurchase, *, amount_refunded: int, credits_disputed: int) -> int:
+def _refunded_credits(purchase: db_purchases.PaidPurchase, *, amount_refunded: int, credits_disputed: int) -> int:
     """What refunds of `amount_refunded` should have taken back, never more than disputes left of the purchase:
     refunds and disputes of one charge together take back at most what it granted."""
     target = _credit_share(purchase, amount_refunded)
@@ -361,7 +360,7 @@ async def dispute_opened(conn: AsyncConnection, payment_intent: str, dispute_id:
 
 
 async def _open_dispute(
-    conn: AsyncConnection, purchase: PaidPurchase, dispute_id: str, amount: int, status: str
+    conn: AsyncConnection, purchase: db_purchases.PaidPurchase, dispute_id: str, amount: int, status: str
 ) -> int:
     # Under the purchase row's lock, so concurrent disputes and refunds of one charge see each other's totals.
     remaining = purchase.credits - purchase.credits_refunded - purchase.credits_disputed

@@ -155,7 +155,8 @@ async def stripe_webhook(request: Request, state: State) -> WebhookAck:
             payload, request.headers.get("stripe-signature"), secret, tolerance=SIGNATURE_TOLERANCE_SECONDS
         )
         event = json.loads(payload)
-        event["id"], event["data"]["object"]  # every event has both: a body without them is refused here
+        if "id" not in event or "object" not in event["data"]:  # every Stripe event has both
+            raise KeyError("not a Stripe event")
     except (stripe.SignatureVerificationError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
         raise Problem(400, "bad_signature", "The Stripe signature is missing, invalid or stale") from exc
     try:

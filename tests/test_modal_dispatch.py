@@ -3,13 +3,20 @@ exception classes, and the reaper and the cancel path on real Postgres through i
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import grpclib.const
+import grpclib.server
+import modal
 import modal.exception
 import psycopg
 import pytest
+from modal._functions import _Invocation
+from modal._serialization import serialize
+from modal_proto import api_pb2
 
 from api.background.reaper import reap
 from api.dispatchers.modal import ModalDispatcher
@@ -20,12 +27,28 @@ from api.state import AppState
 from api.storage import LocalStorage
 from tests.jobs_support import job_row, ledger_kinds, make_job, make_user, write_tone
 
+# FunctionGetOutputs' answer for a call with an unfinished input and no output yet (modal/_functions.py:355-358).
+UNFINISHED = api_pb2.FunctionGetOutputsResponse(num_unfinished_inputs=1)
+
+
+class _UnfinishedStub:
+    async def FunctionGetOutputs(self, request: api_pb2.FunctionGetOutputsRequest, **_: Any) -> Any:
+        return UNFINISHED
+
+
+class NoOutputYet:
+    """The outcome "queued or running": the fake raises the TimeoutError that modal's own `poll_function` raises."""
+
+
+NO_OUTPUT_YET = NoOutputYet()
+
 
 class FakeFunctionCall:
     """Stands where `modal.FunctionCall` does: `.get.aio(timeout=0)` answers as modal 1.6.4's
-    `_Invocation.poll_function` would, `.cancel.aio(terminate_containers=...)` records the request."""
+    `_Invocation.poll_function` would (for NO_OUTPUT_YET, the real `poll_function` on an unfinished call),
+    `.cancel.aio(terminate_containers=...)` records the request."""
 
-    def __init__(self, outcome: BaseException | str) -> None:
+    def __init__(self, outcome: BaseException | str | NoOutputYet) -> None:
         self.outcome = outcome
         self.cancels: list[bool] = []
         self.get = type("get", (), {"aio": self._get})()
@@ -33,6 +56,8 @@ class FakeFunctionCall:
 
     async def _get(self, timeout: float | None = None) -> str:
         assert timeout == 0
+        if isinstance(self.outcome, NoOutputYet):
+            return await _Invocation(_UnfinishedStub(), "fc-fake", client=None).poll_function(timeout=0)  # type: ignore[arg-type]
         if isinstance(self.outcome, BaseException):
             raise self.outcome
         return self.outcome
@@ -47,8 +72,9 @@ class FunctionCalls(dict[str, FakeFunctionCall]):
 
 
 # Each outcome of `FunctionCall.get(timeout=0)` in modal 1.6.4 and what it means for the job's execution.
-OUTCOMES: list[tuple[str, BaseException | str, Liveness]] = [
-    ("queued or running: no output yet", TimeoutError(), Liveness.ALIVE),
+OUTCOMES: list[tuple[str, BaseException | str | NoOutputYet, Liveness]] = [
+    ("queued or running: no output yet", NO_OUTPUT_YET, Liveness.ALIVE),
+    ("the worker raised TimeoutError", TimeoutError("the worker's own"), Liveness.DEAD),
     ("returned", "succeeded", Liveness.DEAD),
     ("output expired", modal.exception.OutputExpiredError(), Liveness.DEAD),
     ("timed out", modal.exception.FunctionTimeoutError("timeout"), Liveness.DEAD),
@@ -70,11 +96,75 @@ OUTCOMES: list[tuple[str, BaseException | str, Liveness]] = [
 
 @pytest.mark.parametrize(("what", "outcome", "expected"), OUTCOMES, ids=[o[0] for o in OUTCOMES])
 async def test_is_alive_tells_alive_dead_and_unknown_apart(
-    what: str, outcome: BaseException | str, expected: Liveness
+    what: str, outcome: BaseException | str | NoOutputYet, expected: Liveness
 ) -> None:
     calls = FunctionCalls({"fc-1": FakeFunctionCall(outcome)})
     dispatcher = ModalDispatcher({}, calls.from_id)
     assert await dispatcher.is_alive("fc-1") is expected
+
+
+class FakeModalControlPlane:
+    """A gRPC server answering modal's `FunctionGetOutputs` with a set response, for the real modal client."""
+
+    def __init__(self) -> None:
+        self.response = UNFINISHED
+        self.requests: list[api_pb2.FunctionGetOutputsRequest] = []
+
+    async def function_get_outputs(self, stream: Any) -> None:
+        self.requests.append(await stream.recv_message())
+        await stream.send_message(self.response)
+
+    def __mapping__(self) -> dict[str, grpclib.const.Handler]:
+        return {
+            "/modal.client.ModalClient/FunctionGetOutputs": grpclib.const.Handler(
+                self.function_get_outputs,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                api_pb2.FunctionGetOutputsRequest,
+                api_pb2.FunctionGetOutputsResponse,
+            )
+        }
+
+
+@pytest.fixture
+async def control_plane() -> AsyncIterator[tuple[FakeModalControlPlane, modal.Client]]:
+    plane = FakeModalControlPlane()
+    server = grpclib.server.Server([plane])
+    await server.start("127.0.0.1", 0)
+    port = server._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    async with modal.Client(f"http://127.0.0.1:{port}", api_pb2.CLIENT_TYPE_CLIENT, ("ak-test", "as-test")) as client:
+        yield plane, client
+    server.close()
+    await server.wait_closed()
+
+
+def _failed_with(exc: BaseException) -> api_pb2.FunctionGetOutputsResponse:
+    """The output of a call whose worker raised `exc`: status FAILURE and the pickled exception, as modal's
+    container sends it (modal/_utils/function_utils.py `_process_result` reads it back)."""
+    result = api_pb2.GenericResult(
+        status=api_pb2.GenericResult.GENERIC_STATUS_FAILURE, exception=repr(exc), data=serialize(exc)
+    )
+    return api_pb2.FunctionGetOutputsResponse(
+        outputs=[api_pb2.FunctionGetOutputsItem(result=result, data_format=api_pb2.DATA_FORMAT_PICKLE)]
+    )
+
+
+async def test_the_workers_own_timeout_error_is_an_ending_not_no_output_yet(
+    control_plane: tuple[FakeModalControlPlane, modal.Client],
+) -> None:
+    """Both answers reach the dispatcher as a builtin TimeoutError through the real modal client over gRPC; only the
+    unfinished call is alive (issue 19 item 5)."""
+    plane, client = control_plane
+    dispatcher = ModalDispatcher({}, lambda call_id: modal.FunctionCall.from_id(call_id, client=client))
+
+    assert await dispatcher.is_alive("fc-1") is Liveness.ALIVE
+    assert plane.requests[-1].function_call_id == "fc-1" and plane.requests[-1].timeout == 0
+
+    plane.response = _failed_with(TimeoutError("the worker's upstream call timed out"))
+    assert await dispatcher.is_alive("fc-1") is Liveness.DEAD
+
+    plane.response = api_pb2.FunctionGetOutputsResponse(num_unfinished_inputs=0)
+    assert await dispatcher.is_alive("fc-1") is Liveness.DEAD  # OutputExpiredError
+    assert len(plane.requests) == 3
 
 
 @pytest.fixture
@@ -125,7 +215,7 @@ async def test_cancel_never_interrupts_a_claimed_call_and_terminates_past_deadli
     terminated (a hung engine reports no progress, so it would never see the flag)."""
     tone = write_tone(tmp_path / "tone.wav", seconds=0.5)
     user = await make_user(conn)
-    calls = FunctionCalls({name: FakeFunctionCall(TimeoutError()) for name in ("fc-q", "fc-r", "fc-late")})
+    calls = FunctionCalls({name: FakeFunctionCall(NO_OUTPUT_YET) for name in ("fc-q", "fc-r", "fc-late")})
     app_state.dispatcher = ModalDispatcher({}, calls.from_id)
     app_state.storage = storage
 

@@ -20,7 +20,7 @@ from api.worker.runner import WorkerContext, run_job
 from db import ledger
 from inference.base import EngineResult, OutputFile, ProgressFn
 from tests.jobs_support import job_row, ledger_kinds, make_job, make_user, write_tone
-from tests.test_modal_dispatch import FakeFunctionCall, FunctionCalls
+from tests.test_modal_dispatch import NO_OUTPUT_YET, FakeFunctionCall, FunctionCalls
 
 
 class Interrupted(BaseException):
@@ -175,7 +175,7 @@ async def test_queue_time_does_not_eat_a_claimed_attempts_deadline(
     try:
         deadline = (await job_row(conn, job_id))["deadline_at"]
         assert deadline >= datetime.now(UTC) + timedelta(seconds=settings.job_deadline_seconds - 60)
-        calls = FunctionCalls({"fc-1": FakeFunctionCall(TimeoutError())})
+        calls = FunctionCalls({"fc-1": FakeFunctionCall(NO_OUTPUT_YET)})
         later = datetime.now(UTC) + timedelta(seconds=60)  # past the submit deadline, heartbeat still fresh
         report = await reap(conn, ModalDispatcher({}, calls.from_id), settings, later)
         assert report.failed == []

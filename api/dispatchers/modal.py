@@ -15,6 +15,7 @@ from uuid import UUID
 import grpclib
 import modal
 import modal.exception
+from modal._functions import _Invocation
 
 from api.protocols import Liveness
 
@@ -42,6 +43,24 @@ _COULD_NOT_ASK: tuple[type[BaseException], ...] = (
 )
 
 
+def _no_output_yet(exc: TimeoutError) -> bool:
+    """Whether this builtin TimeoutError is modal's "no output yet" answer rather than the worker's own.
+
+    modal 1.6.4 raises a bare `TimeoutError()` in `_Invocation.poll_function` (modal/_functions.py:358) when the
+    call has unfinished inputs and no output. A TimeoutError the worker's code raised comes back as the call's output
+    (status FAILURE, the pickled exception) and is re-raised by `_process_result` (modal/_utils/function_utils.py:572,
+    `raise exc_with_hints(exc)`), its innermost frame `_process_result` or, with a remote traceback
+    (`append_modal_tb`), the worker's own code. synchronicity trims only outer frames, so the innermost frame says
+    which one this is.
+    """
+    tb = exc.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb.tb_frame.f_code is _Invocation.poll_function.__code__
+
+
 class ModalDispatcher:
     def __init__(self, workers: Mapping[str, Any], function_call_from_id: Callable[[str], Any] | None = None) -> None:
         self._workers = workers  # task -> modal.Cls whose instances have a `run(job_id)` method
@@ -57,8 +76,11 @@ class ModalDispatcher:
         `_process_result` (modal/_utils/function_utils.py)."""
         try:
             await self._from_id(dispatch_id).get.aio(timeout=0)
-        except TimeoutError:
-            return Liveness.ALIVE  # the builtin TimeoutError: no output yet (queued, running, or awaiting a retry)
+        except TimeoutError as exc:
+            if _no_output_yet(exc):
+                return Liveness.ALIVE  # queued, running, or awaiting a retry
+            log.info("function call %s has ended with the worker's TimeoutError", dispatch_id, exc_info=True)
+            return Liveness.DEAD
         except _ENDED_WITHOUT_OUTPUT:
             return Liveness.DEAD
         except _COULD_NOT_ASK:

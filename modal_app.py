@@ -383,7 +383,8 @@ class _OpenPool:
 
 
 # The weights Volume, read-only: the API checks a model's files are there before it accepts a job for it
-# (api/jobs/request.py `model_installed`). A container sees the Volume as it was when it started.
+# (api/jobs/request.py `model_installed`). A container sees the Volume as it was when it started, so the API reloads
+# it on an interval and before refusing `model_not_installed` (api/background/weights.py).
 @app.function(
     image=IMAGES["api"],
     secrets=SECRETS,
@@ -394,11 +395,18 @@ class _OpenPool:
 @modal.concurrent(max_inputs=API_MAX_INPUTS)
 @modal.asgi_app()
 def api() -> Any:
+    from api.background.weights import WeightsReloader
     from api.main import create_app
     from api.wiring import background_services, production_state
 
     state = production_state(WORKERS)
-    return create_app(state, background=[_OpenPool(state.pool), *background_services(state)])
+    weights = WeightsReloader(
+        weights_volume.reload.aio,
+        state.settings.weights_reload_seconds,
+        state.settings.weights_reload_min_gap_seconds,
+    )
+    state.weights = weights
+    return create_app(state, background=[_OpenPool(state.pool), weights, *background_services(state)])
 
 
 # ---- 5. schedules ----

@@ -64,6 +64,10 @@ class Settings(BaseSettings):
     local_worker_poll_seconds: float = 5.0
     engines: Literal["real", "builtin"] = "real"  # builtin: the small DSP engine, for tests and demos without weights
     allow_noncommercial_models: bool = False
+    # Modal: the API reloads the weights Volume this often, and before refusing a submit `model_not_installed`
+    # (at most once per min gap), so models pulled after the container started are seen.
+    weights_reload_seconds: float = Field(default=60.0, gt=0)
+    weights_reload_min_gap_seconds: float = Field(default=5.0, ge=0)
     max_upload_bytes: int = 200 * 1024 * 1024
     max_body_bytes: int = 1024 * 1024  # every body but the uploads' (api.request_guard)
     # A body must arrive within the total, with no pause past the idle limit (a trickling client holds temp disk).

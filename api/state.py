@@ -28,6 +28,12 @@ class BackgroundService(Protocol):
     async def stop(self) -> None: ...
 
 
+class WeightsRefresh(Protocol):
+    """Brings a mounted weights Volume up to date (`api.background.weights.WeightsReloader`)."""
+
+    async def refresh(self) -> bool: ...
+
+
 # A job notification (dict: id, user_id, status, progress, stage, seq), or None when it must be re-read (RESYNC).
 JobUpdate = dict[str, Any] | None
 
@@ -76,3 +82,4 @@ class AppState:
     token_verifier: TokenVerifier | None = None  # built on first use (api.deps); tests put their own in place
     failed_auth: FailedAuthLimiter = field(default_factory=FailedAuthLimiter)
     event_streams: StreamSlots = field(default_factory=StreamSlots)
+    weights: WeightsRefresh | None = None  # Modal: reloads the weights Volume the API mounts (None: a local folder)

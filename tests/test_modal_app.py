@@ -24,6 +24,7 @@ from api.protocols import Liveness
 from api.settings import Settings
 from api.storage import LocalStorage
 from tests.jobs_support import job_row, ledger_kinds, make_job, make_user, write_tone
+from tests.test_modal_dispatch import poll_unfinished_call
 
 ROOT = Path(modal_app.__file__).parent
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
@@ -385,7 +386,7 @@ class FakeFunctionCall:
 
     async def _get(self, timeout: float | None = None) -> str:
         if self.result is None:
-            raise TimeoutError  # what modal raises while the call is still running
+            return await poll_unfinished_call()  # modal's own "no output yet" TimeoutError
         return self.result
 
     async def _cancel(self) -> None:
@@ -446,7 +447,7 @@ async def test_asgi_app_submits_through_modal_dispatcher_and_a_worker_finishes_i
             assert FakeWorker.spawned == [("midi", job_id)]
             row = await _job(database_url, job_id)
             assert row["dispatch_id"] == "fc-1" and row["status"] == "queued"
-            # TimeoutError from get(timeout=0) = running
+            # modal's TimeoutError from get(timeout=0) = running
             assert await state.dispatcher.is_alive("fc-1") is Liveness.ALIVE
 
             # Modal would now start a MidiWorker container for the spawned call: run that class for real.

@@ -36,6 +36,11 @@ class _UnfinishedStub:
         return UNFINISHED
 
 
+async def poll_unfinished_call() -> Any:
+    """Raises what modal's real `_Invocation.poll_function` raises for a call with no output yet."""
+    return await _Invocation(_UnfinishedStub(), "fc-fake", client=None).poll_function(timeout=0)  # type: ignore[arg-type]
+
+
 class NoOutputYet:
     """The outcome "queued or running": the fake raises the TimeoutError that modal's own `poll_function` raises."""
 
@@ -57,7 +62,7 @@ class FakeFunctionCall:
     async def _get(self, timeout: float | None = None) -> str:
         assert timeout == 0
         if isinstance(self.outcome, NoOutputYet):
-            return await _Invocation(_UnfinishedStub(), "fc-fake", client=None).poll_function(timeout=0)  # type: ignore[arg-type]
+            return await poll_unfinished_call()
         if isinstance(self.outcome, BaseException):
             raise self.outcome
         return self.outcome

@@ -4,11 +4,14 @@ which models are installed; installing one with `studio models pull` opens it.""
 
 from __future__ import annotations
 
+import asyncio
+import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from api.background.weights import WeightsReloader
 from api.settings import Settings
 from db import ledger
 from inference.models import pull
@@ -57,3 +60,66 @@ async def test_a_model_that_is_not_installed_is_refused_before_any_hold(
     pull(["basic-pitch"], app_state.settings.weights_path)
     models = _models((await client.get("/v1/tasks")).json())
     assert models["basic-pitch"]["installed"] is True and models["demucs/htdemucs"]["installed"] is False
+
+
+class FakeVolume:
+    """A weights Volume as a container sees it (issue 19 item 8): `pull` fills the committed copy; the container's
+    mount (the API's weights folder) shows it only after `reload()`, which fails while `busy` (modal 1.6.4
+    modal/volume.py:917: "Reloading will fail if there are open files for the volume", raised as RuntimeError)."""
+
+    def __init__(self, committed: Path, mount: Path) -> None:
+        self.committed, self.mount = committed, mount
+        self.reloads = 0
+        self.busy = False
+
+    async def reload(self) -> None:
+        self.reloads += 1
+        if self.busy:
+            raise RuntimeError("there are open files preventing the operation")
+        shutil.rmtree(self.mount, ignore_errors=True)
+        shutil.copytree(self.committed, self.mount)
+
+
+async def test_a_model_pulled_after_the_api_started_is_accepted_without_a_restart(
+    client: Any, alice: dict[str, Any], app_state: Any, tmp_path: Path
+) -> None:
+    volume = FakeVolume(tmp_path / "committed", app_state.settings.weights_path)
+    now = [0.0]
+    app_state.weights = WeightsReloader(volume.reload, interval_seconds=3600, min_gap_seconds=60, clock=lambda: now[0])
+    audio = write_audio(tmp_path / "melody.wav", seconds=1.0)
+
+    pull(["basic-pitch"], volume.committed)  # `download_models` in another container, committed
+    assert not (app_state.settings.weights_path / "basic-pitch").exists()
+    volume.busy = True  # a reload that fails: the refusal stands, and says how to install
+    response = await client.post("/v1/jobs", headers=alice["headers"], **multipart("midi", {}, audio, "audio/wav"))
+    assert response.status_code == 422 and response.json()["code"] == "model_not_installed", response.text
+    assert volume.reloads == 1
+
+    volume.busy = False
+    now[0] += 60
+    response = await client.post("/v1/jobs", headers=alice["headers"], **multipart("midi", {}, audio, "audio/wav"))
+    assert response.status_code == 202, response.text
+    assert volume.reloads == 2
+    assert _models((await client.get("/v1/tasks")).json())["basic-pitch"]["installed"] is True
+
+    # A model that is not on the Volume either: refused, and a burst of such refusals costs no more reloads.
+    for _ in range(3):
+        response = await client.post(
+            "/v1/jobs", headers=alice["headers"], **multipart("enhance", {}, audio, "audio/wav")
+        )
+        assert response.status_code == 422 and response.json()["code"] == "model_not_installed"
+    assert volume.reloads == 2
+
+
+async def test_the_reloader_reloads_on_its_interval_and_stops(tmp_path: Path) -> None:
+    reloaded = asyncio.Event()
+
+    async def reload() -> None:
+        reloaded.set()
+
+    reloader = WeightsReloader(reload, interval_seconds=0.01, min_gap_seconds=0)
+    await reloader.start()
+    try:
+        await asyncio.wait_for(reloaded.wait(), 30)
+    finally:
+        await asyncio.wait_for(reloader.stop(), 30)

@@ -28,7 +28,7 @@ from uuid import UUID
 
 from api.errors import Problem
 from api.jobs.inputs import check_content_length, read_multipart
-from api.jobs.request import JobCreate, JobRequest, validate
+from api.jobs.request import JobCreate, JobRequest, validate_current
 from api.state import AppState
 from db import jobs as db_jobs
 from inference.params import DEFAULT_TRANSCRIBE_MODEL, WHISPER_LANGUAGE_NAMES
@@ -118,7 +118,7 @@ async def parse_audio_request(
         except ValueError:
             raise _invalid("temperature", "`temperature` must be a number from 0 to 1.") from None
     try:
-        job = validate(JobCreate(task="transcribe", params=params), body.file, state, quote=False)
+        job = await validate_current(JobCreate(task="transcribe", params=params), body.file, state, quote=False)
     except Problem as problem:
         problem.extra.setdefault("param", _param_of(problem))
         raise

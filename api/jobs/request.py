@@ -306,9 +306,26 @@ def validate(
     )
 
 
+async def validate_current(
+    create: JobCreate,
+    upload: ReceivedInput | None,
+    state: AppState,
+    *,
+    quote: bool,
+    extra_uploads: dict[str, ReceivedInput] | None = None,
+) -> JobRequest:
+    """`validate`, after bringing the weights Volume up to date when its view says a model is not installed."""
+    try:
+        return validate(create, upload, state, quote=quote, extra_uploads=extra_uploads)
+    except Problem as problem:
+        if problem.code != "model_not_installed" or state.weights is None or not await state.weights.refresh():
+            raise
+    return validate(create, upload, state, quote=quote, extra_uploads=extra_uploads)
+
+
 async def parse_request(
     headers: Mapping[str, str], stream: AsyncIterator[bytes], state: AppState, workdir: Path, *, quote: bool
 ) -> JobRequest:
     """Read (streamed, capped) and validate a submit or quote body; an upload lands in `workdir`."""
     create, upload, extra_uploads = await _read_body(headers, stream, workdir, state.settings.max_upload_bytes)
-    return validate(create, upload, state, quote=quote, extra_uploads=extra_uploads)
+    return await validate_current(create, upload, state, quote=quote, extra_uploads=extra_uploads)

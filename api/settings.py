@@ -63,7 +63,9 @@ class Settings(BaseSettings):
     # Local workers are woken by NOTIFY when a job is handed to them; this poll only bounds a missed notification.
     local_worker_poll_seconds: float = 5.0
     engines: Literal["real", "builtin"] = "real"  # builtin: the small DSP engine, for tests and demos without weights
-    allow_noncommercial_models: bool = False
+    # Weights that are non-commercial or restricted (a revenue cap; models.lock `commercial_use = false` or
+    # `restriction`). Unset: allowed in local mode (dispatcher local), refused in production (dispatcher modal).
+    allow_noncommercial_models: bool | None = None
     # Modal: the API reloads the weights Volume this often, and before refusing a submit `model_not_installed`
     # (at most once per min gap), so models pulled after the container started are seen.
     weights_reload_seconds: float = Field(default=60.0, gt=0)
@@ -125,6 +127,17 @@ class Settings(BaseSettings):
     @property
     def weights_path(self) -> Path:
         return self.weights_dir or self.state_dir / "weights"
+
+    @property
+    def production(self) -> bool:
+        """A Modal deployment serving paying users; local mode (one machine, the local worker pool) is not."""
+        return self.dispatcher == "modal"
+
+    @property
+    def restricted_models_allowed(self) -> bool:
+        if self.allow_noncommercial_models is not None:
+            return self.allow_noncommercial_models
+        return not self.production
 
     @property
     def stripe_enabled(self) -> bool:

@@ -1,4 +1,4 @@
-"""Text-to-audio with diffusers: Stable Audio Open (default) and AudioLDM2 (non-commercial, off unless enabled).
+"""Text-to-audio with diffusers: Stable Audio Open (default) and AudioLDM2 (licence gate: api.jobs.request).
 
 The weights folder `weights_dir / model_key` is a diffusers pipeline folder as a hub snapshot or `save_pretrained`
 writes it. All variants of a job come from one batched pipeline call (`num_waveforms_per_prompt`).
@@ -28,8 +28,6 @@ from inference.audio import CONTENT_TYPES, encode
 from inference.base import EngineError, EngineResult, OutputFile, ProgressFn
 from inference.params import GenerateParams
 
-# Models whose weights forbid commercial use: refused unless the deployment enables them explicitly.
-NONCOMMERCIAL_LICENCES = {"audioldm2": "CC BY-NC-SA 4.0"}
 _PIPELINES: dict[str, type[DiffusionPipeline]] = {
     "stable-audio-open": StableAudioPipeline,
     "audioldm2": AudioLDM2Pipeline,
@@ -45,16 +43,10 @@ class _Geometry:
     max_seconds: float | None  # the longest it can produce; None when only the params limit applies
 
 
-def build_engine(model_key: str, weights_dir: Path, *, allow_noncommercial: bool = False) -> GenerateEngine:
+def build_engine(model_key: str, weights_dir: Path) -> GenerateEngine:
     """Load the pipeline once (slow: seconds to a minute for the real weights), on CUDA in fp16 when available."""
     if model_key not in _PIPELINES:
         raise EngineError(f"unknown generation model {model_key!r}", code="unknown_model")
-    if model_key in NONCOMMERCIAL_LICENCES and not allow_noncommercial:
-        raise EngineError(
-            f"{model_key} weights are licensed {NONCOMMERCIAL_LICENCES[model_key]} (non-commercial use only) and "
-            "the model is not enabled on this service",
-            code="model_not_enabled",
-        )
     folder = Path(weights_dir) / model_key
     if not (folder / "model_index.json").is_file():
         raise FileNotFoundError(f"no diffusers pipeline for {model_key} at {folder} (pull the model weights first)")

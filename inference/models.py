@@ -89,11 +89,19 @@ class ModelEntry:
     files: tuple[ModelFile, ...]
     licence_note: str = ""
     licence_unresolved: bool = False
+    licence_url: str = ""  # where the weights' terms are stated
+    restriction: str = ""  # terms beyond commercial_use that a paid service must respect (e.g. a revenue cap)
     hub_repo: str | None = None
     revision: str | None = None
     gated: bool = False
     unverifiable: str = ""  # why the entry cannot be verified yet, when it cannot
     hub_small_files: tuple[str, ...] = ()  # fnmatch patterns of small (non-LFS) hub files, checked by git sha1
+
+    @property
+    def restricted(self) -> bool:
+        """Weights a paid service may not use freely: non-commercial, or commercial only under terms (a revenue cap).
+        Production refuses them unless the operator allows them (SPEC section 1)."""
+        return not self.commercial_use or bool(self.restriction)
 
     @property
     def pinned_hub(self) -> bool:
@@ -174,6 +182,8 @@ def load_lock(path: Path | None = None) -> ModelsLock:
                 files=files,
                 licence_note=body.get("licence_note", ""),
                 licence_unresolved=bool(body.get("licence_unresolved", False)),
+                licence_url=body.get("licence_url", ""),
+                restriction=body.get("restriction", ""),
                 hub_repo=body.get("hub_repo"),
                 revision=body.get("revision") or None,
                 gated=bool(body.get("gated", False)),

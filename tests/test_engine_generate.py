@@ -50,7 +50,7 @@ def stable_audio(weights_dir: Path) -> GenerateEngine:
 
 @pytest.fixture(scope="session")
 def audioldm2(weights_dir: Path) -> GenerateEngine:
-    return build_engine("audioldm2", weights_dir, allow_noncommercial=True)
+    return build_engine("audioldm2", weights_dir)
 
 
 def generate(engine: GenerateEngine, out_dir: Path, **fields: object) -> tuple[list[np.ndarray], list[dict]]:
@@ -114,13 +114,6 @@ def test_stable_audio_rejects_durations_beyond_what_the_model_makes(stable_audio
         generate(stable_audio, tmp_path, duration_s=STABLE_AUDIO_MAX_SECONDS + 0.1)
     assert error.value.code == "duration_too_long"
     assert not list(tmp_path.iterdir())
-
-
-def test_audioldm2_is_refused_unless_noncommercial_models_are_allowed(weights_dir: Path):
-    with pytest.raises(EngineError) as error:
-        load_engine("generate", "audioldm2", weights_dir)
-    assert error.value.code == "model_not_enabled"
-    assert "non-commercial" in str(error.value)
 
 
 def test_audioldm2_generates_mono_variants_reproducibly(audioldm2: GenerateEngine, tmp_path: Path):

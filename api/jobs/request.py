@@ -182,9 +182,31 @@ def lock_entries() -> dict[str, ModelEntry]:
     return dict(load_lock().models)
 
 
-def model_enabled(entry: ModelEntry, state: AppState) -> bool:
-    # Non-commercial weights (AudioLDM2) stay off unless the operator opts in for non-commercial use.
-    return entry.enabled_by_default or state.settings.allow_noncommercial_models
+def model_enabled(entry: ModelEntry, settings: Settings) -> bool:
+    """The one licence gate, for every task: restricted weights (models.lock `commercial_use = false` or a
+    `restriction`) only where the deployment allows them (local mode, or STUDIO_ALLOW_NONCOMMERCIAL_MODELS=true)."""
+    return not entry.restricted or settings.restricted_models_allowed
+
+
+def licence_refusal(entry: ModelEntry) -> str:
+    terms = entry.restriction or "not for commercial use"
+    return (
+        f"{entry.key}'s weights are licensed {entry.licence}: {terms}"
+        + (f" ({entry.licence_url})" if entry.licence_url else "")
+        + ". This deployment does not use them; its operator may allow them with "
+        "STUDIO_ALLOW_NONCOMMERCIAL_MODELS=true where the terms permit (see GET /v1/tasks)."
+    )
+
+
+def not_enabled(entry: ModelEntry) -> Problem:
+    return invalid(
+        "model_not_enabled",
+        "Model not enabled",
+        licence_refusal(entry),
+        model=entry.key,
+        licence=entry.licence,
+        licence_url=entry.licence_url,
+    )
 
 
 def model_installed(entry: ModelEntry, settings: Settings) -> bool:
@@ -243,12 +265,14 @@ def validate(
             errors=_field_errors(exc, "params"),
         ) from exc
     entry = lock_entries().get(spec.model_key(params)) if spec.needs_weights else None
-    if spec.needs_weights and (entry is None or not model_enabled(entry, state)):
+    if spec.needs_weights and entry is None:
         raise invalid(
             "model_not_enabled",
             "Model not enabled",
-            f"{spec.model_key(params)} is not enabled on this deployment (see its licence in GET /v1/tasks).",
+            f"{spec.model_key(params)} is not in this deployment's models.lock.",
         )
+    if entry is not None and not model_enabled(entry, state.settings):
+        raise not_enabled(entry)
     # Quotes still price a model that is not installed (the price does not depend on it); a submit is refused here,
     # before any hold, rather than failing in the worker after charging.
     if not quote and entry is not None and not model_installed(entry, state.settings):

@@ -26,9 +26,18 @@ class ModelInfo(BaseModel):
     key: str
     licence: str
     licence_note: str
+    licence_url: str = Field(description="Where the weights' terms are stated (empty when only `source` says).")
     commercial_use: bool
+    restriction: str = Field(description="Terms beyond `commercial_use` a paid service must respect (a revenue cap).")
+    restricted: bool = Field(
+        description="Non-commercial or restricted weights: refused in production unless the operator allows them"
+        " (STUDIO_ALLOW_NONCOMMERCIAL_MODELS); local mode allows them."
+    )
     licence_unresolved: bool
-    enabled: bool = Field(description="Whether this deployment accepts jobs for the model (its licence allows it).")
+    enabled: bool = Field(
+        description="Whether this deployment accepts jobs for the model; a submit for one that is not answers 422"
+        " `model_not_enabled` before any hold."
+    )
     installed: bool = Field(
         description="Whether its weights are installed here; a submit for a model that is not answers 422"
         " `model_not_installed`."
@@ -87,9 +96,12 @@ async def list_tasks(state: State) -> TaskList:
                 key=entry.key,
                 licence=entry.licence,
                 licence_note=entry.licence_note,
+                licence_url=entry.licence_url,
                 commercial_use=entry.commercial_use,
+                restriction=entry.restriction,
+                restricted=entry.restricted,
                 licence_unresolved=entry.licence_unresolved,
-                enabled=model_enabled(entry, state),
+                enabled=model_enabled(entry, settings),
                 installed=model_installed(entry, settings),
                 source=entry.source,
             )

@@ -25,6 +25,7 @@ from psycopg import AsyncConnection
 from pydantic import BaseModel
 
 from api.jobs.outbox import enqueue_job_event
+from api.jobs.request import licence_refusal, lock_entries, model_enabled
 from api.jobs.settle import INTERNAL_ERROR, WORKER_INTERRUPTED, fail_out_of_attempts, finish_attempt
 from api.protocols import Storage
 from api.settings import Settings
@@ -62,9 +63,7 @@ def build_engine(settings: Settings, task: str, model_key: str) -> Engine:
         return builtin(model_key, settings.weights_path, task=task)
     from inference.registry import load_engine
 
-    # Only the generation factory takes the licence switch; the others take no options.
-    options: dict[str, Any] = {"allow_noncommercial": settings.allow_noncommercial_models} if task == "generate" else {}
-    return load_engine(task, model_key, settings.weights_path, **options)
+    return load_engine(task, model_key, settings.weights_path)
 
 
 @dataclass
@@ -78,6 +77,11 @@ class WorkerContext:
     heartbeat_interval: float = 0.5  # seconds between progress/heartbeat writes (the throttle)
 
     def engine(self, task: str, model_key: str) -> Engine:
+        # The licence gate again (the submit checked it), preloaded engines included: a job queued before the
+        # operator changed the setting does not run.
+        entry = lock_entries().get(model_key)
+        if entry is not None and not model_enabled(entry, self.settings):
+            raise EngineError(licence_refusal(entry), code="model_not_enabled")
         key = (task, model_key)
         if key not in self.engines:
             self.engines[key] = build_engine(self.settings, task, model_key)

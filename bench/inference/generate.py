@@ -40,7 +40,7 @@ def _make_prompt(minutes: float, folder: Path) -> Path:
 def _setup(model_key: str) -> Any:
     def setup(scratch: Path) -> GenerateEngine:
         _BUILDERS[model_key](scratch / model_key)
-        return build_engine(model_key, scratch, allow_noncommercial=True)
+        return build_engine(model_key, scratch)
 
     return setup
 

@@ -14,6 +14,11 @@ from typing import Any
 
 from api.settings import Settings
 
+# In the state folder: the URL `studio serve` listens on, which the client commands use when STUDIO_API_URL is unset
+# (so `PORT=8765 bash scripts/serve.sh` and then `studio submit` reach the same server).
+SERVED_URL_FILE = "api_url"
+DEFAULT_API_URL = "http://127.0.0.1:8000"
+
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
     from api.database import resolve_database_url
@@ -46,11 +51,19 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             super().handle_exit(sig, frame)
             self._captured_signals.clear()
 
+    host = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host
+    served_url = settings.state_dir / SERVED_URL_FILE
+
     async def serve() -> None:
         async with local_state(settings) as state:
             app = create_app(state, background=background_services(state))
             config = uvicorn.Config(app, host=args.host, port=args.port, log_level="info", proxy_headers=True)
-            await Server(config).serve()
+            served_url.parent.mkdir(parents=True, exist_ok=True)
+            served_url.write_text(f"http://{host}:{args.port}\n")
+            try:
+                await Server(config).serve()
+            finally:
+                served_url.unlink(missing_ok=True)
 
     asyncio.run(serve())
     return 0
@@ -120,8 +133,18 @@ def _pull_progress() -> Any:
     return progress
 
 
+def _api_url() -> str:
+    """STUDIO_API_URL, else where a local `studio serve` listens (its state folder says), else the default port."""
+    if os.environ.get("STUDIO_API_URL"):
+        return os.environ["STUDIO_API_URL"]
+    try:
+        return (Settings().state_dir / SERVED_URL_FILE).read_text().strip() or DEFAULT_API_URL
+    except OSError:
+        return DEFAULT_API_URL
+
+
 def _client_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--api", default=os.environ.get("STUDIO_API_URL", "http://127.0.0.1:8000"))
+    parser.add_argument("--api", default=None, help="the API's URL (default: STUDIO_API_URL, else the served one)")
     parser.add_argument("--token", default=os.environ.get("STUDIO_TOKEN"))
 
 
@@ -136,7 +159,7 @@ def _cmd_client(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    api = client.StudioClient(args.api, args.token)
+    api = client.StudioClient(args.api or _api_url(), args.token)
     try:
         if args.command == "submit":
             params = dict(_parse_param(item) for item in args.param)

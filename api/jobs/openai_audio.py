@@ -31,7 +31,7 @@ from api.jobs.inputs import check_content_length, read_multipart
 from api.jobs.request import JobCreate, JobRequest, validate_current
 from api.state import AppState
 from db import jobs as db_jobs
-from inference.params import DEFAULT_TRANSCRIBE_MODEL, WHISPER_LANGUAGE_NAMES
+from inference.params import WHISPER_LANGUAGE_NAMES
 
 PATH_PREFIX = "/v1/audio/"  # the routes whose errors use OpenAI's error object (api.main)
 WHISPER_1 = "whisper-1"
@@ -70,7 +70,7 @@ def _invalid(param: str, message: str, code: str = "invalid_request") -> Problem
 
 
 def whisper_1_model(state: AppState) -> str:
-    return state.settings.audio_api_whisper_1_model or DEFAULT_TRANSCRIBE_MODEL
+    return state.settings.audio_api_whisper_1_model or state.settings.transcribe_model
 
 
 async def parse_audio_request(

@@ -237,6 +237,11 @@ def _extra_inputs(
     return urls
 
 
+def deployment_defaults(task: str, settings: Settings) -> dict[str, Any]:
+    """Params whose default is this deployment's choice rather than the task's (GET /v1/tasks shows them)."""
+    return {"model": settings.transcribe_model} if task == "transcribe" else {}
+
+
 def validate(
     create: JobCreate,
     upload: ReceivedInput | None,
@@ -248,7 +253,7 @@ def validate(
     spec = TASKS.get(create.task)
     if spec is None:
         raise invalid("unknown_task", "Unknown task", f"Tasks: {', '.join(TASKS)}.", tasks=list(TASKS))
-    raw_params = dict(create.params)
+    raw_params = {**deployment_defaults(create.task, state.settings), **create.params}
     if create.prompt is not None:
         if spec.input_kind != "text":
             raise invalid("invalid_params", "Invalid params", f"`prompt` is not a parameter of {create.task}.")

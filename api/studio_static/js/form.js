@@ -31,7 +31,9 @@ function hint(schema) {
   return parts.join(" · ");
 }
 
-export function buildParamsForm(container, schema, idPrefix) {
+// `optionState(name, value)` may return {disabled, note} for an enum option: it is shown disabled with the note
+// (e.g. a model this deployment has not installed), and never chosen by default.
+export function buildParamsForm(container, schema, idPrefix, { optionState = () => null } = {}) {
   container.replaceChildren();
   const fields = [];
   const required = new Set(schema.required || []);
@@ -44,8 +46,17 @@ export function buildParamsForm(container, schema, idPrefix) {
     if (Array.isArray(s.enum)) {
       input = el("select", { id, name });
       if (s.nullable) input.append(el("option", { value: "" }, "(none)"));
-      for (const option of s.enum) input.append(el("option", { value: String(option) }, String(option)));
+      for (const option of s.enum) {
+        const state = optionState(name, option);
+        const item = el("option", { value: String(option) }, state ? `${option} (${state.note})` : String(option));
+        if (state && state.disabled) item.disabled = true;
+        input.append(item);
+      }
       input.value = s.default ?? "";
+      if (input.selectedOptions[0] && input.selectedOptions[0].disabled) {
+        const usable = [...input.options].find((item) => !item.disabled);
+        input.value = usable ? usable.value : "";
+      }
     } else if (s.type === "boolean") {
       input = el("input", { id, name, type: "checkbox" });
       input.checked = Boolean(s.default);

@@ -35,6 +35,16 @@ def test_production_is_the_modal_dispatcher_and_refuses_restricted_weights_unles
     assert Settings(dispatcher="local", allow_noncommercial_models=False).restricted_models_allowed is False
 
 
+def test_modal_app_deploys_a_production_that_refuses_restricted_weights(monkeypatch: pytest.MonkeyPatch) -> None:
+    import modal_app
+
+    for key, value in modal_app.PRODUCTION_ENV.items():
+        monkeypatch.setenv(key, value)
+    deployed = Settings()
+    assert deployed.production and not deployed.restricted_models_allowed
+    assert deployed.transcribe_model == "faster-whisper/large-v3-turbo"
+
+
 def test_the_lock_marks_restricted_rows_with_their_terms_and_source() -> None:
     lock = load_lock()
     assert {key for key, entry in lock.models.items() if entry.restricted} == RESTRICTED

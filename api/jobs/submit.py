@@ -103,6 +103,8 @@ def fingerprint(job: JobRequest) -> str:
     extra |= {name: {"url": url} for name, url in job.extra_urls.items()}
     if extra:  # only then: requests without second inputs keep the fingerprints stored before they existed
         request["extra_inputs"] = extra
+    if job.deadline_s is not None:  # likewise
+        request["deadline_s"] = job.deadline_s
     return idempotency.request_hash(request)
 
 
@@ -149,7 +151,9 @@ async def create_job(
             raise
     else:
         cost = price(job.task, job.params, None)
-    deadline_at: datetime = state.clock() + timedelta(seconds=settings.job_deadline_seconds)
+    submitted_at = state.clock()
+    deadline_at: datetime = submitted_at + timedelta(seconds=settings.job_deadline_seconds)
+    cancel_after = None if job.deadline_s is None else submitted_at + timedelta(seconds=job.deadline_s)
     try:
         async with state.pool.connection() as conn, conn.transaction():
             await db_jobs.insert_job(
@@ -166,6 +170,7 @@ async def create_job(
                 webhook_url=job.webhook_url,
                 webhook_events=job.webhook_events,
                 deadline_at=deadline_at,
+                cancel_after=cancel_after,
             )
             await ledger.hold(conn, user_id, job_id, cost, deadline_at + HOLD_MARGIN)
             if idempotency_key is not None:
@@ -185,6 +190,8 @@ async def create_job(
                 available=exc.available,
             ) from exc
         raise
+    if cancel_after is not None and state.wake_reaper is not None:
+        state.wake_reaper()  # its next pass may now be due sooner
     try:
         await dispatch_job(state, job_id)
     except DispatchError as exc:

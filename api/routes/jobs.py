@@ -28,7 +28,7 @@ from api.jobs.pricing import RATES, price
 from api.jobs.request import JobCreate, invalid, parse_cancel_after, parse_request
 from api.jobs.submit import obtain_extra_inputs, obtain_input, submit_once
 from api.jobs.view import JobList, JobOut, JobStatus, job_resource, with_download_urls
-from api.routes.responses import AUTH_RESPONSES, problem_doc
+from api.routes.responses import AUTH_RESPONSES, SPEND_RESPONSES, problem_doc
 from db import jobs as db_jobs
 from db import ledger
 from inference.registry import TASKS, TaskName
@@ -207,7 +207,7 @@ async def create_quote(request: Request, user: CurrentUser, state: State) -> Quo
         200: {"model": JobOut, "description": "The job finished within `Prefer: wait`."},
         202: {"model": JobOut, "description": "Accepted: follow it by polling, SSE or webhook."},
         **AUTH_RESPONSES,
-        402: problem_doc(402, "insufficient_credits", "Not enough credits (see `required` and `available`)"),
+        **SPEND_RESPONSES,
         409: problem_doc(409, "idempotency_in_flight", "A request with this Idempotency-Key is in progress"),
         **_INPUT_ERRORS,
         503: problem_doc(503, "dispatch_failed", "The job could not be started; nothing was charged"),
@@ -240,7 +240,7 @@ async def submit_job(
         job = await parse_request(
             request.headers, request.stream(), state, workdir, quote=False, header_deadline=header_deadline
         )
-        submitted = await submit_once(state, user.id, job, key, workdir)
+        submitted = await submit_once(state, user.id, job, key, workdir, api_key_id=user.api_key_id)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     body = submitted.body

@@ -95,6 +95,14 @@ async def lock_caps(conn: AsyncConnection, key_id: UUID) -> KeyCaps | None:
     return None if row is None else KeyCaps(row[0], row[1], row[2])
 
 
+async def labels(conn: AsyncConnection, user_id: UUID, key_ids: list[UUID]) -> dict[UUID, tuple[str, str]]:
+    """(name, prefix) of the user's keys among `key_ids`, revoked ones included (usage outlives a key)."""
+    cursor = await conn.execute(
+        "SELECT id, name, prefix FROM api_keys WHERE user_id = %s AND id = ANY(%s)", (user_id, key_ids)
+    )
+    return {row[0]: (row[1], row[2]) for row in await cursor.fetchall()}
+
+
 async def list_live(conn: AsyncConnection, user_id: UUID) -> list[dict[str, Any]]:
     """The user's active keys, newest first."""
     cursor = await conn.execute(

@@ -209,6 +209,39 @@ async def entries(conn: AsyncConnection, user_id: UUID, *, before: int | None, l
     return await cursor.fetchall()
 
 
+UsageGroup = Literal["day", "task", "api_key"]
+# What each grouping groups captures by: the UTC day of the capture, the job's task, the key its hold was made through.
+_USAGE_GROUPS: dict[str, str] = {
+    "day": "to_char((e.created_at AT TIME ZONE 'UTC')::date, 'YYYY-MM-DD')",
+    "task": "j.task",
+    "api_key": "h.api_key_id::text",
+}
+
+
+@dataclass(frozen=True)
+class UsageRow:
+    group: str | None  # the day (YYYY-MM-DD), the task, or the API key id (None: the account's own token)
+    credits: int
+    jobs: int
+    audio_seconds: float
+
+
+async def usage(
+    conn: AsyncConnection, user_id: UUID, start: datetime, end: datetime, group_by: UsageGroup
+) -> list[UsageRow]:
+    """Captured credits, the jobs they paid for and those jobs' audio seconds, from the capture entries of the user's
+    ledger in [start, end), grouped; ordered by group."""
+    cursor = await conn.execute(
+        f"SELECT {_USAGE_GROUPS[group_by]} AS grp, coalesce(sum(-e.held_delta), 0)::bigint, count(*),"
+        " coalesce(sum((j.metrics->>'audio_seconds')::float8), 0)"
+        " FROM ledger_entries e JOIN jobs j ON j.id = e.job_id JOIN holds h ON h.job_id = e.job_id"
+        " WHERE e.user_id = %s AND e.kind = 'capture' AND e.created_at >= %s AND e.created_at < %s"
+        " GROUP BY grp ORDER BY grp NULLS LAST",
+        (user_id, start, end),
+    )
+    return [UsageRow(row[0], int(row[1]), int(row[2]), round(float(row[3]), 3)) for row in await cursor.fetchall()]
+
+
 async def invariant_violations(conn: AsyncConnection) -> list[InvariantViolation]:
     """Every account whose balance differs from the sum of its ledger entries (empty when all is well)."""
     cursor = await conn.execute(

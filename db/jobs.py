@@ -213,16 +213,17 @@ async def lock_next_ready(conn: AsyncConnection, ready_marker: str) -> UUID | No
 
 async def heartbeat(
     conn: AsyncConnection, job_id: UUID, attempt: int, progress: float, stage: str | None
-) -> bool | None:
-    """Record liveness and progress of this attempt. Returns cancel_requested, or None when the job is no longer
-    this attempt's."""
+) -> tuple[bool, bool] | None:
+    """Record liveness and progress of this attempt. Returns (cancel_requested, past its own deadline), or None when
+    the job is no longer this attempt's."""
     cursor = await conn.execute(
         "UPDATE jobs SET heartbeat_at = now(), progress = %s, stage = %s"
-        " WHERE id = %s AND status = 'running' AND attempts = %s RETURNING cancel_requested",
+        " WHERE id = %s AND status = 'running' AND attempts = %s"
+        f" RETURNING cancel_requested, NOT {_BEFORE_CANCEL_AFTER}",
         (progress, stage, job_id, attempt),
     )
     row = await cursor.fetchone()
-    return None if row is None else bool(row[0])
+    return None if row is None else (bool(row[0]), bool(row[1]))
 
 
 # ---- endings: lock the row while its guard holds, then write the final state (api.jobs.settle) ----

@@ -74,7 +74,7 @@ async def test_queued_job_past_its_deadline_is_canceled_released_and_told_apart_
     for job_id in (first, second):
         job = (await client.get(f"/v1/jobs/{job_id}", headers=alice["headers"])).json()
         assert job["status"] == "canceled" and job["cancel_reason"] == "deadline"
-        assert job["error"]["code"] == "deadline"
+        assert job["error"]["code"] == "deadline" and job["cancel_requested"] is False
         [(event, payload)] = await _webhook_payloads(app_state, job_id)
         assert event == "job.canceled" and payload["cancel_reason"] == "deadline"
     user_canceled = (await client.get(f"/v1/jobs/{third}", headers=alice["headers"])).json()

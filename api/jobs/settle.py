@@ -160,9 +160,8 @@ async def reap_cancel_after(conn: AsyncConnection, job_id: UUID, now: datetime) 
         was = await db_jobs.lock_past_cancel_after(conn, job_id, now)
         if was is None:
             return None
-        await _finish(
-            conn, job_id, JobStatus.CANCELED, error=CANCELED_AT_DEADLINE, finished_at=now, cancel_requested=True
-        )
+        # cancel_requested stays as it was: it records a user's request, and `cancel_reason` tells the two apart.
+        await _finish(conn, job_id, JobStatus.CANCELED, error=CANCELED_AT_DEADLINE, finished_at=now)
     return was
 
 

@@ -45,6 +45,7 @@ class User:
     id: UUID
     email: str | None
     via: Literal["token", "api_key"] = "token"
+    api_key_id: UUID | None = None  # the key this request came with (its spend caps apply to submits)
 
 
 def unauthorized(detail: str, *, missing: bool = False) -> Problem:
@@ -246,7 +247,7 @@ async def api_key_user(conn: psycopg.AsyncConnection, key: str) -> User:
     row = await db_api_keys.find_live(conn, key_hash(key))
     if row is None:
         raise unauthorized("The API key is unknown or revoked.")
-    return User(id=row[0], email=row[1], via="api_key")
+    return User(id=row[0], email=row[1], via="api_key", api_key_id=row[2])
 
 
 async def ensure_account(conn: psycopg.AsyncConnection, user_id: UUID, welcome_grant: int) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -79,6 +80,9 @@ class AppState:
     clock: Clock = utc_now
     stripe: StripeClient | None = None  # when Stripe is configured
     events: JobEvents | None = None  # the events hub, when the process runs one (api.wiring.background_services)
+    # Local mode's reaper loop (api.background.reaper.ReaperLoop) while it runs: a submit with a deadline calls it, so
+    # the loop re-plans its next pass for that deadline. None on Modal, whose Cron runs the reaper.
+    wake_reaper: Callable[[], None] | None = None
     token_verifier: TokenVerifier | None = None  # built on first use (api.deps); tests put their own in place
     failed_auth: FailedAuthLimiter = field(default_factory=FailedAuthLimiter)
     event_streams: StreamSlots = field(default_factory=StreamSlots)

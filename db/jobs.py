@@ -51,10 +51,12 @@ async def insert_job(
     webhook_url: str | None,
     webhook_events: list[str] | None,
     deadline_at: datetime,
+    cancel_after: datetime | None = None,
 ) -> None:
     await conn.execute(
         "INSERT INTO jobs (id, user_id, task, params, model_key, cost, input_ref, input_meta, extra_inputs,"
-        " webhook_url, webhook_events, deadline_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        " webhook_url, webhook_events, deadline_at, cancel_after)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
         (
             job_id,
             user_id,
@@ -68,6 +70,7 @@ async def insert_job(
             webhook_url,
             webhook_events,
             deadline_at,
+            cancel_after,
         ),
     )
 
@@ -155,6 +158,8 @@ async def status_of(conn: AsyncConnection, job_id: UUID) -> JobStatus | None:
 # A job an attempt may take: queued, or running under an attempt that is gone (its heartbeat went stale, or Modal
 # retried the same FunctionCall: Modal runs one attempt of a call at a time, so a retry of the same call after
 # preemption or a crash means the earlier attempt is gone and it takes the job over without waiting for staleness).
+# A job past its own deadline is the reaper's to cancel, never a worker's to start.
+_BEFORE_CANCEL_AFTER = "(cancel_after IS NULL OR cancel_after > now())"
 _CLAIMABLE = (
     "NOT cancel_requested AND (status = 'queued' OR (status = 'running'"
     " AND coalesce(heartbeat_at, started_at) < now() - make_interval(secs => %(stale_after)s))"
@@ -181,7 +186,7 @@ async def claim(
         "UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = coalesce(started_at, now()),"
         " heartbeat_at = now(), progress = 0, stage = 'starting', dispatch_id = coalesce(%(dispatch)s, dispatch_id),"
         " deadline_at = greatest(deadline_at, now() + make_interval(secs => %(deadline)s))"
-        f" WHERE id = %(id)s AND attempts < %(max)s AND {_CLAIMABLE}"
+        f" WHERE id = %(id)s AND attempts < %(max)s AND {_CLAIMABLE} AND {_BEFORE_CANCEL_AFTER}"
         " RETURNING id, user_id, task, params, model_key, input_ref, input_meta, extra_inputs, attempts",
         {
             "id": job_id,
@@ -199,7 +204,7 @@ async def lock_next_ready(conn: AsyncConnection, ready_marker: str) -> UUID | No
     in the caller's transaction so two workers never wait on or take the same row; None when there is none."""
     cursor = await conn.execute(
         "SELECT id FROM jobs WHERE status = 'queued' AND dispatch_id = %s AND NOT cancel_requested"
-        " AND deadline_at > now() ORDER BY created_at, id LIMIT 1 FOR UPDATE SKIP LOCKED",
+        f" AND deadline_at > now() AND {_BEFORE_CANCEL_AFTER} ORDER BY created_at, id LIMIT 1 FOR UPDATE SKIP LOCKED",
         (ready_marker,),
     )
     row = await cursor.fetchone()
@@ -208,16 +213,17 @@ async def lock_next_ready(conn: AsyncConnection, ready_marker: str) -> UUID | No
 
 async def heartbeat(
     conn: AsyncConnection, job_id: UUID, attempt: int, progress: float, stage: str | None
-) -> bool | None:
-    """Record liveness and progress of this attempt. Returns cancel_requested, or None when the job is no longer
-    this attempt's."""
+) -> tuple[bool, bool] | None:
+    """Record liveness and progress of this attempt. Returns (cancel_requested, past its own deadline), or None when
+    the job is no longer this attempt's."""
     cursor = await conn.execute(
         "UPDATE jobs SET heartbeat_at = now(), progress = %s, stage = %s"
-        " WHERE id = %s AND status = 'running' AND attempts = %s RETURNING cancel_requested",
+        " WHERE id = %s AND status = 'running' AND attempts = %s"
+        f" RETURNING cancel_requested, NOT {_BEFORE_CANCEL_AFTER}",
         (progress, stage, job_id, attempt),
     )
     row = await cursor.fetchone()
-    return None if row is None else bool(row[0])
+    return None if row is None else (bool(row[0]), bool(row[1]))
 
 
 # ---- endings: lock the row while its guard holds, then write the final state (api.jobs.settle) ----
@@ -250,6 +256,17 @@ async def lock_queued(conn: AsyncConnection, job_id: UUID, user_id: UUID | None 
 
 async def lock_past_deadline(conn: AsyncConnection, job_id: UUID, now: datetime) -> bool:
     return await _lock_if(conn, job_id, "status IN ('queued', 'running') AND deadline_at <= %(now)s", {"now": now})
+
+
+async def lock_past_cancel_after(conn: AsyncConnection, job_id: UUID, now: datetime) -> JobStatus | None:
+    """Lock an unfinished job past its own deadline; the state it was in, or None (settled, or another holds it)."""
+    cursor = await conn.execute(
+        "SELECT status FROM jobs WHERE id = %s AND status IN ('queued', 'running') AND cancel_after <= %s"
+        " FOR UPDATE SKIP LOCKED",
+        (job_id, now),
+    )
+    row = await cursor.fetchone()
+    return None if row is None else JobStatus(row[0])
 
 
 async def lock_stale(conn: AsyncConnection, job_id: UUID, attempts: int, before: datetime) -> bool:
@@ -386,6 +403,23 @@ async def past_deadline(conn: AsyncConnection, now: datetime) -> list[tuple[UUID
         "SELECT id, dispatch_id FROM jobs WHERE status IN ('queued', 'running') AND deadline_at <= %s", (now,)
     )
     return [(row[0], row[1]) for row in await cursor.fetchall()]
+
+
+async def past_cancel_after(conn: AsyncConnection, now: datetime) -> list[tuple[UUID, str | None]]:
+    """Unfinished jobs past their own deadline (`deadline_s`): (id, dispatch_id)."""
+    cursor = await conn.execute(
+        "SELECT id, dispatch_id FROM jobs WHERE status IN ('queued', 'running') AND cancel_after <= %s", (now,)
+    )
+    return [(row[0], row[1]) for row in await cursor.fetchall()]
+
+
+async def next_cancel_after(conn: AsyncConnection) -> datetime | None:
+    """The earliest deadline of an unfinished job that has one (local mode's reaper wakes for it)."""
+    cursor = await conn.execute(
+        "SELECT min(cancel_after) FROM jobs WHERE status IN ('queued', 'running') AND cancel_after IS NOT NULL"
+    )
+    row = await cursor.fetchone()
+    return None if row is None else row[0]
 
 
 async def stale_running(conn: AsyncConnection, before: datetime) -> list[tuple[UUID, int]]:

@@ -39,6 +39,12 @@ class Balance:
 
 
 @dataclass(frozen=True)
+class KeySpend:
+    day: int
+    month: int
+
+
+@dataclass(frozen=True)
 class InvariantViolation:
     user_id: UUID
     available: int
@@ -95,14 +101,38 @@ async def ensure_account(conn: AsyncConnection, user_id: UUID, *, welcome_grant:
         return await _post(conn, user_id, "grant", f"grant:{user_id}", welcome_grant, 0)
 
 
-async def hold(conn: AsyncConnection, user_id: UUID, job_id: UUID, amount: int, expires_at: datetime) -> None:
-    """Reserve `amount` for the job. Raises InsufficientCredits (nothing written) when available < amount."""
+async def hold(
+    conn: AsyncConnection,
+    user_id: UUID,
+    job_id: UUID,
+    amount: int,
+    expires_at: datetime,
+    *,
+    api_key_id: UUID | None = None,
+) -> None:
+    """Reserve `amount` for the job, recording the API key it was submitted through (its caps and usage count it).
+    Raises InsufficientCredits (nothing written) when available < amount."""
     async with conn.transaction():
         await _post(conn, user_id, "hold", f"hold:{job_id}", -amount, amount, job_id=job_id, require_available=amount)
         await conn.execute(
-            "INSERT INTO holds (job_id, user_id, amount, expires_at) VALUES (%s, %s, %s, %s)",
-            (job_id, user_id, amount, expires_at),
+            "INSERT INTO holds (job_id, user_id, amount, expires_at, api_key_id) VALUES (%s, %s, %s, %s, %s)",
+            (job_id, user_id, amount, expires_at, api_key_id),
         )
+
+
+async def key_spend(conn: AsyncConnection, api_key_id: UUID, day_start: datetime, month_start: datetime) -> KeySpend:
+    """Credits held or captured through the key since `day_start` and since `month_start`: what its caps count.
+    Released and expired holds gave their credits back, so they do not count."""
+    cursor = await conn.execute(
+        "SELECT coalesce(sum(amount) FILTER (WHERE created_at >= %(day)s), 0)::bigint,"
+        " coalesce(sum(amount) FILTER (WHERE created_at >= %(month)s), 0)::bigint FROM holds"
+        " WHERE api_key_id = %(key)s AND state IN ('pending', 'captured')"
+        " AND created_at >= least(%(day)s::timestamptz, %(month)s::timestamptz)",
+        {"key": api_key_id, "day": day_start, "month": month_start},
+    )
+    row = await cursor.fetchone()
+    assert row is not None
+    return KeySpend(day=row[0], month=row[1])
 
 
 async def _settle(conn: AsyncConnection, job_id: UUID, to_state: str, kind: LedgerKind) -> bool:
@@ -177,6 +207,39 @@ async def entries(conn: AsyncConnection, user_id: UUID, *, before: int | None, l
         (user_id, before, before, limit),
     )
     return await cursor.fetchall()
+
+
+UsageGroup = Literal["day", "task", "api_key"]
+# What each grouping groups captures by: the UTC day of the capture, the job's task, the key its hold was made through.
+_USAGE_GROUPS: dict[str, str] = {
+    "day": "to_char((e.created_at AT TIME ZONE 'UTC')::date, 'YYYY-MM-DD')",
+    "task": "j.task",
+    "api_key": "h.api_key_id::text",
+}
+
+
+@dataclass(frozen=True)
+class UsageRow:
+    group: str | None  # the day (YYYY-MM-DD), the task, or the API key id (None: the account's own token)
+    credits: int
+    jobs: int
+    audio_seconds: float
+
+
+async def usage(
+    conn: AsyncConnection, user_id: UUID, start: datetime, end: datetime, group_by: UsageGroup
+) -> list[UsageRow]:
+    """Captured credits, the jobs they paid for and those jobs' audio seconds, from the capture entries of the user's
+    ledger in [start, end), grouped; ordered by group."""
+    cursor = await conn.execute(
+        f"SELECT {_USAGE_GROUPS[group_by]} AS grp, coalesce(sum(-e.held_delta), 0)::bigint, count(*),"
+        " coalesce(sum((j.metrics->>'audio_seconds')::float8), 0)"
+        " FROM ledger_entries e JOIN jobs j ON j.id = e.job_id JOIN holds h ON h.job_id = e.job_id"
+        " WHERE e.user_id = %s AND e.kind = 'capture' AND e.created_at >= %s AND e.created_at < %s"
+        " GROUP BY grp ORDER BY grp NULLS LAST",
+        (user_id, start, end),
+    )
+    return [UsageRow(row[0], int(row[1]), int(row[2]), round(float(row[3]), 3)) for row in await cursor.fetchall()]
 
 
 async def invariant_violations(conn: AsyncConnection) -> list[InvariantViolation]:

@@ -218,6 +218,29 @@ async def test_cancel_while_running_cancels_and_releases(
     assert "job.canceled" in {row[0] for row in await cursor.fetchall()}
 
 
+async def test_a_running_job_past_its_own_deadline_is_canceled_by_its_worker(
+    conn: psycopg.AsyncConnection, ctx: WorkerContext, storage: LocalStorage, settings: Settings, tone: Path
+) -> None:
+    # No reaper runs here: the worker's heartbeat alone notices the deadline (`deadline_s`) and ends the job.
+    user = await make_user(conn)
+    job_id = await make_job(conn, storage, settings, user, tone, cost=10, webhook_url="https://hooks.example.com/x")
+    engine = PacedEngine()
+    ctx.engines[("enhance", "builtin")] = engine
+
+    run = asyncio.create_task(run_job(ctx, job_id))
+    await wait_until(lambda: asyncio.to_thread(engine.started.wait, 0), what="the engine to start")
+    await conn.execute("UPDATE jobs SET cancel_after = now() WHERE id = %s", (job_id,))
+    assert await asyncio.wait_for(run, 30) == "canceled"
+
+    job = await job_row(conn, job_id)
+    assert job["status"] == "canceled" and job["error"]["code"] == "deadline" and job["outputs"] == []
+    assert await _balances(conn, user) == (100, 0)
+    assert await ledger_kinds(conn, job_id) == ["hold", "release"]
+    cursor = await conn.execute("SELECT payload FROM webhook_deliveries WHERE event = 'job.canceled'")
+    [(payload,)] = await cursor.fetchall()
+    assert payload["cancel_reason"] == "deadline"
+
+
 async def test_a_dead_attempt_is_reclaimed_and_a_live_one_left_alone(
     conn: psycopg.AsyncConnection, ctx: WorkerContext, storage: LocalStorage, settings: Settings, tone: Path
 ) -> None:

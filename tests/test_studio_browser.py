@@ -451,6 +451,44 @@ def test_generate_from_a_prompt(page: Page, live_builtin: LiveStudio) -> None:
     shot(page, "13-generate")
 
 
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def test_account_usage_chart_and_csv(page: Page, live_builtin: LiveStudio) -> None:
+    base, auth = live_builtin.base_url, {"Authorization": f"Bearer {demo_token(live_builtin)}"}
+    job = {"task": "generate", "params": {"prompt": "usage", "duration_s": 8}}
+    done = httpx.post(f"{base}/v1/jobs", json=job, headers={**auth, "Prefer": "wait=60"}, timeout=90)
+    assert done.status_code == 200 and done.json()["status"] == "succeeded", done.text
+    by_day = httpx.get(f"{base}/v1/usage", headers=auth).json()["data"]
+    [generate] = [
+        row
+        for row in httpx.get(f"{base}/v1/usage?group_by=task", headers=auth).json()["data"]
+        if row["group"] == "generate"
+    ]
+
+    sign_in(page, live_builtin)
+    page.get_by_role("link", name="Account").click()
+    bars = page.locator("#usage-chart rect.bar")
+    expect(bars).to_have_count(30)  # the last 30 days, today last
+    today = by_day[-1]
+    expect(bars.last.locator("title")).to_have_text(
+        f"{today['label']}: {_count(today['credits'], 'credit')}, {_count(today['jobs'], 'job')}"
+    )
+    assert float(bars.last.get_attribute("height") or 0) > 0 and float(bars.first.get_attribute("height") or 1) == 0
+    page.locator("#usage-group").select_option("task")
+    expect(page.locator('#usage-chart rect.bar[data-group="generate"] title')).to_have_text(
+        f"generate: {_count(generate['credits'], 'credit')}, {_count(generate['jobs'], 'job')}"
+    )
+    expect(page.locator("#usage-total")).to_contain_text(f"{_count(generate['jobs'], 'job')}, 0 s of audio")
+    shot(page, "14-usage")
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Download CSV").click()
+    table = Path(download.value.path()).read_text().splitlines()
+    assert table[0] == "task,credits,jobs,audio_seconds"
+    assert f"generate,{generate['credits']},{generate['jobs']},0.0" in table
+
+
 # ---- Supabase mode: no one-click sign-in; a magic link through supabase-js ----
 
 FAKE_SUPABASE = "http://127.0.0.1:9"  # never contacted by the server here; the browser's calls are answered below

@@ -57,11 +57,23 @@ async def _connection(conn_or_pool: AsyncConnection | AsyncConnectionPool) -> As
 async def reap(
     conn_or_pool: AsyncConnection | AsyncConnectionPool, dispatcher: Dispatcher, settings: Settings, now: datetime
 ) -> ReapReport:
-    """Fail jobs past their deadline, with a stale heartbeat, or whose dispatch has ended; cancel jobs whose
-    cancel can no longer be honoured by a worker; requeue queued jobs whose dispatch vanished."""
+    """Cancel jobs past their own deadline (`deadline_s`); fail jobs past the deployment's deadline, with a stale
+    heartbeat, or whose dispatch has ended; cancel jobs whose cancel can no longer be honoured by a worker; requeue
+    queued jobs whose dispatch vanished."""
     report = ReapReport()
     stale_before = now - timedelta(seconds=settings.heartbeat_timeout_seconds)
     async with _connection(conn_or_pool) as conn:
+        # The job's own deadline first: a job past both ends as the user asked (canceled), not failed.
+        for job_id, dispatch_id in await db_jobs.past_cancel_after(conn, now):
+            was = await settle.reap_cancel_after(conn, job_id, now)
+            if was is None:
+                continue
+            report.canceled.append(job_id)
+            if was == JobStatus.QUEUED and dispatch_id:
+                # Dispatched, never claimed: drop the call (as a user's cancel does). A running attempt is left to
+                # stop at its next heartbeat: cancelling its execution would interrupt it wherever it is.
+                await _cancel_quietly(dispatcher, dispatch_id, terminate=False)
+
         for job_id, dispatch_id in await db_jobs.past_deadline(conn, now):
             if await settle.reap_past_deadline(conn, job_id, now):
                 report.failed.append(job_id)
@@ -132,8 +144,9 @@ async def clean_retention(
 
 
 class ReaperLoop:
-    """Local mode's scheduler: reap, start waiting jobs, sweep retention; every `reaper_interval_seconds`, and at
-    once whenever a local run ends (its user has a free slot)."""
+    """Local mode's scheduler: reap, start waiting jobs, sweep retention; every `reaper_interval_seconds`, at once
+    whenever a local run ends (its user has a free slot) or a job with a deadline is submitted, and at the earliest
+    job deadline (`deadline_s`) when that comes sooner than the interval."""
 
     def __init__(self, state: AppState) -> None:
         self.state = state
@@ -149,11 +162,22 @@ class ReaperLoop:
         await dispatch_ready(state)
         await clean_retention(state.pool, state.storage, state.settings, state.clock())
 
+    async def next_wait(self) -> float:
+        """Seconds until the next pass: the interval, or less when a job's deadline comes first (on the state's
+        clock, so tests drive it)."""
+        interval = self.state.settings.reaper_interval_seconds
+        async with self.state.pool.connection() as conn:
+            deadline = await db_jobs.next_cancel_after(conn)
+        if deadline is None:
+            return interval
+        return min(interval, max(0.0, (deadline - self.state.clock()).total_seconds()))
+
     async def start(self) -> None:
         wake = self._wake = asyncio.Event()
         self._stopping.clear()
         if isinstance(self.state.dispatcher, LocalDispatcher):
             self.state.dispatcher.on_finished(wake.set)
+        self.state.wake_reaper = wake.set
         self._task = asyncio.create_task(self._run(wake))
 
     async def _run(self, wake: asyncio.Event) -> None:
@@ -162,11 +186,15 @@ class ReaperLoop:
                 await self.run_once()
             except Exception:
                 log.exception("reaper pass failed; retrying next interval")
+            wait = self.state.settings.reaper_interval_seconds
+            with contextlib.suppress(Exception):  # the database being away only means the plain interval
+                wait = await self.next_wait()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), self.state.settings.reaper_interval_seconds)
+                await asyncio.wait_for(wake.wait(), wait)
             wake.clear()
 
     async def stop(self) -> None:
+        self.state.wake_reaper = None
         self._stopping.set()
         if self._wake is not None:
             self._wake.set()  # end the wait for the next interval now

@@ -7,6 +7,8 @@ Request bodies, for submits and quotes alike:
 - multipart/form-data: `task`, `params` (a JSON object as text), `file` or `input_url`, optional `prompt`,
   `webhook_url`, `webhook_events` (JSON array or comma-separated); quotes also take `duration_s`.
 - application/json: the same members, `params` as an object and `webhook_events` as an array.
+- `deadline_s` (either form), or the `Cancel-After` header (Replicate's form: `90`, `30s`, `5m`, `1h30m`): the job's
+  own deadline, counted from the submit; a job not finished by then ends `canceled` with reason `deadline`.
 
 Second inputs (`TaskSpec.extra_inputs`, e.g. master's `reference`): a multipart file part under the input's name or
 `<name>_url`, accepted only by the tasks that declare that input (422 `unexpected_input` naming the field otherwise).
@@ -15,6 +17,7 @@ Second inputs (`TaskSpec.extra_inputs`, e.g. master's `reference`): a multipart 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from functools import cache
@@ -36,6 +39,34 @@ from inference.registry import TASKS
 # Every second input any task declares: the multipart reader accepts these file parts, then `validate` refuses one
 # the chosen task does not take.
 EXTRA_INPUT_NAMES = frozenset(name for spec in TASKS.values() for name in spec.extra_inputs)
+
+
+MIN_DEADLINE_SECONDS = 1
+MAX_DEADLINE_SECONDS = 24 * 3600
+# Replicate's duration form (https://replicate.com/changelog/2025-10-16-prediction-deadlines shows `Cancel-After: 1m`):
+# hours, minutes and seconds in that order, each optional; a bare number is seconds.
+_CANCEL_AFTER = re.compile(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s?)?", re.ASCII)
+
+
+def parse_cancel_after(raw: str) -> float:
+    """Seconds from a `Cancel-After` value; 422 `invalid_cancel_after` for anything else or out of range."""
+    text = raw.strip()
+    match = _CANCEL_AFTER.fullmatch(text)
+    if not text or match is None or not any(match.groups()):
+        raise invalid(
+            "invalid_cancel_after",
+            "Invalid Cancel-After",
+            "Use seconds (`90`) or a duration such as `30s`, `5m`, `1h30m`.",
+        )
+    hours, minutes, seconds = (float(part) if part else 0.0 for part in match.groups())
+    total = hours * 3600 + minutes * 60 + seconds
+    if not MIN_DEADLINE_SECONDS <= total <= MAX_DEADLINE_SECONDS:
+        raise invalid(
+            "invalid_cancel_after",
+            "Invalid Cancel-After",
+            f"The deadline must be between {MIN_DEADLINE_SECONDS} s and {MAX_DEADLINE_SECONDS} s.",
+        )
+    return total
 
 
 class JobCreate(BaseModel):
@@ -65,6 +96,13 @@ class JobCreate(BaseModel):
     webhook_url: str | None = None
     webhook_events: list[str] | None = Field(default=None, description=f"Subset of {list(WEBHOOK_EVENTS)}.")
     duration_s: float | None = Field(default=None, gt=0, description="Quotes only: price this much audio.")
+    deadline_s: float | None = Field(
+        default=None,
+        ge=MIN_DEADLINE_SECONDS,
+        le=MAX_DEADLINE_SECONDS,
+        description="Cancel the job if it has not finished this many seconds after the submit (reason `deadline`,"
+        " nothing charged). The `Cancel-After` header says the same.",
+    )
 
 
 @dataclass
@@ -78,11 +116,22 @@ class JobRequest:
     webhook_url: str | None
     webhook_events: list[str] | None
     duration_s: float | None
+    deadline_s: float | None = None  # the job's own deadline, from the body or the Cancel-After header
 
 
 # The text fields of a form body (multipart adds `file`).
 FORM_FIELDS = frozenset(
-    {"task", "params", "input_url", "reference_url", "prompt", "webhook_url", "webhook_events", "duration_s"}
+    {
+        "task",
+        "params",
+        "input_url",
+        "reference_url",
+        "prompt",
+        "webhook_url",
+        "webhook_events",
+        "duration_s",
+        "deadline_s",
+    }
 )
 
 
@@ -154,7 +203,7 @@ def _from_fields(fields: dict[str, str]) -> JobCreate:
     unknown = set(fields) - FORM_FIELDS
     if unknown:
         raise invalid("invalid_request", "Unknown form field", f"Unknown fields: {', '.join(sorted(unknown))}.")
-    text = ("task", "input_url", "reference_url", "prompt", "webhook_url", "duration_s")
+    text = ("task", "input_url", "reference_url", "prompt", "webhook_url", "duration_s", "deadline_s")
     data: dict[str, Any] = {key: value for key, value in fields.items() if key in text}
     if "params" in fields:
         data["params"] = _json_field(fields["params"] or "{}", "params")
@@ -332,6 +381,7 @@ def validate(
         webhook_url=webhook_url,
         webhook_events=events,
         duration_s=create.duration_s,
+        deadline_s=create.deadline_s,
     )
 
 
@@ -353,8 +403,21 @@ async def validate_current(
 
 
 async def parse_request(
-    headers: Mapping[str, str], stream: AsyncIterator[bytes], state: AppState, workdir: Path, *, quote: bool
+    headers: Mapping[str, str],
+    stream: AsyncIterator[bytes],
+    state: AppState,
+    workdir: Path,
+    *,
+    quote: bool,
+    header_deadline: float | None = None,
 ) -> JobRequest:
-    """Read (streamed, capped) and validate a submit or quote body; an upload lands in `workdir`."""
+    """Read (streamed, capped) and validate a submit or quote body; an upload lands in `workdir`.
+    `header_deadline` is a submit's `Cancel-After` (`parse_cancel_after`), which must agree with any `deadline_s`."""
     create, upload, extra_uploads = await _read_body(headers, stream, workdir, state.settings.max_upload_bytes)
+    if header_deadline is not None:
+        if create.deadline_s is not None and create.deadline_s != header_deadline:
+            raise invalid(
+                "invalid_request", "Two deadlines", "`deadline_s` and the Cancel-After header differ: send one."
+            )
+        create = create.model_copy(update={"deadline_s": header_deadline})
     return await validate_current(create, upload, state, quote=quote, extra_uploads=extra_uploads)

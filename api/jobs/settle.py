@@ -16,6 +16,7 @@ import psycopg
 from psycopg import AsyncConnection
 
 from api.jobs.outbox import enqueue_job_event
+from api.jobs.view import DEADLINE_CODE
 from db import jobs as db_jobs
 from db import ledger
 from db.jobs import JobStatus
@@ -24,6 +25,12 @@ log = logging.getLogger("studio.settle")
 
 DISPATCH_FAILED = {"code": "dispatch_failed", "message": "The job could not be started; nothing was charged."}
 USER_CANCELED = {"code": "canceled", "message": "Canceled by the user."}
+# The job's own deadline (`deadline_s` / Cancel-After) passed: canceled, not failed, and told apart from a user's
+# cancel by this code (the job view's `cancel_reason`).
+CANCELED_AT_DEADLINE = {
+    "code": DEADLINE_CODE,
+    "message": "The job did not finish within its deadline_s and was canceled; no credits were charged.",
+}
 DEADLINE_EXCEEDED = {"code": "deadline_exceeded", "message": "The job did not finish in time; no credits were charged."}
 WORKER_LOST = {
     "code": "worker_lost",
@@ -143,6 +150,19 @@ async def reap_past_deadline(conn: AsyncConnection, job_id: UUID, now: datetime)
             return False
         await _finish(conn, job_id, JobStatus.FAILED, error=DEADLINE_EXCEEDED, finished_at=now, expired=True)
     return True
+
+
+async def reap_cancel_after(conn: AsyncConnection, job_id: UUID, now: datetime) -> JobStatus | None:
+    """The reaper cancels a job past its own deadline: canceled with `CANCELED_AT_DEADLINE`, hold released, webhook
+    `job.canceled`. Returns the state the job was in (None: not this call's to settle). A running worker finds the
+    job no longer its own at its next heartbeat and stops; a queued job's dispatch is the caller's to cancel."""
+    async with conn.transaction():
+        was = await db_jobs.lock_past_cancel_after(conn, job_id, now)
+        if was is None:
+            return None
+        # cancel_requested stays as it was: it records a user's request, and `cancel_reason` tells the two apart.
+        await _finish(conn, job_id, JobStatus.CANCELED, error=CANCELED_AT_DEADLINE, finished_at=now)
+    return was
 
 
 async def reap_stale(conn: AsyncConnection, job_id: UUID, attempts: int, before: datetime, now: datetime) -> bool:

@@ -10,10 +10,12 @@ before the commit; a refused dispatch fails the job and releases its hold (`api.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
+
+from psycopg import AsyncConnection
 
 from api.errors import Problem
 from api.jobs import idempotency
@@ -23,6 +25,7 @@ from api.jobs.pricing import price
 from api.jobs.request import JobRequest
 from api.jobs.view import job_resource
 from api.state import AppState
+from db import api_keys as db_api_keys
 from db import jobs as db_jobs
 from db import ledger
 from inference.registry import TASKS
@@ -103,13 +106,74 @@ def fingerprint(job: JobRequest) -> str:
     extra |= {name: {"url": url} for name, url in job.extra_urls.items()}
     if extra:  # only then: requests without second inputs keep the fingerprints stored before they existed
         request["extra_inputs"] = extra
+    if job.deadline_s is not None:  # likewise
+        request["deadline_s"] = job.deadline_s
     return idempotency.request_hash(request)
 
 
+def cap_periods(now: datetime) -> tuple[datetime, datetime]:
+    """The starts of the UTC day and the UTC calendar month that `now` falls in: the caps' periods."""
+    day = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    return day, day.replace(day=1)
+
+
+async def hold_for_job(
+    conn: AsyncConnection,
+    user_id: UUID,
+    job_id: UUID,
+    task: str,
+    cost: int,
+    expires_at: datetime,
+    *,
+    api_key_id: UUID | None,
+    now: datetime,
+) -> None:
+    """A submit's hold, in the transaction that creates its job. Through an API key, the key's allowed tasks and
+    spend caps come first, with the key's row locked: racing submits through one key decide one at a time, each
+    counting the holds the one before committed, so together they cannot pass a cap. Raises a Problem (403 for a
+    task the key may not submit, 402 naming the cap), or InsufficientCredits; the caller's rollback leaves nothing."""
+    if api_key_id is not None:
+        caps = await db_api_keys.lock_caps(conn, api_key_id)
+        if caps is not None:
+            if caps.allowed_tasks is not None and task not in caps.allowed_tasks:
+                raise Problem(
+                    403,
+                    "task_not_allowed_for_key",
+                    "This API key may not submit this task",
+                    f"The key allows {', '.join(caps.allowed_tasks)}; nothing was charged.",
+                    allowed_tasks=caps.allowed_tasks,
+                )
+            day_start, month_start = cap_periods(now)
+            spent = await ledger.key_spend(conn, api_key_id, day_start, month_start)
+            for code, period, cap, used in (
+                ("key_daily_cap", "day (UTC)", caps.daily_credit_cap, spent.day),
+                ("key_monthly_cap", "month (UTC)", caps.monthly_credit_cap, spent.month),
+            ):
+                if cap is not None and used + cost > cap:
+                    raise Problem(
+                        402,
+                        code,
+                        "This API key's spend cap would be passed",
+                        f"This job costs {cost} credits; the key has {used} of its {cap} credits for this {period}"
+                        " held or spent. Nothing was charged.",
+                        cap=cap,
+                        spent=used,
+                        required=cost,
+                    )
+    await ledger.hold(conn, user_id, job_id, cost, expires_at, api_key_id=api_key_id)
+
+
 async def create_job(
-    state: AppState, user_id: UUID, job: JobRequest, workdir: Path, *, idempotency_key: str | None = None
+    state: AppState,
+    user_id: UUID,
+    job: JobRequest,
+    workdir: Path,
+    *,
+    idempotency_key: str | None = None,
+    api_key_id: UUID | None = None,
 ) -> dict[str, Any]:
     """Probe, price, store, hold, dispatch. Returns the job resource; leaves nothing held or stored on error.
+    `api_key_id`: the key the request came with, whose allowed tasks and spend caps apply (`hold_for_job`).
 
     With `idempotency_key` (claimed by the caller), the key is recorded as done, with the new job to replay, in the
     transaction that creates the job and its hold: no failure after that commit can free the key and let a retry
@@ -149,7 +213,9 @@ async def create_job(
             raise
     else:
         cost = price(job.task, job.params, None)
-    deadline_at: datetime = state.clock() + timedelta(seconds=settings.job_deadline_seconds)
+    submitted_at = state.clock()
+    deadline_at: datetime = submitted_at + timedelta(seconds=settings.job_deadline_seconds)
+    cancel_after = None if job.deadline_s is None else submitted_at + timedelta(seconds=job.deadline_s)
     try:
         async with state.pool.connection() as conn, conn.transaction():
             await db_jobs.insert_job(
@@ -166,8 +232,18 @@ async def create_job(
                 webhook_url=job.webhook_url,
                 webhook_events=job.webhook_events,
                 deadline_at=deadline_at,
+                cancel_after=cancel_after,
             )
-            await ledger.hold(conn, user_id, job_id, cost, deadline_at + HOLD_MARGIN)
+            await hold_for_job(
+                conn,
+                user_id,
+                job_id,
+                job.task,
+                cost,
+                deadline_at + HOLD_MARGIN,
+                api_key_id=api_key_id,
+                now=submitted_at,
+            )
             if idempotency_key is not None:
                 created = await db_jobs.get_job(conn, job_id)
                 assert created is not None  # inserted above, in this transaction
@@ -185,6 +261,8 @@ async def create_job(
                 available=exc.available,
             ) from exc
         raise
+    if cancel_after is not None and state.wake_reaper is not None:
+        state.wake_reaper()  # its next pass may now be due sooner
     try:
         await dispatch_job(state, job_id)
     except DispatchError as exc:
@@ -218,7 +296,15 @@ class Submitted:
     replayed: bool
 
 
-async def submit_once(state: AppState, user_id: UUID, job: JobRequest, key: str | None, workdir: Path) -> Submitted:
+async def submit_once(
+    state: AppState,
+    user_id: UUID,
+    job: JobRequest,
+    key: str | None,
+    workdir: Path,
+    *,
+    api_key_id: UUID | None = None,
+) -> Submitted:
     """`create_job` behind an optional `Idempotency-Key` (checked by `idempotency.check_key`): the same key and
     request replay the first job; a failed attempt frees the key. Every route that submits comes through here.
 
@@ -227,7 +313,7 @@ async def submit_once(state: AppState, user_id: UUID, job: JobRequest, key: str 
     only an in-flight claim, and a retry replays the job instead of charging twice."""
     settings = state.settings
     if key is None:
-        return Submitted(await create_job(state, user_id, job, workdir), 202, replayed=False)
+        return Submitted(await create_job(state, user_id, job, workdir, api_key_id=api_key_id), 202, replayed=False)
     async with state.pool.connection() as conn:
         replay = await idempotency.claim(
             conn,
@@ -240,7 +326,7 @@ async def submit_once(state: AppState, user_id: UUID, job: JobRequest, key: str 
     if replay is not None:
         return Submitted(replay.body, replay.status, replayed=True)
     try:
-        body = await create_job(state, user_id, job, workdir, idempotency_key=key)
+        body = await create_job(state, user_id, job, workdir, idempotency_key=key, api_key_id=api_key_id)
     except BaseException:
         async with state.pool.connection() as conn:
             await idempotency.abandon(conn, user_id, key)

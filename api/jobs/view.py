@@ -43,6 +43,16 @@ def _seconds(start: datetime | None, end: datetime | None) -> float | None:
     return round(max((end - start).total_seconds(), 0.0), 3)
 
 
+# settle.CANCELED_AT_DEADLINE's code: a job its own deadline canceled. Every other cancel is the user's.
+DEADLINE_CODE = "deadline"
+
+
+def cancel_reason(status: str, error: Mapping[str, Any] | None) -> Literal["user", "deadline"] | None:
+    if status != JobStatus.CANCELED:
+        return None
+    return "deadline" if error and error.get("code") == DEADLINE_CODE else "user"
+
+
 def job_links(job_id: str) -> dict[str, str]:
     base = f"/v1/jobs/{job_id}"
     return {"self": base, "events": f"{base}/events", "cancel": f"{base}/cancel"}
@@ -84,6 +94,7 @@ def job_resource(row: Mapping[str, Any]) -> dict[str, Any]:
         "progress": float(row.get("progress") or 0.0),
         "stage": row.get("stage"),
         "cancel_requested": bool(row.get("cancel_requested")),
+        "cancel_reason": cancel_reason(row["status"], error),
         "params": dict(row["params"]),
         "cost": int(row["cost"]),
         "input": {key: input_meta[key] for key in _INPUT_KEYS if key in input_meta} or None,
@@ -96,6 +107,7 @@ def job_resource(row: Mapping[str, Any]) -> dict[str, Any]:
             "started_at": _iso(started),
             "finished_at": _iso(finished),
             "deadline_at": _iso(row.get("deadline_at")),
+            "cancel_after": _iso(row.get("cancel_after")),
             "queued_seconds": _seconds(created, started or finished),
             "running_seconds": _seconds(started, finished),
         },
@@ -156,7 +168,10 @@ class JobTimings(BaseModel):
     created_at: str
     started_at: str | None
     finished_at: str | None
-    deadline_at: str | None
+    deadline_at: str | None = Field(description="The deployment's limit on the running attempt (ends it `failed`).")
+    cancel_after: str | None = Field(
+        default=None, description="The job's own deadline (`deadline_s`, Cancel-After): unfinished by then, canceled."
+    )
     queued_seconds: float | None
     running_seconds: float | None
 
@@ -189,6 +204,7 @@ JOB_EXAMPLE: dict[str, Any] = {
     "progress": 1.0,
     "stage": "done",
     "cancel_requested": False,
+    "cancel_reason": None,
     "params": {
         "model": "htdemucs",
         "two_stems": "vocals",
@@ -226,6 +242,7 @@ JOB_EXAMPLE: dict[str, Any] = {
         "started_at": "2026-01-01T12:00:02+00:00",
         "finished_at": "2026-01-01T12:03:10+00:00",
         "deadline_at": "2026-01-01T14:00:00+00:00",
+        "cancel_after": None,
         "queued_seconds": 2.0,
         "running_seconds": 188.0,
     },
@@ -245,6 +262,9 @@ class JobOut(BaseModel):
     progress: float = Field(ge=0, le=1)
     stage: str | None
     cancel_requested: bool
+    cancel_reason: Literal["user", "deadline"] | None = Field(
+        default=None, description="For a canceled job: `user` (a cancel request) or `deadline` (its `deadline_s`)."
+    )
     params: dict[str, Any]
     cost: int = Field(description="Credits held at submit; captured on success, released otherwise.")
     input: dict[str, Any] | None

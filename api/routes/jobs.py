@@ -25,10 +25,10 @@ from api.errors import Problem
 from api.jobs import cancel, idempotency
 from api.jobs.inputs import SUPPORTED_FORMATS, lazy_workdir
 from api.jobs.pricing import RATES, price
-from api.jobs.request import JobCreate, invalid, parse_request
+from api.jobs.request import JobCreate, invalid, parse_cancel_after, parse_request
 from api.jobs.submit import obtain_extra_inputs, obtain_input, submit_once
 from api.jobs.view import JobList, JobOut, JobStatus, job_resource, with_download_urls
-from api.routes.responses import AUTH_RESPONSES, problem_doc
+from api.routes.responses import AUTH_RESPONSES, SPEND_RESPONSES, problem_doc
 from db import jobs as db_jobs
 from db import ledger
 from inference.registry import TASKS, TaskName
@@ -116,6 +116,12 @@ _SUBMIT_BODY = {
                         "prompt": {"type": "string"},
                         "webhook_url": {"type": "string"},
                         "webhook_events": {"type": "string", "description": "JSON array or comma-separated."},
+                        "deadline_s": {
+                            "type": "number",
+                            "minimum": 1,
+                            "maximum": 86400,
+                            "description": "Cancel the job if it has not finished this many seconds after the submit.",
+                        },
                     },
                 }
             },
@@ -132,7 +138,7 @@ _INPUT_ERRORS: dict[int | str, dict[str, Any]] = {
         "invalid_params",
         "Invalid task, params or input (undecodable_audio, empty_file, "
         "audio_too_long, too_many_channels, sample_rate_too_high, unknown_task, model_not_enabled, "
-        "unexpected_input, idempotency_key_reused...)",
+        "unexpected_input, idempotency_key_reused, invalid_cancel_after...)",
     ),
 }
 
@@ -201,7 +207,7 @@ async def create_quote(request: Request, user: CurrentUser, state: State) -> Quo
         200: {"model": JobOut, "description": "The job finished within `Prefer: wait`."},
         202: {"model": JobOut, "description": "Accepted: follow it by polling, SSE or webhook."},
         **AUTH_RESPONSES,
-        402: problem_doc(402, "insufficient_credits", "Not enough credits (see `required` and `available`)"),
+        **SPEND_RESPONSES,
         409: problem_doc(409, "idempotency_in_flight", "A request with this Idempotency-Key is in progress"),
         **_INPUT_ERRORS,
         503: problem_doc(503, "dispatch_failed", "The job could not be started; nothing was charged"),
@@ -213,16 +219,28 @@ async def submit_job(
     state: State,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
     prefer: Annotated[str | None, Header(description="`wait=N` (N <= 60): answer when done or after N s.")] = None,
+    cancel_after: Annotated[
+        str | None,
+        Header(
+            alias="Cancel-After",
+            description="The job's deadline, as Replicate takes it: seconds (`90`) or a duration (`30s`, `5m`,"
+            " `1h30m`), 1 s to 24 h from the submit. Not finished by then, it ends `canceled` with `cancel_reason`"
+            " `deadline`, nothing charged. Same as `deadline_s` in the body.",
+        ),
+    ] = None,
 ) -> JSONResponse:
     """Create a job: the input is probed, priced and held before the job is accepted."""
     settings = state.settings
     # Every header is read before any work: a bad one must not fail after the job was created and charged.
     key = idempotency.check_key(idempotency_key) if idempotency_key is not None else None
     wait = _prefer_wait(prefer, settings.prefer_wait_max_seconds)
+    header_deadline = parse_cancel_after(cancel_after) if cancel_after is not None else None
     workdir = lazy_workdir("studio-submit-")
     try:
-        job = await parse_request(request.headers, request.stream(), state, workdir, quote=False)
-        submitted = await submit_once(state, user.id, job, key, workdir)
+        job = await parse_request(
+            request.headers, request.stream(), state, workdir, quote=False, header_deadline=header_deadline
+        )
+        submitted = await submit_once(state, user.id, job, key, workdir, api_key_id=user.api_key_id)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     body = submitted.body

@@ -65,7 +65,11 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
         },
     },
     **{status: _error_doc(doc["description"]) for status, doc in AUTH_RESPONSES.items()},
-    402: _error_doc("Not enough credits (`required` and `available` in the error object)"),
+    402: _error_doc(
+        "Not enough credits (`required` and `available` in the error object), or the API key's spend cap would be"
+        " passed (`key_daily_cap` / `key_monthly_cap`, with `cap` and `spent`)"
+    ),
+    403: _error_doc("The API key may not submit transcriptions (`task_not_allowed_for_key`)"),
     409: _error_doc("The job was canceled, or a request with this Idempotency-Key is in progress"),
     413: _error_doc("The upload is larger than the limit"),
     415: _error_doc("Not multipart/form-data, or not an accepted audio format"),
@@ -82,7 +86,7 @@ async def _transcribe(
     workdir = Path(tempfile.mkdtemp(prefix="studio-openai-"))
     try:
         audio = await parse_audio_request(request.headers, request.stream(), state, workdir, translate=translate)
-        submitted = await submit_once(state, user.id, audio.job, key, workdir)
+        submitted = await submit_once(state, user.id, audio.job, key, workdir, api_key_id=user.api_key_id)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     answer = await await_answer(state, UUID(submitted.body["id"]), audio)

@@ -26,7 +26,13 @@ from pydantic import BaseModel
 
 from api.jobs.outbox import enqueue_job_event
 from api.jobs.request import licence_refusal, lock_entries, model_enabled
-from api.jobs.settle import INTERNAL_ERROR, WORKER_INTERRUPTED, fail_out_of_attempts, finish_attempt
+from api.jobs.settle import (
+    CANCELED_AT_DEADLINE,
+    INTERNAL_ERROR,
+    WORKER_INTERRUPTED,
+    fail_out_of_attempts,
+    finish_attempt,
+)
 from api.protocols import Storage
 from api.settings import Settings
 from db import jobs as db_jobs
@@ -96,6 +102,7 @@ class _Progress:
         self.fraction = 0.0
         self.stage: str | None = "running"
         self.canceled = threading.Event()
+        self.past_deadline = False  # set with `canceled` when the job's own deadline (`deadline_s`) is the reason
         self.lost = threading.Event()
         self.done = asyncio.Event()  # set by the runner: the heartbeat writes no more
         self.engine_idle = threading.Event()  # cleared while the engine thread runs
@@ -135,13 +142,17 @@ async def _heartbeat(conn: AsyncConnection, job_id: UUID, attempt: int, progress
     while True:
         snapshot = (progress.fraction, progress.stage)
         async with conn.transaction():
-            cancel_requested = await db_jobs.heartbeat(conn, job_id, attempt, snapshot[0], snapshot[1])
-            if cancel_requested is not None and sent is not None and snapshot[0] > sent[0]:
+            answer = await db_jobs.heartbeat(conn, job_id, attempt, snapshot[0], snapshot[1])
+            if answer is not None and sent is not None and snapshot[0] > sent[0]:
                 await enqueue_job_event(conn, job_id, "job.progress")  # the outbox throttles these
-        if cancel_requested is None:
+        if answer is None:
             progress.lost.set()
             return
-        if cancel_requested:
+        cancel_requested, past_deadline = answer
+        if cancel_requested or past_deadline:
+            # The worker ends its job at its own deadline itself (Modal's reaper Cron runs only every 2 minutes);
+            # a reaper pass that gets there first settles it the same way, and this attempt then finds it lost.
+            progress.past_deadline = past_deadline and not cancel_requested
             progress.canceled.set()
             return
         sent = snapshot
@@ -293,7 +304,10 @@ async def run_claimed(
         )
     except JobCanceled:
         await _stop(heartbeat, progress)
-        status = await finish_attempt(conn, job_id, attempt, JobStatus.CANCELED, retention_seconds=retention)
+        error = CANCELED_AT_DEADLINE if progress.past_deadline else None
+        status = await finish_attempt(
+            conn, job_id, attempt, JobStatus.CANCELED, retention_seconds=retention, error=error
+        )
     except JobLost:
         await _stop(heartbeat, progress)
         status = None

@@ -38,8 +38,9 @@ async function problemOf(response) {
   return { title: response.statusText || `HTTP ${response.status}`, status: response.status };
 }
 
-export async function request(method, path, { json, form, extraHeaders, signal } = {}) {
-  const init = { method, headers: headers(extraHeaders), signal };
+// `accept` asks for another representation (e.g. GET /v1/usage as text/csv), returned as a Blob instead of JSON.
+export async function request(method, path, { json, form, extraHeaders, signal, accept } = {}) {
+  const init = { method, headers: headers({ ...extraHeaders, ...(accept ? { Accept: accept } : {}) }), signal };
   if (json !== undefined) {
     init.headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(json);
@@ -53,7 +54,7 @@ export async function request(method, path, { json, form, extraHeaders, signal }
     throw new ApiError(response.status, problem);
   }
   if (response.status === 204) return null;
-  return response.json();
+  return accept ? response.blob() : response.json();
 }
 
 export const get = (path, options) => request("GET", path, options);

@@ -7,6 +7,7 @@ import { buildParamsForm } from "./form.js";
 import { startRecording } from "./record.js";
 import { clearResults, renderResults } from "./results.js";
 import * as session from "./session.js";
+import { downloadUsageCsv, loadUsage } from "./usage.js";
 
 const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
 const FINAL = new Set(["succeeded", "failed", "canceled"]);
@@ -565,6 +566,8 @@ let ledgerCursor = null;
 
 function wireAccount() {
   $("#ledger-more").addEventListener("click", () => loadLedger(false));
+  $("#usage-group").addEventListener("change", () => showUsage());
+  $("#usage-csv").addEventListener("click", () => downloadUsageCsv().catch((error) => ($("#account-error").textContent = describe(error))));
   $("#key-form").addEventListener("submit", createKey);
   $("#new-key-copy").addEventListener("click", () => navigator.clipboard.writeText($("#new-key-value").textContent));
   $("#secret-show").addEventListener("click", async () => {
@@ -594,6 +597,7 @@ async function loadAccount() {
     $("#credits-held").textContent = credits.held;
   }
   renderPacks($("#packs"), $("#account-error"));
+  showUsage();
   loadLedger(true);
   loadKeys();
 }
@@ -623,6 +627,14 @@ async function loadLedger(reset) {
     }
     ledgerCursor = page.next_cursor;
     $("#ledger-more").hidden = !ledgerCursor;
+  } catch (error) {
+    $("#account-error").textContent = describe(error);
+  }
+}
+
+async function showUsage() {
+  try {
+    await loadUsage();
   } catch (error) {
     $("#account-error").textContent = describe(error);
   }

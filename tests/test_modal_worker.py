@@ -89,9 +89,31 @@ def test_a_cpu_worker_never_asks_for_cuda(worker_env: Settings, monkeypatch: pyt
 def test_gpu_images_install_a_cuda_build_of_the_pinned_torch(family: str) -> None:
     commands = _dockerfile(modal_app.IMAGES[family])
     torch_pin = next(req for req in PYPROJECT["project"]["optional-dependencies"][family] if req.startswith("torch=="))
-    [cuda] = [command for command in commands if torch_pin in command and modal_app.TORCH_INDEX_URL in command]
+    index = modal_app.torch_index_url()
+    [cuda] = [command for command in commands if torch_pin in command and index in command]
     pyproject = next(i for i, command in enumerate(commands) if "fastapi" in command)
     assert commands.index(cuda) < pyproject  # first, so the group's torch==X is already met by the CUDA build
+
+
+# ---- issue 19 item 1: the torch index is one PyTorch publishes the pinned torch on, for the hosts' driver ----
+
+
+def test_the_torch_index_has_a_build_of_the_pinned_torch_that_modals_driver_runs() -> None:
+    """PyTorch 2.12+ ships cu126 and cu130 only; Modal's hosts run driver 580.95.05, CUDA 13.0: cu130."""
+    pins = {req for deps in PYPROJECT["project"]["optional-dependencies"].values() for req in deps if "torch==" in req}
+    [pin] = {req for req in pins if req.startswith("torch==")}
+    version = pin.split("==")[1]
+    tag = modal_app.torch_cuda_tag(version)
+    assert tag in modal_app.TORCH_CUDA_BUILDS[".".join(version.split(".")[:2])]
+    assert tag == "cu130" and modal_app.torch_index_url() == "https://download.pytorch.org/whl/cu130"
+    assert modal_app.torch_cuda_tag(version, host_cuda=(12, 8)) == "cu126"  # an older driver: the older build
+
+
+def test_a_torch_without_a_known_cuda_build_stops_the_deploy() -> None:
+    with pytest.raises(RuntimeError, match="no row in modal_app.TORCH_CUDA_BUILDS"):
+        modal_app.torch_cuda_tag("2.99.0")
+    with pytest.raises(RuntimeError, match="no CUDA build the hosts' driver"):
+        modal_app.torch_cuda_tag("2.13.0", host_cuda=(12, 4))
 
 
 # ---- 19: weights loaded on the CPU inside the snapshot, moved to the GPU after the restore ----
@@ -112,9 +134,9 @@ def test_weights_load_before_the_snapshot_and_move_after_the_restore(
     events: list[tuple[str, str]] = []
     build = runner.build_engine
 
-    def counting_build(settings: Settings, task: str, model_key: str) -> Any:
-        events.append(("load", model_key))
-        return build(settings, task, model_key)
+    def counting_build(settings: Settings, task: str, model_key: str, *, device: str | None = None) -> Any:
+        events.append(("load", f"{model_key} on {device}"))
+        return build(settings, task, model_key, device=device)
 
     move = SeparateEngine.to
 
@@ -129,13 +151,13 @@ def test_weights_load_before_the_snapshot_and_move_after_the_restore(
     monkeypatch.setattr(user_cls, "gpu_device", "cpu")
 
     worker = _restore(modal_app.SeparateWorker, lambda: events.append(("restore", "")))
-    assert events == [("load", "demucs/htdemucs"), ("restore", ""), ("move", "cpu")]
+    assert events == [("load", "demucs/htdemucs on cpu"), ("restore", ""), ("move", "cpu")]
     assert isinstance(worker.context.engines[("separate", "demucs/htdemucs")], SeparateEngine)
 
     events.clear()
     _, job_id = _queued_job(database_url, worker_env, write_tone(tmp_path / "mix.wav"), "separate", "demucs/htdemucs")
     assert modal_app.SeparateWorker().run.local(str(job_id)) == "succeeded"
-    assert events == [("load", "demucs/htdemucs"), ("move", "cpu")]  # .local() enters once; the run loads nothing
+    assert events == [("load", "demucs/htdemucs on cpu"), ("move", "cpu")]  # .local() enters once; the run loads none
     job, kinds = _finished(database_url, job_id)
     assert job["status"] == "succeeded" and kinds == ["hold", "capture"]
 
@@ -168,7 +190,7 @@ def test_input_cancellation_settles_the_job_and_stops_the_engine(
 
     monkeypatch.setenv("STUDIO_ENGINES", "builtin")
     engine = HeldEngine()
-    monkeypatch.setattr(runner, "build_engine", lambda settings, task, model_key: engine)
+    monkeypatch.setattr(runner, "build_engine", lambda settings, task, model_key, **_: engine)
     _, job_id = _queued_job(database_url, worker_env, write_tone(tmp_path / "speech.wav"), "enhance", "deepfilternet3")
 
     def cancel_input(signum: int, frame: Any) -> None:

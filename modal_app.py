@@ -249,6 +249,11 @@ class _JobWorker:
     own, so a query there would freeze "no GPU" into every restored container. Engines are therefore built with an
     explicit `device="cpu"` before the snapshot and moved to the GPU (`to`) after the restore; CTranslate2 models are
     rebuilt there, on the GPU in float16 (inference/transcribe_ct2.py).
+
+    PYTORCH_NVML_BASED_CUDA_CHECK=1 is no substitute: `is_available` then counts through NVML (torch 2.13
+    torch/cuda/__init__.py lines 179-183), which caches nothing before CUDA starts (`device_count`, lines 1150-1176),
+    but where NVML cannot be loaded or initialised, as with no GPU attached, it falls back to the same
+    `torch._C._cuda_getDeviceCount()` (line 1170); and it does nothing for CTranslate2's own probe.
     """
 
     task: str = ""

@@ -15,9 +15,9 @@ and moves with `to(device)`, returning itself. A Modal GPU worker builds it with
 snapshot (no GPU is attached then, and nothing may ask for CUDA: modal_app.py `_JobWorker`), calls `to("cuda")` after
 the restore, and refuses to start unless every preloaded engine then reports the GPU. `to` does whatever that
 library needs: a torch module moves its tensors; a CTranslate2 model, whose device is fixed when it is built, is
-rebuilt on the new device. `device` must be what the library really holds, never just the last request. CPU-only
-engines (DSP, ONNX, the Rust runtime) have neither and read as "cpu". tests/test_modal_lifecycle.py drives every
-worker class through this protocol.
+rebuilt on the new device. `device` is where the last build or move that succeeded put the weights (the libraries
+raise rather than put them elsewhere), never a request that failed. CPU-only engines (DSP, ONNX, the Rust runtime)
+have neither and read as "cpu". tests/test_modal_lifecycle.py drives every worker class through this protocol.
 """
 
 from __future__ import annotations

@@ -323,7 +323,10 @@ class _JobWorker:
         # (preemption: SIGINT, then SIGKILL 30 s later) raise there, which in the event loop would leave run_job
         # parked, its job `running` under a fresh heartbeat, and in a query would leave the connection mid-command.
         # Ours only set an event the runner checks at the engine's next progress report: a cancelled input's job is
-        # settled, a preempted one handed back for Modal's retry; then the interruption is re-raised for modal.
+        # settled, a preempted one handed back for Modal's retry; then the interruption is re-raised for modal. A
+        # KeyboardInterrupt passes modal's input handling untouched (modal/_runtime/container_io_manager.py lines
+        # 988-994) and ends the container (modal/_container_entrypoint.py line 487) without an output: the input is
+        # retried.
         cancelled = threading.Event()
         preempted = threading.Event()
         job = loop.create_task(

@@ -86,9 +86,10 @@ class GenerateEngine:
     def to(self, device: str | torch.device) -> GenerateEngine:
         """Move the pipeline (a worker loads on the CPU, then moves it to the GPU after a snapshot restore), in the
         precision `build_engine` would have chosen there."""
-        self.device = torch.device(device)
-        dtype = torch.float16 if self.device.type == "cuda" else torch.float32
-        self.pipeline = self.pipeline.to(self.device, dtype)
+        target = torch.device(device)
+        dtype = torch.float16 if target.type == "cuda" else torch.float32
+        self.pipeline = self.pipeline.to(target, dtype)
+        self.device = target  # only once the move succeeded (inference/base.py `DeviceEngine`)
         return self
 
     @property

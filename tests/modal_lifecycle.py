@@ -5,7 +5,9 @@ Modal's order (modal 1.6.4): import the app; run the snap=True enter hooks with 
 (modal/_runtime/user_code_imports.py line 358, `lifecycle_presnapshot`); take the memory snapshot; after the restore,
 with the GPU attached, run the snap=False hooks (line 373, `lifecycle_postsnapshot`); then take inputs, each a sync
 call on the main thread with modal's SIGUSR1 handler raising InputCancellation for a cancelled input
-(modal/_container_entrypoint.py lines 255-266). Preemption is a SIGINT (then SIGKILL 30 s later).
+(modal/_container_entrypoint.py lines 255-266). Preemption is a SIGINT (then SIGKILL 30 s later). `.local()` would
+run both hook phases back to back (modal/_functions.py line 2212 -> modal/cls.py `_Obj._enter`, lines 359-373), so
+the harness runs them itself, by the same flags modal's container uses, and marks the object entered.
 
 CUDA is instrumented at the libraries' API boundary:
 - before the snapshot, every CUDA query of torch (`torch.cuda.*`) and CTranslate2 (`get_cuda_device_count`,

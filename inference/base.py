@@ -8,6 +8,16 @@ Second inputs: a task whose registry entry lists `extra_inputs` (e.g. `master` t
 `MultiInputEngine`: the caller passes `extra_inputs={name: path}` as a keyword, holding only the inputs the user
 gave (each probed, limited and stored like the main input); an absent optional input is simply not in the mapping.
 Engines of other tasks are called exactly as before, without the keyword.
+
+Devices (`DeviceEngine`): an engine of a GPU task (registry `TaskSpec.gpu`) takes `device=` in its factory, reports
+where its weights are as `device` ("cpu", "cuda", "cuda:0"; a `torch.device` reads the same through `engine_device`)
+and moves with `to(device)`, returning itself. A Modal GPU worker builds it with `device="cpu"` before its memory
+snapshot (no GPU is attached then, and nothing may ask for CUDA: modal_app.py `_JobWorker`), calls `to("cuda")` after
+the restore, and refuses to start unless every preloaded engine then reports the GPU. `to` does whatever that
+library needs: a torch module moves its tensors; a CTranslate2 model, whose device is fixed when it is built, is
+rebuilt on the new device. `device` is where the last build or move that succeeded put the weights (the libraries
+raise rather than put them elsewhere), never a request that failed. CPU-only engines (DSP, ONNX, the Rust runtime)
+have neither and read as "cpu". tests/test_modal_lifecycle.py drives every worker class through this protocol.
 """
 
 from __future__ import annotations
@@ -15,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel
 
@@ -64,6 +74,21 @@ class MultiInputEngine(Protocol):
         progress: ProgressFn,
         extra_inputs: Mapping[str, Path] | None = None,
     ) -> EngineResult: ...
+
+
+@runtime_checkable
+class DeviceEngine(Protocol):
+    """An engine whose weights live on a device it reports and can move (see the module docstring)."""
+
+    @property
+    def device(self) -> Any: ...
+
+    def to(self, device: str) -> DeviceEngine: ...
+
+
+def engine_device(engine: object) -> str:
+    """Where an engine's weights are: its `device` as text ("cpu" for engines without one)."""
+    return str(engine.device) if isinstance(engine, DeviceEngine) else "cpu"
 
 
 def no_progress(fraction: float, stage: str | None = None) -> None:

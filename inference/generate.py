@@ -43,15 +43,16 @@ class _Geometry:
     max_seconds: float | None  # the longest it can produce; None when only the params limit applies
 
 
-def build_engine(model_key: str, weights_dir: Path) -> GenerateEngine:
-    """Load the pipeline once (slow: seconds to a minute for the real weights), on CUDA in fp16 when available."""
+def build_engine(model_key: str, weights_dir: Path, *, device: str | None = None) -> GenerateEngine:
+    """Load the pipeline once (slow: seconds to a minute for the real weights) on `device`, fp16 on CUDA; None picks
+    CUDA when available (a Modal worker passes "cpu" before its snapshot: inference/base.py `DeviceEngine`)."""
     if model_key not in _PIPELINES:
         raise EngineError(f"unknown generation model {model_key!r}", code="unknown_model")
     folder = Path(weights_dir) / model_key
     if not (folder / "model_index.json").is_file():
         raise FileNotFoundError(f"no diffusers pipeline for {model_key} at {folder} (pull the model weights first)")
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = torch.float16 if target.type == "cuda" else torch.float32
     extra: dict[str, Any] = {}
     if model_key == "audioldm2":
         # The cvssp/audioldm2 snapshot declares a GPT2Model, which has no generation helpers in current
@@ -62,7 +63,7 @@ def build_engine(model_key: str, weights_dir: Path) -> GenerateEngine:
         )
     pipeline = _PIPELINES[model_key].from_pretrained(folder, local_files_only=True, torch_dtype=dtype, **extra)
     pipeline.set_progress_bar_config(disable=True)
-    return GenerateEngine(model_key, pipeline.to(device), device)
+    return GenerateEngine(model_key, pipeline.to(target), target)
 
 
 class GenerateEngine:
@@ -75,9 +76,10 @@ class GenerateEngine:
     def to(self, device: str | torch.device) -> GenerateEngine:
         """Move the pipeline (a worker loads on the CPU, then moves it to the GPU after a snapshot restore), in the
         precision `build_engine` would have chosen there."""
-        self.device = torch.device(device)
-        dtype = torch.float16 if self.device.type == "cuda" else torch.float32
-        self.pipeline = self.pipeline.to(self.device, dtype)
+        target = torch.device(device)
+        dtype = torch.float16 if target.type == "cuda" else torch.float32
+        self.pipeline = self.pipeline.to(target, dtype)
+        self.device = target  # only once the move succeeded (inference/base.py `DeviceEngine`)
         return self
 
     @property

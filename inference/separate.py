@@ -95,8 +95,9 @@ class SeparateEngine:
 
     def to(self, device: str | torch.device) -> SeparateEngine:
         """Move the loaded model (a worker loads on the CPU, then moves it to the GPU after a snapshot restore)."""
-        self.device = torch.device(device)
-        self.model.to(self.device)
+        target = torch.device(device)
+        self.model.to(target)
+        self.device = target  # only once the move succeeded (inference/base.py `DeviceEngine`)
         if self._default_batches:
             self.batch_windows = default_batch_windows(self.device)
         return self

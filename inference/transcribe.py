@@ -162,6 +162,10 @@ class TranscribeEngine:
         self.name = name
         self.fp16 = model.device.type == "cuda"  # fp16 on GPU; whisper only supports fp32 on the CPU
 
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
     def to(self, device: str | torch.device) -> TranscribeEngine:
         """Move the loaded model (a worker loads on the CPU, then moves it to the GPU after a snapshot restore)."""
         self.model.to(device)

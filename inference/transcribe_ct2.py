@@ -98,10 +98,39 @@ class ChunkedFeatureExtractor(FeatureExtractor):
         return (log_spec + 4.0) / 4.0
 
 
+def default_compute_type(device: str) -> str:
+    return "float16" if device.split(":")[0] == "cuda" else "int8"
+
+
+def load_model(folder: Path, device: str, compute_type: str | None = None, cpu_threads: int = 0) -> WhisperModel:
+    """faster-whisper's model from a verified folder. CTranslate2 fixes the device and precision when it builds the
+    model (there is no move): a model built where CTranslate2 sees no GPU is a CPU model for good."""
+    model = WhisperModel(
+        str(folder),
+        device=device,
+        compute_type=compute_type or default_compute_type(device),
+        cpu_threads=cpu_threads,
+        local_files_only=True,
+    )
+    model.feature_extractor = ChunkedFeatureExtractor(**model.feat_kwargs)
+    return model
+
+
 class FasterWhisperEngine:
-    def __init__(self, model: WhisperModel, model_key: str) -> None:
+    def __init__(self, model: WhisperModel, model_key: str, folder: Path, device: str) -> None:
         self.model = model
         self.model_key = model_key
+        self.folder = folder
+        self.device = device  # what the model was built on: CTranslate2 raises rather than build elsewhere
+
+    def to(self, device: str) -> FasterWhisperEngine:
+        """Rebuild the model on `device` (a Modal worker: on the GPU in float16 after the snapshot restore), from the
+        folder already verified against models.lock; the old model is dropped first, so both are never held."""
+        if device != self.device:
+            del self.model
+            self.model = load_model(self.folder, device)
+            self.device = device
+        return self
 
     def run(self, input_path: Path | None, params: BaseModel, out_dir: Path, progress: ProgressFn) -> EngineResult:
         assert isinstance(params, TranscribeParams) and input_path is not None
@@ -218,15 +247,11 @@ def build_engine(
     compute_type: str | None = None,
     cpu_threads: int = 0,
 ) -> FasterWhisperEngine:
-    """Load `faster-whisper/<name>` from `weights_dir/faster-whisper/<name>/` after checking it against models.lock.
+    """Load `faster-whisper/<name>` from `weights_dir/faster-whisper/<name>/` after checking it against models.lock, on
+    `device` (None: CUDA when CTranslate2 sees a GPU), float16 on CUDA and int8 on the CPU unless `compute_type` says.
 
     cpu_threads=0 keeps CTranslate2's default (4, or OMP_NUM_THREADS).
     """
     folder = verify_weights(model_key, weights_dir)
     device = device or ("cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu")
-    compute_type = compute_type or ("float16" if device == "cuda" else "int8")
-    model = WhisperModel(
-        str(folder), device=device, compute_type=compute_type, cpu_threads=cpu_threads, local_files_only=True
-    )
-    model.feature_extractor = ChunkedFeatureExtractor(**model.feat_kwargs)
-    return FasterWhisperEngine(model, model_key)
+    return FasterWhisperEngine(load_model(folder, device, compute_type, cpu_threads), model_key, folder, device)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 import tomllib
@@ -191,17 +192,33 @@ def test_each_image_installs_exactly_its_pyproject_group(family: str) -> None:
 
 
 def test_the_transcription_image_carries_ctranslate2s_cuda_libraries() -> None:
-    """cuBLAS 12 and cuDNN 9 from NVIDIA's wheels, on the loader's path (only the transcription image needs them);
-    the site-packages named in LD_LIBRARY_PATH is the base image's Python's (python:3.11-slim: /usr/local)."""
+    """cuBLAS 12 from NVIDIA's wheel, on the loader's path (only the transcription image needs it), and nothing
+    CTranslate2 does not load (issue 19 item 6: cuDNN went); the site-packages named in LD_LIBRARY_PATH is the base
+    image's Python's (python:3.11-slim: /usr/local)."""
     commands = _dockerfile(modal_app.IMAGES["transcription"])
     assert "FROM python:3.11" in commands[0] and "slim" in commands[0]
     [pip] = [command for command in commands if "nvidia-cublas-cu12" in command]
-    assert "'nvidia-cublas-cu12>=12,<13'" in pip and "'nvidia-cudnn-cu12>=9,<10'" in pip
+    assert "'nvidia-cublas-cu12>=12,<13'" in pip
+    assert not any("cudnn" in command for command in commands)
     [env] = [command for command in commands if command.startswith("ENV LD_LIBRARY_PATH=")]
     site = "/usr/local/lib/python3.11/site-packages"
-    assert env.split("=", 1)[1].split(":") == [f"{site}/nvidia/cublas/lib", f"{site}/nvidia/cudnn/lib"]
+    assert env.split("=", 1)[1].split(":") == [f"{site}/nvidia/cublas/lib"]
     for family in ("api", "separation", "enhancement", "generation"):
         assert not any("nvidia-cu" in command for command in _dockerfile(modal_app.IMAGES[family])), family
+
+
+def test_ctranslate2_loads_cublas_12_and_no_cudnn() -> None:
+    """What the image above relies on, read from the installed CTranslate2 wheel (the pinned 4.8.5): its library
+    links no CUDA library (the runtime is static) and names cuBLAS 12 and the driver as the only CUDA sonames it
+    dlopens; nothing in it names cuDNN."""
+    import ctranslate2
+
+    assert ctranslate2.__version__ == "4.8.5"
+    [library] = (Path(ctranslate2.__file__).parent.parent / "ctranslate2.libs").glob("libctranslate2-*.so*")
+    data = library.read_bytes()
+    sonames = set(re.findall(rb"lib(?:cublas|cudnn|cudart|cuda|nvrtc|cufft|curand|cusparse)[A-Za-z]*\.so\.\d+", data))
+    assert sonames == {b"libcublas.so.12", b"libcuda.so.1"}
+    assert b"cudnn" not in data.lower()
 
 
 def test_the_transcribe_worker_preloads_the_default_ctranslate2_model() -> None:

@@ -89,9 +89,31 @@ def test_a_cpu_worker_never_asks_for_cuda(worker_env: Settings, monkeypatch: pyt
 def test_gpu_images_install_a_cuda_build_of_the_pinned_torch(family: str) -> None:
     commands = _dockerfile(modal_app.IMAGES[family])
     torch_pin = next(req for req in PYPROJECT["project"]["optional-dependencies"][family] if req.startswith("torch=="))
-    [cuda] = [command for command in commands if torch_pin in command and modal_app.TORCH_INDEX_URL in command]
+    index = modal_app.torch_index_url()
+    [cuda] = [command for command in commands if torch_pin in command and index in command]
     pyproject = next(i for i, command in enumerate(commands) if "fastapi" in command)
     assert commands.index(cuda) < pyproject  # first, so the group's torch==X is already met by the CUDA build
+
+
+# ---- issue 19 item 1: the torch index is one PyTorch publishes the pinned torch on, for the hosts' driver ----
+
+
+def test_the_torch_index_has_a_build_of_the_pinned_torch_that_modals_driver_runs() -> None:
+    """PyTorch 2.12+ ships cu126 and cu130 only; Modal's hosts run driver 580.95.05, CUDA 13.0: cu130."""
+    pins = {req for deps in PYPROJECT["project"]["optional-dependencies"].values() for req in deps if "torch==" in req}
+    [pin] = {req for req in pins if req.startswith("torch==")}
+    version = pin.split("==")[1]
+    tag = modal_app.torch_cuda_tag(version)
+    assert tag in modal_app.TORCH_CUDA_BUILDS[".".join(version.split(".")[:2])]
+    assert tag == "cu130" and modal_app.torch_index_url() == "https://download.pytorch.org/whl/cu130"
+    assert modal_app.torch_cuda_tag(version, host_cuda=(12, 8)) == "cu126"  # an older driver: the older build
+
+
+def test_a_torch_without_a_known_cuda_build_stops_the_deploy() -> None:
+    with pytest.raises(RuntimeError, match="no row in modal_app.TORCH_CUDA_BUILDS"):
+        modal_app.torch_cuda_tag("2.99.0")
+    with pytest.raises(RuntimeError, match="no CUDA build the hosts' driver"):
+        modal_app.torch_cuda_tag("2.13.0", host_cuda=(12, 4))
 
 
 # ---- 19: weights loaded on the CPU inside the snapshot, moved to the GPU after the restore ----
@@ -112,9 +134,9 @@ def test_weights_load_before_the_snapshot_and_move_after_the_restore(
     events: list[tuple[str, str]] = []
     build = runner.build_engine
 
-    def counting_build(settings: Settings, task: str, model_key: str) -> Any:
-        events.append(("load", model_key))
-        return build(settings, task, model_key)
+    def counting_build(settings: Settings, task: str, model_key: str, *, device: str | None = None) -> Any:
+        events.append(("load", f"{model_key} on {device}"))
+        return build(settings, task, model_key, device=device)
 
     move = SeparateEngine.to
 
@@ -129,13 +151,13 @@ def test_weights_load_before_the_snapshot_and_move_after_the_restore(
     monkeypatch.setattr(user_cls, "gpu_device", "cpu")
 
     worker = _restore(modal_app.SeparateWorker, lambda: events.append(("restore", "")))
-    assert events == [("load", "demucs/htdemucs"), ("restore", ""), ("move", "cpu")]
+    assert events == [("load", "demucs/htdemucs on cpu"), ("restore", ""), ("move", "cpu")]
     assert isinstance(worker.context.engines[("separate", "demucs/htdemucs")], SeparateEngine)
 
     events.clear()
     _, job_id = _queued_job(database_url, worker_env, write_tone(tmp_path / "mix.wav"), "separate", "demucs/htdemucs")
     assert modal_app.SeparateWorker().run.local(str(job_id)) == "succeeded"
-    assert events == [("load", "demucs/htdemucs"), ("move", "cpu")]  # .local() enters once; the run loads nothing
+    assert events == [("load", "demucs/htdemucs on cpu"), ("move", "cpu")]  # .local() enters once; the run loads none
     job, kinds = _finished(database_url, job_id)
     assert job["status"] == "succeeded" and kinds == ["hold", "capture"]
 
@@ -168,7 +190,7 @@ def test_input_cancellation_settles_the_job_and_stops_the_engine(
 
     monkeypatch.setenv("STUDIO_ENGINES", "builtin")
     engine = HeldEngine()
-    monkeypatch.setattr(runner, "build_engine", lambda settings, task, model_key: engine)
+    monkeypatch.setattr(runner, "build_engine", lambda settings, task, model_key, **_: engine)
     _, job_id = _queued_job(database_url, worker_env, write_tone(tmp_path / "speech.wav"), "enhance", "deepfilternet3")
 
     def cancel_input(signum: int, frame: Any) -> None:
@@ -247,3 +269,142 @@ def test_the_api_sees_the_weights_volume_read_only() -> None:
     [(path, volume)] = _definition(modal_app.api)["validated_volumes_no_cloud_buckets"]
     assert path == modal_app.WEIGHTS_MOUNT == modal_app.PRODUCTION_ENV["STUDIO_WEIGHTS_DIR"]
     assert synchronizer._translate_in(volume)._mount_options.read_only is True
+
+
+# ---- issue 19 item 3: a GPU worker refuses to start with an engine that is not on its GPU ----
+
+
+def test_a_gpu_worker_refuses_an_engine_left_off_its_gpu(worker_env: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """CUDA is there, but the preloaded engine (the builtin one: no device, so the CPU) did not move onto it: the
+    worker would bill a GPU and run on the CPU. It must not start."""
+    monkeypatch.setenv("STUDIO_ENGINES", "builtin")
+    user_cls = modal_app.TranscribeWorker._get_user_cls()
+    monkeypatch.setattr(user_cls, "gpu_device", "cuda")
+    refused = r"preloaded engines not on the worker's cuda: \{'faster-whisper/.*': 'cpu'\}"
+    with pytest.raises(RuntimeError, match=refused):
+        _restore(modal_app.TranscribeWorker)
+
+
+# ---- issue 19 item 4: preemption (SIGINT, SIGKILL 30 s later) hands the job back for Modal's retry ----
+
+
+def _preempted_then_retried(database_url: str, settings: Settings, tmp_path: Path) -> tuple[str, str]:
+    """A queued enhance job run through `.local()` (a SIGINT arrives wherever the test arranged), then run again as
+    Modal's retry of the same input would. Returns the job id and what the retry returned."""
+    _, job_id = _queued_job(database_url, settings, write_tone(tmp_path / "speech.wav"), "enhance", "deepfilternet3")
+    with pytest.raises(KeyboardInterrupt, match="container preempted"):
+        modal_app.EnhanceWorker().run.local(str(job_id))
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Python's handler is back
+    return str(job_id), modal_app.EnhanceWorker().run.local(str(job_id))
+
+
+def test_a_preemption_before_the_claim_hands_the_job_back_unrun(
+    worker_env: Settings, database_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import api.worker.runner as runner
+
+    monkeypatch.setenv("STUDIO_ENGINES", "builtin")
+    claim = runner.claim
+    states: list[dict[str, Any]] = []
+
+    async def preempted_claim(*args: Any, **kwargs: Any) -> Any:
+        if not states:
+            os.kill(os.getpid(), signal.SIGINT)  # lands in this (main) thread's handler, inside the event loop
+        job = await claim(*args, **kwargs)
+        states.append(dict(job or {}))
+        return job
+
+    monkeypatch.setattr(runner, "claim", preempted_claim)
+    job_id, retried = _preempted_then_retried(database_url, worker_env, tmp_path)
+    assert retried == "succeeded" and [state["attempts"] for state in states] == [1, 2]
+    job, kinds = _finished(database_url, job_id)
+    assert job["status"] == "succeeded" and kinds == ["hold", "capture"]  # charged once
+
+
+def test_a_preemption_once_the_engine_finished_settles_the_job_once(
+    worker_env: Settings, database_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The engine is done and the job being settled when the SIGINT comes: it succeeds, and the retry skips it."""
+    import api.worker.runner as runner
+
+    monkeypatch.setenv("STUDIO_ENGINES", "builtin")
+    finish = runner.finish_attempt
+
+    async def preempted_finish(*args: Any, **kwargs: Any) -> Any:
+        os.kill(os.getpid(), signal.SIGINT)
+        return await finish(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "finish_attempt", preempted_finish)
+    job_id, retried = _preempted_then_retried(database_url, worker_env, tmp_path)
+    assert retried == "skipped"
+    job, kinds = _finished(database_url, job_id)
+    assert job["status"] == "succeeded" and job["attempts"] == 1 and kinds == ["hold", "capture"]
+
+
+class StuckEngine:
+    """Reports once, then never again until released: an engine the runner cannot stop at a progress report."""
+
+    def __init__(self) -> None:
+        self.started = threading.Event()
+        self.release = threading.Event()
+
+    def run(self, input_path: Path | None, params: BaseModel, out_dir: Path, progress: ProgressFn) -> EngineResult:
+        progress(0.1, "working")
+        self.started.set()
+        self.release.wait(60)
+        raise RuntimeError("released")
+
+
+def test_a_preempted_engine_that_never_reports_is_abandoned_in_bounded_time(
+    worker_env: Settings, database_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Modal SIGKILLs 30 s after the SIGINT: the worker waits at most ENGINE_STOP_SECONDS for the engine, then hands
+    the job back anyway (the bound is shortened here; its real value leaves 20 s for that)."""
+    import api.worker.runner as runner
+
+    assert runner.ENGINE_STOP_SECONDS <= 10
+    monkeypatch.setattr(runner, "ENGINE_STOP_SECONDS", 0.2)
+    monkeypatch.setenv("STUDIO_ENGINES", "builtin")
+    engine = StuckEngine()
+    monkeypatch.setattr(runner, "build_engine", lambda settings, task, model_key, **_: engine)
+    _, job_id = _queued_job(database_url, worker_env, write_tone(tmp_path / "speech.wav"), "enhance", "deepfilternet3")
+    sender = threading.Thread(target=lambda: engine.started.wait(30) and os.kill(os.getpid(), signal.SIGINT))
+    sender.start()
+    try:
+        with pytest.raises(KeyboardInterrupt, match="container preempted"):
+            modal_app.EnhanceWorker().run.local(str(job_id))
+    finally:
+        engine.release.set()
+        sender.join()
+    job, kinds = _finished(database_url, job_id)
+    assert job["status"] == "queued" and job["stage"] == "preempted" and kinds == ["hold"]
+    assert job["input_ref"] is not None  # kept for the retry
+
+
+# ---- issue 19 item 7: the CTranslate2 model.bin sizes are pinned and checked before any hashing ----
+
+
+def test_the_ctranslate2_model_sizes_are_pinned_and_a_wrong_size_is_refused_unhashed(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import inference.models as models
+
+    lock = models.load_lock()
+    keys = ("faster-whisper/large-v3-turbo", "faster-whisper/large-v3", "faster-whisper/distil-large-v3")
+    sizes = {key: {f.path: f.bytes for f in lock.get(key).files}["model.bin"] for key in keys}
+    assert sizes == {
+        "faster-whisper/large-v3-turbo": 1_617_884_929,
+        "faster-whisper/large-v3": 3_087_284_237,
+        "faster-whisper/distil-large-v3": 1_512_927_867,
+    }
+
+    def no_hashing(path: Path) -> str:
+        raise AssertionError(f"{path} was hashed: a wrong size must be refused first")
+
+    monkeypatch.setattr(models, "sha256_file", no_hashing)
+    for key in sizes:
+        folder = tmp_path / key
+        folder.mkdir(parents=True)
+        (folder / "model.bin").write_bytes(b"truncated download")
+        (state,) = models.status(tmp_path, models.ModelsLock(version=lock.version, models={key: lock.get(key)}))
+        assert {f.path: f.state for f in state.files}["model.bin"] == "corrupt"

@@ -112,6 +112,14 @@ async def finish_attempt(
     return status
 
 
+async def requeue_preempted(conn: AsyncConnection, job_id: UUID, attempt: int) -> bool:
+    """Not an ending: a preempted attempt hands its job back (queued again, its hold kept: nothing captured or
+    released), so the retry's claim takes it at once instead of finding it `running` under a live heartbeat. False
+    when the job is no longer this attempt's."""
+    async with conn.transaction():
+        return await db_jobs.requeue_attempt(conn, job_id, attempt)
+
+
 async def fail_out_of_attempts(
     conn: AsyncConnection, job_id: UUID, max_attempts: int, heartbeat_timeout_seconds: float, dispatch_id: str | None
 ) -> bool:

@@ -32,6 +32,7 @@ from api.jobs.settle import (
     WORKER_INTERRUPTED,
     fail_out_of_attempts,
     finish_attempt,
+    requeue_preempted,
 )
 from api.protocols import Storage
 from api.settings import Settings
@@ -44,8 +45,9 @@ from inference.registry import TASKS
 
 log = logging.getLogger("studio.runner")
 
-# How long an interrupted run waits for its engine thread to reach its next progress report and stop.
-ENGINE_STOP_SECONDS = 60.0
+# How long an interrupted run waits for its engine thread to reach its next progress report and stop. Modal
+# SIGKILLs a preempted container 30 s after its SIGINT: the wait plus handing the job back must fit well inside.
+ENGINE_STOP_SECONDS = 10.0
 
 
 class JobCanceled(Exception):
@@ -57,19 +59,28 @@ class JobInterrupted(Exception):
     input was cancelled: see modal_app.py `_JobWorker.run`)."""
 
 
+class JobPreempted(Exception):
+    """Raised inside the engine thread at its next progress report once the container is being preempted (on Modal,
+    SIGINT: see modal_app.py `_JobWorker.run`). The job is handed back for a retry, not settled."""
+
+
 class JobLost(Exception):
     """This attempt no longer owns the job (the reaper failed it, or another attempt re-claimed it)."""
 
 
-def build_engine(settings: Settings, task: str, model_key: str) -> Engine:
-    """Load the engine for (task, model_key): the slow part, done once per worker."""
+def build_engine(settings: Settings, task: str, model_key: str, *, device: str | None = None) -> Engine:
+    """Load the engine for (task, model_key): the slow part, done once per worker. `device` is where a GPU task's
+    engine loads (inference/base.py `DeviceEngine`); None lets it pick. CPU tasks' engines take no device."""
     if settings.engines == "builtin":
         from inference.builtin import build_engine as builtin
 
         return builtin(model_key, settings.weights_path, task=task)
     from inference.registry import load_engine
 
-    return load_engine(task, model_key, settings.weights_path)
+    options: dict[str, Any] = {}
+    if device is not None and TASKS[task].gpu:
+        options["device"] = device
+    return load_engine(task, model_key, settings.weights_path, **options)
 
 
 @dataclass
@@ -81,6 +92,7 @@ class WorkerContext:
     storage: Storage
     engines: dict[tuple[str, str], Engine] = field(default_factory=dict)
     heartbeat_interval: float = 0.5  # seconds between progress/heartbeat writes (the throttle)
+    device: str | None = None  # where GPU tasks' engines built on demand load; None lets each engine pick
 
     def engine(self, task: str, model_key: str) -> Engine:
         # The licence gate again (the submit checked it), preloaded engines included: a job queued before the
@@ -90,15 +102,16 @@ class WorkerContext:
             raise EngineError(licence_refusal(entry), code="model_not_enabled")
         key = (task, model_key)
         if key not in self.engines:
-            self.engines[key] = build_engine(self.settings, task, model_key)
+            self.engines[key] = build_engine(self.settings, task, model_key, device=self.device)
         return self.engines[key]
 
 
 class _Progress:
     """Shared between the engine thread (reports) and the heartbeat task (writes, reads cancel_requested)."""
 
-    def __init__(self, interrupted: threading.Event | None = None) -> None:
+    def __init__(self, interrupted: threading.Event | None = None, preempted: threading.Event | None = None) -> None:
         self.interrupted = interrupted
+        self.preempted = preempted
         self.fraction = 0.0
         self.stage: str | None = "running"
         self.canceled = threading.Event()
@@ -115,6 +128,8 @@ class _Progress:
             raise JobCanceled()
         if self.interrupted is not None and self.interrupted.is_set():
             raise JobInterrupted()
+        if self.preempted is not None and self.preempted.is_set():
+            raise JobPreempted()
         self.fraction = min(1.0, max(0.0, float(fraction)))
         if stage:
             self.stage = stage[:64]
@@ -255,14 +270,22 @@ async def _execute(
 
 
 async def run_job(
-    ctx: WorkerContext, job_id: UUID, *, dispatch_id: str | None = None, interrupted: threading.Event | None = None
+    ctx: WorkerContext,
+    job_id: UUID,
+    *,
+    dispatch_id: str | None = None,
+    interrupted: threading.Event | None = None,
+    preempted: threading.Event | None = None,
 ) -> str:
     """Run one job to a final state. Returns the state this call wrote, or "skipped" (not ours to run: final,
-    canceled, or running under another live attempt) or "lost" (reaped or re-claimed while we ran).
+    canceled, or running under another live attempt), "lost" (reaped or re-claimed while we ran) or "requeued"
+    (preempted: handed back for a retry).
 
     `dispatch_id` names the execution running this attempt (Modal's FunctionCall id): it is recorded at the
     claim so the reaper asks about the execution that really holds the job. Setting `interrupted` (from any thread,
-    a signal handler included) stops the engine at its next progress report and fails the job `worker_interrupted`.
+    a signal handler included) stops the engine at its next progress report and fails the job `worker_interrupted`;
+    setting `preempted` stops it the same way and hands the job back (queued, its hold kept, nothing charged) for the
+    next claim, which takes it at once.
     """
     async with await ctx.connect() as conn:
         job = await claim(conn, job_id, ctx.settings, dispatch_id)
@@ -274,22 +297,30 @@ async def run_job(
                 await _delete_input(ctx, conn, job_id)
                 return str(JobStatus.FAILED)
             return "skipped"
-        return await run_claimed(ctx, conn, job, interrupted=interrupted)
+        return await run_claimed(ctx, conn, job, interrupted=interrupted, preempted=preempted)
 
 
 async def run_claimed(
-    ctx: WorkerContext, conn: AsyncConnection, job: dict[str, Any], *, interrupted: threading.Event | None = None
+    ctx: WorkerContext,
+    conn: AsyncConnection,
+    job: dict[str, Any],
+    *,
+    interrupted: threading.Event | None = None,
+    preempted: threading.Event | None = None,
 ) -> str:
     """Run a job this attempt has claimed (a row `claim` returned) to a final state, on `conn`: as `run_job`."""
     job_id: UUID = job["id"]
     attempt = job["attempts"]
-    progress = _Progress(interrupted)
+    progress = _Progress(interrupted, preempted)
     heartbeat = asyncio.create_task(_heartbeat(conn, job_id, attempt, progress, ctx.heartbeat_interval))
     outputs: list[dict[str, Any]] = []
     retention = ctx.settings.output_retention_seconds
     status: JobStatus | None
     interruption: BaseException | None = None
+    requeued = False
     try:
+        if preempted is not None and preempted.is_set():
+            raise JobPreempted()  # between the claim and here: nothing ran yet
         with tempfile.TemporaryDirectory(prefix="studio-job-") as tmp:
             metrics = await _execute(ctx, job, Path(tmp), progress, outputs)
         await _stop(heartbeat, progress)
@@ -316,6 +347,9 @@ async def run_claimed(
         status = await finish_attempt(
             conn, job_id, attempt, JobStatus.FAILED, retention_seconds=retention, error=WORKER_INTERRUPTED
         )
+    except JobPreempted:
+        await _stop(heartbeat, progress)
+        status, requeued = None, await requeue_preempted(conn, job_id, attempt)
     except EngineError as exc:
         await _stop(heartbeat, progress)
         error = {"code": exc.code, "message": str(exc)}
@@ -328,22 +362,30 @@ async def run_claimed(
         )
     except BaseException as exc:
         # Not an Exception: modal's InputCancellation (modal/exception.py; raised in a sync method's main thread
-        # when its FunctionCall is cancelled, modal/_container_entrypoint.py), the task being cancelled, or
-        # SystemExit. Settle before it propagates, or the hold would wait for the reaper; and stop the engine
+        # when its FunctionCall is cancelled, modal/_container_entrypoint.py), KeyboardInterrupt (SIGINT: Modal's
+        # preemption where no handler of ours caught it, Ctrl-C locally), the task being cancelled, or SystemExit.
+        # Settle (or hand back) before it propagates, or the hold would wait for the reaper; and stop the engine
         # thread first, or it would keep the device into the next job.
         log.warning("job %s interrupted by %r", job_id, exc)
         interruption = exc
+        abandoned = preempted is not None and preempted.is_set()  # the engine already had its time to stop
         progress.canceled.set()  # the engine thread raises at its next progress report
-        await asyncio.to_thread(progress.engine_idle.wait, ENGINE_STOP_SECONDS)
+        if not abandoned:
+            await asyncio.to_thread(progress.engine_idle.wait, ENGINE_STOP_SECONDS)
         await _stop(heartbeat, progress)
-        status = await finish_attempt(
-            conn, job_id, attempt, JobStatus.FAILED, retention_seconds=retention, error=WORKER_INTERRUPTED
-        )
+        if isinstance(exc, KeyboardInterrupt) or abandoned:
+            status, requeued = None, await requeue_preempted(conn, job_id, attempt)
+        else:
+            status = await finish_attempt(
+                conn, job_id, attempt, JobStatus.FAILED, retention_seconds=retention, error=WORKER_INTERRUPTED
+            )
     if status != JobStatus.SUCCEEDED and outputs:
         await _drop_orphans(ctx, conn, job_id, [item["ref"] for item in outputs])
-    await _delete_input(ctx, conn, job_id)
+    await _delete_input(ctx, conn, job_id)  # only a final job's: a requeued one keeps its input for the retry
     if interruption is not None:
         raise interruption
+    if requeued:
+        return "requeued"
     return str(status) if status else "lost"
 
 

@@ -21,6 +21,7 @@ from db.embedded import pid_is_running
 from inference.builtin import HOLD_UNTIL_ENV
 from inference.registry import TASKS
 from tests.jobs_api_support import multipart, wait_final, wait_status, write_audio
+from tests.jobs_support import wait_until
 
 
 def _kill_workers() -> list[int]:
@@ -149,7 +150,12 @@ async def test_a_hung_engine_is_stopped_its_job_failed_and_the_queue_moves_on(
     assert failed["status"] == "failed" and failed["error"]["code"] == "engine_timeout", failed
     assert await _ledger_kinds(app_state, failed["id"]) == ["hold", "release"]
     assert not pid_is_running(first_worker)
-    assert app_state.dispatcher.restarts == 1 and app_state.dispatcher.worker_pids() != [first_worker]
+
+    async def replaced() -> bool:  # the supervisor starts the new worker just after settling the job
+        return app_state.dispatcher.restarts == 1
+
+    await wait_until(replaced, timeout=30, what="the hung worker's replacement")
+    assert first_worker not in app_state.dispatcher.worker_pids()
     async with app_state.pool.connection() as conn:
         row = await db_jobs.get_job(conn, UUID(failed["id"]))
     assert row is not None and row["input_ref"] is None  # the input went with the settlement

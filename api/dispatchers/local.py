@@ -161,7 +161,8 @@ class LocalDispatcher:
                 if worker.reports in ready:
                     woke = self._read_reports(worker) or woke
                 if worker.running is not None and time.monotonic() > worker.time_limit:
-                    woke = self._stop_hung(worker) or woke
+                    self._stop_hung(worker)
+                    woke = True  # either way its job has ended: a slot is free
             if woke:
                 self._wake_listeners()
 
@@ -179,13 +180,13 @@ class LocalDispatcher:
             pass  # it is exiting: its sentinel fires next
         return ended
 
-    def _stop_hung(self, worker: _Worker) -> bool:
-        """Kill a worker past its job's time limit, fail that job `engine_timeout`, start another worker. False when
-        a report that came in meanwhile says the job ended."""
+    def _stop_hung(self, worker: _Worker) -> None:
+        """Kill a worker past its job's time limit, fail that job `engine_timeout`, start another worker; nothing
+        when a report that came in meanwhile says the job ended."""
         self._read_reports(worker)
         claimed = worker.running
         if claimed is None:
-            return True
+            return
         log.error(
             "local worker %s (pid %s): job %s ran past its %.0f s limit; killing the worker",
             worker.token,
@@ -202,7 +203,6 @@ class LocalDispatcher:
             log.exception("could not settle timed-out job %s; the reaper fails it as lost", claimed.job_id)
         worker.running = None
         self._replace(worker)
-        return True
 
     def _settle_context(self) -> WorkerContext:
         if self._context_for_settling is None:

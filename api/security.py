@@ -271,14 +271,21 @@ async def ensure_user(pool: AsyncConnectionPool, settings: Settings, email: str)
     email = email.strip().lower()
     if "@" not in email or any(ch.isspace() for ch in email):
         raise ValueError(f"not an email address: {email!r}")
+    # No `ON CONFLICT (email)`: Supabase's auth.users has no unique constraint on email, only a partial unique index
+    # (users_email_partial_key, WHERE is_sso_user = false), which a bare conflict target does not match; migration
+    # 0013 gives the local stand-in the same shape. A concurrent first sign-in loses the insert and reads the winner's.
     async with pool.connection() as conn, conn.transaction():
-        cursor = await conn.execute(
-            "INSERT INTO auth.users (id, email) VALUES (%s, %s) ON CONFLICT (email) DO NOTHING RETURNING id",
-            (uuid4(), email),
-        )
-        row = await cursor.fetchone()
+        find = "SELECT id FROM auth.users WHERE email = %s AND NOT is_sso_user"
+        row = await (await conn.execute(find, (email,))).fetchone()
         if row is None:
-            row = await (await conn.execute("SELECT id FROM auth.users WHERE email = %s", (email,))).fetchone()
+            try:
+                async with conn.transaction():  # a savepoint: the unique violation leaves the outer one usable
+                    cursor = await conn.execute(
+                        "INSERT INTO auth.users (id, email) VALUES (%s, %s) RETURNING id", (uuid4(), email)
+                    )
+                    row = await cursor.fetchone()
+            except psycopg.errors.UniqueViolation:
+                row = await (await conn.execute(find, (email,))).fetchone()
         assert row is not None  # inserted, or it existed
         await ledger.ensure_account(conn, row[0], welcome_grant=settings.welcome_credits)
     return row[0]

@@ -89,6 +89,10 @@ class Settings(BaseSettings):
     # otherwise be retried by Modal with backoff until its deadline).
     max_attempts: int = 3
     heartbeat_timeout_seconds: int = 300
+    # Local workers: an attempt may run max(this, priced seconds x its task's worst_realtime_factor) from its claim
+    # (inference/registry.py); past that its engine is taken to be hung, the worker process is killed and replaced
+    # and the job fails `engine_timeout`. The floor covers loading a model on a worker's first job.
+    engine_timeout_floor_seconds: float = 600.0
     max_running_jobs_per_user: int = 2
     rate_limit_per_minute: int = 120
     # A quote with `input_url` downloads the input: it counts as this many requests against the rate limit.

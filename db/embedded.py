@@ -45,10 +45,11 @@ def _prune_dead_handles(data_dir: Path) -> list[int]:
     return dead
 
 
-def database_url(server: Any, dbname: str = "postgres") -> str:
-    """A libpq URL for `dbname` on the embedded server (it listens on a Unix socket in its data folder)."""
+def database_url(server: Any, dbname: str = "postgres", user: str = "postgres") -> str:
+    """A libpq URL for `dbname` on the embedded server (it listens on a Unix socket in its data folder), as `user`
+    (the superuser `postgres` unless told otherwise; the socket trusts local connections)."""
     socket_dir = quote(str(server.pgdata), safe="")
-    return f"postgresql://postgres@/{dbname}?host={socket_dir}"
+    return f"postgresql://{quote(user, safe='')}@/{dbname}?host={socket_dir}"
 
 
 def create_database(server: Any, dbname: str, *, template: str | None = None) -> str:

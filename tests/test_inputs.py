@@ -87,6 +87,12 @@ def test_filenames_are_cleaned() -> None:
     assert safe_filename("../../etc/pa\x00ss\nwd.wav") == "passwd.wav"
     assert safe_filename("C:\\music\\song.mp3") == "song.mp3"
     assert safe_filename("") == "input"
+    # Nothing that means something in HTML survives: a client rendering the name as markup still shows text.
+    hostile = safe_filename('<img src=x onerror="window.pwned=1">\'`&amp;.wav')
+    assert hostile == "_img src_x onerror__window.pwned_1_____amp_.wav"
+    assert not set(hostile) & set("<>=\"'`&;")
+    assert safe_filename("Café – ünïcode 日本語 (v2) [final].mp3") == "Café _ ünïcode 日本語 (v2) [final].mp3"
+    assert safe_filename("a\u202egnp.wav") == "agnp.wav"  # a right-to-left override is a format character (Cf)
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -3,6 +3,8 @@ builtin engines. Every bad input must answer the right 4xx and leave nothing cha
 
 from __future__ import annotations
 
+import asyncio
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ from db import ledger
 from inference.builtin import HOLD_UNTIL_ENV
 from tests import hostile_audio
 from tests.jobs_api_support import multipart, wait_final, wait_status, write_audio
-from tests.jobs_support import RefusingDispatcher
+from tests.jobs_support import RefusingDispatcher, wait_until
 
 PROBLEM = "application/problem+json"
 
@@ -385,6 +387,60 @@ async def test_cancel_running_job_ends_canceled_and_released(
     final = await wait_final(client, alice["headers"], job_id, app_state)
     assert final["status"] == "canceled" and final["outputs"] == []
     assert await _balance(app_state, alice) == (100, 0)
+
+
+async def test_prefer_wait_answers_202_after_its_n_seconds_while_the_job_still_runs(
+    client: Any, alice: dict[str, Any], app_state: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The engine holds at its first progress report until `release` exists: the job cannot finish inside the wait.
+    release = tmp_path / "release"
+    monkeypatch.setenv(HOLD_UNTIL_ENV, str(release))
+    assert app_state.settings.prefer_wait_max_seconds >= 30  # a server ignoring N would wait far past 1 s
+    path = write_audio(tmp_path / "clip.wav", 1.0)
+    started = time.monotonic()
+    async with asyncio.timeout(20):  # a loose upper bound only: wait=1 must not become the server's maximum
+        created = await client.post(
+            "/v1/jobs", headers={**alice["headers"], "Prefer": "wait=1"}, **multipart("enhance", {}, path)
+        )
+    waited = time.monotonic() - started
+    assert created.status_code == 202, created.text
+    assert created.headers["preference-applied"] == "wait=1"
+    assert created.headers["location"] == created.json()["links"]["self"]
+    job = created.json()
+    assert job["status"] in ("queued", "running") and job["outputs"] == []
+    assert waited >= 1.0  # it did wait its second (a lower bound on a monotonic clock cannot flake)
+    # Still held, so the 202 was not a finished job misreported: release it and it runs to the end.
+    row = (await client.get(f"/v1/jobs/{job['id']}", headers=alice["headers"])).json()
+    assert row["status"] in ("queued", "running")
+    release.touch()
+    final = await wait_final(client, alice["headers"], job["id"], app_state)
+    assert final["status"] == "succeeded"
+
+
+async def test_prefer_wait_ends_when_the_job_does(
+    client: Any, alice: dict[str, Any], app_state: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The job is held until it is running, then released: the answer (wait=60) must be the finished job, 200.
+    release = tmp_path / "release"
+    monkeypatch.setenv(HOLD_UNTIL_ENV, str(release))
+    path = write_audio(tmp_path / "clip.wav", 1.0)
+    submit = asyncio.create_task(
+        client.post("/v1/jobs", headers={**alice["headers"], "Prefer": "wait=60"}, **multipart("enhance", {}, path))
+    )
+    async with app_state.pool.connection() as conn:
+        await wait_until(lambda: _job_running(conn), what="the held job to run")
+    assert not submit.done()  # still waiting on a running job
+    release.touch()
+    async with asyncio.timeout(30):
+        created = await submit
+    assert created.status_code == 200, created.text
+    assert created.json()["status"] == "succeeded" and created.json()["outputs"]
+
+
+async def _job_running(conn: Any) -> bool:
+    cursor = await conn.execute("SELECT count(*) FROM jobs WHERE status = 'running'")
+    row = await cursor.fetchone()
+    return row is not None and row[0] == 1
 
 
 async def test_dispatch_failure_is_503_and_releases_the_hold(

@@ -18,6 +18,7 @@ from api.settings import Settings
 from api.storage import LocalStorage
 from api.worker.runner import WorkerContext, run_job
 from db import ledger
+from db.jobs import request_cancel_running
 from inference.base import EngineResult, OutputFile, ProgressFn
 from tests import hostile_audio
 from tests.jobs_support import job_row, ledger_kinds, make_job, make_user, wait_until, write_tone
@@ -239,6 +240,50 @@ async def test_a_running_job_past_its_own_deadline_is_canceled_by_its_worker(
     cursor = await conn.execute("SELECT payload FROM webhook_deliveries WHERE event = 'job.canceled'")
     [(payload,)] = await cursor.fetchall()
     assert payload["cancel_reason"] == "deadline"
+
+
+class CancelDuringStore(LocalStorage):
+    """The real local storage; as the first output is stored, the job's user cancels it through the real cancel
+    statement (the job is running: flagged, as `POST /v1/jobs/{id}/cancel` does)."""
+
+    def __init__(self, storage: LocalStorage, database_url: str, job_id: UUID, user_id: UUID) -> None:
+        super().__init__(storage.root, "test-signing-key", "http://testserver")
+        self.database_url, self.job_id, self.user_id = database_url, job_id, user_id
+        self.canceled = False
+
+    async def put_file(self, bucket: str, key: str, path: Path, content_type: str) -> int:
+        if bucket == "outputs" and not self.canceled:
+            async with await psycopg.AsyncConnection.connect(self.database_url, autocommit=True) as other:
+                self.canceled = await request_cancel_running(other, self.job_id, self.user_id)
+        return await super().put_file(bucket, key, path, content_type)
+
+
+async def test_a_cancel_while_outputs_are_stored_wins_and_charges_nothing(
+    conn: psycopg.AsyncConnection,
+    ctx: WorkerContext,
+    storage: LocalStorage,
+    settings: Settings,
+    tone: Path,
+    database_url: str,
+) -> None:
+    # The engine has finished; no progress report is left to raise the cancel, so the settlement must see the flag.
+    user = await make_user(conn)
+    job_id = await make_job(conn, storage, settings, user, tone, cost=10, webhook_url="https://hooks.example.com/x")
+    ctx.storage = CancelDuringStore(storage, database_url, job_id, user)
+    assert settings.outputs_bucket == "outputs"
+
+    assert await run_job(ctx, job_id) == "canceled"
+
+    assert ctx.storage.canceled
+    job = await job_row(conn, job_id)
+    assert job["status"] == "canceled" and job["outputs"] == []
+    assert not list(_outputs_folder(storage, user, job_id).glob("*"))  # the stored outputs were dropped
+    assert await _balances(conn, user) == (100, 0)
+    assert await ledger_kinds(conn, job_id) == ["hold", "release"]
+    cursor = await conn.execute("SELECT event FROM webhook_deliveries WHERE job_id = %s", (job_id,))
+    events = {row[0] for row in await cursor.fetchall()}
+    assert "job.canceled" in events and "job.succeeded" not in events
+    assert await ledger.invariant_violations(conn) == []
 
 
 async def test_a_dead_attempt_is_reclaimed_and_a_live_one_left_alone(

@@ -489,6 +489,63 @@ def test_account_usage_chart_and_csv(page: Page, live_builtin: LiveStudio) -> No
     assert f"generate,{generate['credits']},{generate['jobs']},0.0" in table
 
 
+# ---- hostile text: API data shown literally, never parsed as markup ----
+
+# Each would set window.pwned if the page parsed it as HTML (an <img> whose load fails runs its onerror; a <script>
+# inserted with innerHTML does not run, so the img carries the check).
+HOSTILE = '<img src=x onerror="window.pwned=1"><script>window.pwned=2</script>&amp;'
+
+
+def test_hostile_text_is_shown_literally(page: Page, live_builtin: LiveStudio, tmp_path: Path) -> None:
+    """Filenames, prompts (params) and transcript text chosen by a user or an engine show as text: nothing runs."""
+    headers = {"Authorization": f"Bearer {demo_token(live_builtin)}", "Prefer": "wait=60"}
+    base = live_builtin.base_url
+    clip = tmp_path / "clip.wav"
+    sf.write(clip, 0.3 * np.sin(2 * np.pi * 220 * np.arange(32000) / 16000), 16000)
+    with clip.open("rb") as audio:
+        named = httpx.post(
+            f"{base}/v1/jobs", headers=headers, data={"task": "transcribe", "params": '{"word_timestamps": true}'},
+            files={"file": (f"{HOSTILE}.wav", audio, "audio/wav")}, timeout=90,
+        )  # fmt: skip
+    assert named.status_code == 200 and named.json()["status"] == "succeeded", named.text
+    filename = named.json()["input"]["filename"]
+    assert not set(filename) & set("<>=\"'&")  # the server cleans the name (api.jobs.inputs.safe_filename)
+    prompted = httpx.post(
+        f"{base}/v1/jobs", headers=headers, json={"task": "generate", "params": {"prompt": HOSTILE, "duration_s": 1.0}},
+        timeout=90,
+    )  # fmt: skip
+    assert prompted.status_code == 200 and prompted.json()["params"]["prompt"] == HOSTILE, prompted.text
+    # The transcript an engine wrote, rewritten in storage to carry the payload in a segment and in a word.
+    job_id, user_id = named.json()["id"], demo_user_id(live_builtin)
+    stored = live_builtin.state.storage.path_for(
+        live_builtin.settings.outputs_bucket, f"{user_id}/{job_id}/transcript.json"
+    )
+    doc = json.loads(stored.read_text())
+    assert doc["segments"], doc
+    first = doc["segments"][0]
+    word = {"word": HOSTILE, "start": first["start"], "end": first["end"], "probability": 1.0}
+    doc["segments"] = [{**first, "text": HOSTILE, "words": [word]}, {**first, "text": HOSTILE, "words": []}]
+    stored.write_text(json.dumps(doc))
+
+    sign_in(page, live_builtin)
+    page.get_by_role("link", name="Jobs").click()
+    table = page.locator("#jobs-table tbody")
+    expect(table.locator(f'tr[data-job="{job_id}"] td').nth(2)).to_have_text(filename)
+    expect(table.locator(f'tr[data-job="{prompted.json()["id"]}"] td').nth(2)).to_have_text(HOSTILE)
+    expect(table.locator("img, script")).to_have_count(0)
+    shot(page, "14-hostile-jobs")
+
+    table.locator(f'tr[data-job="{job_id}"]').get_by_role("link", name="Open").click()
+    segments = page.locator("ol.segments li")
+    expect(segments).to_have_count(2)
+    expect(segments.nth(0).locator("button.word").first).to_have_text(HOSTILE)
+    expect(segments.nth(1)).to_contain_text(HOSTILE)
+    expect(page.locator("#results img, #results script")).to_have_count(0)
+    shot(page, "15-hostile-transcript")
+    # An <img> that failed to load has fired its onerror by now (the page loaded the transcript after the table).
+    assert page.evaluate("window.pwned") is None
+
+
 # ---- Supabase mode: no one-click sign-in; a magic link through supabase-js ----
 
 FAKE_SUPABASE = "http://127.0.0.1:9"  # never contacted by the server here; the browser's calls are answered below

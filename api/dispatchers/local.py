@@ -15,6 +15,12 @@ Dispatch ids and liveness:
   check backs this up for a reused pid.
 Cancelling touches no process: a queued job is made final in the database (workers only claim queued jobs) and a
 running one stops cooperatively when its heartbeat reads `cancel_requested`.
+
+The watchdog: a worker reports each claim with the attempt's time limit (`Claimed`). One still on that job past
+the limit has a hung engine (its heartbeat would keep the job "running" until the 2 h deadline, and with one worker
+the queue would wait as long): the supervisor kills it, fails the job `engine_timeout` (hold released, input
+deleted) while the dead worker still counts as alive (so the reaper cannot fail it `worker_lost` first), then
+replaces it.
 """
 
 from __future__ import annotations
@@ -36,7 +42,9 @@ from uuid import UUID
 from api.database import secret_key
 from api.protocols import Liveness
 from api.settings import Settings
-from api.worker.local import LOCAL_READY, parse_worker_dispatch_id, worker_main
+from api.worker.local import LOCAL_READY, Claimed, parse_worker_dispatch_id, worker_main
+from api.worker.process import worker_context
+from api.worker.runner import WorkerContext, fail_timed_out
 from db.embedded import pid_is_running
 
 log = logging.getLogger("studio.dispatch")
@@ -51,8 +59,10 @@ MAX_RESTART_DELAY_SECONDS = 10.0
 class _Worker:
     token: str
     process: BaseProcess
-    reports: Connection  # the worker sends one message per finished job
+    reports: Connection  # the worker sends `Claimed` when it takes a job, then the job's final state
     started: float = field(default_factory=time.monotonic)
+    running: Claimed | None = None  # the job it is on, if any
+    time_limit: float = 0.0  # time.monotonic() past which that job counts as hung
 
 
 class LocalDispatcher:
@@ -74,6 +84,7 @@ class LocalDispatcher:
         self._monitor: threading.Thread | None = None
         self._stopping = threading.Event()
         self._quick_deaths = 0
+        self._context_for_settling: WorkerContext | None = None  # the watchdog's storage and database access
         self.restarts = 0  # workers started to replace dead ones
 
     def on_finished(self, callback: Callable[[], None]) -> None:
@@ -146,14 +157,57 @@ class LocalDispatcher:
                 if worker.process.sentinel in ready:
                     self._replace(worker)
                     woke = True
-                elif worker.reports in ready:
-                    try:
-                        worker.reports.recv()
-                    except (EOFError, OSError):
-                        continue  # it is exiting: its sentinel fires next
-                    woke = True
+                    continue
+                if worker.reports in ready:
+                    woke = self._read_reports(worker) or woke
+                if worker.running is not None and time.monotonic() > worker.time_limit:
+                    self._stop_hung(worker)
+                    woke = True  # either way its job has ended: a slot is free
             if woke:
                 self._wake_listeners()
+
+    def _read_reports(self, worker: _Worker) -> bool:
+        """Take in every message the worker has sent; True when it ended a job (a slot is free)."""
+        ended = False
+        try:
+            while worker.reports.poll():
+                report = worker.reports.recv()
+                if isinstance(report, Claimed):
+                    worker.running, worker.time_limit = report, time.monotonic() + report.seconds
+                else:
+                    worker.running, ended = None, True
+        except (EOFError, OSError):
+            pass  # it is exiting: its sentinel fires next
+        return ended
+
+    def _stop_hung(self, worker: _Worker) -> None:
+        """Kill a worker past its job's time limit, fail that job `engine_timeout`, start another worker; nothing
+        when a report that came in meanwhile says the job ended."""
+        self._read_reports(worker)
+        claimed = worker.running
+        if claimed is None:
+            return
+        log.error(
+            "local worker %s (pid %s): job %s ran past its %.0f s limit; killing the worker",
+            worker.token,
+            worker.process.pid,
+            claimed.job_id,
+            claimed.seconds,
+        )
+        worker.process.kill()
+        worker.process.join()
+        try:
+            # Still in self._workers, so is_alive answers ALIVE and the reaper leaves the job to this settlement.
+            asyncio.run(fail_timed_out(self._settle_context(), claimed.job_id, claimed.attempt))
+        except Exception:
+            log.exception("could not settle timed-out job %s; the reaper fails it as lost", claimed.job_id)
+        worker.running = None
+        self._replace(worker)
+
+    def _settle_context(self) -> WorkerContext:
+        if self._context_for_settling is None:
+            self._context_for_settling = worker_context(self._settings, self._database_url, secret_key(self._settings))
+        return self._context_for_settling
 
     def _replace(self, worker: _Worker) -> None:
         worker.process.join()

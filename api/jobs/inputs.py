@@ -131,10 +131,24 @@ def check_declared_type(content_type: str | None) -> None:
         raise _unsupported_type(main)
 
 
+# Kept in a shown filename besides letters, marks, digits and spaces: punctuation with no meaning in HTML, URLs,
+# shells or headers. Anything else (`<`, `>`, `=`, quotes, `&`, backticks, ...) becomes `_`, so a name is inert even
+# where a client renders it as markup.
+_FILENAME_PUNCTUATION = frozenset("._-()[]+,~@#%!")
+
+
+def _filename_char(ch: str) -> str:
+    category = unicodedata.category(ch)
+    if category[0] in "LMN" or ch in _FILENAME_PUNCTUATION:
+        return ch
+    return " " if category == "Zs" else "_"
+
+
 def safe_filename(name: str | None, default: str = "input") -> str:
-    """The last path segment without control characters, at most 200 characters: shown back to the user only."""
+    """The last path segment without control or format characters, markup or quotes, at most 200 characters: shown
+    back to the user only."""
     base = (name or "").replace("\\", "/").rsplit("/", 1)[-1]
-    cleaned = "".join(ch for ch in base if unicodedata.category(ch)[0] != "C").strip()
+    cleaned = "".join(_filename_char(ch) for ch in base if unicodedata.category(ch)[0] != "C").strip()
     return cleaned[:200] or default
 
 

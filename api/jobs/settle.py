@@ -41,6 +41,10 @@ TOO_MANY_ATTEMPTS = {
     "message": "The job stopped its worker on every attempt (for example by running out of memory); no credits were"
     " charged. A shorter input may succeed.",
 }
+ENGINE_TIMEOUT = {
+    "code": "engine_timeout",
+    "message": "The job ran far longer than its input allows and was stopped; no credits were charged.",
+}
 WORKER_INTERRUPTED = {
     "code": "worker_interrupted",
     "message": "The worker running this job was interrupted; no credits were charged. Submit the job again.",

@@ -9,6 +9,11 @@ whether the process running the job is still alive.
 
 The process exits on its own when the API process that started it is gone, between jobs: an orphan would keep
 claiming work that no reaper watches over.
+
+It reports to the supervisor on its pipe: `Claimed` (the job, the attempt and how long it may run, from
+`attempt_time_limit`) when it takes a job, then the job's final state when it ends it. A worker still on a job past
+its time limit is killed by the supervisor, which fails the job `engine_timeout` (a hung engine cannot be stopped
+from inside: its thread ignores everything, and the heartbeat would keep the job "running" until its deadline).
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 from uuid import UUID
@@ -26,7 +33,7 @@ from api.database import connect
 from api.jobs.settle import fail_out_of_attempts
 from api.settings import Settings
 from api.worker.process import worker_context
-from api.worker.runner import WorkerContext, claim, run_claimed
+from api.worker.runner import WorkerContext, attempt_time_limit, claim, run_claimed
 from db import jobs as db_jobs
 from db.jobs import JobStatus
 
@@ -35,6 +42,15 @@ log = logging.getLogger("studio.worker")
 LOCAL_READY = "local"  # dispatch id of a job waiting for any local worker
 WORK_CHANNEL = "local_work"  # NOTIFY channel (migration 0006)
 PARENT_CHECK_SECONDS = 1.0  # how often an idle worker checks that its API process is still there
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """Sent to the supervisor when this worker takes a job: it may run `seconds` from now."""
+
+    job_id: UUID
+    attempt: int
+    seconds: float
 
 
 def worker_dispatch_id(pid: int, token: str) -> str:
@@ -62,8 +78,9 @@ async def claim_next(conn: AsyncConnection, settings: Settings, dispatch_id: str
     return job if job is not None else job_id
 
 
-async def run_next(ctx: WorkerContext, dispatch_id: str) -> str | None:
-    """Claim and run one job on a fresh connection; its final state, or None when nothing was waiting."""
+async def run_next(ctx: WorkerContext, dispatch_id: str, on_claimed: Callable[[Claimed], None]) -> str | None:
+    """Claim and run one job on a fresh connection; its final state, or None when nothing was waiting.
+    `on_claimed` hears of the claim before the job runs."""
     async with await ctx.connect() as conn:
         job = await claim_next(conn, ctx.settings, dispatch_id)
         if job is None:
@@ -74,6 +91,7 @@ async def run_next(ctx: WorkerContext, dispatch_id: str) -> str | None:
                 conn, job, settings.max_attempts, settings.heartbeat_timeout_seconds, LOCAL_READY
             )
             return str(JobStatus.FAILED) if failed else "skipped"
+        on_claimed(Claimed(job["id"], job["attempts"], attempt_time_limit(job, ctx.settings)))
         return await run_claimed(ctx, conn, job)
 
 
@@ -97,7 +115,7 @@ async def _serve(
     async with await connect(database_url, settings) as listener:
         await listener.execute(f"LISTEN {WORK_CHANNEL}")
         while os.getppid() == parent_pid:
-            status = await run_next(ctx, dispatch_id)
+            status = await run_next(ctx, dispatch_id, parent.send)
             if status is not None:
                 parent.send(status)  # the supervisor wakes the reaper loop: the user's slot is free
                 continue

@@ -28,6 +28,7 @@ from api.jobs.outbox import enqueue_job_event
 from api.jobs.request import licence_refusal, lock_entries, model_enabled
 from api.jobs.settle import (
     CANCELED_AT_DEADLINE,
+    ENGINE_TIMEOUT,
     INTERNAL_ERROR,
     WORKER_INTERRUPTED,
     fail_out_of_attempts,
@@ -298,6 +299,35 @@ async def run_job(
                 return str(JobStatus.FAILED)
             return "skipped"
         return await run_claimed(ctx, conn, job, interrupted=interrupted, preempted=preempted)
+
+
+def attempt_time_limit(job: dict[str, Any], settings: Settings) -> float:
+    """Seconds an attempt may run from its claim before its engine counts as hung: the seconds the job was priced
+    on times its task's worst real-time factor, never under the deployment's floor."""
+    spec = TASKS[job["task"]]
+    params = TASK_PARAMS[job["task"]].model_validate(job["params"])
+    seconds = (job["input_meta"] or {}).get("duration_s")
+    # An audio job always has its probed duration; were it missing, the deployment's cap is what it could be.
+    priced = spec.priced_seconds(params, float(seconds) if seconds is not None else settings.max_duration_seconds)
+    return max(settings.engine_timeout_floor_seconds, priced * spec.worst_realtime_factor)
+
+
+async def fail_timed_out(ctx: WorkerContext, job_id: UUID, attempt: int) -> bool:
+    """Settle an attempt whose worker was killed past `attempt_time_limit`: failed `engine_timeout`, hold released,
+    input deleted. False when the attempt had already ended (nothing is written)."""
+    async with await ctx.connect() as conn:
+        status = await finish_attempt(
+            conn,
+            job_id,
+            attempt,
+            JobStatus.FAILED,
+            retention_seconds=ctx.settings.output_retention_seconds,
+            error=ENGINE_TIMEOUT,
+        )
+        if status is None:
+            return False
+        await _delete_input(ctx, conn, job_id)
+    return True
 
 
 async def run_claimed(

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import math
 from collections import Counter
@@ -88,10 +89,10 @@ async def enforce(
         )
 
 
-# Distinct addresses remembered per window; past it, new addresses share one bucket (a flood of source addresses
-# cannot grow memory, and is itself limited).
+# Distinct addresses remembered per window. Once the table is full, addresses not in it are not remembered (a flood
+# of source addresses cannot grow memory); while it is full they authenticate through the throttle, like an address
+# past its limit.
 MAX_TRACKED_ADDRESSES = 65_536
-_OVERFLOW = "overflow"
 
 
 def address_key(host: str | None) -> str:
@@ -111,29 +112,46 @@ def address_key(host: str | None) -> str:
 
 @dataclass
 class FailedAuthLimiter:
-    """Failed authentications per client address in fixed windows, in memory (one process's view)."""
+    """Failed authentications per client address in fixed windows, in memory (one process's view).
+
+    It never refuses a valid credential, nor an address that has not failed itself: an address past its limit (or
+    any address while the table is full) still has its credential checked, but through `throttle`, one check at a
+    time for the whole process, so guessing keys costs the database at most one lookup in flight. Only a failure
+    from an address past its own limit is answered 429 instead of 401."""
 
     window: datetime | None = None
     failures: Counter[str] = field(default_factory=Counter)
+    throttle: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(1))
 
     def _roll(self, now: datetime, window_seconds: int) -> None:
         start = window_start(now, window_seconds)
         if start != self.window:
             self.window, self.failures = start, Counter()
 
-    def check(self, host: str | None, *, now: datetime, limit: int, window_seconds: int = WINDOW_SECONDS) -> None:
-        """429 with Retry-After when this address already failed `limit` times in the window (limit <= 0: off)."""
+    def limited(self, host: str | None, *, now: datetime, limit: int, window_seconds: int = WINDOW_SECONDS) -> bool:
+        """Whether this address must authenticate through the throttle (limit <= 0: never)."""
         if limit <= 0:
-            return
+            return False
+        self._roll(now, window_seconds)
+        key = address_key(host)
+        if key in self.failures:
+            return self.failures[key] >= limit
+        return len(self.failures) >= MAX_TRACKED_ADDRESSES
+
+    def record(
+        self, host: str | None, *, now: datetime, limit: int, window_seconds: int = WINDOW_SECONDS
+    ) -> Problem | None:
+        """Count a failure; the 429 to answer instead of the 401 when the address is now past `limit`."""
         self._roll(now, window_seconds)
         key = address_key(host)
         if key not in self.failures and len(self.failures) >= MAX_TRACKED_ADDRESSES:
-            key = _OVERFLOW
-        if self.failures.get(key, 0) < limit:
-            return
+            return None
+        self.failures[key] += 1
+        if limit <= 0 or self.failures[key] <= limit:
+            return None
         assert self.window is not None
         retry_after = max(1, math.ceil(self.window.timestamp() + window_seconds - now.timestamp()))
-        raise Problem(
+        return Problem(
             429,
             "too_many_failed_auth",
             "Too many failed sign-ins",
@@ -141,13 +159,6 @@ class FailedAuthLimiter:
             headers={"Retry-After": str(retry_after)},
             retry_after=retry_after,
         )
-
-    def record(self, host: str | None, *, now: datetime, window_seconds: int = WINDOW_SECONDS) -> None:
-        self._roll(now, window_seconds)
-        key = address_key(host)
-        if key not in self.failures and len(self.failures) >= MAX_TRACKED_ADDRESSES:
-            key = _OVERFLOW
-        self.failures[key] += 1
 
 
 @dataclass

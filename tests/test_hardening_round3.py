@@ -1,0 +1,159 @@
+"""Issue 20, section A: failed-auth lockout, junk credentials, slow small bodies, keep-alive, the guard's answers on
+the OpenAI routes. HTTP behaviour is checked over real HTTP (uvicorn on 127.0.0.1, raw sockets) with the same
+fixtures as tests/test_http_limits.py."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import threading
+from typing import Any
+
+import httpx
+
+from api.main import create_app
+from api.ratelimit import MAX_TRACKED_ADDRESSES
+from tests.test_http_limits import RawClient, Served, raw_exchange, repeated, served, settings_update
+
+__all__ = ["served"]  # the fixture, imported for this module's tests
+
+MIB = 1024 * 1024
+
+
+# ---- item 1: the failed-auth limiter never refuses a newcomer or a valid credential ----
+
+
+async def test_a_full_failed_auth_table_refuses_no_newcomer_and_no_valid_credential(
+    app_state: Any, alice: dict[str, Any]
+) -> None:
+    """One /48 fails once from each of its 65,536 /64s (the table is full), then 30 more times: every new client,
+    valid token included, got 429 for the rest of the minute."""
+    settings_update(app_state, failed_auth_per_minute=30)
+    now = app_state.clock()
+    app_state.clock = lambda: now  # one window throughout
+    limiter = app_state.failed_auth
+    network = ipaddress.IPv6Network("2001:db8:abcd::/48")
+    for index in range(MAX_TRACKED_ADDRESSES):
+        limiter.record(str(network[index << 64]), now=now, limit=30)
+    app = create_app(app_state)
+    guess = {"Authorization": "Bearer sk_studio_" + "x" * 43}
+
+    async def get(client: tuple[str, int], headers: dict[str, str]) -> httpx.Response:
+        transport = httpx.ASGITransport(app=app, client=client)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+            return await http.get("/v1/credits", headers=headers)
+
+    attacker = ("2001:db8:ffff::1", 1)  # a /64 the full table does not hold
+    for _ in range(31):
+        assert (await get(attacker, guess)).status_code == 401  # no failures of its own on record: 401, never 429
+    newcomer = await get(("198.51.100.9", 2), alice["headers"])
+    assert newcomer.status_code == 200, newcomer.text
+    assert (await get(("198.51.100.10", 2), guess)).status_code == 401
+
+    # An address past its own limit: its failures are 429, its valid credential still passes.
+    listed = (str(network[7 << 64]), 3)
+    for _ in range(29):
+        assert (await get(listed, guess)).status_code == 401
+    refused = await get(listed, guess)
+    assert refused.status_code == 429 and refused.json()["code"] == "too_many_failed_auth"
+    assert (await get(listed, alice["headers"])).status_code == 200
+
+
+# ---- item 4: junk credentials are none; small bodies get a read time that fits their cap ----
+
+
+async def test_a_junk_authorization_does_not_open_the_guard_to_a_body(served: Served) -> None:
+    """`Authorization: x` let a 64 MiB chunked body in (read before auth ran)."""
+    for junk in ("x", "Bearer", "Bearer x", "Basic dXNlcjpwYXNz", "Bearer sk_studio_short"):
+        status, headers, body, sent = await raw_exchange(
+            served,
+            "POST",
+            "/v1/api-keys",
+            {"Authorization": junk, "Content-Type": "application/json", "Transfer-Encoding": "chunked"},
+            repeated(b"x" * 65536, 64 * MIB),
+        )
+        assert status == 401 and json.loads(body)["code"] == "unauthorized", (junk, body)
+        assert headers.get("connection") == "close" and sent < 64 * MIB
+    assert served.counter.read.get("/v1/api-keys", 0) == 0
+
+
+async def test_a_trickle_to_a_small_body_route_is_cut_off_at_the_time_its_cap_needs(
+    served: Served, app_state: Any
+) -> None:
+    """One byte every 29 s held the Stripe webhook (no header needed) for the uploads' 15 minutes. Here the idle
+    limit is 0.5 s and the trickle one byte per 0.05 s, never idle; the small cap (1 KiB) allows 0.5 s + 1 KiB at
+    64 KiB/s, so the request ends with 408 long before the 200 bytes are sent."""
+    settings_update(app_state, body_read_idle_seconds=0.5, max_body_bytes=1024, stripe_webhook_secret="whsec_test")
+    assert app_state.settings.body_read_timeout_seconds == 900.0
+    pause = threading.Event()
+    status, headers, body, sent = await raw_exchange(
+        served,
+        "POST",
+        "/v1/billing/stripe-webhook",
+        {"Content-Type": "application/json", "Transfer-Encoding": "chunked"},
+        iter([b" "] * 200),
+        between=lambda: pause.wait(0.05),  # the trickle's pace
+    )
+    assert status == 408 and json.loads(body)["code"] == "request_timeout", body
+    assert headers.get("connection") == "close"
+    assert sent < 200
+
+
+# ---- item 8: a request without a body keeps its connection ----
+
+
+async def test_a_get_keeps_the_connection_alive(served: Served, alice: dict[str, Any]) -> None:
+    """Every bodiless request answered `Connection: close` (the guard saw its body as never read)."""
+
+    def run() -> list[tuple[int, dict[str, str], bytes]]:
+        client = RawClient(served)
+        try:
+            answers = []
+            for path in ("/v1/health", "/v1/credits", "/v1/jobs"):
+                client.send_head("GET", path, alice["headers"])
+                answers.append(client.response())  # the same socket: the server kept it open
+            return answers
+        finally:
+            client.close()
+
+    answers = await asyncio.to_thread(run)
+    for status, headers, body in answers:
+        assert status == 200, body
+        assert headers.get("connection") != "close"
+
+
+# ---- item 10: the guard's answers on /v1/audio/* are OpenAI error objects with the real limit ----
+
+
+async def test_the_guards_answers_on_the_openai_routes_are_openai_errors(
+    served: Served, app_state: Any, alice: dict[str, Any]
+) -> None:
+    settings_update(app_state, max_upload_bytes=4 * MIB, body_read_idle_seconds=0.3)
+
+    def exchange(headers: dict[str, str], first: bytes = b"") -> tuple[int, dict[str, str], bytes]:
+        client = RawClient(served)
+        client.sock.settimeout(20)  # guards the test only
+        try:
+            client.send_head("POST", "/v1/audio/transcriptions", headers)
+            if first:
+                client.sock.sendall(first)
+            return client.response()
+        finally:
+            client.close()
+
+    form = {"Content-Type": "multipart/form-data; boundary=b"}
+    missing = await asyncio.to_thread(exchange, {**form, "Content-Length": "100"})
+    too_big = await asyncio.to_thread(exchange, {**alice["headers"], **form, "Content-Length": str(8 * MIB)})
+    idle = await asyncio.to_thread(exchange, {**alice["headers"], **form, "Content-Length": "100000"}, b"--b\r\n")
+    for (status, headers, body), code in (
+        (missing, "unauthorized"),
+        (too_big, "payload_too_large"),
+        (idle, "request_timeout"),
+    ):
+        assert headers["content-type"] == "application/json", (status, headers)
+        error = json.loads(body)["error"]
+        assert error["code"] == code and isinstance(error["message"], str) and "type" in error
+    assert missing[0] == 401 and too_big[0] == 413 and idle[0] == 408
+    # The limit it names is the one file's, not twice it (the route takes one file).
+    assert json.loads(too_big[2])["error"]["max_bytes"] == 4 * MIB

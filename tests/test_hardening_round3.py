@@ -157,3 +157,35 @@ async def test_the_guards_answers_on_the_openai_routes_are_openai_errors(
     assert missing[0] == 401 and too_big[0] == 413 and idle[0] == 408
     # The limit it names is the one file's, not twice it (the route takes one file).
     assert json.loads(too_big[2])["error"]["max_bytes"] == 4 * MIB
+
+
+# ---- item 7: the one-click local sign-in answers only the studio's own page on this machine ----
+
+
+async def test_local_sign_in_refuses_proxies_foreign_origins_and_odd_hosts(served: Served) -> None:
+    host = f"127.0.0.1:{served.port}"
+    page = {"Host": host, "Origin": f"http://{host}", "Sec-Fetch-Site": "same-origin"}
+    refused = [
+        {**page, "X-Forwarded-For": "203.0.113.7"},  # a same-host reverse proxy
+        {**page, "Forwarded": "for=203.0.113.7"},
+        {**page, "Via": "1.1 tunnel"},
+        {**page, "X-Real-IP": "203.0.113.7"},
+        {**page, "Host": f"{host}@evil.example", "Origin": f"http://{host}@evil.example"},  # parsed as 127.0.0.1
+        {**page, "Host": "evil.example", "Origin": "http://evil.example"},  # a DNS-rebound page
+        {key: value for key, value in page.items() if key != "Sec-Fetch-Site"},  # not a browser's fetch
+        {**page, "Sec-Fetch-Site": "cross-site"},
+        {**page, "Sec-Fetch-Site": "same-site"},
+        {key: value for key, value in page.items() if key != "Origin"},
+        {**page, "Origin": "http://evil.example"},
+        {**page, "Origin": "null"},
+    ]
+    async with httpx.AsyncClient(base_url=served.base_url) as http:
+        for headers in refused:
+            answer = await http.post("/v1/auth/local", headers=headers)
+            assert answer.status_code == 403 and "access_token" not in answer.text, headers
+            assert answer.json()["code"] == "local_sign_in_refused"
+        for name in ("127.0.0.1", "localhost"):
+            own = f"{name}:{served.port}"
+            headers = {"Host": own, "Origin": f"http://{own}", "Sec-Fetch-Site": "same-origin"}
+            signed_in = await http.post("/v1/auth/local", headers=headers)
+            assert signed_in.status_code == 200 and signed_in.json()["access_token"], signed_in.text

@@ -5,7 +5,7 @@
   user's finished windows, which keeps the table at about one row per active user. Costly requests count more.
 - Failed authentication per client address (`FailedAuthLimiter`), in the process's memory: it exists to spare the
   database, so it must not cost a query itself.
-- Open event streams per user (`StreamSlots`), per process: a stream holds a connection, a queue and a task.
+- Open event streams and input URL fetches per user (`UserSlots`), per process.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import asyncio
 import ipaddress
 import math
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from uuid import UUID
@@ -162,9 +164,13 @@ class FailedAuthLimiter:
 
 
 @dataclass
-class StreamSlots:
-    """Open event streams per user in this process."""
+class UserSlots:
+    """Things each user holds at once in this process (an event stream holds a connection, a queue and a task; an
+    input URL fetch a connection, a DNS lookup and a temp file): past `limit`, 429 `code`."""
 
+    what: str  # e.g. "event streams", in the refusal's wording
+    code: str
+    hint: str  # what to do instead, after the refusal
     counts: Counter[UUID] = field(default_factory=Counter)
 
     def open(self, user_id: UUID) -> int:
@@ -175,9 +181,9 @@ class StreamSlots:
         if 0 < limit <= self.open(user_id):
             raise Problem(
                 429,
-                "too_many_streams",
-                "Too many open event streams",
-                f"At most {limit} event streams at once; close one (or poll GET /v1/jobs/{{id}}).",
+                self.code,
+                f"Too many {self.what} at once",
+                f"At most {limit} {self.what} at once; {self.hint}",
                 headers={"Retry-After": "5"},
                 limit=limit,
             )
@@ -187,3 +193,11 @@ class StreamSlots:
         self.counts[user_id] -= 1
         if self.counts[user_id] <= 0:
             del self.counts[user_id]
+
+    @contextmanager
+    def held(self, user_id: UUID, limit: int) -> Iterator[None]:
+        self.acquire(user_id, limit)
+        try:
+            yield
+        finally:
+            self.release(user_id)

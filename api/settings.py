@@ -73,6 +73,7 @@ class Settings(BaseSettings):
     max_audio_channels: int = 8
     max_sample_rate: int = 192_000
     input_fetch_timeout_seconds: float = 30.0
+    max_url_fetches_per_user: int = 4  # input URL downloads at once per user, per API process (429 beyond)
     # Local development and tests fetch input_url from http://127.0.0.1; production allows only public https.
     input_url_allow_insecure: bool = False
     # A job's deadline: from submit, and renewed at every claim so queue time never eats an attempt's run time.

@@ -7,16 +7,26 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import socket
 import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
+from api import outbound
+from api.background import webhooks
+from api.jobs.inputs import FetchPolicy, fetch_url, probe_input
 from api.main import create_app
 from api.ratelimit import MAX_TRACKED_ADDRESSES
+from tests.jobs_api_support import write_audio
 from tests.test_http_limits import RawClient, Served, raw_exchange, repeated, served, settings_update
+from tests.test_webhooks_out import Receiver, delivery, enqueue, new_job, receiver
 
-__all__ = ["served"]  # the fixture, imported for this module's tests
+__all__ = ["receiver", "served"]  # fixtures, imported for this module's tests
 
 MIB = 1024 * 1024
 
@@ -189,3 +199,168 @@ async def test_local_sign_in_refuses_proxies_foreign_origins_and_odd_hosts(serve
             headers = {"Host": own, "Origin": f"http://{own}", "Sec-Fetch-Site": "same-origin"}
             signed_in = await http.post("/v1/auth/local", headers=headers)
             assert signed_in.status_code == 200 and signed_in.json()["access_token"], signed_in.text
+
+
+# ---- item 5: slow DNS holds neither the probe pool nor its caller; URL downloads are bounded per user ----
+
+
+@pytest.fixture
+def slow_dns(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
+    """`slow.example` never answers (until the test ends): a DNS server that drops the queries. The system resolver
+    is the boundary: everything else resolves for real."""
+    release = threading.Event()
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if host in ("slow.example", b"slow.example"):
+            release.wait(120)
+            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    monkeypatch.setattr(outbound, "DNS_TIMEOUT_SECONDS", 0.5, raising=False)
+    yield release
+    release.set()
+
+
+async def test_slow_dns_holds_neither_the_probe_pool_nor_its_caller(slow_dns: threading.Event, tmp_path: Path) -> None:
+    """Input-URL and webhook names were resolved in the default executor, which also probes every upload, with no
+    timeout: 40 hung lookups (more than any default executor's threads) stalled every probe."""
+    lookups = [asyncio.create_task(outbound.resolve_host("slow.example", 443)) for _ in range(40)]
+    wav = write_audio(tmp_path / "in.wav", 1.0)
+    probed = await asyncio.wait_for(probe_input(wav, 60.0), timeout=30)  # bounds the test only
+    assert round(probed.info.duration_s) == 1
+    answers = await asyncio.wait_for(asyncio.gather(*lookups, return_exceptions=True), timeout=30)
+    assert all(isinstance(answer, OSError) for answer in answers), answers
+
+
+class _HeldFileServer(BaseHTTPRequestHandler):
+    """Serves audio once `release` is set: each GET holds a download open until then."""
+
+    body = b""
+    release = threading.Event()
+    started = threading.Semaphore(0)
+
+    def do_GET(self) -> None:
+        type(self).started.release()
+        type(self).release.wait(60)
+        self.send_response(200)
+        self.send_header("Content-Type", "audio/flac")
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    def log_message(self, *args: Any) -> None:
+        return None
+
+
+async def test_input_url_downloads_are_bounded_per_user(
+    client: Any, app_state: Any, alice: dict[str, Any], bob: dict[str, Any], tmp_path: Path
+) -> None:
+    settings_update(app_state, input_url_allow_insecure=True, max_url_fetches_per_user=2, rate_limit_per_minute=0)
+    _HeldFileServer.body = write_audio(tmp_path / "served.flac", 1.0).read_bytes()
+    _HeldFileServer.release, _HeldFileServer.started = threading.Event(), threading.Semaphore(0)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _HeldFileServer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    body = {"task": "midi", "input_url": f"http://127.0.0.1:{server.server_address[1]}/clip.flac"}
+    try:
+        held = [asyncio.create_task(client.post("/v1/quotes", headers=alice["headers"], json=body)) for _ in range(2)]
+        for _ in range(2):  # both downloads reached the server
+            assert await asyncio.to_thread(_HeldFileServer.started.acquire, True, 30)
+        refused = await client.post("/v1/quotes", headers=alice["headers"], json=body)
+        assert refused.status_code == 429 and refused.json()["code"] == "too_many_url_fetches", refused.text
+        others = asyncio.create_task(client.post("/v1/quotes", headers=bob["headers"], json=body))
+        assert await asyncio.to_thread(_HeldFileServer.started.acquire, True, 30)  # bob's download started
+        _HeldFileServer.release.set()
+        for answer in [*(await asyncio.gather(*held)), await others]:
+            assert answer.status_code == 200, answer.text
+        again = await client.post("/v1/quotes", headers=alice["headers"], json=body)  # the slots were released
+        assert again.status_code == 200, again.text
+    finally:
+        _HeldFileServer.release.set()
+        server.shutdown()
+        server.server_close()
+
+
+# ---- item 9: internationalised names and IPv6 literals in outbound URLs ----
+
+
+class _HostRecorder(BaseHTTPRequestHandler):
+    hosts: list[str] = []
+    body = b""
+
+    def do_GET(self) -> None:
+        type(self).hosts.append(self.headers["Host"])
+        self.send_response(200)
+        self.send_header("Content-Type", "audio/flac")
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    def log_message(self, *args: Any) -> None:
+        return None
+
+
+class _IPv6Server(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+
+
+@pytest.fixture
+def host_recorder(tmp_path: Path) -> Iterator[dict[str, int]]:
+    """The same file server on 127.0.0.1 and [::1], recording each request's Host header."""
+    _HostRecorder.body = write_audio(tmp_path / "served.flac", 1.0).read_bytes()
+    _HostRecorder.hosts = []
+    servers = {"v4": ThreadingHTTPServer(("127.0.0.1", 0), _HostRecorder), "v6": _IPv6Server(("::1", 0), _HostRecorder)}
+    for server in servers.values():
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield {name: server.server_address[1] for name, server in servers.items()}
+    for server in servers.values():
+        server.shutdown()
+        server.server_close()
+
+
+async def test_input_urls_with_an_idn_or_an_ipv6_literal_are_fetched_with_a_valid_host(
+    host_recorder: dict[str, int], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`http://bücher.example/` raised UnicodeEncodeError (a 500); `http://[::1]:port/` sent `Host: ::1:port`."""
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if host in ("xn--bcher-kva.example", "bücher.example"):  # the DNS of the name, either form it is asked in
+            host = "127.0.0.1"
+        return real(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    policy = FetchPolicy(allow_http=True, allow_private=True)
+    v4, v6 = host_recorder["v4"], host_recorder["v6"]
+    idn = await fetch_url(
+        f"http://bücher.example:{v4}/clip.flac", tmp_path, max_bytes=1 << 20, timeout=10, policy=policy
+    )
+    literal = await fetch_url(f"http://[::1]:{v6}/clip.flac", tmp_path, max_bytes=1 << 20, timeout=10, policy=policy)
+    assert idn.bytes == literal.bytes == len(_HostRecorder.body)
+    assert _HostRecorder.hosts == [f"xn--bcher-kva.example:{v4}", f"[::1]:{v6}"]
+
+
+async def test_a_webhook_url_with_an_idn_is_delivered_with_its_ascii_host(
+    app_state: Any, alice: dict[str, Any], receiver: Receiver
+) -> None:
+    """A webhook to an internationalised name raised UnicodeEncodeError at every attempt, retried for 26 h."""
+    settings_update(app_state, webhook_allow_insecure_urls=True)
+    port = int(receiver.url.rsplit(":", 1)[1].split("/")[0])
+    asked: list[str] = []
+
+    async def resolver(host: str, port: int) -> list[str]:
+        asked.append(host)
+        return ["127.0.0.1"]
+
+    job_id = await new_job(app_state, alice["id"], f"http://bücher.example:{port}/hooks")
+    delivery_id = await enqueue(app_state, app_state.clock, job_id, "job.succeeded", status="running")
+    deliverer = webhooks.WebhookDeliverer(app_state, resolver=resolver)
+    try:
+        assert await deliverer.deliver_due() == 1
+    finally:
+        await deliverer.stop()
+    row = await delivery(app_state, delivery_id)
+    assert row["state"] == "delivered", row
+    assert asked == ["xn--bcher-kva.example"]
+    assert [request.headers["host"] for request in receiver.requests] == [f"xn--bcher-kva.example:{port}"]

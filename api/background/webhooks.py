@@ -28,7 +28,7 @@ from psycopg.rows import dict_row
 from api.database import connect
 from api.jobs import view
 from api.jobs.outbox import DELIVERIES_CHANNEL
-from api.outbound import OutboundRefused, Resolver, pinned_request, resolve_checked, resolve_host
+from api.outbound import OutboundRefused, Resolver, host_name, pinned_request, resolve_checked, resolve_host
 from api.state import STOP_CHECK_SECONDS, AppState, stop_background_task
 
 log = logging.getLogger("studio.webhooks")
@@ -237,7 +237,7 @@ class WebhookDeliverer:
             raise _Refused("webhook URL refused: it has no host")
         port = target.port or (443 if target.scheme == "https" else 80)
         try:
-            address = await resolve_checked(target.host, port, allow_private=insecure_ok, resolver=self._resolver)
+            address = await resolve_checked(host_name(target), port, allow_private=insecure_ok, resolver=self._resolver)
         except OutboundRefused as exc:
             raise _Refused(f"webhook URL refused: {exc}") from exc
         except UnicodeError as exc:  # a host name IDNA cannot encode never resolves

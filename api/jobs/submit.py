@@ -30,24 +30,27 @@ from inference.registry import TASKS
 HOLD_MARGIN = timedelta(hours=1)  # holds outlive the job deadline so the reaper, not the hold sweeper, settles them
 
 
-async def obtain_input(state: AppState, job: JobRequest, workdir: Path) -> tuple[ReceivedInput, ProbedInput]:
+async def obtain_input(
+    state: AppState, user_id: UUID, job: JobRequest, workdir: Path
+) -> tuple[ReceivedInput, ProbedInput]:
     """The main input, fetched if it is a URL, then probed within the deployment's limits."""
-    return await _obtain(state, job.upload, job.input_url, workdir)
+    return await _obtain(state, user_id, job.upload, job.input_url, workdir)
 
 
 async def obtain_extra_inputs(
-    state: AppState, job: JobRequest, workdir: Path
+    state: AppState, user_id: UUID, job: JobRequest, workdir: Path
 ) -> dict[str, tuple[ReceivedInput, ProbedInput]]:
     """Second inputs (e.g. `reference`), fetched through the same guard and probed with the same caps as the main
     input. They are not priced: only the main input's duration is."""
     names = sorted({*job.extra_uploads, *job.extra_urls})
     return {
-        name: await _obtain(state, job.extra_uploads.get(name), job.extra_urls.get(name), workdir) for name in names
+        name: await _obtain(state, user_id, job.extra_uploads.get(name), job.extra_urls.get(name), workdir)
+        for name in names
     }
 
 
 async def _obtain(
-    state: AppState, upload: ReceivedInput | None, url: str | None, workdir: Path
+    state: AppState, user_id: UUID, upload: ReceivedInput | None, url: str | None, workdir: Path
 ) -> tuple[ReceivedInput, ProbedInput]:
     settings = state.settings
     received = upload
@@ -55,13 +58,15 @@ async def _obtain(
         assert url is not None
         insecure = settings.input_url_allow_insecure
         policy = FetchPolicy(allow_http=insecure, allow_private=insecure)
-        received = await fetch_url(
-            url,
-            workdir,
-            max_bytes=settings.max_upload_bytes,
-            timeout=settings.input_fetch_timeout_seconds,
-            policy=policy,
-        )
+        # Bounded per user: one user's slow servers (or slow DNS) hold that user's downloads, not everyone's.
+        with state.url_fetches.held(user_id, settings.max_url_fetches_per_user):
+            received = await fetch_url(
+                url,
+                workdir,
+                max_bytes=settings.max_upload_bytes,
+                timeout=settings.input_fetch_timeout_seconds,
+                policy=policy,
+            )
     probed = await probe_input(
         received.path,
         settings.max_duration_seconds,
@@ -124,8 +129,8 @@ async def create_job(
     seconds: float | None = None
     if spec.input_kind == "audio":
         # Every input is received and probed before anything is stored: a bad reference stores nothing.
-        received, probed = await obtain_input(state, job, workdir)
-        extras = await obtain_extra_inputs(state, job, workdir)
+        received, probed = await obtain_input(state, user_id, job, workdir)
+        extras = await obtain_extra_inputs(state, user_id, job, workdir)
         seconds = probed.info.duration_s
         input_meta = _input_meta(received, probed, job.input_url)
         if extras:

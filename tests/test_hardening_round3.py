@@ -364,3 +364,102 @@ async def test_a_webhook_url_with_an_idn_is_delivered_with_its_ascii_host(
     assert row["state"] == "delivered", row
     assert asked == ["xn--bcher-kva.example"]
     assert [request.headers["host"] for request in receiver.requests] == [f"xn--bcher-kva.example:{port}"]
+
+
+# ---- item 6: a webhook's TLS connection is reused only for the name it was verified for ----
+
+
+def _certificate_authority(tmp_path: Path, name: str) -> tuple[Path, Path, Path]:
+    """A CA and a leaf certificate for `name` only (and its key), as PEM files: (ca, leaf, key)."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = dt.datetime.now(dt.UTC)
+
+    def certificate(subject: str, key: Any, issuer: str, signer: Any, *, ca: bool) -> x509.Certificate:
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(hours=1))
+            .not_valid_after(now + dt.timedelta(hours=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if not ca:
+            builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(subject)]), critical=False)
+        return builder.sign(signer, hashes.SHA256())
+
+    ca_key, leaf_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca = certificate("Test CA", ca_key, "Test CA", ca_key, ca=True)
+    leaf = certificate(name, leaf_key, "Test CA", ca_key, ca=False)
+    paths = (tmp_path / "ca.pem", tmp_path / "leaf.pem", tmp_path / "leaf.key")
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(
+        leaf_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return paths
+
+
+class _KeepAliveReceiver(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keeps connections open, so a client may reuse them
+    hosts: list[str] = []
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).hosts.append(self.headers["Host"])
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        return None
+
+
+async def test_a_tls_connection_made_for_one_webhook_host_is_not_reused_for_another(
+    app_state: Any, alice: dict[str, Any], tmp_path: Path
+) -> None:
+    """Two names resolving to one address and port, delivered one after the other in one pass: a shared client
+    would hand the second the first one's verified connection, so a certificate valid only for `good.example` would
+    serve `other.example` too."""
+    import ssl
+
+    ca, leaf, key = _certificate_authority(tmp_path, "good.example")
+    server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_tls.load_cert_chain(leaf, key)
+    _KeepAliveReceiver.hosts = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _KeepAliveReceiver)
+    server.socket = server_tls.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    # 127.0.0.1 is where both names point; one attempt at a time, so the second could find the first's connection.
+    settings_update(app_state, webhook_allow_insecure_urls=True, webhook_max_concurrent_attempts=1)
+
+    async def resolver(host: str, port: int) -> list[str]:
+        return ["127.0.0.1"]
+
+    deliverer = webhooks.WebhookDeliverer(
+        app_state, resolver=resolver, verify=ssl.create_default_context(cafile=str(ca))
+    )
+    try:
+        first_job = await new_job(app_state, alice["id"], f"https://good.example:{port}/hooks")
+        first = await enqueue(app_state, app_state.clock, first_job, "job.succeeded", status="running")
+        second_job = await new_job(app_state, alice["id"], f"https://other.example:{port}/hooks")
+        second = await enqueue(app_state, app_state.clock, second_job, "job.succeeded", status="running")
+        assert await deliverer.deliver_due() == 2
+    finally:
+        await deliverer.stop()
+        server.shutdown()
+        server.server_close()
+    assert (await delivery(app_state, first))["state"] == "delivered"
+    refused = await delivery(app_state, second)
+    assert refused["state"] == "pending" and "CERTIFICATE_VERIFY_FAILED" in refused["last_error"], refused
+    assert _KeepAliveReceiver.hosts == [f"good.example:{port}"]

@@ -463,3 +463,33 @@ async def test_a_tls_connection_made_for_one_webhook_host_is_not_reused_for_anot
     refused = await delivery(app_state, second)
     assert refused["state"] == "pending" and "CERTIFICATE_VERIFY_FAILED" in refused["last_error"], refused
     assert _KeepAliveReceiver.hosts == [f"good.example:{port}"]
+
+
+# ---- item 2: with `Prefer: wait`, an error after the job exists names it ----
+
+
+async def test_an_error_after_a_waited_job_exists_names_the_job_and_says_not_to_retry(
+    client: Any, app_state: Any, alice: dict[str, Any]
+) -> None:
+    """The job is created and finishes inside `Prefer: wait`; minting its download URLs then fails (the storage
+    service is down): a plain 500, so a client would resubmit and pay again."""
+    storage = app_state.storage
+
+    async def storage_down(*args: Any, **kwargs: Any) -> str:
+        raise OSError("storage unavailable")
+
+    storage.signed_url = storage_down
+    try:
+        answer = await client.post(
+            "/v1/jobs",
+            headers={**alice["headers"], "Prefer": "wait=60"},
+            json={"task": "generate", "prompt": "a bell", "params": {"duration_s": 1.0}},
+        )
+    finally:
+        del storage.signed_url
+    assert answer.status_code == 500, answer.text
+    listed = (await client.get("/v1/jobs", headers=alice["headers"])).json()["data"]
+    assert len(listed) == 1
+    job_id = listed[0]["id"]
+    assert answer.json()["job_id"] == job_id and answer.headers["location"] == f"/v1/jobs/{job_id}"
+    assert answer.headers["x-should-retry"] == "false" and f"/v1/jobs/{job_id}" in answer.json()["detail"]

@@ -155,8 +155,10 @@ async def test_a_failure_after_the_job_committed_keeps_the_key_so_a_retry_is_not
     app_state.settings.max_running_jobs_per_user = 0
     headers = {**alice["headers"], "Idempotency-Key": "after-commit"}
     body = {"task": "generate", "prompt": "rain on a roof"}
-    with pytest.raises(psycopg.OperationalError):
-        await client.post("/v1/jobs", headers=headers, json=body)
+    failed = await client.post("/v1/jobs", headers=headers, json=body)
+    # Issue 20 item 2: the answer names the job that exists, and says not to resubmit blindly.
+    assert failed.status_code == 500 and failed.json()["job_id"] == str(failures[0])
+    assert failed.headers["location"] == f"/v1/jobs/{failures[0]}" and failed.headers["x-should-retry"] == "false"
 
     retried = await client.post("/v1/jobs", headers=headers, json=body)
     assert retried.status_code == 202, retried.text

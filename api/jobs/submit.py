@@ -9,13 +9,16 @@ before the commit; a refused dispatch fails the job and releases its hold (`api.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
 
-from api.errors import Problem
+from api.errors import NO_RETRY, Problem
 from api.jobs import idempotency
 from api.jobs.dispatch import DispatchError, dispatch_job
 from api.jobs.inputs import FetchPolicy, ProbedInput, ReceivedInput, fetch_url, probe_input
@@ -27,7 +30,34 @@ from db import jobs as db_jobs
 from db import ledger
 from inference.registry import TASKS
 
+log = logging.getLogger("studio.jobs")
+
 HOLD_MARGIN = timedelta(hours=1)  # holds outlive the job deadline so the reaper, not the hold sweeper, settles them
+
+
+@contextmanager
+def naming_job(job_id: UUID) -> Iterator[None]:
+    """Around the work after a job was created: any error answer names the job (`job_id`, `Location`) and says
+    `x-should-retry: false`, unless the Problem says otherwise. A blind resubmit would create and charge another job
+    (the OpenAI SDK retries every 5xx twice, without an Idempotency-Key); the client follows this one instead."""
+    location = f"/v1/jobs/{job_id}"
+    try:
+        yield
+    except Problem as problem:
+        problem.headers = {**NO_RETRY, "Location": location, **problem.headers}
+        problem.extra.setdefault("job_id", str(job_id))
+        raise
+    except Exception as exc:
+        log.exception("job %s: the request failed after the job was created", job_id)
+        raise Problem(
+            500,
+            "internal_error",
+            "Internal server error",
+            f"Job {job_id} was created, then this request failed on our side. Follow the job at GET {location} "
+            "instead of submitting again.",
+            headers={**NO_RETRY, "Location": location},
+            job_id=str(job_id),
+        ) from exc
 
 
 async def obtain_input(
@@ -190,6 +220,20 @@ async def create_job(
                 available=exc.available,
             ) from exc
         raise
+    with naming_job(job_id):
+        return await _dispatch(state, user_id, job_id, idempotency_key, input_ref, extra_refs)
+
+
+async def _dispatch(
+    state: AppState,
+    user_id: UUID,
+    job_id: UUID,
+    idempotency_key: str | None,
+    input_ref: str | None,
+    extra_refs: dict[str, str],
+) -> dict[str, Any]:
+    """The committed job to its worker (or queued); its resource. A refused dispatch fails it and frees the key."""
+    settings = state.settings
     try:
         await dispatch_job(state, job_id)
     except DispatchError as exc:
@@ -207,7 +251,7 @@ async def create_job(
             "dispatch_failed",
             "The job could not be started",
             "No worker could take the job; nothing was charged. Retry shortly.",
-            headers={"Retry-After": "5"},
+            headers={"Retry-After": "5", "x-should-retry": "true"},  # the job failed uncharged: a retry is safe
             job_id=str(job_id),
         ) from exc
     async with state.pool.connection() as conn:
@@ -250,6 +294,7 @@ async def submit_once(state: AppState, user_id: UUID, job: JobRequest, key: str 
         async with state.pool.connection() as conn:
             await idempotency.abandon(conn, user_id, key)
         raise
-    async with state.pool.connection() as conn:
-        await idempotency.complete(conn, user_id, key, 202, body)  # replay this answer, not the in-transaction snapshot
+    with naming_job(UUID(body["id"])):
+        async with state.pool.connection() as conn:
+            await idempotency.complete(conn, user_id, key, 202, body)  # replay this answer, not the in-tx snapshot
     return Submitted(body, 202, replayed=False)

@@ -96,8 +96,8 @@ class Settings(BaseSettings):
     # The transcription model `whisper-1` stands for on POST /v1/audio/* (None: the task's default model).
     audio_api_whisper_1_model: str | None = None
     idempotency_ttl_seconds: int = 24 * 3600
-    # A claimed key whose submit never completed (the API crashed mid-submit) is free again after this lease.
-    idempotency_in_flight_lease_seconds: int = 60
+    # A claimed key is renewed while its submit runs; one not renewed for this long (its API process died) is free.
+    idempotency_in_flight_lease_seconds: float = 60.0
 
     # Money
     welcome_credits: int = 100

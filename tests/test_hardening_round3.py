@@ -493,3 +493,52 @@ async def test_an_error_after_a_waited_job_exists_names_the_job_and_says_not_to_
     job_id = listed[0]["id"]
     assert answer.json()["job_id"] == job_id and answer.headers["location"] == f"/v1/jobs/{job_id}"
     assert answer.headers["x-should-retry"] == "false" and f"/v1/jobs/{job_id}" in answer.json()["detail"]
+
+
+# ---- item 3: an Idempotency-Key's claim lives as long as its request ----
+
+
+async def test_a_submit_longer_than_the_claim_lease_keeps_its_key(
+    client: Any, app_state: Any, alice: dict[str, Any], tmp_path: Path
+) -> None:
+    """The in-flight claim lapsed 60 s after it was made, but a submit can take longer (here its input URL download
+    is held open): a same-key retry after the lease took the key over and both requests charged. The lease is 1 s
+    here, and the first request is held until the claim is 3 leases old on the database's clock."""
+    settings_update(app_state, input_url_allow_insecure=True, idempotency_in_flight_lease_seconds=1.0)
+    _HeldFileServer.body = write_audio(tmp_path / "served.flac", 1.0).read_bytes()
+    _HeldFileServer.release, _HeldFileServer.started = threading.Event(), threading.Semaphore(0)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _HeldFileServer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    headers = {**alice["headers"], "Idempotency-Key": "long-submit"}
+    body = {"task": "midi", "input_url": f"http://127.0.0.1:{server.server_address[1]}/clip.flac"}
+
+    async def claim_age() -> float:
+        async with app_state.pool.connection() as conn:
+            row = await (
+                await conn.execute("SELECT extract(epoch FROM now() - created_at) FROM idempotency_records")
+            ).fetchone()
+            return float(row[0])
+
+    try:
+        first = asyncio.create_task(client.post("/v1/jobs", headers=headers, json=body))
+        assert await asyncio.to_thread(_HeldFileServer.started.acquire, True, 30)  # the first submit is downloading
+        for _ in range(200):  # polls the database's clock, bounded
+            if await claim_age() > 3.0:
+                break
+            await asyncio.sleep(0.05)
+        retry = await asyncio.wait_for(client.post("/v1/jobs", headers=headers, json=body), timeout=20)
+        assert retry.status_code == 409 and retry.json()["code"] == "idempotency_in_flight", retry.text
+        _HeldFileServer.release.set()
+        created = await first
+        assert created.status_code == 202, created.text
+    finally:
+        _HeldFileServer.release.set()
+        server.shutdown()
+        server.server_close()
+    replayed = await client.post("/v1/jobs", headers=headers, json=body)
+    assert replayed.status_code == 202 and replayed.json()["id"] == created.json()["id"]
+    async with app_state.pool.connection() as conn:
+        jobs, holds = await (
+            await conn.execute("SELECT (SELECT count(*) FROM jobs), (SELECT count(*) FROM holds)")
+        ).fetchone()
+    assert (jobs, holds) == (1, 1)

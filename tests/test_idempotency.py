@@ -120,7 +120,7 @@ async def test_in_flight_claim_of_a_crashed_submit_expires_after_its_lease(
     async with app_state.pool.connection() as conn:
         # Age the claim on the database's clock, which is the one the lease is measured with.
         await conn.execute(
-            "UPDATE idempotency_records SET created_at = now() - make_interval(secs => %s) WHERE key = 'cut-off'",
+            "UPDATE idempotency_records SET renewed_at = now() - make_interval(secs => %s) WHERE key = 'cut-off'",
             (lease + 1,),
         )
     retried = await client.post("/v1/jobs", headers=headers, json=body)
@@ -128,7 +128,7 @@ async def test_in_flight_claim_of_a_crashed_submit_expires_after_its_lease(
     assert await _job_count(app_state) == 1
     # The lease applies to in-flight claims only: a completed key replays for its whole TTL.
     async with app_state.pool.connection() as conn:
-        await conn.execute("UPDATE idempotency_records SET created_at = now() - interval '23 hours'")
+        await conn.execute("UPDATE idempotency_records SET renewed_at = now() - interval '23 hours'")
     replayed = await client.post("/v1/jobs", headers=headers, json=body)
     assert replayed.status_code == 202 and replayed.headers[idempotency.REPLAY_HEADER] == "true"
     assert replayed.json()["id"] == retried.json()["id"] and await _job_count(app_state) == 1

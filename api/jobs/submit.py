@@ -289,7 +289,9 @@ async def submit_once(state: AppState, user_id: UUID, job: JobRequest, key: str 
     if replay is not None:
         return Submitted(replay.body, replay.status, replayed=True)
     try:
-        body = await create_job(state, user_id, job, workdir, idempotency_key=key)
+        lease = settings.idempotency_in_flight_lease_seconds
+        async with idempotency.kept_alive(state.pool, user_id, key, lease):
+            body = await create_job(state, user_id, job, workdir, idempotency_key=key)
     except BaseException:
         async with state.pool.connection() as conn:
             await idempotency.abandon(conn, user_id, key)

@@ -9,6 +9,7 @@ import ipaddress
 import json
 import socket
 import threading
+from collections import Counter
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -21,7 +22,7 @@ from api import outbound
 from api.background import webhooks
 from api.jobs.inputs import FetchPolicy, fetch_url, probe_input
 from api.main import create_app
-from api.ratelimit import MAX_TRACKED_ADDRESSES
+from api.ratelimit import MAX_TRACKED_ADDRESSES, address_key, window_start
 from tests.jobs_api_support import write_audio
 from tests.test_http_limits import RawClient, Served, raw_exchange, repeated, served, settings_update
 from tests.test_webhooks_out import Receiver, delivery, enqueue, new_job, receiver
@@ -42,10 +43,11 @@ async def test_a_full_failed_auth_table_refuses_no_newcomer_and_no_valid_credent
     settings_update(app_state, failed_auth_per_minute=30)
     now = app_state.clock()
     app_state.clock = lambda: now  # one window throughout
-    limiter = app_state.failed_auth
     network = ipaddress.IPv6Network("2001:db8:abcd::/48")
-    for index in range(MAX_TRACKED_ADDRESSES):
-        limiter.record(str(network[index << 64]), now=now, limit=30)
+    # The window's table as 65,536 first failures leave it (one per /64 of the /48).
+    limiter = app_state.failed_auth
+    limiter.window = window_start(now)
+    limiter.failures = Counter({address_key(str(network[index << 64])): 1 for index in range(MAX_TRACKED_ADDRESSES)})
     app = create_app(app_state)
     guess = {"Authorization": "Bearer sk_studio_" + "x" * 43}
 

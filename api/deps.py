@@ -58,7 +58,8 @@ async def current_user(
         raise unauthorized(NO_CREDENTIAL, missing=True)
     host = request.client.host if request.client is not None else None
     limiter, limit = state.failed_auth, state.settings.failed_auth_per_minute
-    if not limiter.limited(host, now=state.clock(), limit=limit):
+    # Only an API key costs a database lookup before it is known to be valid (a token is checked in memory).
+    if not token.startswith(API_KEY_PREFIX) or not limiter.limited(host, now=state.clock(), limit=limit):
         return await _authenticate_counting_failures(state, token, host)
     async with limiter.throttle:
         return await _authenticate_counting_failures(state, token, host)

@@ -117,9 +117,9 @@ class FailedAuthLimiter:
     """Failed authentications per client address in fixed windows, in memory (one process's view).
 
     It never refuses a valid credential, nor an address that has not failed itself: an address past its limit (or
-    any address while the table is full) still has its credential checked, but through `throttle`, one check at a
-    time for the whole process, so guessing keys costs the database at most one lookup in flight. Only a failure
-    from an address past its own limit is answered 429 instead of 401."""
+    any address while the table is full) still has its API keys looked up, but through `throttle`, one lookup at a
+    time for the whole process, so guessing keys costs the database at most one query in flight (tokens are checked
+    in memory, unthrottled). Only a failure from an address past its own limit is answered 429 instead of 401."""
 
     window: datetime | None = None
     failures: Counter[str] = field(default_factory=Counter)

@@ -10,7 +10,16 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api import ratelimit
 from api.errors import Problem
-from api.security import API_KEY_PREFIX, TokenVerifier, User, api_key_user, ensure_account, unauthorized
+from api.security import (
+    API_KEY_PREFIX,
+    NO_CREDENTIAL,
+    TokenVerifier,
+    User,
+    api_key_user,
+    bearer_token,
+    ensure_account,
+    unauthorized,
+)
 from api.state import AppState
 
 
@@ -37,23 +46,35 @@ bearer_scheme = HTTPBearer(
 async def current_user(
     request: Request,
     state: State,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+    _documented: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
 ) -> User:
     """The caller, after the request-rate limit; a token's first sight opens its account with the welcome grant.
 
-    An address that presented failing credentials too often in the current window is refused (429) before its
-    credentials are checked, so guessing API keys cannot cost a database query each without limit."""
-    if credentials is None:
-        raise unauthorized("Send `Authorization: Bearer <token>`.", missing=True)
+    A header that is not a well-formed credential counts as none (401, no lookup). An address that failed too often
+    in the current window is never refused a valid credential: its checks go through the limiter's throttle, and
+    its failures are answered 429 (`ratelimit.FailedAuthLimiter`)."""
+    token = bearer_token(request.headers.get("authorization"))
+    if token is None:
+        raise unauthorized(NO_CREDENTIAL, missing=True)
     host = request.client.host if request.client is not None else None
-    limit = state.settings.failed_auth_per_minute
-    state.failed_auth.check(host, now=state.clock(), limit=limit)
+    limiter, limit = state.failed_auth, state.settings.failed_auth_per_minute
+    # Only an API key costs a database lookup before it is known to be valid (a token is checked in memory).
+    if not token.startswith(API_KEY_PREFIX) or not limiter.limited(host, now=state.clock(), limit=limit):
+        return await _authenticate_counting_failures(state, token, host)
+    async with limiter.throttle:
+        return await _authenticate_counting_failures(state, token, host)
+
+
+async def _authenticate_counting_failures(state: AppState, token: str, host: str | None) -> User:
     try:
-        return await _authenticate(state, credentials.credentials)
+        return await _authenticate(state, token)
     except Problem as exc:
-        if exc.status == 401:
-            state.failed_auth.record(host, now=state.clock())
-        raise
+        if exc.status != 401:
+            raise
+        too_many = state.failed_auth.record(host, now=state.clock(), limit=state.settings.failed_auth_per_minute)
+        if too_many is None:
+            raise
+        raise too_many from exc
 
 
 async def _authenticate(state: AppState, token: str) -> User:

@@ -7,6 +7,8 @@ from __future__ import annotations
 from typing import Any
 
 PROBLEM_JSON = "application/problem+json"
+# Read by the OpenAI SDKs (which otherwise retry any 5xx twice, without an Idempotency-Key): do not retry this answer.
+NO_RETRY = {"x-should-retry": "false"}
 
 
 class Problem(Exception):

@@ -52,7 +52,8 @@ def create_app(state: AppState, background: list[BackgroundService] | None = Non
         description="GPU audio AI: stem separation, speech enhancement, transcription, audio-to-MIDI and "
         "text-to-audio. Errors are application/problem+json with a stable `code`. Request bodies are capped "
         "(413 `payload_too_large`; uploads on POST /v1/jobs and /v1/quotes, a small cap elsewhere) and must "
-        "arrive in time (408 `request_timeout`); a body sent without `Authorization` is refused unread (401).",
+        "arrive in time (408 `request_timeout`); a body sent without a well-formed `Authorization: Bearer` credential "
+        "is refused unread (401).",
         lifespan=lifespan,
     )
     app.state.studio = state

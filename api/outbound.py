@@ -7,6 +7,7 @@ import contextlib
 import ipaddress
 import socket
 from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
 
 import httpx
@@ -39,6 +40,13 @@ TRANSLATED_RANGES = (
 SITE_LOCAL = ipaddress.ip_network("fec0::/10")  # deprecated (RFC 3879), still routed privately by some networks
 
 Resolver = Callable[[str, int], Awaitable[list[str]]]
+
+# Host names are resolved in a few threads of their own, never in the default executor that probes every upload:
+# a lookup that a slow DNS server holds keeps one of these threads until the system resolver gives up, while its
+# caller has its answer (an OSError) after DNS_TIMEOUT_SECONDS.
+DNS_THREADS = 8
+DNS_TIMEOUT_SECONDS = 5.0
+_dns_threads = ThreadPoolExecutor(DNS_THREADS, thread_name_prefix="outbound-dns")
 
 
 class OutboundRefused(Exception):
@@ -83,10 +91,24 @@ def is_public(address: str) -> bool:
     return address_refusal(parse_address(address)) is None
 
 
+def system_lookup(host: str, port: int) -> list[str]:
+    """The system resolver (blocking). Numeric forms (2130706433, 0x7f.1) resolve too."""
+    return [str(info[4][0]) for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)]
+
+
 async def resolve_host(host: str, port: int) -> list[str]:
-    """Every address `host` resolves to. Numeric forms (2130706433, 0x7f.1) resolve too."""
-    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    return [str(info[4][0]) for info in infos]
+    """Every address `host` resolves to, within DNS_TIMEOUT_SECONDS (else OSError), in the DNS threads."""
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(DNS_TIMEOUT_SECONDS):
+            return await loop.run_in_executor(_dns_threads, system_lookup, host, port)
+    except TimeoutError:
+        raise OSError(f"no DNS answer for {host!r} within {DNS_TIMEOUT_SECONDS:g} s") from None
+
+
+def host_name(url: httpx.URL) -> str:
+    """The URL's host as it is resolved and sent: IDNA-encoded (xn--...), an IPv6 address without brackets."""
+    return url.raw_host.decode("ascii")
 
 
 async def resolve_checked(host: str, port: int, *, allow_private: bool, resolver: Resolver = resolve_host) -> str:
@@ -115,14 +137,14 @@ def pinned_request(
 ) -> httpx.Request:
     """A request to `url` that connects to the checked `address`, with the original name as Host and TLS SNI (and
     certificate check): httpx never resolves the name again, so a DNS answer that changes after the check
-    (rebinding) cannot redirect the connection."""
-    host_header = url.host if url.port is None else f"{url.host}:{url.port}"
+    (rebinding) cannot redirect the connection. Host is the URL's ASCII netloc: an internationalised name in its
+    xn-- form, an IPv6 address in brackets, the port when the URL names one."""
     return client.build_request(
         method,
         url.copy_with(host=address),
-        headers={**headers, "Host": host_header},
+        headers={**headers, "Host": url.netloc.decode("ascii")},
         content=content,
-        extensions={"sni_hostname": url.host},
+        extensions={"sni_hostname": host_name(url)},
     )
 
 

@@ -5,14 +5,17 @@
   user's finished windows, which keeps the table at about one row per active user. Costly requests count more.
 - Failed authentication per client address (`FailedAuthLimiter`), in the process's memory: it exists to spare the
   database, so it must not cost a query itself.
-- Open event streams per user (`StreamSlots`), per process: a stream holds a connection, a queue and a task.
+- Open event streams and input URL fetches per user (`UserSlots`), per process.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import math
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from uuid import UUID
@@ -88,10 +91,10 @@ async def enforce(
         )
 
 
-# Distinct addresses remembered per window; past it, new addresses share one bucket (a flood of source addresses
-# cannot grow memory, and is itself limited).
+# Distinct addresses remembered per window. Once the table is full, addresses not in it are not remembered (a flood
+# of source addresses cannot grow memory); while it is full they authenticate through the throttle, like an address
+# past its limit.
 MAX_TRACKED_ADDRESSES = 65_536
-_OVERFLOW = "overflow"
 
 
 def address_key(host: str | None) -> str:
@@ -111,29 +114,46 @@ def address_key(host: str | None) -> str:
 
 @dataclass
 class FailedAuthLimiter:
-    """Failed authentications per client address in fixed windows, in memory (one process's view)."""
+    """Failed authentications per client address in fixed windows, in memory (one process's view).
+
+    It never refuses a valid credential, nor an address that has not failed itself: an address past its limit (or
+    any address while the table is full) still has its API keys looked up, but through `throttle`, one lookup at a
+    time for the whole process, so guessing keys costs the database at most one query in flight (tokens are checked
+    in memory, unthrottled). Only a failure from an address past its own limit is answered 429 instead of 401."""
 
     window: datetime | None = None
     failures: Counter[str] = field(default_factory=Counter)
+    throttle: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(1))
 
     def _roll(self, now: datetime, window_seconds: int) -> None:
         start = window_start(now, window_seconds)
         if start != self.window:
             self.window, self.failures = start, Counter()
 
-    def check(self, host: str | None, *, now: datetime, limit: int, window_seconds: int = WINDOW_SECONDS) -> None:
-        """429 with Retry-After when this address already failed `limit` times in the window (limit <= 0: off)."""
+    def limited(self, host: str | None, *, now: datetime, limit: int, window_seconds: int = WINDOW_SECONDS) -> bool:
+        """Whether this address must authenticate through the throttle (limit <= 0: never)."""
         if limit <= 0:
-            return
+            return False
+        self._roll(now, window_seconds)
+        key = address_key(host)
+        if key in self.failures:
+            return self.failures[key] >= limit
+        return len(self.failures) >= MAX_TRACKED_ADDRESSES
+
+    def record(
+        self, host: str | None, *, now: datetime, limit: int, window_seconds: int = WINDOW_SECONDS
+    ) -> Problem | None:
+        """Count a failure; the 429 to answer instead of the 401 when the address is now past `limit`."""
         self._roll(now, window_seconds)
         key = address_key(host)
         if key not in self.failures and len(self.failures) >= MAX_TRACKED_ADDRESSES:
-            key = _OVERFLOW
-        if self.failures.get(key, 0) < limit:
-            return
+            return None
+        self.failures[key] += 1
+        if limit <= 0 or self.failures[key] <= limit:
+            return None
         assert self.window is not None
         retry_after = max(1, math.ceil(self.window.timestamp() + window_seconds - now.timestamp()))
-        raise Problem(
+        return Problem(
             429,
             "too_many_failed_auth",
             "Too many failed sign-ins",
@@ -142,18 +162,15 @@ class FailedAuthLimiter:
             retry_after=retry_after,
         )
 
-    def record(self, host: str | None, *, now: datetime, window_seconds: int = WINDOW_SECONDS) -> None:
-        self._roll(now, window_seconds)
-        key = address_key(host)
-        if key not in self.failures and len(self.failures) >= MAX_TRACKED_ADDRESSES:
-            key = _OVERFLOW
-        self.failures[key] += 1
-
 
 @dataclass
-class StreamSlots:
-    """Open event streams per user in this process."""
+class UserSlots:
+    """Things each user holds at once in this process (an event stream holds a connection, a queue and a task; an
+    input URL fetch a connection, a DNS lookup and a temp file): past `limit`, 429 `code`."""
 
+    what: str  # e.g. "event streams", in the refusal's wording
+    code: str
+    hint: str  # what to do instead, after the refusal
     counts: Counter[UUID] = field(default_factory=Counter)
 
     def open(self, user_id: UUID) -> int:
@@ -164,9 +181,9 @@ class StreamSlots:
         if 0 < limit <= self.open(user_id):
             raise Problem(
                 429,
-                "too_many_streams",
-                "Too many open event streams",
-                f"At most {limit} event streams at once; close one (or poll GET /v1/jobs/{{id}}).",
+                self.code,
+                f"Too many {self.what} at once",
+                f"At most {limit} {self.what} at once; {self.hint}",
                 headers={"Retry-After": "5"},
                 limit=limit,
             )
@@ -176,3 +193,11 @@ class StreamSlots:
         self.counts[user_id] -= 1
         if self.counts[user_id] <= 0:
             del self.counts[user_id]
+
+    @contextmanager
+    def held(self, user_id: UUID, limit: int) -> Iterator[None]:
+        self.acquire(user_id, limit)
+        try:
+            yield
+        finally:
+            self.release(user_id)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import re
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
@@ -38,6 +39,12 @@ JWKS_FETCH_TIMEOUT_SECONDS = 5.0
 # Supabase; failed fetches are retried no sooner either.
 JWKS_REFETCH_COOLDOWN_SECONDS = 10.0
 HMAC_ALGORITHM = "HS256"  # the only symmetric algorithm ever accepted, and only with a configured secret
+# The two shapes a credential can have: an API key (`secrets.token_urlsafe(32)` after the prefix) or a JWT (three
+# base64url parts). Anything else is no credential at all: refused without a lookup and without counting as a
+# failed sign-in, and it does not open the request guard to a body.
+_WELL_FORMED_TOKEN = re.compile(
+    re.escape(API_KEY_PREFIX) + r"[A-Za-z0-9_-]{43}|[A-Za-z0-9_-]{4,8192}\.[A-Za-z0-9_-]{4,8192}\.[A-Za-z0-9_-]{0,8192}"
+)
 
 
 @dataclass(frozen=True)
@@ -46,6 +53,19 @@ class User:
     email: str | None
     via: Literal["token", "api_key"] = "token"
     api_key_id: UUID | None = None  # the key this request came with (its spend caps apply to submits)
+
+
+NO_CREDENTIAL = "Send `Authorization: Bearer <token>` with an access token or an API key."
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an `Authorization: Bearer <token>` value when it is well formed, else None."""
+    if authorization is None:
+        return None
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or _WELL_FORMED_TOKEN.fullmatch(token) is None:
+        return None
+    return token
 
 
 def unauthorized(detail: str, *, missing: bool = False) -> Problem:

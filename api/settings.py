@@ -81,6 +81,7 @@ class Settings(BaseSettings):
     max_audio_channels: int = 8
     max_sample_rate: int = 192_000
     input_fetch_timeout_seconds: float = 30.0
+    max_url_fetches_per_user: int = 4  # input URL downloads at once per user, per API process (429 beyond)
     # Local development and tests fetch input_url from http://127.0.0.1; production allows only public https.
     input_url_allow_insecure: bool = False
     # A job's deadline: from submit, and renewed at every claim so queue time never eats an attempt's run time.
@@ -110,8 +111,8 @@ class Settings(BaseSettings):
     # faster-whisper/large-v3-turbo in production, the wheel-shipped faster-whisper/tiny.en in local mode.
     default_transcribe_model: str | None = None
     idempotency_ttl_seconds: int = 24 * 3600
-    # A claimed key whose submit never completed (the API crashed mid-submit) is free again after this lease.
-    idempotency_in_flight_lease_seconds: int = 60
+    # A claimed key is renewed while its submit runs; one not renewed for this long (its API process died) is free.
+    idempotency_in_flight_lease_seconds: float = 60.0
 
     # Money
     welcome_credits: int = 100

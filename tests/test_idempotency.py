@@ -120,7 +120,7 @@ async def test_in_flight_claim_of_a_crashed_submit_expires_after_its_lease(
     async with app_state.pool.connection() as conn:
         # Age the claim on the database's clock, which is the one the lease is measured with.
         await conn.execute(
-            "UPDATE idempotency_records SET created_at = now() - make_interval(secs => %s) WHERE key = 'cut-off'",
+            "UPDATE idempotency_records SET renewed_at = now() - make_interval(secs => %s) WHERE key = 'cut-off'",
             (lease + 1,),
         )
     retried = await client.post("/v1/jobs", headers=headers, json=body)
@@ -128,7 +128,7 @@ async def test_in_flight_claim_of_a_crashed_submit_expires_after_its_lease(
     assert await _job_count(app_state) == 1
     # The lease applies to in-flight claims only: a completed key replays for its whole TTL.
     async with app_state.pool.connection() as conn:
-        await conn.execute("UPDATE idempotency_records SET created_at = now() - interval '23 hours'")
+        await conn.execute("UPDATE idempotency_records SET renewed_at = now() - interval '23 hours'")
     replayed = await client.post("/v1/jobs", headers=headers, json=body)
     assert replayed.status_code == 202 and replayed.headers[idempotency.REPLAY_HEADER] == "true"
     assert replayed.json()["id"] == retried.json()["id"] and await _job_count(app_state) == 1
@@ -155,8 +155,10 @@ async def test_a_failure_after_the_job_committed_keeps_the_key_so_a_retry_is_not
     app_state.settings.max_running_jobs_per_user = 0
     headers = {**alice["headers"], "Idempotency-Key": "after-commit"}
     body = {"task": "generate", "prompt": "rain on a roof"}
-    with pytest.raises(psycopg.OperationalError):
-        await client.post("/v1/jobs", headers=headers, json=body)
+    failed = await client.post("/v1/jobs", headers=headers, json=body)
+    # Issue 20 item 2: the answer names the job that exists, and says not to resubmit blindly.
+    assert failed.status_code == 500 and failed.json()["job_id"] == str(failures[0])
+    assert failed.headers["location"] == f"/v1/jobs/{failures[0]}" and failed.headers["x-should-retry"] == "false"
 
     retried = await client.post("/v1/jobs", headers=headers, json=body)
     assert retried.status_code == 202, retried.text

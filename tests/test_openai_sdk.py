@@ -304,3 +304,37 @@ def test_a_job_past_the_wait_bound_is_a_504_naming_the_job(builtin: LiveServer, 
     jobs = httpx.get(f"{settings.public_base_url}/v1/jobs", headers={"Authorization": f"Bearer {key}"}).json()
     assert [job["id"] for job in jobs["data"]] == [error.body["job_id"]]
     assert jobs["data"][0]["status"] == "queued"
+
+
+def test_an_error_after_the_job_exists_names_it_and_the_sdk_does_not_pay_again(
+    builtin: LiveServer, tmp_path: Path
+) -> None:
+    """Issue 20 item 2: once the job existed, an error (here the transcript cannot be read from storage) was a plain
+    500; the SDK retried it twice without an Idempotency-Key, each retry a new charged job."""
+    from tests.jobs_api_support import write_audio
+
+    user_id, key = builtin.new_user()
+    before = builtin.balance(user_id).available
+    clip = write_audio(tmp_path / "tone.wav", seconds=2.0)
+    storage, settings = builtin.state.storage, builtin.settings
+    read = storage.get_file
+
+    async def outputs_unreadable(bucket: str, *args: Any, **kwargs: Any) -> Any:
+        if bucket == settings.outputs_bucket:  # the storage service fails the API's read of the transcript
+            raise OSError("storage read failed")
+        return await read(bucket, *args, **kwargs)
+
+    storage.get_file = outputs_unreadable
+    try:
+        client = openai.OpenAI(base_url=f"{settings.public_base_url}/v1", api_key=key, max_retries=2)
+        with clip.open("rb") as audio, pytest.raises(openai.InternalServerError) as failed:
+            client.audio.transcriptions.create(model="whisper-1", file=audio)
+    finally:
+        del storage.get_file
+    headers = {"Authorization": f"Bearer {key}"}
+    jobs = httpx.get(f"{settings.public_base_url}/v1/jobs", headers=headers).json()["data"]
+    assert len(jobs) == 1 and jobs[0]["status"] == "succeeded"  # the SDK did not submit again
+    assert builtin.balance(user_id).available == before - jobs[0]["cost"]  # charged once
+    error, job_id = failed.value, jobs[0]["id"]
+    assert error.status_code == 500 and error.response.headers["x-should-retry"] == "false"
+    assert error.body["job_id"] == job_id and error.response.headers["location"] == f"/v1/jobs/{job_id}"

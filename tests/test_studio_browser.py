@@ -154,7 +154,8 @@ def sign_in(page: Page, live: LiveStudio) -> None:
 
 
 def demo_token(live: LiveStudio) -> str:
-    return httpx.post(f"{live.base_url}/v1/auth/local").json()["access_token"]
+    page = {"Origin": live.base_url, "Sec-Fetch-Site": "same-origin"}  # what the studio's page sends
+    return httpx.post(f"{live.base_url}/v1/auth/local", headers=page).json()["access_token"]
 
 
 def demo_user_id(live: LiveStudio) -> uuid.UUID:

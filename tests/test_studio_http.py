@@ -15,8 +15,10 @@ from api.routes.studio import STATIC_DIR
 
 
 def _client(app_state: Any, client_ip: str = "127.0.0.1", host: str = "127.0.0.1:8000") -> httpx.AsyncClient:
+    """A client that sends what the studio's page sends on a same-origin POST (Origin, Sec-Fetch-Site)."""
     transport = httpx.ASGITransport(app=create_app(app_state), client=(client_ip, 51234))
-    return httpx.AsyncClient(transport=transport, base_url=f"http://{host}")
+    page = {"Origin": f"http://{host}", "Sec-Fetch-Site": "same-origin"}
+    return httpx.AsyncClient(transport=transport, base_url=f"http://{host}", headers=page)
 
 
 async def test_pages_and_static_files_carry_a_strict_csp(app_state: Any) -> None:

@@ -460,19 +460,19 @@ async def test_a_real_job_reports_to_its_webhook(client, alice, receiver, app_st
 
 
 class FakeDNS:
-    """The system resolver as seen through the event loop's getaddrinfo, which both the guard and httpx (anyio) call.
-    `answers[host]` lists the address of each successive lookup of `host` (the last repeats); others resolve for real.
-    """
+    """The system resolver (`socket.getaddrinfo`), which both the guard (in its DNS threads) and httpx (anyio, through
+    the event loop) call. `answers[host]` lists the address of each successive lookup of `host` (the last repeats);
+    others resolve for real."""
 
     def __init__(self, real: Any) -> None:
         self.real = real
         self.answers: dict[str, list[str]] = {}
         self.lookups: list[str] = []
 
-    async def getaddrinfo(self, host: Any, port: Any, *args: Any, **kwargs: Any) -> list[tuple[Any, ...]]:
+    def getaddrinfo(self, host: Any, port: Any, *args: Any, **kwargs: Any) -> list[tuple[Any, ...]]:
         name = host.decode() if isinstance(host, bytes) else host
         if name not in self.answers:
-            return await self.real(host, port, *args, **kwargs)
+            return self.real(host, port, *args, **kwargs)
         answers = self.answers[name]
         address = answers[min(self.lookups.count(name), len(answers) - 1)]
         self.lookups.append(name)
@@ -482,10 +482,9 @@ class FakeDNS:
 
 
 @pytest.fixture
-async def fake_dns(monkeypatch: pytest.MonkeyPatch) -> FakeDNS:
-    loop = asyncio.get_running_loop()
-    dns = FakeDNS(loop.getaddrinfo)
-    monkeypatch.setattr(loop, "getaddrinfo", dns.getaddrinfo)
+def fake_dns(monkeypatch: pytest.MonkeyPatch) -> FakeDNS:
+    dns = FakeDNS(socket.getaddrinfo)
+    monkeypatch.setattr(socket, "getaddrinfo", dns.getaddrinfo)
     return dns
 
 
@@ -524,7 +523,7 @@ async def test_one_guard_refuses_the_address_for_input_urls_and_webhooks(
 
     job_id = await new_job(app_state, alice["id"], "https://media.example.com/hook")
     delivery_id = await enqueue(app_state, clock, job_id, "job.succeeded", status="running")
-    deliverer = webhooks.WebhookDeliverer(strict(app_state))  # the default resolver: the loop's getaddrinfo
+    deliverer = webhooks.WebhookDeliverer(strict(app_state))  # the default resolver: the system's
     try:
         assert await asyncio.wait_for(deliverer.deliver_due(), timeout=30) == 1
     finally:

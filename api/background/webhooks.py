@@ -17,6 +17,7 @@ import logging
 import math
 import random
 import secrets
+import ssl
 from datetime import timedelta
 from typing import Any
 from uuid import UUID
@@ -28,7 +29,7 @@ from psycopg.rows import dict_row
 from api.database import connect
 from api.jobs import view
 from api.jobs.outbox import DELIVERIES_CHANNEL
-from api.outbound import OutboundRefused, Resolver, pinned_request, resolve_checked, resolve_host
+from api.outbound import OutboundRefused, Resolver, host_name, pinned_request, resolve_checked, resolve_host
 from api.state import STOP_CHECK_SECONDS, AppState, stop_background_task
 
 log = logging.getLogger("studio.webhooks")
@@ -40,6 +41,7 @@ RETRY_CAP_SECONDS = 3600.0
 # A claimed delivery is invisible to other deliverers at least this long (longer when a pass's attempt deadlines
 # add up to more: see `_lease`); if its process dies mid-send it becomes due again.
 CLAIM_LEASE = timedelta(seconds=60)
+MAX_DRAINED_RESPONSE_BYTES = 64 * 1024
 
 
 # ---- signing (https://www.standardwebhooks.com/) ----
@@ -86,6 +88,34 @@ async def rotate_secret(conn: psycopg.AsyncConnection, user_id: UUID) -> dict[st
 
 class _Refused(Exception):
     """A delivery that must not be attempted (policy), as opposed to one that failed in transit."""
+
+
+class _ClientsByName:
+    """One delivery pass's HTTP clients, one per host name. Requests connect to the checked address, not the name,
+    so one shared pool would hand a TLS connection verified for one name to another name resolving to the same
+    address and port (skipping its certificate check): a connection is only ever reused for the name it was made
+    for, and only within the pass."""
+
+    def __init__(self, timeout: float, verify: ssl.SSLContext | bool) -> None:
+        self._timeout, self._verify = timeout, verify
+        self._clients: dict[str, httpx.AsyncClient] = {}
+
+    def for_name(self, name: str) -> httpx.AsyncClient:
+        if name not in self._clients:
+            # No redirects: a 3xx is a failed attempt, and following one could bypass the address check. The
+            # per-read timeout is a backstop; the attempt's deadline (asyncio.timeout in _attempt) bounds the total.
+            self._clients[name] = httpx.AsyncClient(
+                timeout=self._timeout,
+                follow_redirects=False,
+                trust_env=False,  # a proxy from the environment would resolve the name itself, after our check
+                headers={"user-agent": "AudioStudio-Webhooks/1"},
+                verify=self._verify,
+            )
+        return self._clients[name]
+
+    async def aclose(self) -> None:
+        for client in self._clients.values():
+            await client.aclose()
 
 
 # ---- delivery ----
@@ -139,13 +169,19 @@ class WebhookDeliverer:
     """Background service delivering due webhooks; any number may run against one database."""
 
     def __init__(
-        self, state: AppState, *, resolver: Resolver = resolve_host, batch_size: int = 20, poll_seconds: float = 15.0
+        self,
+        state: AppState,
+        *,
+        resolver: Resolver = resolve_host,
+        batch_size: int = 20,
+        poll_seconds: float = 15.0,
+        verify: ssl.SSLContext | bool = True,
     ) -> None:
         self._state = state
         self._resolver = resolver
         self._batch_size = batch_size
         self._poll_seconds = poll_seconds  # safety net beside NOTIFY: retries come due without any notification
-        self._http: httpx.AsyncClient | None = None
+        self._verify = verify  # the system's trust store; tests pass a context trusting their own CA
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         # The bounded pool of attempts in flight at once (each also bounded in time by its deadline).
@@ -165,9 +201,6 @@ class WebhookDeliverer:
     async def stop(self) -> None:
         await stop_background_task(self._task, self._stopping)
         self._task = None
-        if self._http is not None:
-            await self._http.aclose()
-            self._http = None
 
     async def deliver_due(self) -> int:
         """One pass: claim up to a batch of due deliveries, attempt them concurrently, record the outcomes.
@@ -183,12 +216,16 @@ class WebhookDeliverer:
             cursor = conn.cursor(row_factory=dict_row)
             await cursor.execute(_CLAIM_SQL, claim)
             claimed = await cursor.fetchall()
-        await asyncio.gather(*(self._attempt_in_pool(row) for row in claimed))
+        clients = _ClientsByName(self._state.settings.webhook_attempt_timeout_seconds, self._verify)
+        try:
+            await asyncio.gather(*(self._attempt_in_pool(row, clients) for row in claimed))
+        finally:
+            await clients.aclose()
         return len(claimed)
 
-    async def _attempt_in_pool(self, row: dict[str, Any]) -> None:
+    async def _attempt_in_pool(self, row: dict[str, Any], clients: _ClientsByName) -> None:
         async with self._slots:
-            await self._attempt(row)
+            await self._attempt(row, clients)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -212,18 +249,6 @@ class WebhookDeliverer:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 30.0)
 
-    def _client(self) -> httpx.AsyncClient:
-        if self._http is None:
-            # No redirects: a 3xx is a failed attempt, and following one could bypass the address check. The
-            # per-read timeout is a backstop; the attempt's deadline (asyncio.timeout in _attempt) bounds the total.
-            self._http = httpx.AsyncClient(
-                timeout=self._state.settings.webhook_attempt_timeout_seconds,
-                follow_redirects=False,
-                trust_env=False,  # a proxy from the environment would resolve the name itself, after our check
-                headers={"user-agent": "AudioStudio-Webhooks/1"},
-            )
-        return self._http
-
     async def _checked_target(self, url: str) -> tuple[httpx.URL, str]:
         """The URL and the one checked address the attempt connects to (the shared guard in api.outbound)."""
         insecure_ok = self._state.settings.webhook_allow_insecure_urls
@@ -237,14 +262,14 @@ class WebhookDeliverer:
             raise _Refused("webhook URL refused: it has no host")
         port = target.port or (443 if target.scheme == "https" else 80)
         try:
-            address = await resolve_checked(target.host, port, allow_private=insecure_ok, resolver=self._resolver)
+            address = await resolve_checked(host_name(target), port, allow_private=insecure_ok, resolver=self._resolver)
         except OutboundRefused as exc:
             raise _Refused(f"webhook URL refused: {exc}") from exc
         except UnicodeError as exc:  # a host name IDNA cannot encode never resolves
             raise _Refused("webhook URL refused: the host name is not valid") from exc
         return target, address
 
-    async def _attempt(self, row: dict[str, Any]) -> None:
+    async def _attempt(self, row: dict[str, Any], clients: _ClientsByName) -> None:
         now = self._state.clock()
         code: int | None = None
         error: str | None = None
@@ -269,13 +294,20 @@ class WebhookDeliverer:
             # byte at a time never trips.
             async with asyncio.timeout(deadline):
                 target, address = await self._checked_target(row["url"])
-                client = self._client()
+                client = clients.for_name(host_name(target))
                 request = pinned_request(client, "POST", target, address, headers=headers, content=body)
-                # Streamed and never read: a receiver's response body is of no use and could be huge.
+                # Streamed: a receiver's response body is of no use and could be huge. A short one is read to its
+                # end so the connection can serve the pass's next delivery to this name (httpcore keeps only a
+                # connection whose response was read to the end); a longer one is dropped with its connection.
                 response = await client.send(request, stream=True)
                 try:
                     code = response.status_code
                     retry_after = _retry_after(response)
+                    drained = 0
+                    async for chunk in response.aiter_raw():
+                        drained += len(chunk)
+                        if drained > MAX_DRAINED_RESPONSE_BYTES:
+                            break
                 finally:
                     await response.aclose()
         except _Refused as exc:

@@ -3,7 +3,9 @@
 - The first request with a key claims it (an INSERT that only one concurrent request can win) and, when it
   succeeds, stores its status and body; the same key with the same body within the TTL replays them.
 - The same key with a different body: 422 `idempotency_key_reused`.
-- While the first request is still running: 409 `idempotency_in_flight`.
+- While the first request is still running: 409 `idempotency_in_flight`. The request renews its claim while it
+  runs (`kept_alive`), so the claim lives as long as the request however long the submit takes (URL fetches,
+  probes, a storage upload); a claim that is not renewed for the lease (its API process died) is taken over.
 - A failed first attempt frees the key instead of storing the error. Every error path of a submit leaves nothing
   created and nothing charged, so a retry with the same key cannot double-charge, and replaying a 402 or a 503
   would only stop a client from retrying after topping up or after an outage.
@@ -14,26 +16,34 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
-from collections.abc import Mapping
+import logging
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
+import psycopg
 from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
 
 from api.errors import Problem
 
+log = logging.getLogger("studio.idempotency")
+
 MAX_KEY_LENGTH = 255
+RENEWALS_PER_LEASE = 3  # a renewal lost to a slow database or a busy loop still leaves two before the lease lapses
 REPLAY_HEADER = "Idempotent-Replayed"
 
 
-# Past its TTL, or an in-flight claim past its lease (on the database's clock, like every other expiry).
+# Past its TTL, or an in-flight claim not renewed within its lease (on the database's clock, like every expiry).
 _EXPIRED = (
     "(expires_at <= now() OR (state = 'in_flight'"
-    " AND created_at <= now() - make_interval(secs => %(lease)s::double precision)))"
+    " AND renewed_at <= now() - make_interval(secs => %(lease)s::double precision)))"
 )
 
 
@@ -72,9 +82,9 @@ async def claim(
     """None when this request now owns the key (it must `complete` or `abandon` it); a Replay when it already ran.
 
     Raises 422 for a reused key with another body and 409 while the first request is in flight. An in-flight
-    claim older than `in_flight_lease_seconds` is taken over: its request died (an API crash) without completing
-    or abandoning it, and it would otherwise answer 409 for the whole TTL. The lease starts after the upload was
-    received, so it only has to cover pricing, the hold and the dispatch.
+    claim not renewed for `in_flight_lease_seconds` is taken over: its request died (an API crash) without
+    completing or abandoning it, and it would otherwise answer 409 for the whole TTL. The owner keeps its claim
+    with `kept_alive` for as long as it runs.
     """
     for _ in range(3):
         inserted = await conn.execute(
@@ -123,6 +133,32 @@ async def claim(
         "This Idempotency-Key is changing hands; retry shortly.",
         headers={"Retry-After": "1"},
     )
+
+
+@contextlib.asynccontextmanager
+async def kept_alive(pool: AsyncConnectionPool, user_id: UUID, key: str, lease_seconds: float) -> AsyncIterator[None]:
+    """Renew this request's in-flight claim RENEWALS_PER_LEASE times per lease for as long as the block runs."""
+
+    async def renew() -> None:
+        while True:
+            await asyncio.sleep(lease_seconds / RENEWALS_PER_LEASE)
+            try:
+                async with pool.connection() as conn:
+                    await conn.execute(
+                        "UPDATE idempotency_records SET renewed_at = now()"
+                        " WHERE user_id = %s AND key = %s AND state = 'in_flight'",
+                        (user_id, key),
+                    )
+            except psycopg.Error as exc:  # the next renewal may succeed; the submit itself goes on regardless
+                log.warning("could not renew the claim on Idempotency-Key %r: %s", key, exc)
+
+    renewing = asyncio.create_task(renew(), name="idempotency-renewal")
+    try:
+        yield
+    finally:
+        renewing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await renewing
 
 
 async def complete(conn: AsyncConnection, user_id: UUID, key: str, status: int, body: Mapping[str, Any]) -> None:

@@ -428,7 +428,7 @@ async def fetch_url(
             async with httpx.AsyncClient(follow_redirects=False, timeout=timeout, trust_env=False) as client:
                 for _ in range(MAX_REDIRECTS + 1):
                     port = target.port or (443 if target.scheme == "https" else 80)
-                    address = await resolve_checked(target.host, port, policy)
+                    address = await resolve_checked(outbound.host_name(target), port, policy)
                     request = outbound.pinned_request(
                         client, "GET", target, address, headers={"Accept": "audio/*, */*;q=0.5"}
                     )

@@ -13,7 +13,9 @@ Ways a call can end without a transcript, each an OpenAI error object (`api.erro
 `x-should-retry: false`, so the SDK does not resubmit (a new job, charged again) on its own:
 - still running at the wait bound: 504 `job_pending`, with `job_id` and `Location: /v1/jobs/{id}` to poll (the
   job goes on and is charged when it succeeds; the transcript is among its outputs);
-- failed: 500 with the job's error code (nothing charged); canceled: 409 `job_canceled` (nothing charged).
+- failed: 500 with the job's error code (nothing charged); canceled: 409 `job_canceled` (nothing charged);
+- any other error once the job exists (a storage read, a bad transcript, a database error): the route answers it
+  through `api.jobs.submit.naming_job`, with the job id, its Location and `x-should-retry: false` too.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-from api.errors import Problem
+from api.errors import NO_RETRY, Problem
 from api.jobs.inputs import check_content_length, read_multipart
 from api.jobs.request import JobCreate, JobRequest, validate_current
 from api.state import AppState
@@ -39,7 +41,6 @@ RESPONSE_FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
 GRANULARITIES = ("word", "segment")
 GRANULARITIES_FIELD = "timestamp_granularities[]"
 TEXT_FIELDS = {"model", "language", "prompt", "response_format", "temperature"}
-NO_RETRY = {"x-should-retry": "false"}  # read by the OpenAI SDKs: do not retry this answer
 # Where a transcribe param came from, so a validation error names the OpenAI field the client sent.
 _PARAM_FIELDS = {
     "model": "model",

@@ -9,6 +9,9 @@ before the commit; a refused dispatch fails the job and releases its hold (`api.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,7 +20,7 @@ from uuid import UUID, uuid4
 
 from psycopg import AsyncConnection
 
-from api.errors import Problem
+from api.errors import NO_RETRY, Problem
 from api.jobs import idempotency
 from api.jobs.dispatch import DispatchError, dispatch_job
 from api.jobs.inputs import FetchPolicy, ProbedInput, ReceivedInput, fetch_url, probe_input
@@ -30,27 +33,57 @@ from db import jobs as db_jobs
 from db import ledger
 from inference.registry import TASKS
 
+log = logging.getLogger("studio.jobs")
+
 HOLD_MARGIN = timedelta(hours=1)  # holds outlive the job deadline so the reaper, not the hold sweeper, settles them
 
 
-async def obtain_input(state: AppState, job: JobRequest, workdir: Path) -> tuple[ReceivedInput, ProbedInput]:
+@contextmanager
+def naming_job(job_id: UUID) -> Iterator[None]:
+    """Around the work after a job was created: any error answer names the job (`job_id`, `Location`) and says
+    `x-should-retry: false`, unless the Problem says otherwise. A blind resubmit would create and charge another job
+    (the OpenAI SDK retries every 5xx twice, without an Idempotency-Key); the client follows this one instead."""
+    location = f"/v1/jobs/{job_id}"
+    try:
+        yield
+    except Problem as problem:
+        problem.headers = {**NO_RETRY, "Location": location, **problem.headers}
+        problem.extra.setdefault("job_id", str(job_id))
+        raise
+    except Exception as exc:
+        log.exception("job %s: the request failed after the job was created", job_id)
+        raise Problem(
+            500,
+            "internal_error",
+            "Internal server error",
+            f"Job {job_id} was created, then this request failed on our side. Follow the job at GET {location} "
+            "instead of submitting again.",
+            headers={**NO_RETRY, "Location": location},
+            job_id=str(job_id),
+        ) from exc
+
+
+async def obtain_input(
+    state: AppState, user_id: UUID, job: JobRequest, workdir: Path
+) -> tuple[ReceivedInput, ProbedInput]:
     """The main input, fetched if it is a URL, then probed within the deployment's limits."""
-    return await _obtain(state, job.upload, job.input_url, workdir)
+    return await _obtain(state, user_id, job.upload, job.input_url, workdir)
 
 
 async def obtain_extra_inputs(
-    state: AppState, job: JobRequest, workdir: Path
+    state: AppState, user_id: UUID, job: JobRequest, workdir: Path
 ) -> dict[str, tuple[ReceivedInput, ProbedInput]]:
     """Second inputs (e.g. `reference`), fetched through the same guard and probed with the same caps as the main
     input. They are not priced: only the main input's duration is."""
     names = sorted({*job.extra_uploads, *job.extra_urls})
     return {
-        name: await _obtain(state, job.extra_uploads.get(name), job.extra_urls.get(name), workdir) for name in names
+        name: await _obtain(state, user_id, job.extra_uploads.get(name), job.extra_urls.get(name), workdir)
+        for name in names
     }
 
 
 async def _obtain(
-    state: AppState, upload: ReceivedInput | None, url: str | None, workdir: Path
+    state: AppState, user_id: UUID, upload: ReceivedInput | None, url: str | None, workdir: Path
 ) -> tuple[ReceivedInput, ProbedInput]:
     settings = state.settings
     received = upload
@@ -58,13 +91,15 @@ async def _obtain(
         assert url is not None
         insecure = settings.input_url_allow_insecure
         policy = FetchPolicy(allow_http=insecure, allow_private=insecure)
-        received = await fetch_url(
-            url,
-            workdir,
-            max_bytes=settings.max_upload_bytes,
-            timeout=settings.input_fetch_timeout_seconds,
-            policy=policy,
-        )
+        # Bounded per user: one user's slow servers (or slow DNS) hold that user's downloads, not everyone's.
+        with state.url_fetches.held(user_id, settings.max_url_fetches_per_user):
+            received = await fetch_url(
+                url,
+                workdir,
+                max_bytes=settings.max_upload_bytes,
+                timeout=settings.input_fetch_timeout_seconds,
+                policy=policy,
+            )
     probed = await probe_input(
         received.path,
         settings.max_duration_seconds,
@@ -188,8 +223,8 @@ async def create_job(
     seconds: float | None = None
     if spec.input_kind == "audio":
         # Every input is received and probed before anything is stored: a bad reference stores nothing.
-        received, probed = await obtain_input(state, job, workdir)
-        extras = await obtain_extra_inputs(state, job, workdir)
+        received, probed = await obtain_input(state, user_id, job, workdir)
+        extras = await obtain_extra_inputs(state, user_id, job, workdir)
         seconds = probed.info.duration_s
         input_meta = _input_meta(received, probed, job.input_url)
         if extras:
@@ -263,6 +298,20 @@ async def create_job(
         raise
     if cancel_after is not None and state.wake_reaper is not None:
         state.wake_reaper()  # its next pass may now be due sooner
+    with naming_job(job_id):
+        return await _dispatch(state, user_id, job_id, idempotency_key, input_ref, extra_refs)
+
+
+async def _dispatch(
+    state: AppState,
+    user_id: UUID,
+    job_id: UUID,
+    idempotency_key: str | None,
+    input_ref: str | None,
+    extra_refs: dict[str, str],
+) -> dict[str, Any]:
+    """The committed job to its worker (or queued); its resource. A refused dispatch fails it and frees the key."""
+    settings = state.settings
     try:
         await dispatch_job(state, job_id)
     except DispatchError as exc:
@@ -280,7 +329,7 @@ async def create_job(
             "dispatch_failed",
             "The job could not be started",
             "No worker could take the job; nothing was charged. Retry shortly.",
-            headers={"Retry-After": "5"},
+            headers={"Retry-After": "5", "x-should-retry": "true"},  # the job failed uncharged: a retry is safe
             job_id=str(job_id),
         ) from exc
     async with state.pool.connection() as conn:
@@ -326,11 +375,14 @@ async def submit_once(
     if replay is not None:
         return Submitted(replay.body, replay.status, replayed=True)
     try:
-        body = await create_job(state, user_id, job, workdir, idempotency_key=key, api_key_id=api_key_id)
+        lease = settings.idempotency_in_flight_lease_seconds
+        async with idempotency.kept_alive(state.pool, user_id, key, lease):
+            body = await create_job(state, user_id, job, workdir, idempotency_key=key, api_key_id=api_key_id)
     except BaseException:
         async with state.pool.connection() as conn:
             await idempotency.abandon(conn, user_id, key)
         raise
-    async with state.pool.connection() as conn:
-        await idempotency.complete(conn, user_id, key, 202, body)  # replay this answer, not the in-transaction snapshot
+    with naming_job(UUID(body["id"])):
+        async with state.pool.connection() as conn:
+            await idempotency.complete(conn, user_id, key, 202, body)  # replay this answer, not the in-tx snapshot
     return Submitted(body, 202, replayed=False)

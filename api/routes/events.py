@@ -16,7 +16,7 @@ from api.background.events import RESYNC, Update
 from api.deps import CurrentUser, State
 from api.errors import Problem
 from api.jobs import view
-from api.ratelimit import StreamSlots
+from api.ratelimit import UserSlots
 from api.routes.responses import problem_doc
 from api.state import AppState, JobEvents
 from db.jobs import FINAL_STATES, get_job, job_state
@@ -58,7 +58,7 @@ def _parse_event_id(value: str | None) -> int | None:
 class _SlotResponse(StreamingResponse):
     """A stream holding one of its user's slots, released however the response ends (done, disconnect, error)."""
 
-    def __init__(self, content: AsyncIterator[str], slots: StreamSlots, user_id: UUID, **kwargs: Any) -> None:
+    def __init__(self, content: AsyncIterator[str], slots: UserSlots, user_id: UUID, **kwargs: Any) -> None:
         super().__init__(content, **kwargs)
         self._slots, self._user_id = slots, user_id
 

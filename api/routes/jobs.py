@@ -26,7 +26,7 @@ from api.jobs import cancel, idempotency
 from api.jobs.inputs import SUPPORTED_FORMATS, lazy_workdir
 from api.jobs.pricing import RATES, price
 from api.jobs.request import JobCreate, invalid, parse_cancel_after, parse_request
-from api.jobs.submit import obtain_extra_inputs, obtain_input, submit_once
+from api.jobs.submit import naming_job, obtain_extra_inputs, obtain_input, submit_once
 from api.jobs.view import JobList, JobOut, JobStatus, job_resource, with_download_urls
 from api.routes.responses import AUTH_RESPONSES, SPEND_RESPONSES, problem_doc
 from db import jobs as db_jobs
@@ -176,9 +176,9 @@ async def create_quote(request: Request, user: CurrentUser, state: State) -> Quo
                             limit=state.settings.rate_limit_per_minute,
                             cost=state.settings.quote_fetch_rate_cost,
                         )
-                _, probed = await obtain_input(state, job, workdir)
+                _, probed = await obtain_input(state, user.id, job, workdir)
                 seconds = probed.info.duration_s
-            await obtain_extra_inputs(state, job, workdir)  # checked as a submit would, never priced
+            await obtain_extra_inputs(state, user.id, job, workdir)  # checked as a submit would, never priced
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     credits = price(job.task, job.params, seconds)
@@ -251,14 +251,15 @@ async def submit_job(
     if wait is None:
         return JSONResponse(body, status_code=202, headers=headers)
     headers["Preference-Applied"] = f"wait={wait}"
-    if wait > 0:
-        assert state.events is not None  # every API process runs the hub (api.wiring.background_services)
-        await state.events.wait_until_final(job_id, float(wait))
-    async with state.pool.connection() as conn:
-        row = await db_jobs.get_job(conn, job_id)
-    assert row is not None
-    final = row["status"] in db_jobs.FINAL_STATES
-    resource = await with_download_urls(state, job_resource(row), row)
+    with naming_job(job_id):
+        if wait > 0:
+            assert state.events is not None  # every API process runs the hub (api.wiring.background_services)
+            await state.events.wait_until_final(job_id, float(wait))
+        async with state.pool.connection() as conn:
+            row = await db_jobs.get_job(conn, job_id)
+        assert row is not None
+        final = row["status"] in db_jobs.FINAL_STATES
+        resource = await with_download_urls(state, job_resource(row), row)
     return JSONResponse(resource, status_code=200 if final else 202, headers=headers)
 
 

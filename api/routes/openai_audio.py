@@ -24,7 +24,7 @@ from api.deps import CurrentUser, State
 from api.jobs import idempotency
 from api.jobs.inputs import SUPPORTED_FORMATS
 from api.jobs.openai_audio import GRANULARITIES, RESPONSE_FORMATS, WHISPER_1, await_answer, parse_audio_request
-from api.jobs.submit import submit_once
+from api.jobs.submit import naming_job, submit_once
 from api.routes.responses import AUTH_RESPONSES
 
 router = APIRouter(tags=["openai"])
@@ -89,7 +89,9 @@ async def _transcribe(
         submitted = await submit_once(state, user.id, audio.job, key, workdir, api_key_id=user.api_key_id)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    answer = await await_answer(state, UUID(submitted.body["id"]), audio)
+    job_id = UUID(submitted.body["id"])
+    with naming_job(job_id):
+        answer = await await_answer(state, job_id, audio)
     if submitted.replayed:
         answer.headers[idempotency.REPLAY_HEADER] = "true"
     if isinstance(answer.body, str):

@@ -8,14 +8,17 @@ Everything else the studio does goes through the public `/v1` API with a bearer 
 - Every studio response carries a Content-Security-Policy that allows scripts from this origin only (no inline
   script, no eval), and connections/media from this origin plus Supabase when it is configured.
 - `GET /v1/config` is public: the auth mode and, in Supabase mode, the project URL and its anon (public) key.
-- `POST /v1/auth/local` exists only in local mode (no SUPABASE_URL) and answers only loopback clients that address
-  the server by a loopback name (a DNS-rebound page names its own host): it signs in the local demo user.
+- `POST /v1/auth/local` exists only in local mode (no SUPABASE_URL) and signs in the local demo user. It answers
+  only the studio's own page on this machine: a loopback client, a Host that is exactly a loopback name and port
+  (a DNS-rebound page names its own host), no forwarding header (a same-host reverse proxy or tunnel connects from
+  loopback too, with a loopback Host), `Sec-Fetch-Site: same-origin` and an Origin equal to that loopback Host.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import mimetypes
+import re
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
@@ -35,7 +38,25 @@ LOCAL_USER_EMAIL = "demo@localhost"  # the same demo user scripts/serve.sh tops 
 LOCAL_TOKEN_SECONDS = 12 * 3600  # a browser session, not the CLI's month
 # Paths the single-page app handles itself; Stripe Checkout returns to the two billing ones.
 PAGES = ("/", "/jobs", "/account", "/billing/success", "/billing/canceled")
-_LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+# A Host header that is a loopback name with an optional port and nothing else (`127.0.0.1:8000@evil.example` is not).
+_LOOPBACK_HOST = re.compile(r"(?:localhost|127\.0\.0\.1|\[::1\])(?::[0-9]{1,5})?", re.IGNORECASE)
+# Headers a proxy or tunnel adds: a request carrying any of them did not come from a browser on this machine.
+FORWARDING_HEADERS = (
+    "forwarded",
+    "via",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-forwarded-port",
+    "x-forwarded-server",
+    "x-real-ip",
+    "x-original-forwarded-for",
+    "true-client-ip",
+    "cf-connecting-ip",
+    "fastly-client-ip",
+    "x-client-ip",
+    "x-cluster-client-ip",
+)
 
 
 def content_security_policy(settings: Settings) -> str:
@@ -94,10 +115,17 @@ def _is_loopback_client(request: Request) -> bool:
         return False
 
 
-def _host_name(request: Request) -> str:
-    host = request.headers.get("host", "")
-    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
-    return name.strip("[]").lower()
+def local_sign_in_allowed(request: Request) -> bool:
+    """The studio's own page on this machine, asking directly (see the module docstring)."""
+    headers = request.headers
+    host = headers.get("host", "")
+    return (
+        _is_loopback_client(request)
+        and _LOOPBACK_HOST.fullmatch(host) is not None
+        and not any(name in headers for name in FORWARDING_HEADERS)
+        and headers.get("sec-fetch-site") == "same-origin"
+        and headers.get("origin", "").lower() in (f"http://{host.lower()}", f"https://{host.lower()}")
+    )
 
 
 def build_router(settings: Settings) -> APIRouter:
@@ -139,17 +167,17 @@ def build_router(settings: Settings) -> APIRouter:
             response_model=LocalSession,
             tags=["studio"],
             summary="Local mode only: sign in as the local demo user",
-            responses={403: problem_doc(403, "local_sign_in_refused", "Only from this machine, by a loopback name")},
+            responses={403: problem_doc(403, "local_sign_in_refused", "Only the studio's own page on this machine")},
         )
         async def local_sign_in(request: Request) -> LocalSession:
-            """Exists only when Supabase auth is not configured, and answers only requests from this machine."""
-            if not _is_loopback_client(request) or _host_name(request) not in _LOOPBACK_HOSTS:
+            """Exists only when Supabase auth is not configured, and answers only the studio's page on this machine."""
+            if not local_sign_in_allowed(request):
                 raise Problem(
                     403,
                     "local_sign_in_refused",
                     "Local sign-in is for this machine only",
-                    "Open the studio at http://127.0.0.1 or http://localhost on the machine running it, "
-                    "or paste an API key.",
+                    "Open the studio at http://127.0.0.1 or http://localhost on the machine running it (not through "
+                    "a proxy or tunnel), or paste an API key.",
                 )
             state = get_state(request)
             user_id = await ensure_user(state.pool, state.settings, LOCAL_USER_EMAIL)

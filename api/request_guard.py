@@ -1,9 +1,10 @@
 """`RequestGuard`: a pure-ASGI middleware that bounds every request body before any route sees it.
 
 - Size: every route gets `max_body_bytes` (small: JSON bodies); the upload routes (`UPLOAD_PATHS`, POST) get
-  `max_upload_bytes` plus the form budget. An announced Content-Length past the cap is refused without reading a
-  byte; otherwise the bytes of each `http.request` message are counted, so a chunked body (no Content-Length) is
-  cut off at the cap too. 413 problem+json.
+  `max_upload_bytes` plus the form budget; a tus PATCH (`/v1/uploads/{id}`) gets `max_resumable_upload_bytes`,
+  streamed to disk by the route (which also refuses bytes past the upload's own length). An announced
+  Content-Length past the cap is refused without reading a byte; otherwise the bytes of each `http.request` message
+  are counted, so a chunked body (no Content-Length) is cut off at the cap too. 413 problem+json.
 - Time: while the body is incomplete, each read waits at most `body_read_idle_seconds`, and the whole body must
   arrive within `body_read_timeout_seconds`, so a trickling client cannot hold a temp upload forever. 408.
 - Auth first: a request with a body and no Authorization header gets its 401 before the body is read (FastAPI
@@ -35,6 +36,7 @@ from api.settings import Settings
 
 # POST routes that take an audio upload (multipart): they stream it to a capped temp file themselves.
 UPLOAD_PATHS = frozenset({"/v1/jobs", "/v1/quotes", "/v1/audio/transcriptions", "/v1/audio/translations"})
+RESUMABLE_UPLOAD_PREFIX = "/v1/uploads/"
 UNAUTHENTICATED_BODY_PATHS = frozenset({"/v1/billing/stripe-webhook"})
 # Boundaries and part headers around the file and the text fields.
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
@@ -45,6 +47,8 @@ class _Refused(Exception):
 
 
 def body_cap(settings: Settings, method: str, path: str) -> int:
+    if method == "PATCH" and path.startswith(RESUMABLE_UPLOAD_PREFIX):
+        return settings.max_resumable_upload_bytes
     if method == "POST" and path in UPLOAD_PATHS:
         # The main input and one file per second input (e.g. `reference`), each capped at the upload limit.
         files = 1 + len(EXTRA_INPUT_NAMES)

@@ -170,7 +170,7 @@ async def create_quote(request: Request, user: CurrentUser, state: State) -> Quo
                             limit=state.settings.rate_limit_per_minute,
                             cost=state.settings.quote_fetch_rate_cost,
                         )
-                _, probed = await obtain_input(state, job, workdir)
+                _, probed = await obtain_input(state, user.id, job, workdir)
                 seconds = probed.info.duration_s
             await obtain_extra_inputs(state, job, workdir)  # checked as a submit would, never priced
     finally:

@@ -478,3 +478,21 @@ def test_production_hands_out_a_one_object_storage_authorization(
             assert _follow(api, job.json()["id"])["status"] == "succeeded"
         finally:
             next(served, None)
+
+
+def test_studio_submit_sends_a_file_over_the_threshold_as_a_resumable_upload(
+    server: InProcessServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    user_id, headers = _user(server)
+    path, sha256 = _audio(tmp_path, 5.0)
+    api = cli_client.StudioClient(server.base_url, headers["Authorization"].removeprefix("Bearer "))
+    assert cli_client.submit(api, "master", path, {}, wait=True, out_dir=None, resumable_over=64 * 1024) == 0
+    assert "complete" in capsys.readouterr().out
+    [job] = _jobs(server, user_id)
+    assert job["input_meta"]["source"] == "resumable_upload" and job["input_meta"]["sha256"] == sha256
+    # Under the threshold the file rides in the submit, as before.
+    (tmp_path / "small").mkdir()
+    small, _ = _audio(tmp_path / "small", 1.0)
+    assert cli_client.submit(api, "master", small, {}, wait=False, out_dir=None, resumable_over=1 << 30) == 0
+    sources = sorted(row["input_meta"]["source"] for row in _jobs(server, user_id))
+    assert sources == ["resumable_upload", "upload"]

@@ -342,6 +342,8 @@ def test_protocol_errors_and_limits_charge_nothing(server: InProcessServer, tmp_
     assert (no_version.status_code, no_version.headers["tus-version"]) == (412, "1.0.0")
     video = httpx.post(f"{base}/v1/uploads", headers=headers, json={"size": 10, "content_type": "text/html"})
     assert video.status_code == 415
+    nul = httpx.post(f"{base}/v1/uploads", headers=headers, json={"size": 10, "content_type": "audio/x\u0000"})
+    assert (nul.status_code, nul.json()["code"]) == (422, "invalid_request")
 
     metadata = f"filename {base64.b64encode(b'x.wav').decode()}"
     created = httpx.post(

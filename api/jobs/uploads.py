@@ -71,6 +71,8 @@ async def _insert(
 ) -> dict[str, Any]:
     _check_size(state, size)
     check_declared_type(content_type)
+    if content_type and not content_type.isprintable():
+        raise Problem(422, "invalid_request", "Invalid content type", "The content type has control characters.")
     upload_id = uuid4()
     async with state.pool.connection() as conn:
         return await db_uploads.insert_upload(

@@ -498,3 +498,36 @@ def test_studio_submit_sends_a_file_over_the_threshold_as_a_resumable_upload(
     assert cli_client.submit(api, "master", small, {}, wait=False, out_dir=None, resumable_over=1 << 30) == 0
     sources = sorted(row["input_meta"]["source"] for row in _jobs(server, user_id))
     assert sources == ["resumable_upload", "upload"]
+
+
+async def test_a_refused_dispatch_gives_the_upload_back(
+    client: Any, alice: dict[str, Any], app_state: Any, tmp_path: Path
+) -> None:
+    from tests.jobs_support import RefusingDispatcher
+
+    path, _ = _audio(tmp_path, 1.0)
+    data = path.read_bytes()
+    tus = _tus(alice["headers"])
+    created = await client.post("/v1/uploads", headers={**tus, "Upload-Length": str(len(data))})
+    assert created.status_code == 201, created.text
+    upload_id = created.json()["id"]
+    patched = await client.patch(
+        f"/v1/uploads/{upload_id}",
+        headers={**tus, "Upload-Offset": "0", "Content-Type": "application/offset+octet-stream"},
+        content=data,
+    )
+    assert patched.status_code == 204 and patched.headers["upload-offset"] == str(len(data))
+    working = app_state.dispatcher
+    app_state.dispatcher = RefusingDispatcher()
+    body = {"task": "master", "input_upload": upload_id}
+    refused = await client.post("/v1/jobs", headers=alice["headers"], json=body)
+    assert (refused.status_code, refused.json()["code"]) == (503, "dispatch_failed")
+    # Nothing charged, and the upload is still there for the retry.
+    upload = (await client.get(f"/v1/uploads/{upload_id}", headers=alice["headers"])).json()
+    assert (upload["state"], upload["job_id"]) == ("complete", None)
+    key = f"{alice['id']}/uploads/{upload_id}"
+    assert app_state.storage.path_for("inputs", key).read_bytes() == data
+    app_state.dispatcher = working
+    retried = await client.post("/v1/jobs", headers=alice["headers"], json=body)
+    assert retried.status_code == 202, retried.text
+    assert (await client.get(f"/v1/uploads/{upload_id}", headers=alice["headers"])).json()["state"] == "used"

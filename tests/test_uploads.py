@@ -531,3 +531,28 @@ async def test_a_refused_dispatch_gives_the_upload_back(
     retried = await client.post("/v1/jobs", headers=alice["headers"], json=body)
     assert retried.status_code == 202, retried.text
     assert (await client.get(f"/v1/uploads/{upload_id}", headers=alice["headers"])).json()["state"] == "used"
+
+
+async def test_two_racing_submits_make_one_job(
+    client: Any, alice: dict[str, Any], app_state: Any, tmp_path: Path
+) -> None:
+    import asyncio
+
+    app_state.settings.max_running_jobs_per_user = 0  # the job stays queued: only the submits race
+    path, _ = _audio(tmp_path, 1.0)
+    data = path.read_bytes()
+    tus = _tus(alice["headers"])
+    upload_id = (await client.post("/v1/uploads", headers={**tus, "Upload-Length": str(len(data))})).json()["id"]
+    await client.patch(
+        f"/v1/uploads/{upload_id}",
+        headers={**tus, "Upload-Offset": "0", "Content-Type": "application/offset+octet-stream"},
+        content=data,
+    )
+    body = {"task": "master", "input_upload": upload_id}
+    answers = await asyncio.gather(*(client.post("/v1/jobs", headers=alice["headers"], json=body) for _ in range(2)))
+    assert sorted(answer.status_code for answer in answers) == [202, 409]
+    assert [a.json()["code"] for a in answers if a.status_code == 409] == ["upload_used"]
+    async with app_state.pool.connection() as conn:
+        holds = await (await conn.execute("SELECT count(*) FROM holds")).fetchone()
+        jobs = await (await conn.execute("SELECT count(*) FROM jobs")).fetchone()
+    assert holds == (1,) and jobs == (1,)

@@ -450,6 +450,9 @@ def test_production_hands_out_a_one_object_storage_authorization(
                 "metadata": {"bucketName": "inputs", "objectName": key, "contentType": "audio/wav"},
                 "chunk_size": 6 * 1024 * 1024,
             }
+            # The API takes no upload bytes here: tus creation on it points the client to the JSON way.
+            tus_way = httpx.post(f"{server.base_url}/v1/uploads", headers=_tus(headers, **{"Upload-Length": "10"}))
+            assert (tus_way.status_code, tus_way.json()["code"]) == (409, "upload_direct_only")
             # Before the bytes are there, a submit says so and holds nothing.
             early = httpx.post(
                 f"{server.base_url}/v1/jobs", headers=headers, json={"task": "master", "input_upload": upload["id"]}

@@ -171,6 +171,11 @@ def _cmd_client(args: argparse.Namespace) -> int:
                 wait=args.wait,
                 out_dir=Path(args.out) if args.out else None,
                 reference=args.reference,
+                resumable_over=(
+                    args.resumable_over
+                    if args.resumable_over is not None
+                    else Settings().resumable_upload_threshold_bytes
+                ),
             )
         if args.command == "jobs":
             return client.list_jobs(api, status=args.status, task=args.task, limit=args.limit)
@@ -231,6 +236,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--reference", metavar="FILE_OR_URL", help="master: a reference track to match (a file, or an https URL)"
     )
     submit.add_argument("--wait", action="store_true", help="follow the job to the end with a progress bar")
+    submit.add_argument(
+        "--resumable-over",
+        type=int,
+        default=None,
+        metavar="BYTES",
+        help="send files larger than this as a resumable upload (default: STUDIO_RESUMABLE_UPLOAD_THRESHOLD_BYTES)",
+    )
     submit.add_argument("--out", help="download outputs into this folder (implies --wait)")
     _client_args(submit)
     submit.set_defaults(handler=_cmd_client)

@@ -27,6 +27,7 @@ from api.routes import (
     openai_audio,
     studio,
     tasks,
+    uploads,
     usage,
     webhooks,
 )
@@ -59,7 +60,8 @@ def create_app(state: AppState, background: list[BackgroundService] | None = Non
     app.state.studio = state
     install_error_handlers(app)
     v1 = APIRouter(prefix="/v1")
-    for resource in (health, api_keys, credits, usage, tasks, jobs, openai_audio, events, billing, webhooks, files):
+    resources = (health, api_keys, credits, usage, tasks, jobs, uploads, openai_audio, events, billing, webhooks, files)
+    for resource in resources:
         v1.include_router(resource.router)
     app.include_router(v1)
     # The web studio's pages sit at the root; its two /v1 routes (config, local sign-in) carry their own prefix.

@@ -1,9 +1,10 @@
 """`RequestGuard`: a pure-ASGI middleware that bounds every request body before any route sees it.
 
 - Size: every route gets `max_body_bytes` (small: JSON bodies); the upload routes (`UPLOAD_PATHS`, POST) get
-  `max_upload_bytes` per file they take plus the form budget. An announced Content-Length past the cap is refused
-  without reading a byte; otherwise the bytes of each `http.request` message are counted, so a chunked body (no
-  Content-Length) is cut off at the cap too. 413.
+  `max_upload_bytes` per file they take plus the form budget; a tus PATCH (`/v1/uploads/{id}`) gets
+  `max_resumable_upload_bytes`, streamed to disk by the route (which also refuses bytes past the upload's own
+  length). An announced Content-Length past the cap is refused without reading a byte; otherwise the bytes of each
+  `http.request` message are counted, so a chunked body (no Content-Length) is cut off at the cap too. 413.
 - Time: while the body is incomplete, each read waits at most `body_read_idle_seconds`, and the whole body must
   arrive within its route's read time: the idle limit plus the cap at `MIN_BODY_BYTES_PER_SECOND`, at most
   `body_read_timeout_seconds` (a 1 MiB JSON body gets 46 s, not the uploads' 15 minutes), so a trickling client
@@ -43,6 +44,7 @@ from api.settings import Settings
 # The OpenAI-compatible ones take one file; the others one per input (the main one and each of EXTRA_INPUT_NAMES).
 SINGLE_FILE_UPLOAD_PATHS = frozenset({"/v1/audio/transcriptions", "/v1/audio/translations"})
 UPLOAD_PATHS = frozenset({"/v1/jobs", "/v1/quotes"}) | SINGLE_FILE_UPLOAD_PATHS
+RESUMABLE_UPLOAD_PREFIX = "/v1/uploads/"
 UNAUTHENTICATED_BODY_PATHS = frozenset({"/v1/billing/stripe-webhook"})
 # Boundaries and part headers around the file and the text fields.
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
@@ -55,6 +57,8 @@ class _Refused(Exception):
 
 
 def body_cap(settings: Settings, method: str, path: str) -> int:
+    if method == "PATCH" and path.startswith(RESUMABLE_UPLOAD_PREFIX):
+        return settings.max_resumable_upload_bytes
     if method == "POST" and path in UPLOAD_PATHS:
         files = 1 if path in SINGLE_FILE_UPLOAD_PATHS else 1 + len(EXTRA_INPUT_NAMES)
         return files * settings.max_upload_bytes + MAX_FORM_BYTES + MULTIPART_OVERHEAD_BYTES

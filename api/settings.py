@@ -74,6 +74,11 @@ class Settings(BaseSettings):
     weights_reload_min_gap_seconds: float = Field(default=5.0, ge=0)
     max_upload_bytes: int = 200 * 1024 * 1024
     max_body_bytes: int = 1024 * 1024  # every body but the uploads' (api.request_guard)
+    # Resumable (tus 1.0) uploads, `input_upload` of a job: the cap per upload, how long an unused one is kept, and
+    # the size above which the CLI and the studio upload that way instead of in the submit's multipart body.
+    max_resumable_upload_bytes: int = Field(default=2 * 1024**3, gt=0)
+    upload_expiry_seconds: int = Field(default=24 * 3600, gt=0)
+    resumable_upload_threshold_bytes: int = Field(default=32 * 1024 * 1024, ge=0)
     # A body must arrive within the total, with no pause past the idle limit (a trickling client holds temp disk).
     body_read_idle_seconds: float = 30.0
     body_read_timeout_seconds: float = 900.0

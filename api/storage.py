@@ -169,6 +169,47 @@ class SupabaseStorage:
             check_key(bucket, key)
         await (await self._bucket(bucket)).remove(keys)
 
+    @property
+    def resumable_endpoint(self) -> str:
+        """Storage's tus endpoint for signed uploads: a request there is authorized by its `x-signature` header (a
+        token from `signed_upload_token`) for that one object, instead of a user's JWT (supabase/storage
+        src/http/routes/tus/lifecycle.ts: `SIGNED_URL_SUFFIX = '/sign'`, `onIncomingRequest`)."""
+        return f"{self._url.rstrip('/')}/storage/v1/upload/resumable/sign"
+
+    async def signed_upload_token(self, bucket: str, key: str) -> str:
+        """A token that lets its holder upload `key` and nothing else (storage3 `create_signed_upload_url`)."""
+        from storage3.types import CreateSignedUploadUrlOptions
+
+        check_key(bucket, key)
+        options = CreateSignedUploadUrlOptions(upsert="true")  # a restarted upload replaces a partial object
+        signed = await (await self._bucket(bucket)).create_signed_upload_url(key, options)
+        return str(signed["token"])
+
+    async def download_capped(self, bucket: str, key: str, dest: Path, max_bytes: int) -> tuple[int, str]:
+        """Stream an object to `dest` (bounded memory), stopping past `max_bytes`: (size, sha256 hex).
+        FileNotFoundError when there is no such object; ValueError when it is larger than `max_bytes`."""
+        import httpx
+
+        check_key(bucket, key)
+        url = f"{self._url.rstrip('/')}/storage/v1/object/{bucket}/{quote(key)}"
+        headers = {"Authorization": f"Bearer {self._service_key}", "apikey": self._service_key}
+        digest, size = hashlib.sha256(), 0
+        async with (
+            httpx.AsyncClient(timeout=self._timeout) as http,
+            http.stream("GET", url, headers=headers) as response,
+        ):
+            if response.status_code in (400, 404):  # Storage answers a missing object 400 or 404 by version
+                raise FileNotFoundError(f"{bucket}/{key}")
+            response.raise_for_status()
+            with Path(dest).open("wb") as out:
+                async for chunk in response.aiter_bytes(1 << 20):
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise ValueError(f"{bucket}/{key} is larger than {max_bytes} bytes")
+                    digest.update(chunk)
+                    out.write(chunk)
+        return size, digest.hexdigest()
+
 
 def build_storage(settings: Settings, signing_key: str) -> Storage:
     if settings.storage_backend == "supabase":

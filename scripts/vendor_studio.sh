@@ -12,6 +12,7 @@ lock=$out/vendor.lock.json
 packages=(
   "wavesurfer.js|8.0.1|package/dist/wavesurfer.esm.js|wavesurfer.esm.js"
   "@supabase/supabase-js|2.119.1|package/dist/umd/supabase.js|supabase.umd.js"
+  "tus-js-client|4.3.1|package/dist/tus.min.js|tus.min.js"
 )
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

@@ -1,8 +1,11 @@
 """A local HTTP server speaking Supabase Storage's object API (the routes and JSON shapes of supabase/storage's
-`/object` endpoints), recording every request so tests can check what the client really sent."""
+`/object` endpoints) and its signed tus endpoint (`/upload/resumable/sign`, authorized by an `x-signature` token from
+`/object/upload/sign/...`: supabase/storage src/http/routes/tus/lifecycle.ts `onIncomingRequest`), recording every
+request so tests can check what the client really sent."""
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 import uuid
@@ -14,6 +17,8 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 PREFIX = "/storage/v1/object/"
+UPLOAD_SIGN = PREFIX + "upload/sign/"
+TUS_SIGNED = "/storage/v1/upload/resumable/sign"
 
 
 @dataclass
@@ -31,9 +36,20 @@ class Stored:
     content_type: str
 
 
+@dataclass
+class TusUpload:
+    bucket: str
+    key: str
+    length: int
+    content_type: str
+    data: bytearray
+
+
 class FakeSupabaseStorage:
     def __init__(self) -> None:
         self.objects: dict[tuple[str, str], Stored] = {}
+        self.upload_tokens: dict[str, tuple[str, str]] = {}  # x-signature token -> the one (bucket, key) it allows
+        self.tus_uploads: dict[str, TusUpload] = {}
         self.requests: list[Received] = []
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
@@ -92,10 +108,78 @@ class FakeSupabaseStorage:
                     return False
                 return True
 
+            def _signed(self, received: Received, bucket: str, key: str) -> bool:
+                if fake.upload_tokens.get(received.headers.get("x-signature", "")) != (bucket, key):
+                    self._error(400, "InvalidSignature", "Missing or invalid x-signature header")
+                    return False
+                return True
+
+            def _tus_upload(self, received: Received) -> TusUpload | None:
+                upload = fake.tus_uploads.get(received.path.removeprefix(TUS_SIGNED + "/"))
+                if upload is None:
+                    self._send(404, b"Not Found", "text/plain")
+                elif self._signed(received, upload.bucket, upload.key):
+                    return upload
+                return None
+
+            def _tus_create(self, received: Received) -> None:
+                metadata = {}
+                for item in received.headers.get("upload-metadata", "").split(","):
+                    name, _, value = item.strip().partition(" ")
+                    metadata[name] = base64.b64decode(value).decode()
+                if not self._signed(received, metadata.get("bucketName", ""), metadata.get("objectName", "")):
+                    return
+                upload_id = uuid.uuid4().hex
+                fake.tus_uploads[upload_id] = TusUpload(
+                    metadata["bucketName"],
+                    metadata["objectName"],
+                    int(received.headers["upload-length"]),
+                    metadata.get("contentType", "application/octet-stream"),
+                    bytearray(),
+                )
+                self.send_response(201)
+                self.send_header("location", f"{fake.url}{TUS_SIGNED}/{upload_id}")
+                self.send_header("tus-resumable", "1.0.0")
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def do_HEAD(self) -> None:
+                received = self._receive()
+                upload = self._tus_upload(received)
+                if upload is None:
+                    return
+                self.send_response(200)
+                self.send_header("upload-offset", str(len(upload.data)))
+                self.send_header("upload-length", str(upload.length))
+                self.send_header("tus-resumable", "1.0.0")
+                self.end_headers()
+
+            def do_PATCH(self) -> None:
+                received = self._receive()
+                upload = self._tus_upload(received)
+                if upload is None:
+                    return
+                if int(received.headers["upload-offset"]) != len(upload.data):
+                    return self._send(409, b"Upload-Offset conflict", "text/plain")
+                upload.data += received.body
+                if len(upload.data) == upload.length:
+                    fake.objects[(upload.bucket, upload.key)] = Stored(bytes(upload.data), upload.content_type)
+                self.send_response(204)
+                self.send_header("upload-offset", str(len(upload.data)))
+                self.send_header("tus-resumable", "1.0.0")
+                self.end_headers()
+
             def do_POST(self) -> None:
                 received = self._receive()
+                if received.path == TUS_SIGNED:
+                    return self._tus_create(received)  # authorized by x-signature, no bearer
                 if not self._authorized(received):
                     return
+                if received.path.startswith(UPLOAD_SIGN):
+                    bucket, _, key = received.path.removeprefix(UPLOAD_SIGN).partition("/")
+                    token = uuid.uuid4().hex
+                    fake.upload_tokens[token] = (bucket, key)
+                    return self._json(200, {"url": f"/object/upload/sign/{bucket}/{key}?token={token}"})
                 rest = received.path.removeprefix(PREFIX)
                 if rest.startswith("sign/"):
                     bucket, _, key = rest.removeprefix("sign/").partition("/")

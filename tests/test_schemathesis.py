@@ -18,6 +18,8 @@ from schemathesis.checks import not_a_server_error
 
 # Deliberate, documented 503s (Stripe not configured in tests); anything else 5xx is a bug.
 DESIGNED_503 = {"billing_disabled"}
+# tus PATCH bodies (/v1/uploads/{id}) are plain bytes.
+schemathesis.serializer.alias("application/offset+octet-stream", "application/octet-stream")
 
 
 class _LiveApi:

@@ -638,3 +638,41 @@ def test_cancel_a_queued_job_and_problem_details(page: Page, live_builtin: LiveS
     expect(page.locator("#submit-error")).to_contain_text(problem["detail"])
     expect(page.locator("#quote")).to_contain_text("No price: ")  # the quote says the same, no stale price
     shot(page, "15-problem-detail")
+
+
+@pytest.fixture(scope="module")
+def live_resumable(pg_server: Any, template_database: str) -> Iterator[LiveStudio]:
+    """Builtin engines, and a resumable-upload threshold low enough that a few seconds of audio go through tus."""
+    yield from _serve(pg_server, template_database, engines="builtin", resumable_upload_threshold_bytes=64 * 1024)
+
+
+def test_a_file_over_the_threshold_goes_as_a_resumable_upload(
+    page: Page, live_resumable: LiveStudio, tmp_path: Path
+) -> None:
+    import hashlib
+
+    audio = tmp_path / "long take.wav"
+    t = np.arange(10 * 16000) / 16000
+    sf.write(str(audio), (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), 16000, subtype="PCM_16")
+    assert audio.stat().st_size > 64 * 1024
+    patches: list[str] = []
+    submits: list[str | None] = []
+    page.on("request", lambda r: patches.append(r.url) if r.method == "PATCH" else None)
+    page.on(
+        "request", lambda r: submits.append(r.post_data) if r.method == "POST" and r.url.endswith("/v1/jobs") else None
+    )
+    sign_in(page, live_resumable)
+    submit(page, "separate", audio)
+    expect(page.locator("#job-status")).to_have_text("succeeded", timeout=JOB_TIMEOUT_MS)
+    expect(page.locator("#upload-progress")).to_be_hidden()
+    shot(page, "14-resumable-upload")
+    # The bytes went by tus (tus-js-client PATCHing the upload), and the submit named the upload instead.
+    assert patches and all("/v1/uploads/" in url for url in patches)
+    assert len(submits) == 1 and submits[0] is not None
+    body = json.loads(submits[0])
+    assert body["task"] == "separate" and "input_upload" in body
+    headers = {"Authorization": f"Bearer {demo_token(live_resumable)}"}
+    job = httpx.get(f"{live_resumable.base_url}/v1/jobs", headers=headers, params={"limit": 1}).json()["data"][0]
+    detail = httpx.get(f"{live_resumable.base_url}/v1/jobs/{job['id']}", headers=headers).json()
+    assert detail["input"]["source"] == "resumable_upload" and detail["input"]["upload_id"] == body["input_upload"]
+    assert detail["input"]["sha256"] == hashlib.sha256(audio.read_bytes()).hexdigest()

@@ -50,7 +50,7 @@ def test_index_has_no_inline_script_and_no_external_urls() -> None:
 
 def test_vendored_files_match_their_lock() -> None:
     lock = json.loads((STATIC_DIR / "vendor" / "vendor.lock.json").read_text())
-    assert {entry["package"] for entry in lock} == {"wavesurfer.js", "@supabase/supabase-js"}
+    assert {entry["package"] for entry in lock} == {"wavesurfer.js", "@supabase/supabase-js", "tus-js-client"}
     for entry in lock:
         data = (STATIC_DIR / "vendor" / entry["file"]).read_bytes()
         assert hashlib.sha256(data).hexdigest() == entry["sha256"], entry["file"]
@@ -60,7 +60,13 @@ def test_vendored_files_match_their_lock() -> None:
 async def test_local_mode_config_and_one_click_sign_in(app_state: Any) -> None:
     async with _client(app_state) as http:
         config = (await http.get("/v1/config")).json()
-        assert config == {"mode": "local", "supabase_url": None, "supabase_anon_key": None, "local_sign_in": True}
+        assert config == {
+            "mode": "local",
+            "supabase_url": None,
+            "supabase_anon_key": None,
+            "local_sign_in": True,
+            "resumable_upload_threshold_bytes": 32 * 1024 * 1024,
+        }
         session = await http.post("/v1/auth/local")
         assert session.status_code == 200, session.text
         token = session.json()["access_token"]
@@ -99,6 +105,7 @@ async def test_no_local_sign_in_when_supabase_auth_is_configured(app_state: Any)
         "supabase_url": "https://abcd.supabase.co",
         "supabase_anon_key": "anon-public-key",
         "local_sign_in": False,
+        "resumable_upload_threshold_bytes": 32 * 1024 * 1024,
     }
     assert "/v1/auth/local" not in schema["paths"] and "/v1/config" in schema["paths"]
     csp = page.headers["content-security-policy"]

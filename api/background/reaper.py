@@ -26,6 +26,7 @@ from api.protocols import Dispatcher, Liveness, Storage
 from api.settings import Settings
 from api.state import AppState, stop_background_task
 from db import jobs as db_jobs
+from db import uploads as db_uploads
 from db.jobs import JobStatus
 
 log = logging.getLogger("studio.reaper")
@@ -43,6 +44,7 @@ class RetentionReport:
     inputs_deleted: int = 0
     outputs_deleted: int = 0  # jobs whose outputs were removed
     idempotency_records_deleted: int = 0
+    uploads_expired: int = 0  # resumable uploads no job took in time: their objects deleted
 
 
 @contextlib.asynccontextmanager
@@ -124,8 +126,9 @@ async def clean_retention(
     *,
     batch: int = 500,
 ) -> RetentionReport:
-    """Delete inputs of final jobs and outputs past `outputs_expire_at` (storage first, then the record), and
-    idempotency records past their 24 h."""
+    """Delete inputs of final jobs and outputs past `outputs_expire_at` (storage first, then the record),
+    idempotency records past their 24 h, and resumable uploads unused past `expires_at` (the record first: once it is
+    `expired` no submit can take the upload, so its object can go)."""
     report = RetentionReport()
     async with _connection(conn_or_pool) as conn:
         for job_id, refs in await db_jobs.final_inputs(conn, batch):
@@ -140,6 +143,11 @@ async def clean_retention(
             await db_jobs.mark_outputs_deleted(conn, job_id, now)
             report.outputs_deleted += 1
         report.idempotency_records_deleted = await purge_expired(conn)
+
+        for upload_id, key in await db_uploads.expired(conn, now, batch):
+            if await db_uploads.mark_expired(conn, upload_id, now):
+                await storage.delete(settings.inputs_bucket, [key])
+                report.uploads_expired += 1
     return report
 
 

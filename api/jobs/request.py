@@ -4,7 +4,8 @@ model, input and webhook. Nothing is stored yet.
 before: the route (`api.routes.jobs`) hands over the headers and the body stream. after: `api.jobs.submit`.
 
 Request bodies, for submits and quotes alike:
-- multipart/form-data: `task`, `params` (a JSON object as text), `file` or `input_url`, optional `prompt`,
+- multipart/form-data: `task`, `params` (a JSON object as text), `file`, `input_url` or `input_upload` (a finished
+  resumable upload's id, `api.jobs.uploads`), optional `prompt`,
   `webhook_url`, `webhook_events` (JSON array or comma-separated); quotes also take `duration_s`.
 - application/json: the same members, `params` as an object and `webhook_events` as an array.
 - `deadline_s` (either form), or the `Cancel-After` header (Replicate's form: `90`, `30s`, `5m`, `1h30m`): the job's
@@ -24,6 +25,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
+from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -89,6 +91,9 @@ class JobCreate(BaseModel):
     task: str = Field(description="One of the tasks listed by GET /v1/tasks.")
     params: dict[str, Any] = Field(default_factory=dict, description="The task's params (see GET /v1/tasks).")
     input_url: str | None = Field(default=None, description="An https URL of the input audio.")
+    input_upload: UUID | None = Field(
+        default=None, description="The id of a finished resumable upload (POST /v1/uploads); a job consumes it."
+    )
     reference_url: str | None = Field(
         default=None, description="master only: an https URL of a reference track (or a multipart `reference` file)."
     )
@@ -111,6 +116,7 @@ class JobRequest:
     params: BaseModel
     input_url: str | None
     upload: ReceivedInput | None
+    input_upload: UUID | None  # a resumable upload's id: fetched from storage by the submit (`api.jobs.uploads`)
     extra_urls: dict[str, str]  # second inputs by name: each is either a URL here or an upload below
     extra_uploads: dict[str, ReceivedInput]
     webhook_url: str | None
@@ -125,6 +131,7 @@ FORM_FIELDS = frozenset(
         "task",
         "params",
         "input_url",
+        "input_upload",
         "reference_url",
         "prompt",
         "webhook_url",
@@ -203,7 +210,7 @@ def _from_fields(fields: dict[str, str]) -> JobCreate:
     unknown = set(fields) - FORM_FIELDS
     if unknown:
         raise invalid("invalid_request", "Unknown form field", f"Unknown fields: {', '.join(sorted(unknown))}.")
-    text = ("task", "input_url", "reference_url", "prompt", "webhook_url", "duration_s", "deadline_s")
+    text = ("task", "input_url", "input_upload", "reference_url", "prompt", "webhook_url", "duration_s", "deadline_s")
     data: dict[str, Any] = {key: value for key, value in fields.items() if key in text}
     if "params" in fields:
         data["params"] = _json_field(fields["params"] or "{}", "params")
@@ -340,18 +347,25 @@ def validate(
         )
     if not quote and create.duration_s is not None:
         raise invalid("invalid_request", "The request is not valid", "`duration_s` is only for quotes.")
-    has_input = upload is not None or create.input_url is not None
+    given = [
+        name
+        for name, value in (("file", upload), ("input_url", create.input_url), ("input_upload", create.input_upload))
+        if value is not None
+    ]
+    has_input = bool(given)
     if spec.input_kind == "text":
         if has_input or create.duration_s is not None:
             raise invalid("unexpected_input", "Unexpected input", f"{create.task} takes no audio input.")
     else:
-        if upload is not None and create.input_url is not None:
-            raise invalid("invalid_request", "Two inputs", "Send either `file` or `input_url`, not both.")
+        if len(given) > 1:
+            raise invalid(
+                "invalid_request", "Two inputs", f"Send one of `file`, `input_url` or `input_upload`, not {given}."
+            )
         if not has_input and create.duration_s is None:
             raise invalid(
                 "missing_input",
                 "Missing input",
-                f"{create.task} needs audio: a multipart `file` or an `input_url`"
+                f"{create.task} needs audio: a multipart `file`, an `input_url` or an `input_upload`"
                 + (", or `duration_s` for a quote." if quote else "."),
             )
     extra_uploads = extra_uploads or {}
@@ -376,6 +390,7 @@ def validate(
         params=params,
         input_url=create.input_url,
         upload=upload,
+        input_upload=create.input_upload,
         extra_urls=extra_urls,
         extra_uploads=extra_uploads,
         webhook_url=webhook_url,

@@ -21,7 +21,7 @@ from uuid import UUID, uuid4
 from psycopg import AsyncConnection
 
 from api.errors import NO_RETRY, Problem
-from api.jobs import idempotency
+from api.jobs import idempotency, uploads
 from api.jobs.dispatch import DispatchError, dispatch_job
 from api.jobs.inputs import FetchPolicy, ProbedInput, ReceivedInput, fetch_url, probe_input
 from api.jobs.pricing import price
@@ -31,6 +31,7 @@ from api.state import AppState
 from db import api_keys as db_api_keys
 from db import jobs as db_jobs
 from db import ledger
+from db import uploads as db_uploads
 from inference.registry import TASKS
 
 log = logging.getLogger("studio.jobs")
@@ -66,8 +67,12 @@ def naming_job(job_id: UUID) -> Iterator[None]:
 async def obtain_input(
     state: AppState, user_id: UUID, job: JobRequest, workdir: Path
 ) -> tuple[ReceivedInput, ProbedInput]:
-    """The main input, fetched if it is a URL, then probed within the deployment's limits."""
-    return await _obtain(state, user_id, job.upload, job.input_url, workdir)
+    """The main input, fetched if it is a URL or read from storage if it is a resumable upload, then probed within the
+    deployment's limits."""
+    upload = job.upload
+    if job.input_upload is not None:
+        upload = await uploads.take(state, user_id, job.input_upload, workdir)
+    return await _obtain(state, user_id, upload, job.input_url, workdir)
 
 
 async def obtain_extra_inputs(
@@ -109,10 +114,12 @@ async def _obtain(
     return received, probed
 
 
-def _input_meta(received: ReceivedInput, probed: ProbedInput, input_url: str | None) -> dict[str, Any]:
+def _input_meta(
+    received: ReceivedInput, probed: ProbedInput, input_url: str | None, input_upload: UUID | None = None
+) -> dict[str, Any]:
     info = probed.info
     meta: dict[str, Any] = {
-        "source": "url" if input_url else "upload",
+        "source": "url" if input_url else "resumable_upload" if input_upload else "upload",
         "filename": received.filename,
         "bytes": received.bytes,
         "sha256": received.sha256,
@@ -125,6 +132,8 @@ def _input_meta(received: ReceivedInput, probed: ProbedInput, input_url: str | N
     }
     if input_url:
         meta["url"] = input_url
+    if input_upload:
+        meta["upload_id"] = str(input_upload)
     return meta
 
 
@@ -143,6 +152,8 @@ def fingerprint(job: JobRequest) -> str:
         request["extra_inputs"] = extra
     if job.deadline_s is not None:  # likewise
         request["deadline_s"] = job.deadline_s
+    if job.input_upload is not None:  # likewise
+        request["input_upload"] = str(job.input_upload)
     return idempotency.request_hash(request)
 
 
@@ -218,6 +229,7 @@ async def create_job(
     spec = TASKS[job.task]
     job_id = uuid4()
     input_ref: str | None = None
+    stored: list[str] = []  # objects this submit wrote, deleted again if it fails (a resumable upload is not one)
     input_meta: dict[str, Any] = {}
     extra_refs: dict[str, str] = {}
     seconds: float | None = None
@@ -226,7 +238,7 @@ async def create_job(
         received, probed = await obtain_input(state, user_id, job, workdir)
         extras = await obtain_extra_inputs(state, user_id, job, workdir)
         seconds = probed.info.duration_s
-        input_meta = _input_meta(received, probed, job.input_url)
+        input_meta = _input_meta(received, probed, job.input_url, job.input_upload)
         if extras:
             input_meta["extra_inputs"] = {
                 name: _input_meta(extra, extra_probed, job.extra_urls.get(name))
@@ -235,16 +247,21 @@ async def create_job(
         cost = price(job.task, job.params, seconds)  # the main input's duration only
         # Upload first under the fresh job id: if the transaction then fails, the objects are deleted and no job
         # row ever pointed at them; if the upload fails, nothing was written to the database at all.
-        input_ref = f"{user_id}/{job_id}/input{probed.extension}"
-        await state.storage.put_file(settings.inputs_bucket, input_ref, received.path, probed.content_type)
+        if job.input_upload is not None:
+            input_ref = uploads.object_key(user_id, job.input_upload)  # already in the inputs bucket: no copy
+        else:
+            input_ref = f"{user_id}/{job_id}/input{probed.extension}"
+            await state.storage.put_file(settings.inputs_bucket, input_ref, received.path, probed.content_type)
+            stored.append(input_ref)
         try:
             for name, (extra, extra_probed) in extras.items():
                 extra_refs[name] = f"{user_id}/{job_id}/{name}{extra_probed.extension}"
                 await state.storage.put_file(
                     settings.inputs_bucket, extra_refs[name], extra.path, extra_probed.content_type
                 )
+                stored.append(extra_refs[name])
         except BaseException:
-            await state.storage.delete(settings.inputs_bucket, db_jobs.stored_inputs(input_ref, extra_refs))
+            await state.storage.delete(settings.inputs_bucket, stored)
             raise
     else:
         cost = price(job.task, job.params, None)
@@ -279,13 +296,14 @@ async def create_job(
                 api_key_id=api_key_id,
                 now=submitted_at,
             )
+            if job.input_upload is not None and not await db_uploads.consume(conn, job.input_upload, user_id, job_id):
+                raise uploads.used()  # another submit took it since this one read it
             if idempotency_key is not None:
                 created = await db_jobs.get_job(conn, job_id)
                 assert created is not None  # inserted above, in this transaction
                 await idempotency.complete(conn, user_id, idempotency_key, 202, job_resource(created))
     except BaseException as exc:
-        if input_ref is not None:
-            await state.storage.delete(settings.inputs_bucket, db_jobs.stored_inputs(input_ref, extra_refs))
+        await state.storage.delete(settings.inputs_bucket, stored)
         if isinstance(exc, ledger.InsufficientCredits):
             raise Problem(
                 402,
@@ -321,9 +339,11 @@ async def _dispatch(
             async with state.pool.connection() as conn:
                 await idempotency.forget(conn, user_id, idempotency_key)
         if input_ref is not None:
-            await state.storage.delete(settings.inputs_bucket, db_jobs.stored_inputs(input_ref, extra_refs))
-            async with state.pool.connection() as conn:
+            await state.storage.delete(settings.inputs_bucket, stored)
+            async with state.pool.connection() as conn, conn.transaction():
                 await db_jobs.clear_input_ref(conn, job_id, input_ref)
+                if job.input_upload is not None:
+                    await db_uploads.give_back(conn, job.input_upload, job_id)  # a retry may use it
         raise Problem(
             503,
             "dispatch_failed",

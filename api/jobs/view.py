@@ -28,6 +28,7 @@ _INPUT_KEYS = (
     "codec",
     "container",
     "url",
+    "upload_id",
     "sha256",
     "extra_inputs",  # second inputs (e.g. master's `reference`): name -> the same keys as the main input
 )

@@ -98,6 +98,9 @@ class StudioConfig(BaseModel):
     supabase_url: str | None = None
     supabase_anon_key: str | None = Field(default=None, description="Supabase's public (anon) key, for supabase-js.")
     local_sign_in: bool = Field(description="Whether POST /v1/auth/local exists on this deployment.")
+    resumable_upload_threshold_bytes: int = Field(
+        description="Inputs larger than this go as a resumable upload (POST /v1/uploads) before the submit."
+    )
 
 
 class LocalSession(BaseModel):
@@ -151,13 +154,15 @@ def build_router(settings: Settings) -> APIRouter:
     @router.get("/v1/config", response_model=StudioConfig, tags=["studio"], summary="Public config for the studio")
     async def studio_config() -> StudioConfig:
         """No authentication: how the studio signs users in. Only public values (the anon key is public)."""
+        threshold = settings.resumable_upload_threshold_bytes
         if local_mode:
-            return StudioConfig(mode="local", local_sign_in=True)
+            return StudioConfig(mode="local", local_sign_in=True, resumable_upload_threshold_bytes=threshold)
         return StudioConfig(
             mode="supabase",
             supabase_url=settings.supabase_url,
             supabase_anon_key=settings.supabase_anon_key,
             local_sign_in=False,
+            resumable_upload_threshold_bytes=threshold,
         )
 
     if local_mode:

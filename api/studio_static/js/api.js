@@ -26,6 +26,8 @@ function headers(extra = {}) {
   return token ? { Authorization: `Bearer ${token}`, ...extra } : { ...extra };
 }
 
+export const authHeaders = () => headers();
+
 async function problemOf(response) {
   const type = response.headers.get("content-type") || "";
   if (type.includes("json")) {
@@ -61,8 +63,9 @@ export const get = (path, options) => request("GET", path, options);
 export const post = (path, json, options = {}) => request("POST", path, { ...options, json });
 export const del = (path) => request("DELETE", path);
 
-// The job body as multipart (file uploads) or JSON (generate): the same shape for quotes and submits.
-export function jobBody({ task, params, file, durationS }) {
+// The job body as multipart (file uploads) or JSON (generate, or a finished resumable upload): the same shape for
+// quotes and submits.
+export function jobBody({ task, params, file, durationS, inputUpload }) {
   if (file) {
     const form = new FormData();
     form.append("task", task);
@@ -72,6 +75,7 @@ export function jobBody({ task, params, file, durationS }) {
   }
   const json = { task, params };
   if (durationS !== undefined) json.duration_s = durationS;
+  if (inputUpload !== undefined) json.input_upload = inputUpload;
   return { json };
 }
 

@@ -2,6 +2,7 @@
 // history, the account page and the paywall. Everything goes through the public /v1 API (api.js).
 
 import { ApiError, configure, del, followJob, get, jobBody, post, request } from "./api.js";
+import { uploadResumable } from "./upload.js";
 import { $, el, formatDate, formatMoney } from "./dom.js";
 import { buildParamsForm } from "./form.js";
 import { startRecording } from "./record.js";
@@ -326,7 +327,10 @@ async function quote() {
   let body;
   if (info.input_kind === "text") body = { json: { task: info.task, params } };
   else if (Number.isFinite(inputDuration)) body = { json: { task: info.task, params, duration_s: Math.max(inputDuration, 0.01) } };
-  else if (input) body = jobBody({ task: info.task, params, file: input });
+  else if (input && input.size > config.resumable_upload_threshold_bytes) {
+    out.textContent = "Priced when submitted (the file is uploaded first).";
+    return;
+  } else if (input) body = jobBody({ task: info.task, params, file: input });
   else {
     out.textContent = "Choose an input to see the price.";
     return;
@@ -339,6 +343,23 @@ async function quote() {
     out.classList.toggle("insufficient", !q.sufficient);
   } catch (error) {
     if (seq === quoteSeq) out.textContent = `No price: ${describe(error)}`;
+  }
+}
+
+// Over the deployment's threshold the file goes first as a resumable upload, with a progress bar.
+async function submitBody(info, params) {
+  const file = info.input_kind === "audio" ? input : null;
+  if (!file || file.size <= config.resumable_upload_threshold_bytes) return jobBody({ task: info.task, params, file });
+  const bar = $("#upload-progress");
+  bar.hidden = false;
+  bar.value = 0;
+  try {
+    const inputUpload = await uploadResumable(file, (sent, total) => {
+      bar.value = total ? sent / total : 0;
+    });
+    return jobBody({ task: info.task, params, inputUpload });
+  } finally {
+    bar.hidden = true;
   }
 }
 
@@ -358,10 +379,10 @@ async function submit(event) {
     $("#drop").focus();
     return;
   }
-  const body = jobBody({ task: info.task, params, file: info.input_kind === "audio" ? input : null });
   const button = $("#submit");
   button.disabled = true;
   try {
+    const body = await submitBody(info, params);
     // One key per click: a network retry of this request cannot create a second job or charge twice.
     const job = await request("POST", "/v1/jobs", { ...body, extraHeaders: { "Idempotency-Key": crypto.randomUUID() } });
     history.replaceState(null, "", `/?job=${job.id}`);

@@ -317,7 +317,7 @@ async def create_job(
     if cancel_after is not None and state.wake_reaper is not None:
         state.wake_reaper()  # its next pass may now be due sooner
     with naming_job(job_id):
-        return await _dispatch(state, user_id, job_id, idempotency_key, input_ref, extra_refs)
+        return await _dispatch(state, user_id, job_id, idempotency_key, input_ref, stored, job.input_upload)
 
 
 async def _dispatch(
@@ -326,7 +326,8 @@ async def _dispatch(
     job_id: UUID,
     idempotency_key: str | None,
     input_ref: str | None,
-    extra_refs: dict[str, str],
+    stored: list[str],
+    input_upload: UUID | None,
 ) -> dict[str, Any]:
     """The committed job to its worker (or queued); its resource. A refused dispatch fails it and frees the key."""
     settings = state.settings
@@ -342,8 +343,8 @@ async def _dispatch(
             await state.storage.delete(settings.inputs_bucket, stored)
             async with state.pool.connection() as conn, conn.transaction():
                 await db_jobs.clear_input_ref(conn, job_id, input_ref)
-                if job.input_upload is not None:
-                    await db_uploads.give_back(conn, job.input_upload, job_id)  # a retry may use it
+                if input_upload is not None:
+                    await db_uploads.give_back(conn, input_upload, job_id)  # a retry may use it
         raise Problem(
             503,
             "dispatch_failed",

@@ -59,8 +59,20 @@ def create_app(state: AppState, background: list[BackgroundService] | None = Non
     app.state.studio = state
     install_error_handlers(app)
     v1 = APIRouter(prefix="/v1")
-    for resource in (health, api_keys, credits, usage, tasks, jobs, openai_audio, events, billing, webhooks, files,
-                     sessions):
+    for resource in (
+        health,
+        api_keys,
+        credits,
+        usage,
+        tasks,
+        jobs,
+        openai_audio,
+        events,
+        billing,
+        webhooks,
+        files,
+        sessions,
+    ):
         v1.include_router(resource.router)
     app.include_router(v1)
     # The web studio's pages sit at the root; its two /v1 routes (config, local sign-in) carry their own prefix.

@@ -50,9 +50,13 @@ async def test_session_lifecycle_with_tracks_from_a_separation(client, alice, ap
     fetched = await client.get(tracks[0]["url"])
     assert fetched.status_code == 200 and fetched.content[:4] == b"RIFF"
 
-    one = (await client.post(f"/v1/sessions/{session['id']}/tracks", headers=alice["headers"], json={
-        "job_id": job["id"], "output": "drums.wav", "name": "Drums 2", "offset_ms": 1500, "gain_db": -6,
-        "pan": -0.5, "trim_in_ms": 100, "trim_out_ms": 900, "parent_track_id": tracks[0]["id"]})).json()["tracks"]  # fmt: skip
+    settings = {"output": "drums.wav", "name": "Drums 2", "offset_ms": 1500, "gain_db": -6, "pan": -0.5,
+                "trim_in_ms": 100, "trim_out_ms": 900, "parent_track_id": tracks[0]["id"]}  # fmt: skip
+    one = (
+        await client.post(
+            f"/v1/sessions/{session['id']}/tracks", headers=alice["headers"], json={"job_id": job["id"], **settings}
+        )
+    ).json()["tracks"]
     assert len(one) == 1 and one[0]["name"] == "Drums 2" and one[0]["position"] == 4
     assert (one[0]["offset_ms"], one[0]["gain_db"], one[0]["pan"]) == (1500, -6, -0.5)
     assert (one[0]["trim_in_ms"], one[0]["trim_out_ms"], one[0]["parent_track_id"]) == (100, 900, tracks[0]["id"])
@@ -71,7 +75,8 @@ async def test_session_lifecycle_with_tracks_from_a_separation(client, alice, ap
     removed = await client.delete(f"/v1/sessions/{session['id']}/tracks/{tracks[1]['id']}", headers=alice["headers"])
     assert removed.status_code == 204
     body = (await client.get(f"/v1/sessions/{session['id']}", headers=alice["headers"])).json()
-    assert [track["id"] for track in body["tracks"]] == [tracks[0]["id"], tracks[2]["id"], tracks[3]["id"], one[0]["id"]]
+    kept = [tracks[0]["id"], tracks[2]["id"], tracks[3]["id"], one[0]["id"]]
+    assert [track["id"] for track in body["tracks"]] == kept
 
     # Deleting the session deletes rows only: the job's outputs are still there and downloadable.
     assert (await client.delete(f"/v1/sessions/{session['id']}", headers=alice["headers"])).status_code == 204

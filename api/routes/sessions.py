@@ -238,9 +238,7 @@ async def get_session(session_id: UUID, user: CurrentUser, state: State) -> Sess
     return await _session_view(state, session_id, user.id)
 
 
-@router.patch(
-    "/sessions/{session_id}", response_model=Session, responses={**AUTH_RESPONSES, **_NOT_FOUND, **_INVALID}
-)
+@router.patch("/sessions/{session_id}", response_model=Session, responses={**AUTH_RESPONSES, **_NOT_FOUND, **_INVALID})
 async def rename_session(session_id: UUID, body: SessionRename, user: CurrentUser, state: State) -> Session:
     """Rename a session."""
     async with state.pool.connection() as conn:

@@ -341,7 +341,7 @@ def validate(
     if not quote and create.duration_s is not None:
         raise invalid("invalid_request", "The request is not valid", "`duration_s` is only for quotes.")
     has_input = upload is not None or create.input_url is not None
-    if spec.input_kind == "text":
+    if spec.input_kind != "audio":
         if has_input or create.duration_s is not None:
             raise invalid("unexpected_input", "Unexpected input", f"{create.task} takes no audio input.")
     else:

@@ -28,6 +28,8 @@ from api.state import AppState
 from db import api_keys as db_api_keys
 from db import jobs as db_jobs
 from db import ledger
+from inference.mixdown import track_input_name
+from inference.params import MixdownParams
 from inference.registry import TASKS
 
 HOLD_MARGIN = timedelta(hours=1)  # holds outlive the job deadline so the reaper, not the hold sweeper, settles them
@@ -91,6 +93,22 @@ def _input_meta(received: ReceivedInput, probed: ProbedInput, input_url: str | N
     if input_url:
         meta["url"] = input_url
     return meta
+
+
+def _tracks_meta(params: MixdownParams, max_seconds: float) -> dict[str, Any]:
+    """A mixdown's inputs as the worker limits its decoding by them: the mix's length, and how far into each
+    track's output it reads. Past the deployment's cap either way: 422 before anything is held."""
+    seconds = params.output_seconds()
+    reads = {track_input_name(i): {"duration_s": track.end_ms / 1000} for i, track in enumerate(params.tracks)}
+    if max([seconds] + [read["duration_s"] for read in reads.values()]) > max_seconds:
+        raise Problem(
+            422,
+            "audio_too_long",
+            "The mix is too long",
+            f"A mix, and the part of each track it reads, may be at most {max_seconds:g} s.",
+            max_duration_s=max_seconds,
+        )
+    return {"source": "tracks", "duration_s": round(seconds, 3), "extra_inputs": reads}
 
 
 def fingerprint(job: JobRequest) -> str:
@@ -211,6 +229,9 @@ async def create_job(
         except BaseException:
             await state.storage.delete(settings.inputs_bucket, db_jobs.stored_inputs(input_ref, extra_refs))
             raise
+    elif isinstance(job.params, MixdownParams):
+        input_meta = _tracks_meta(job.params, settings.max_duration_seconds)
+        cost = price(job.task, job.params, None)
     else:
         cost = price(job.task, job.params, None)
     submitted_at = state.clock()

@@ -10,18 +10,24 @@ from pathlib import PurePosixPath
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Header, Response
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from api.deps import CurrentUser, State
 from api.errors import Problem
+from api.jobs import idempotency
 from api.jobs.inputs import lazy_workdir, probe_input
-from api.routes.responses import AUTH_RESPONSES, problem_doc
+from api.jobs.request import JobCreate, validate_current
+from api.jobs.submit import submit_once
+from api.jobs.view import JobOut
+from api.routes.responses import AUTH_RESPONSES, SPEND_RESPONSES, problem_doc
 from api.state import AppState
 from db import jobs as db_jobs
 from db import sessions as db_sessions
 from db.jobs import JobStatus
 from inference.audio import CONTENT_TYPES
+from inference.params import AudioFormat
 
 # What engines write as audio (wav, flac, mp3); notes.mid is `audio/midi` but not something a track can play.
 PLAYABLE_CONTENT_TYPES = frozenset(CONTENT_TYPES.values())
@@ -402,3 +408,79 @@ async def remove_track(session_id: UUID, track_id: UUID, user: CurrentUser, stat
             raise Problem(404, "not_found", "No such track")
         await db_sessions.touch(conn, session_id)
     return Response(status_code=204)
+
+
+class MixdownRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    format: AudioFormat = "wav"
+    sample_rate: Literal[44100, 48000] = 48000
+
+
+def audible_tracks(tracks: list[Track]) -> list[Track]:
+    """What the timeline plays: unmuted tracks, and only soloed ones while any track is soloed."""
+    soloed = any(track.solo for track in tracks)
+    return [track for track in tracks if not track.mute and (track.solo or not soloed)]
+
+
+@router.post(
+    "/sessions/{session_id}/mixdown",
+    status_code=202,
+    response_model=JobOut,
+    responses={
+        **AUTH_RESPONSES,
+        **SPEND_RESPONSES,
+        **_NOT_FOUND,
+        422: problem_doc(422, "nothing_to_mix", "No audible tracks, or an audible track's output expired"),
+    },
+)
+async def mixdown_session(
+    session_id: UUID,
+    body: MixdownRequest,
+    user: CurrentUser,
+    state: State,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+) -> JSONResponse:
+    """Submit a `mixdown` job of the session as it sounds now: its audible tracks with their offsets, gains, pans
+    and trims. The result is a normal job output (priced per minute of the mix), which can be added as a track or
+    sent to another task."""
+    key = idempotency.check_key(idempotency_key) if idempotency_key is not None else None
+    tracks = audible_tracks((await _session_view(state, session_id, user.id)).tracks)
+    if not tracks:
+        raise Problem(422, "nothing_to_mix", "Nothing to mix", "Every track is muted (or the session is empty).")
+    expired = [track.name for track in tracks if track.status == "expired"]
+    if expired:
+        raise Problem(
+            422,
+            "nothing_to_mix",
+            "A track's audio has expired",
+            f"Past retention: {', '.join(expired)}. Remove or mute these tracks first.",
+            expired=expired,
+        )
+    params = {
+        "sample_rate": body.sample_rate,
+        "format": body.format,
+        "tracks": [
+            {
+                "job_id": str(track.job_id),
+                "output": track.output,
+                "duration_ms": track.duration_ms,
+                "offset_ms": track.offset_ms,
+                "gain_db": track.gain_db,
+                "pan": track.pan,
+                "trim_in_ms": track.trim_in_ms,
+                "trim_out_ms": track.trim_out_ms,
+            }
+            for track in tracks
+        ],
+    }
+    job = await validate_current(JobCreate(task="mixdown", params=params), None, state, quote=False)
+    workdir = lazy_workdir("studio-mixdown-")
+    try:
+        submitted = await submit_once(state, user.id, job, key, workdir, api_key_id=user.api_key_id)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    headers = {"Location": submitted.body["links"]["self"]}
+    if submitted.replayed:
+        headers[idempotency.REPLAY_HEADER] = "true"
+    return JSONResponse(submitted.body, status_code=submitted.status, headers=headers)

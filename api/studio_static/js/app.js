@@ -28,7 +28,8 @@ const jobFollowers = new Map(); // live rows on the jobs page
 async function boot() {
   configure({ token: session.token, unauthorized: () => {} });
   try {
-    [config, tasks] = await Promise.all([get("/v1/config"), get("/v1/tasks").then((list) => list.data)]);
+    // A mixdown (input_kind tracks) is started from a session, not from the task form.
+    [config, tasks] = await Promise.all([get("/v1/config"), get("/v1/tasks").then((list) => list.data.filter((t) => t.input_kind !== "tracks"))]);
     await session.startSession(config, route);
   } catch (error) {
     $("#boot").textContent = `The studio could not start: ${error.message}`;

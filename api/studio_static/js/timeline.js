@@ -69,6 +69,7 @@ export async function showTimeline(container, sessionId, helpers) {
   document.addEventListener("keydown", state.keys);
   await Promise.all(session.tracks.map((track) => addTrackRow(track)));
   layout();
+  $("#timeline").dataset.loaded = "true"; // every track's audio is decoded (tests wait for this)
   loadJobChoices();
 }
 
@@ -186,8 +187,9 @@ async function addTrackRow(track) {
   const wave = el("div", { class: "clip-wave" });
   const trimIn = el("div", { class: "trim trim-in", role: "slider", tabindex: 0, "aria-label": `Trim start of ${label}`, "aria-valuemin": 0 });
   const trimOut = el("div", { class: "trim trim-out", role: "slider", tabindex: 0, "aria-label": `Trim end of ${label}`, "aria-valuemin": 0 });
-  const clip = el("div", { class: "clip", role: "slider", tabindex: 0, "aria-label": `Position of ${label}`, "aria-valuemin": 0, "data-clip": track.id }, wave, trimIn, trimOut);
-  const lane = el("div", { class: "lane", "data-lane": track.id }, clip);
+  // The trim handles sit beside the clip, not inside it: one focusable control may not hold others.
+  const clip = el("div", { class: "clip", role: "slider", tabindex: 0, "aria-label": `Position of ${label}`, "aria-valuemin": 0, "data-clip": track.id }, wave);
+  const lane = el("div", { class: "lane", "data-lane": track.id }, clip, trimIn, trimOut);
   Object.assign(entry, { head, lane, clip, wave, trimIn, trimOut, mute, solo, gainInput: gain, panInput: pan });
   insertRow(entry);
   wireDrag(entry);
@@ -247,6 +249,8 @@ function layout() {
     const { track } = entry;
     entry.clip.style.left = `${track.offset_ms * px}px`;
     entry.clip.style.width = `${Math.max(4, lengthMs(track) * px)}px`;
+    entry.trimIn.style.left = `${track.offset_ms * px}px`;
+    entry.trimOut.style.left = `${(track.offset_ms + lengthMs(track)) * px - 10}px`;
     entry.wave.style.width = `${track.duration_ms * px}px`;
     entry.wave.style.marginLeft = `${-track.trim_in_ms * px}px`;
     entry.clip.setAttribute("aria-valuenow", track.offset_ms);
@@ -270,17 +274,30 @@ function zoom(factor) {
   status(`Zoom: ${state.zoom} pixels per second.`);
 }
 
-async function save(entry, changes) {
+// Edits apply at once on screen; their PATCHes go one after another per track (so the server sees them in order),
+// and only the last one's answer is taken back (an earlier answer would undo the edits made since).
+function save(entry, changes) {
   Object.assign(entry.track, changes);
   layout();
   applyMix();
-  try {
-    const saved = await request("PATCH", `/v1/sessions/${state.id}/tracks/${entry.track.id}`, { json: changes });
-    Object.assign(entry.track, { ...saved, url: entry.track.url });
-    layout();
-  } catch (error) {
-    report(error);
-  }
+  const seq = (entry.saves = (entry.saves || 0) + 1);
+  const sessionId = state.id;
+  const timeline = $("#timeline");
+  timeline.dataset.pending = String(Number(timeline.dataset.pending || 0) + 1); // unsaved edits (tests wait on 0)
+  entry.saving = (entry.saving || Promise.resolve()).then(async () => {
+    try {
+      const saved = await request("PATCH", `/v1/sessions/${sessionId}/tracks/${entry.track.id}`, { json: changes });
+      if (seq === entry.saves && state && state.id === sessionId) {
+        Object.assign(entry.track, { ...saved, url: entry.track.url });
+        layout();
+      }
+    } catch (error) {
+      report(error);
+    } finally {
+      timeline.dataset.pending = String(Number(timeline.dataset.pending) - 1);
+    }
+  });
+  return entry.saving;
 }
 
 // ---- editing by pointer and keyboard ----

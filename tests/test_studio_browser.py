@@ -474,15 +474,22 @@ def test_account_usage_chart_and_csv(page: Page, live_builtin: LiveStudio) -> No
     bars = page.locator("#usage-chart rect.bar")
     expect(bars).to_have_count(30)  # the last 30 days, today last
     today = by_day[-1]
+    # Other tests on this module's server ran audio jobs today too: their seconds are in the title (as JS prints them).
+    seconds = today["audio_seconds"]
+    audio = f", {int(seconds) if seconds == int(seconds) else seconds} s of audio" if seconds else ""
     expect(bars.last.locator("title")).to_have_text(
-        f"{today['label']}: {_count(today['credits'], 'credit')}, {_count(today['jobs'], 'job')}"
+        f"{today['label']}: {_count(today['credits'], 'credit')}, {_count(today['jobs'], 'job')}{audio}"
     )
     assert float(bars.last.get_attribute("height") or 0) > 0 and float(bars.first.get_attribute("height") or 1) == 0
     page.locator("#usage-group").select_option("task")
     expect(page.locator('#usage-chart rect.bar[data-group="generate"] title')).to_have_text(
         f"generate: {_count(generate['credits'], 'credit')}, {_count(generate['jobs'], 'job')}"
     )
-    expect(page.locator("#usage-total")).to_contain_text(f"{_count(generate['jobs'], 'job')}, 0 s of audio")
+    total = httpx.get(f"{base}/v1/usage?group_by=task", headers=auth).json()["total"]
+    seconds = total["audio_seconds"]
+    expect(page.locator("#usage-total")).to_contain_text(
+        f"{_count(total['jobs'], 'job')}, {int(seconds) if seconds == int(seconds) else seconds} s of audio"
+    )
     shot(page, "14-usage")
     with page.expect_download() as download:
         page.get_by_role("button", name="Download CSV").click()
@@ -807,3 +814,24 @@ def test_accessibility_audit_of_every_page(page: Page, live_builtin: LiveStudio,
     page.goto(live_builtin.base_url + "/billing/canceled")
     page.wait_for_load_state("networkidle")
     _audit(page, "billing")
+
+
+def test_a_job_run_from_a_session_adds_its_outputs(page: Page, live_builtin: LiveStudio) -> None:
+    with _api(live_builtin) as api:
+        session = api.post("/v1/sessions", json={"name": "Run into"}).json()
+    sign_in(page, live_builtin)
+    _open_timeline(page, live_builtin, session["id"])
+    page.get_by_role("link", name="Run a new job into this session").click()
+    expect(page.locator("#into-session")).to_be_visible()
+    page.locator("#task").select_option("generate")
+    page.get_by_label("Prompt *").fill("soft rain")
+    page.get_by_label("Duration S").fill("1")
+    page.get_by_label("Variants").fill("2")
+    expect(page.locator("#quote")).to_contain_text(" · you have ")
+    page.get_by_role("button", name="Run").click()
+    # Every variant of a generation becomes a track.
+    status = page.locator("#into-session-status")
+    expect(status).to_have_text("Added to the session: variant_1.wav, variant_2.wav.", timeout=JOB_TIMEOUT_MS)
+    page.get_by_role("link", name="Open the session").click()
+    expect(page.locator("#timeline")).to_have_attribute("data-loaded", "true", timeout=60_000)
+    expect(page.locator(".clip")).to_have_count(2)

@@ -16,7 +16,8 @@ const VIEWS = { "/": "studio", "/sessions": "sessions", "/jobs": "jobs", "/accou
 const PROVIDERS = ["google", "github"]; // offered in Supabase mode; a provider the project has not enabled answers an error
 
 let config = null;
-let tasks = [];
+let allTasks = []; // GET /v1/tasks: every task (the jobs filter)
+let tasks = []; // the ones the task form runs
 let form = null; // the params form of the chosen task
 let input = null; // the File (picked, dropped or recorded) for audio tasks
 let inputDuration = null;
@@ -40,8 +41,9 @@ async function boot() {
   configure({ token: session.token, unauthorized: () => {} });
   watchConnectivity();
   try {
+    [config, allTasks] = await Promise.all([get("/v1/config"), get("/v1/tasks").then((list) => list.data)]);
     // A mixdown (input_kind tracks) is started from a session, not from the task form.
-    [config, tasks] = await Promise.all([get("/v1/config"), get("/v1/tasks").then((list) => list.data.filter((t) => t.input_kind !== "tracks"))]);
+    tasks = allTasks.filter((t) => t.input_kind !== "tracks");
     await session.startSession(config, route);
   } catch (error) {
     if (!navigator.onLine || error instanceof TypeError) {
@@ -543,7 +545,7 @@ async function billingReturn(success) {
 
 function wireJobs() {
   const filter = $("#jobs-filter");
-  for (const t of tasks) filter.append(el("option", { value: t.task }, t.task));
+  for (const t of allTasks) filter.append(el("option", { value: t.task }, t.task));
   filter.addEventListener("change", () => loadJobs(true));
   $("#jobs-more").addEventListener("click", () => loadJobs(false));
 }

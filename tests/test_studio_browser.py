@@ -701,6 +701,17 @@ def test_timeline_plays_in_sync_edits_by_keyboard_sends_to_tune_and_mixes_down(
     page.keyboard.press("Enter")
     expect(page.locator("#timeline-status")).to_contain_text("200 pixels per second")
 
+    # The pointer works too: dragging the first clip 50 px right at 200 px/s moves it 250 ms.
+    first = page.get_by_role("slider", name=f"Position of {names[0]}")
+    box = first.bounding_box()
+    assert box is not None
+    page.mouse.move(box["x"] + 40, box["y"] + box["height"] / 2)
+    page.mouse.down()
+    page.mouse.move(box["x"] + 65, box["y"] + box["height"] / 2, steps=3)
+    page.mouse.move(box["x"] + 90, box["y"] + box["height"] / 2, steps=3)
+    page.mouse.up()
+    expect(first).to_have_attribute("aria-valuenow", "250")
+
     # Reload keeps the session: the edits were saved.
     expect(page.locator("#timeline")).to_have_attribute("data-pending", "0")
     expect(page.locator("#timeline-error")).to_have_text("")
@@ -708,6 +719,7 @@ def test_timeline_plays_in_sync_edits_by_keyboard_sends_to_tune_and_mixes_down(
     expect(page.locator("#timeline")).to_have_attribute("data-loaded", "true", timeout=60_000)
     expect(page.get_by_role("slider", name=f"Position of {names[1]}")).to_have_attribute("aria-valuenow", "1900")
     expect(page.get_by_role("button", name=f"Mute {names[2]}")).to_have_attribute("aria-pressed", "true")
+    expect(page.get_by_role("slider", name=f"Position of {names[0]}")).to_have_attribute("aria-valuenow", "250")
 
     # Send the first track to tune: the result lands as a new track right under it.
     page.get_by_label(f"Task to send {names[0]} to").select_option("tune")

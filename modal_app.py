@@ -436,6 +436,12 @@ class FxWorker(_JobWorker):
     preload_models = ("dsp/fx",)
 
 
+@app.cls(**_worker_options("dsp", gpu=False), cpu=2.0)
+class MixdownWorker(_JobWorker):
+    task = "mixdown"
+    preload_models = ("dsp/mixdown",)
+
+
 WORKERS = {
     "separate": SeparateWorker,
     "enhance": EnhanceWorker,
@@ -445,6 +451,7 @@ WORKERS = {
     "master": MasterWorker,
     "tune": TuneWorker,
     "fx": FxWorker,
+    "mixdown": MixdownWorker,
 }
 
 

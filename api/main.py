@@ -25,6 +25,7 @@ from api.routes import (
     health,
     jobs,
     openai_audio,
+    sessions,
     studio,
     tasks,
     uploads,
@@ -60,7 +61,21 @@ def create_app(state: AppState, background: list[BackgroundService] | None = Non
     app.state.studio = state
     install_error_handlers(app)
     v1 = APIRouter(prefix="/v1")
-    resources = (health, api_keys, credits, usage, tasks, jobs, uploads, openai_audio, events, billing, webhooks, files)
+    resources = (
+        health,
+        api_keys,
+        credits,
+        usage,
+        tasks,
+        jobs,
+        uploads,
+        openai_audio,
+        events,
+        billing,
+        webhooks,
+        files,
+        sessions,
+    )
     for resource in resources:
         v1.include_router(resource.router)
     app.include_router(v1)

@@ -478,6 +478,19 @@ async def final_inputs(conn: AsyncConnection, limit: int) -> list[tuple[UUID, li
     return [(row[0], stored_inputs(row[1], row[2])) for row in await cursor.fetchall()]
 
 
+async def live_output_refs(conn: AsyncConnection, user_id: UUID, job_ids: list[UUID]) -> dict[tuple[UUID, str], str]:
+    """(job id, output name) -> storage key of the user's succeeded jobs' outputs that are still stored (a mixdown
+    reads its tracks from these; another user's jobs and deleted outputs are simply absent)."""
+    cursor = await conn.execute(
+        "SELECT id, outputs FROM jobs WHERE user_id = %s AND id = ANY(%s) AND status = 'succeeded'"
+        " AND outputs_deleted_at IS NULL",
+        (user_id, job_ids),
+    )
+    return {
+        (row[0], out["name"]): out["ref"] for row in await cursor.fetchall() for out in row[1] or [] if out.get("ref")
+    }
+
+
 async def expired_outputs(conn: AsyncConnection, now: datetime, limit: int) -> list[tuple[UUID, list[dict[str, Any]]]]:
     cursor = await conn.execute(
         "SELECT id, outputs FROM jobs WHERE outputs_expire_at <= %s AND outputs_deleted_at IS NULL"

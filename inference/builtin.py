@@ -13,7 +13,8 @@ engines, from simple signal processing:
   ceiling; report.json in the real engine's shape (figures from that approximate meter, and it says so);
 - tune: pitch analysis only (autocorrelation f0 per 5 ms frame, the scale's nearest notes): pitch.json in the real
   shape; the audio passes through untouched (f0 after = before);
-- fx: only `gain` entries are applied (the others are listed as skipped), plus `tail_s` of silence.
+- fx: only `gain` entries are applied (the others are listed as skipped), plus `tail_s` of silence;
+- mixdown: the real engine (inference.mixdown), which needs nothing more.
 
 These need nothing beyond the core install (numpy, soxr, soundfile, PyAV): no scipy, pedalboard or pyworld.
 
@@ -37,6 +38,7 @@ from pydantic import BaseModel
 
 from inference import audio
 from inference.base import EngineError, EngineResult, OutputFile, ProgressFn
+from inference.mixdown import MixdownEngine
 from inference.params import (
     NOTE_NAMES,
     SCALES,
@@ -46,6 +48,7 @@ from inference.params import (
     GenerateParams,
     MasterParams,
     MidiParams,
+    MixdownParams,
     SeparateParams,
     TranscribeParams,
     TuneParams,
@@ -124,6 +127,9 @@ class BuiltinEngine:
         out_dir.mkdir(parents=True, exist_ok=True)
         if isinstance(params, GenerateParams):
             return self._generate(params, out_dir, progress)
+        if isinstance(params, MixdownParams):
+            # The real mixdown needs nothing beyond the core install: it is its own stand-in.
+            return MixdownEngine().run(input_path, params, out_dir, progress, extra_inputs)
         if input_path is None:
             raise EngineError("this task needs an audio file", code="missing_input")
         if isinstance(params, SeparateParams):

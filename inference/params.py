@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import unicodedata
 from typing import Annotated, Literal, Union
+from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -420,6 +421,54 @@ class FxParams(_Params):
     format: AudioFormat = "wav"
 
 
+# --- mixdown (CPU; numpy and the core decoder) ------------------------------------------------------------------------
+
+MIXDOWN_MAX_TRACKS = 64  # a session's cap (api.routes.sessions)
+
+
+class MixdownTrack(_Params):
+    """One audible track of a session, resolved by the API (muted tracks, and unsoloed ones while any track is
+    soloed, are left out). Its audio is the output `output` of the user's own job `job_id`."""
+
+    job_id: UUID
+    output: str = Field(min_length=1, max_length=255)
+    duration_ms: int = Field(gt=0, le=86_400_000, description="The output's length as probed when it was added.")
+    offset_ms: int = Field(default=0, ge=0, le=86_400_000)
+    gain_db: float = Field(default=0.0, ge=-60.0, le=12.0)
+    pan: float = Field(default=0.0, ge=-1.0, le=1.0)
+    trim_in_ms: int = Field(default=0, ge=0)
+    trim_out_ms: int | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _audible(self) -> MixdownTrack:
+        if self.end_ms <= self.trim_in_ms:
+            raise ValueError("the trims leave nothing of this track")
+        return self
+
+    @property
+    def end_ms(self) -> int:
+        """Where the track stops reading its output, ms."""
+        return self.duration_ms if self.trim_out_ms is None else min(self.trim_out_ms, self.duration_ms)
+
+    def frames(self, rate: int) -> tuple[int, int, int]:
+        """(offset on the mix, first frame read, frames played) at `rate`; each position rounds to a whole frame."""
+        first = round(self.trim_in_ms * rate / 1000)
+        return round(self.offset_ms * rate / 1000), first, round(self.end_ms * rate / 1000) - first
+
+
+class MixdownParams(_Params):
+    tracks: list[MixdownTrack] = Field(min_length=1, max_length=MIXDOWN_MAX_TRACKS)
+    sample_rate: Literal[44100, 48000] = Field(default=48000, description="The mix's rate; tracks are resampled.")
+    format: AudioFormat = "wav"
+
+    def output_frames(self) -> int:
+        """The mix's length in frames: to the end of the track that ends last."""
+        return max(offset + length for offset, _, length in (t.frames(self.sample_rate) for t in self.tracks))
+
+    def output_seconds(self) -> float:
+        return self.output_frames() / self.sample_rate
+
+
 TASK_PARAMS: dict[str, type[_Params]] = {
     "separate": SeparateParams,
     "enhance": EnhanceParams,
@@ -429,4 +478,5 @@ TASK_PARAMS: dict[str, type[_Params]] = {
     "master": MasterParams,
     "tune": TuneParams,
     "fx": FxParams,
+    "mixdown": MixdownParams,
 }

@@ -15,9 +15,12 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from inference.base import Engine
-from inference.params import TASK_PARAMS, GenerateParams, SeparateParams, TranscribeParams
+from inference.params import TASK_PARAMS, GenerateParams, MixdownParams, SeparateParams, TranscribeParams
 
-PriceUnit = Literal["audio_minute", "variant_second"]
+PriceUnit = Literal["audio_minute", "variant_second", "output_minute"]
+# audio: one uploaded (or fetched) input; text: none; tracks: none uploaded, the params name outputs of the user's
+# own earlier jobs, which the worker reads from the outputs bucket (mixdown).
+InputKind = Literal["audio", "text", "tracks"]
 DEFAULT_GENERATE_STEPS: int = GenerateParams.model_fields["steps"].default
 
 
@@ -34,6 +37,9 @@ class Library:
 _PEDALBOARD = Library("pedalboard", "0.9.26", "GPL-3.0-only", "effects and mastering chain (JUCE DSP)")
 _PYLOUDNORM = Library("pyloudnorm", "0.2.0", "MIT", "ITU-R BS.1770-4 K-weighting and gating")
 _PYWORLD = Library("pyworld", "0.3.5", "MIT", "WORLD vocoder: Harvest f0, CheapTrick, D4C, synthesis")
+# The core install's decoder and resampler (pyproject dependencies; licences from each wheel's METADATA).
+_PYAV = Library("av", "18.1.0", "BSD-3-Clause", "decoding the tracks (FFmpeg)")
+_SOXR = Library("soxr", "1.1.0", "LGPL-2.1-or-later", "resampling the tracks to the mix's rate")
 _SCIPY = Library("scipy", "1.17.1", "BSD-3-Clause", "filters, FIR design")
 
 
@@ -41,7 +47,7 @@ _SCIPY = Library("scipy", "1.17.1", "BSD-3-Clause", "filters, FIR design")
 class TaskSpec:
     task: str
     description: str
-    input_kind: Literal["audio", "text"]
+    input_kind: InputKind
     family: str  # the pyproject optional group (and Modal image) the engine needs
     gpu: bool
     price_unit: PriceUnit
@@ -60,17 +66,20 @@ class TaskSpec:
     extra_inputs: tuple[str, ...] = ()
 
     def priced_seconds(self, params: BaseModel, audio_seconds: float | None) -> float:
-        """The seconds the price counts: audio seconds (x passes) or generated variant-seconds (x steps)."""
+        """The seconds the price counts: audio or mix seconds (x passes) or generated variant-seconds (x steps)."""
         units = self.price_units(params, audio_seconds)
-        return units * 60.0 if self.price_unit == "audio_minute" else units
+        return units * 60.0 if self.price_unit in ("audio_minute", "output_minute") else units
 
     @property
     def params_model(self) -> type[BaseModel]:
         return TASK_PARAMS[self.task]
 
     def price_units(self, params: BaseModel, audio_seconds: float | None) -> float:
-        """Units the rate applies to: audio minutes (times the passes, for separation), or variants x output
-        seconds x steps / default steps for generation (SPEC section 2)."""
+        """Units the rate applies to: audio minutes (times the passes, for separation), variants x output
+        seconds x steps / default steps for generation (SPEC section 2), or the mix's minutes for a mixdown."""
+        if self.price_unit == "output_minute":
+            assert isinstance(params, MixdownParams)
+            return params.output_seconds() / 60.0
         if self.price_unit == "variant_second":
             assert isinstance(params, GenerateParams)
             # Diffusion cost grows linearly with steps: unpriced, steps=250 would cost 2.5x the compute at one price.
@@ -128,6 +137,10 @@ _SPECS = (
              family="dsp", gpu=False, price_unit="audio_minute",
              engine_factory="inference.fx:build_engine", model_key=lambda params: "dsp/fx",
              needs_weights=False, libraries=(_PEDALBOARD,), worst_realtime_factor=5.0),
+    TaskSpec(task="mixdown", description="Render a session's tracks (offsets, gains, pans, trims) to one stereo "
+             "file.", input_kind="tracks", family="dsp", gpu=False, price_unit="output_minute",
+             engine_factory="inference.mixdown:build_engine", model_key=lambda params: "dsp/mixdown",
+             needs_weights=False, libraries=(_PYAV, _SOXR), worst_realtime_factor=5.0),
 )  # fmt: skip
 TASKS: dict[str, TaskSpec] = {spec.task: spec for spec in _SPECS}
 # The task names as a type (e.g. the jobs listing's `task` filter), derived from TASKS so no second list is kept.

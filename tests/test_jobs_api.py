@@ -46,8 +46,8 @@ async def test_tasks_are_public_with_prices_limits_and_licences(client: Any) -> 
     response = await client.get("/v1/tasks")
     assert response.status_code == 200
     tasks = {item["task"]: item for item in response.json()["data"]}
-    assert set(tasks) == {"separate", "enhance", "transcribe", "midi", "generate", "master", "tune", "fx"}
-    dsp = {"master", "tune", "fx"}
+    assert set(tasks) == {"separate", "enhance", "transcribe", "midi", "generate", "master", "tune", "fx", "mixdown"}
+    dsp = {"master", "tune", "fx", "mixdown"}
     for name, item in tasks.items():
         assert item["price"] == {"rate": RATES[name].rate, "unit": RATES[name].unit, "minimum": RATES[name].minimum}
         assert item["limits"]["formats"] == ["wav", "flac", "mp3", "ogg", "m4a"]
@@ -67,6 +67,7 @@ async def test_tasks_are_public_with_prices_limits_and_licences(client: Any) -> 
     demucs = {model["key"]: model for model in tasks["separate"]["models"]}
     assert demucs["demucs/htdemucs"]["licence_unresolved"] is True
     assert "prompt" in tasks["generate"]["params_schema"]["properties"]
+    assert (tasks["mixdown"]["input_kind"], tasks["mixdown"]["price"]["unit"]) == ("tracks", "output_minute")
 
 
 async def test_quotes_price_without_running(client: Any, alice: dict[str, Any], app_state: Any, tmp_path: Path) -> None:

@@ -31,7 +31,7 @@ ROOT = Path(modal_app.__file__).parent
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 WORKER_TASKS = {"separate": "SeparateWorker", "enhance": "EnhanceWorker", "transcribe": "TranscribeWorker",
                 "midi": "MidiWorker", "generate": "GenerateWorker", "master": "MasterWorker", "tune": "TuneWorker",
-                "fx": "FxWorker"}  # fmt: skip
+                "fx": "FxWorker", "mixdown": "MixdownWorker"}  # fmt: skip
 
 
 def _closure(obj: Any) -> dict[str, Any]:

@@ -12,10 +12,12 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 import modal_app
@@ -64,6 +66,7 @@ STAND_INS: dict[str, tuple[str, Callable[[Path], None]]] = {
     "dsp/master": ("dsp/master", _nothing),
     "dsp/tune": ("dsp/tune", _nothing),
     "dsp/fx": ("dsp/fx", _nothing),
+    "dsp/mixdown": ("dsp/mixdown", _nothing),
 }
 # Params a job of the task needs beyond the defaults (None: the task takes no input file).
 JOB_PARAMS: dict[str, dict[str, Any]] = {
@@ -71,7 +74,25 @@ JOB_PARAMS: dict[str, dict[str, Any]] = {
     "generate": {"prompt": "rain", "duration_s": 0.2, "steps": 2},
     "fx": {"chain": [{"effect": "highpass", "params": {"cutoff_frequency_hz": 60}}]},
 }
-NO_INPUT = {"generate"}
+NO_INPUT = {"generate", "mixdown"}
+
+
+def _mixdown_source(database_url: str, settings: Settings, user_id: Any, audio: Path) -> dict[str, Any]:
+    """A finished job of the user's with `audio` as its stored output: what a mixdown's params name."""
+    from api.storage import LocalStorage
+
+    source = uuid.uuid4()
+    ref = f"{user_id}/{source}/tone.wav"
+    storage = LocalStorage(settings.state_dir / "files", settings.secret_key or "", "http://testserver")
+    size = asyncio.run(storage.put_file(settings.outputs_bucket, ref, audio, "audio/wav"))
+    output = {"name": "tone.wav", "ref": ref, "content_type": "audio/wav", "bytes": size, "metadata": {}}
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO jobs (id, user_id, task, params, model_key, cost, status, outputs, deadline_at)"
+            " VALUES (%s, %s, 'fx', '{}', 'dsp/fx', 0, 'succeeded', %s, now() + interval '1 hour')",
+            (source, user_id, psycopg.types.json.Jsonb([output])),
+        )
+    return {"tracks": [{"job_id": str(source), "output": "tone.wav", "duration_ms": 2000, "pan": 0.3}]}
 
 
 def _live(task: str, settings: Settings, database_url: str, tmp_path: Path) -> tuple[dict[str, Any], dict[str, str]]:
@@ -85,9 +106,10 @@ def _live(task: str, settings: Settings, database_url: str, tmp_path: Path) -> t
     audio = write_tone(tmp_path / "input.wav", seconds=2.0, rate=44100)
     jobs: dict[str, str] = {}
     for name in ("input", "cancel", "preempt"):
-        _, job_id = _queued_job(database_url, settings, audio, task, model_key)
-        if task in JOB_PARAMS:
-            asyncio.run(_set_params(database_url, job_id, JOB_PARAMS[task], keep_input=task not in NO_INPUT))
+        user_id, job_id = _queued_job(database_url, settings, audio, task, model_key)
+        params = _mixdown_source(database_url, settings, user_id, audio) if task == "mixdown" else JOB_PARAMS.get(task)
+        if params is not None:
+            asyncio.run(_set_params(database_url, job_id, params, keep_input=task not in NO_INPUT))
         jobs[name] = str(job_id)
     spec = {"task": task, "preload_models": [key for key, _ in stand_ins], "jobs": jobs,
             "report": str(tmp_path / "report.json")}  # fmt: skip

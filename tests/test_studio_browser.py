@@ -9,6 +9,8 @@ Screenshots of each page go to .state/test-artifacts/studio/. Chromium missing i
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import shutil
 import socket
@@ -473,15 +475,22 @@ def test_account_usage_chart_and_csv(page: Page, live_builtin: LiveStudio) -> No
     bars = page.locator("#usage-chart rect.bar")
     expect(bars).to_have_count(30)  # the last 30 days, today last
     today = by_day[-1]
+    # Other tests on this module's server ran audio jobs today too: their seconds are in the title (as JS prints them).
+    seconds = today["audio_seconds"]
+    audio = f", {int(seconds) if seconds == int(seconds) else seconds} s of audio" if seconds else ""
     expect(bars.last.locator("title")).to_have_text(
-        f"{today['label']}: {_count(today['credits'], 'credit')}, {_count(today['jobs'], 'job')}"
+        f"{today['label']}: {_count(today['credits'], 'credit')}, {_count(today['jobs'], 'job')}{audio}"
     )
     assert float(bars.last.get_attribute("height") or 0) > 0 and float(bars.first.get_attribute("height") or 1) == 0
     page.locator("#usage-group").select_option("task")
     expect(page.locator('#usage-chart rect.bar[data-group="generate"] title')).to_have_text(
         f"generate: {_count(generate['credits'], 'credit')}, {_count(generate['jobs'], 'job')}"
     )
-    expect(page.locator("#usage-total")).to_contain_text(f"{_count(generate['jobs'], 'job')}, 0 s of audio")
+    total = httpx.get(f"{base}/v1/usage?group_by=task", headers=auth).json()["total"]
+    seconds = total["audio_seconds"]
+    expect(page.locator("#usage-total")).to_contain_text(
+        f"{_count(total['jobs'], 'job')}, {int(seconds) if seconds == int(seconds) else seconds} s of audio"
+    )
     shot(page, "14-usage")
     with page.expect_download() as download:
         page.get_by_role("button", name="Download CSV").click()
@@ -676,3 +685,261 @@ def test_a_file_over_the_threshold_goes_as_a_resumable_upload(
     detail = httpx.get(f"{live_resumable.base_url}/v1/jobs/{job['id']}", headers=headers).json()
     assert detail["input"]["source"] == "resumable_upload" and detail["input"]["upload_id"] == body["input_upload"]
     assert detail["input"]["sha256"] == hashlib.sha256(audio.read_bytes()).hexdigest()
+
+
+# ---- sessions and the timeline, the result views, the offline start, the accessibility audit ----
+
+AXE = ROOT / "tests" / "vendor" / "axe.min.js"  # axe-core, tests only (tests/vendor/vendor.lock.json)
+
+
+def _api(live: LiveStudio) -> httpx.Client:
+    return httpx.Client(base_url=live.base_url, headers={"Authorization": f"Bearer {demo_token(live)}"}, timeout=60)
+
+
+def _finished_job(api: httpx.Client, task: str, params: dict[str, Any], audio: Path) -> dict[str, Any]:
+    """Submit and wait for the end with `Prefer: wait` (the builtin engines take well under its 60 s)."""
+    with audio.open("rb") as handle:
+        files = {"file": (audio.name, handle, "audio/wav")}
+        data = {"task": task, "params": json.dumps(params)}
+        submitted = api.post("/v1/jobs", data=data, files=files, headers={"Prefer": "wait=60"})
+    assert submitted.status_code == 200, submitted.text  # 200: final within the wait
+    job = submitted.json()
+    assert job["status"] == "succeeded", job
+    return job
+
+
+def _tone_file(path: Path, seconds: float, freq: float, channels: int = 1) -> Path:
+    t = np.arange(int(seconds * 48000)) / 48000
+    wave = 0.2 * np.sin(2 * np.pi * freq * t) * (0.6 + 0.4 * np.sin(2 * np.pi * 0.7 * t))
+    sf.write(str(path), np.repeat(wave[:, None], channels, axis=1), 48000, subtype="PCM_16")
+    return path
+
+
+def _session_of_three_jobs(live: LiveStudio, folder: Path) -> dict[str, Any]:
+    """Three jobs' outputs at 48 kHz (a separation's vocals, an enhance, an fx), each at its own offset."""
+    with _api(live) as api:
+        separated = _finished_job(api, "separate", {"two_stems": "vocals"}, _tone_file(folder / "mix.wav", 3, 330, 2))
+        enhanced = _finished_job(api, "enhance", {}, _tone_file(folder / "voice.wav", 2, 220))
+        processed = _finished_job(api, "fx", {"chain": [{"effect": "gain", "params": {"gain_db": -3}}]},
+                                  _tone_file(folder / "synth.wav", 2, 550))  # fmt: skip
+        session = api.post("/v1/sessions", json={"name": "Browser demo"}).json()
+        for job, settings in ((separated, {"output": "vocals.wav", "offset_ms": 0}),
+                              (enhanced, {"offset_ms": 700, "pan": -0.5}),
+                              (processed, {"offset_ms": 1500, "gain_db": -2})):  # fmt: skip
+            added = api.post(f"/v1/sessions/{session['id']}/tracks", json={"job_id": job["id"], **settings})
+            assert added.status_code == 201, added.text
+        return api.get(f"/v1/sessions/{session['id']}").json()
+
+
+def _open_timeline(page: Page, live: LiveStudio, session_id: str) -> None:
+    page.goto(f"{live.base_url}/sessions/{session_id}")
+    expect(page.locator("#timeline")).to_have_attribute("data-loaded", "true", timeout=60_000)
+
+
+def test_timeline_plays_in_sync_edits_by_keyboard_sends_to_tune_and_mixes_down(
+    page: Page, live_builtin: LiveStudio, tmp_path: Path
+) -> None:
+    from tests.test_mixdown import EXACT_TOLERANCE, reference_mix
+
+    session = _session_of_three_jobs(live_builtin, tmp_path)
+    names = [track["name"] for track in session["tracks"]]
+    sign_in(page, live_builtin)
+    _open_timeline(page, live_builtin, session["id"])
+    expect(page.locator(".clip")).to_have_count(3)
+    page.locator("#view-session").screenshot(path=str(ARTIFACTS / "20-timeline.png"))
+
+    # Space plays: every track is a source started from one AudioContext time, at its offset (not the wall clock).
+    page.locator("#main").focus()
+    page.keyboard.press("Space")
+    page.wait_for_function("window.__studioSchedule && window.__studioSchedule.sources.length === 3")
+    schedule = page.evaluate("window.__studioSchedule")
+    assert schedule["from"] == 0
+    by_name = {source["name"]: source for source in schedule["sources"]}
+    for track in session["tracks"]:
+        source = by_name[track["name"]]
+        assert abs(source["when"] - schedule["contextTime"] - track["offset_ms"] / 1000) < 1e-9, (source, track)
+        assert source["offset"] == track["trim_in_ms"] / 1000
+        assert abs(source["duration"] - track["duration_ms"] / 1000) < 1e-9
+    expect(page.locator("#play")).to_have_attribute("aria-pressed", "true")
+    expect(page.locator("#playhead-time")).not_to_have_text("0:00.0")  # the context's clock moves the playhead
+    page.keyboard.press("Space")
+    expect(page.locator("#play")).to_have_attribute("aria-pressed", "false")
+    page.keyboard.press("Home")
+    expect(page.locator("#playhead-time")).to_have_text("0:00.0")
+    page.keyboard.press("ArrowRight")
+    expect(page.locator("#playhead-time")).to_have_text("0:01.0")
+    # Played from 1 s: the first track starts at once, 1 s into its audio; the others wait for their offsets.
+    page.keyboard.press("Space")
+    page.wait_for_function("window.__studioSchedule.from === 1")
+    late = {source["name"]: source for source in page.evaluate("window.__studioSchedule.sources")}
+    start = page.evaluate("window.__studioSchedule.contextTime")
+    assert late[names[0]]["when"] == start and late[names[0]]["offset"] == 1.0
+    assert abs(late[names[2]]["when"] - start - 0.5) < 1e-9 and late[names[2]]["offset"] == 0
+    page.keyboard.press("Space")
+
+    # Keyboard only: move a clip, trim its start, mute another, all saved through the API.
+    clip = page.get_by_role("slider", name=f"Position of {names[1]}")
+    clip.focus()
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("Shift+ArrowRight")
+    expect(clip).to_have_attribute("aria-valuenow", "1800")
+    trim = page.get_by_role("slider", name=f"Trim start of {names[1]}")
+    trim.focus()
+    page.keyboard.press("ArrowRight")
+    expect(trim).to_have_attribute("aria-valuenow", "100")
+    expect(clip).to_have_attribute("aria-valuenow", "1900")  # the audio stays where it was on the timeline
+    mute = page.get_by_role("button", name=f"Mute {names[2]}")
+    mute.focus()
+    page.keyboard.press("Enter")
+    expect(mute).to_have_attribute("aria-pressed", "true")
+    zoom = page.get_by_role("button", name="Zoom in")
+    zoom.focus()
+    page.keyboard.press("Enter")
+    expect(page.locator("#timeline-status")).to_contain_text("200 pixels per second")
+
+    # The pointer works too: dragging the first clip 50 px right at 200 px/s moves it 250 ms.
+    first = page.get_by_role("slider", name=f"Position of {names[0]}")
+    box = first.bounding_box()
+    assert box is not None
+    page.mouse.move(box["x"] + 40, box["y"] + box["height"] / 2)
+    page.mouse.down()
+    page.mouse.move(box["x"] + 65, box["y"] + box["height"] / 2, steps=3)
+    page.mouse.move(box["x"] + 90, box["y"] + box["height"] / 2, steps=3)
+    page.mouse.up()
+    expect(first).to_have_attribute("aria-valuenow", "250")
+
+    # Reload keeps the session: the edits were saved.
+    expect(page.locator("#timeline")).to_have_attribute("data-pending", "0")
+    expect(page.locator("#timeline-error")).to_have_text("")
+    page.reload()
+    expect(page.locator("#timeline")).to_have_attribute("data-loaded", "true", timeout=60_000)
+    expect(page.get_by_role("slider", name=f"Position of {names[1]}")).to_have_attribute("aria-valuenow", "1900")
+    expect(page.get_by_role("button", name=f"Mute {names[2]}")).to_have_attribute("aria-pressed", "true")
+    expect(page.get_by_role("slider", name=f"Position of {names[0]}")).to_have_attribute("aria-valuenow", "250")
+
+    # Send the first track to tune: the result lands as a new track right under it.
+    page.get_by_label(f"Task to send {names[0]} to").select_option("tune")
+    page.get_by_role("button", name=f"Send {names[0]} to the chosen task").click()
+    tuned = f"{names[0]} → tune"
+    expect(page.locator(".track-head").nth(1)).to_contain_text(tuned, timeout=JOB_TIMEOUT_MS)
+    expect(page.locator(".clip")).to_have_count(4)
+
+    # Mix down: the downloaded file is the independent sum of the audible tracks (the muted one left out).
+    page.get_by_role("button", name="Mix down").click()
+    link = page.locator("#mixdown-download")
+    expect(link).to_be_visible(timeout=JOB_TIMEOUT_MS)
+    with page.expect_download() as download_info:
+        link.click()
+    mixed_path = tmp_path / "mixdown.wav"
+    download_info.value.save_as(mixed_path)
+    mixed, rate = sf.read(str(mixed_path), dtype="float64")
+    with _api(live_builtin) as api:
+        tracks = api.get(f"/v1/sessions/{session['id']}").json()["tracks"]
+        audible = [track for track in tracks if not track["mute"]]
+        assert len(audible) == 3 and tuned in [track["name"] for track in audible]
+        audio = []
+        for track in audible:
+            data, track_rate = sf.read(io.BytesIO(api.get(track["url"]).content), dtype="float64", always_2d=True)
+            assert track_rate == rate == 48000
+            audio.append(data)
+    expected = reference_mix(audible, audio, rate)
+    assert mixed.shape == expected.shape
+    np.testing.assert_allclose(mixed, expected, rtol=0, atol=EXACT_TOLERANCE)
+    shot(page, "21-timeline-mixed")
+
+
+def test_result_views_of_master_tune_and_fx(page: Page, live_builtin: LiveStudio, shared_data: Path) -> None:
+    sign_in(page, live_builtin)
+    for task, report in (("master", "report.json"), ("tune", "pitch.json"), ("fx", None)):
+        page.locator("#task").select_option(task)
+        if task == "fx":
+            page.get_by_label("Chain *").fill('[{"effect": "gain", "params": {"gain_db": -6}}]')
+        submit(page, task, shared_data / "vocal_melody_vocadito_10.wav")
+        expect(page.locator("#job-status")).to_have_text("succeeded", timeout=JOB_TIMEOUT_MS)
+        ab = page.get_by_role("region", name="Compare with the original")
+        toggle = ab.locator("[data-ab]")
+        expect(toggle).to_have_text("Hearing: processed (B). Switch to original (A)")
+        toggle.click()
+        expect(toggle).to_have_attribute("aria-pressed", "true")
+        expect(toggle).to_have_text("Hearing: original (A). Switch to processed (B)")
+        if report:
+            expect(ab.locator("table.report caption")).to_have_text(report)
+            expect(ab.locator("table.report tr").first).to_be_visible()
+        shot(page, f"22-result-{task}")
+
+
+def test_the_studio_starts_offline_once_installed(browser: Browser, live_builtin: LiveStudio) -> None:
+    context = browser.new_context()
+    page = context.new_page()
+    try:
+        sign_in(page, live_builtin)
+        page.wait_for_function("navigator.serviceWorker.ready.then(() => Boolean(navigator.serviceWorker.controller))")
+        cached = page.evaluate(
+            "caches.keys().then(keys => Promise.all(keys.map(k => caches.open(k).then(c => c.keys()))))"
+            ".then(lists => lists.flat().map(r => new URL(r.url).pathname))"
+        )
+        assert "/studio/vendor/wavesurfer.esm.js" in cached and "/studio/js/timeline.js" in cached
+        assert not [path for path in cached if path.startswith("/v1/")]  # never the API nor signed file links
+        context.set_offline(True)
+        page.goto(live_builtin.base_url + "/sessions")
+        expect(page.locator("#offline")).to_be_visible()
+        expect(page.locator("#offline")).to_contain_text("You are offline")
+        expect(page.locator("#boot")).to_be_hidden()
+        shot(page, "23-offline")
+        context.set_offline(False)
+        page.reload()
+        expect(page.locator("#offline")).to_be_hidden()
+    finally:
+        context.close()
+
+
+def _audit(page: Page, name: str) -> None:
+    """axe-core on the page as it is now: no serious or critical violations."""
+    if not page.evaluate("Boolean(window.axe)"):
+        page.evaluate(AXE.read_text())  # evaluated by the driver, not as a page script: the page's CSP stays strict
+    result = page.evaluate("axe.run(document, {resultTypes: ['violations']})")
+    bad = [(v["id"], v["impact"], [n["target"] for n in v["nodes"]][:3]) for v in result["violations"]
+           if v["impact"] in ("serious", "critical")]  # fmt: skip
+    assert not bad, f"{name}: {bad}"
+
+
+def test_accessibility_audit_of_every_page(page: Page, live_builtin: LiveStudio, tmp_path: Path) -> None:
+    lock = json.loads((ROOT / "tests" / "vendor" / "vendor.lock.json").read_text())[0]
+    assert hashlib.sha256(AXE.read_bytes()).hexdigest() == lock["sha256"] and lock["licence"] == "MPL-2.0"
+    session = _session_of_three_jobs(live_builtin, tmp_path)
+    page.goto(live_builtin.base_url + "/")
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    _audit(page, "sign-in")
+    sign_in(page, live_builtin)
+    _audit(page, "studio")
+    for path, heading in (("/sessions", "Sessions"), ("/jobs", "Jobs"), ("/account", "Account")):
+        page.goto(live_builtin.base_url + path)
+        expect(page.get_by_role("heading", name=heading, exact=True)).to_be_visible()
+        page.wait_for_load_state("networkidle")
+        _audit(page, path)
+    _open_timeline(page, live_builtin, session["id"])
+    _audit(page, "timeline")
+    page.goto(live_builtin.base_url + "/billing/canceled")
+    page.wait_for_load_state("networkidle")
+    _audit(page, "billing")
+
+
+def test_a_job_run_from_a_session_adds_its_outputs(page: Page, live_builtin: LiveStudio) -> None:
+    with _api(live_builtin) as api:
+        session = api.post("/v1/sessions", json={"name": "Run into"}).json()
+    sign_in(page, live_builtin)
+    _open_timeline(page, live_builtin, session["id"])
+    page.get_by_role("link", name="Run a new job into this session").click()
+    expect(page.locator("#into-session")).to_be_visible()
+    page.locator("#task").select_option("generate")
+    page.get_by_label("Prompt *").fill("soft rain")
+    page.get_by_label("Duration S").fill("1")
+    page.get_by_label("Variants").fill("2")
+    expect(page.locator("#quote")).to_contain_text(" · you have ")
+    page.get_by_role("button", name="Run").click()
+    # Every variant of a generation becomes a track.
+    status = page.locator("#into-session-status")
+    expect(status).to_have_text("Added to the session: variant_1.wav, variant_2.wav.", timeout=JOB_TIMEOUT_MS)
+    page.get_by_role("link", name="Open the session").click()
+    expect(page.locator("#timeline")).to_have_attribute("data-loaded", "true", timeout=60_000)
+    expect(page.locator(".clip")).to_have_count(2)

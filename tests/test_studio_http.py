@@ -111,3 +111,48 @@ async def test_no_local_sign_in_when_supabase_auth_is_configured(app_state: Any)
     csp = page.headers["content-security-policy"]
     assert "connect-src 'self' https://abcd.supabase.co" in csp
     assert "media-src 'self' blob: https://abcd.supabase.co" in csp
+
+
+async def test_installable_app_manifest_icons_and_service_worker(app_state: Any) -> None:
+    async with _client(app_state) as http:
+        page = await http.get("/sessions/6f1c2a1e-0000-4000-8000-000000000000")  # the timeline is the same page
+        assert page.status_code == 200 and '<link rel="manifest" href="/studio/manifest.webmanifest">' in page.text
+        directives = dict(part.strip().split(" ", 1) for part in page.headers["content-security-policy"].split(";"))
+        assert directives["worker-src"] == "'self'" and directives["manifest-src"] == "'self'"
+        manifest = await http.get("/studio/manifest.webmanifest")
+        assert manifest.headers["content-type"].startswith("application/manifest+json")
+        body = manifest.json()
+        assert body["start_url"] == "/" and body["display"] == "standalone"
+        for icon in body["icons"]:
+            fetched = await http.get(icon["src"])
+            assert fetched.status_code == 200 and fetched.headers["content-type"] == icon["type"], icon
+            if icon["type"] == "image/png":
+                width, height = int.from_bytes(fetched.content[16:20]), int.from_bytes(fetched.content[20:24])
+                assert f"{width}x{height}" == icon["sizes"]  # the PNG header's size is the one declared
+
+        worker = await http.get("/sw.js")
+        assert worker.status_code == 200 and worker.headers["content-type"].startswith("text/javascript")
+        assert worker.headers["cache-control"] == "no-cache"  # a new release is seen at the next load
+        text = worker.text
+        assert "__RELEASE__" not in text and "__SHELL__" not in text
+        release = text.split('const RELEASE = "', 1)[1].split('"', 1)[0]
+        assert len(release) == 16 and int(release, 16) >= 0
+        shell = json.loads(text.split("const SHELL = ", 1)[1].split(";\n", 1)[0])
+        assert "/" in shell and "/studio/js/timeline.js" in shell and "/studio/vendor/wavesurfer.esm.js" in shell
+        assert not [path for path in shell if path.startswith("/v1/") or path.endswith((".LICENSE", "sw.js"))]
+        for path in shell:
+            assert (await http.get(path)).status_code == 200, path  # install fails if any shell file is missing
+
+
+def test_release_hash_changes_with_any_static_file(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    from api.routes import studio
+
+    copy = tmp_path / "static"
+    shutil.copytree(STATIC_DIR, copy)
+    monkeypatch.setattr(studio, "STATIC_DIR", copy)
+    before = studio.release_hash()
+    assert studio.release_hash() == before
+    (copy / "studio.css").write_text((copy / "studio.css").read_text() + "\n/* next release */\n")
+    assert studio.release_hash() != before

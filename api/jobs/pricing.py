@@ -32,6 +32,8 @@ RATES: dict[str, Rate] = {
     "master": Rate(rate=1.0, unit="audio_minute", minimum=1),
     "tune": Rate(rate=1.0, unit="audio_minute", minimum=1),
     "fx": Rate(rate=1.0, unit="audio_minute", minimum=1),
+    # A sum of decoded tracks: well under a CPU second per mix minute per track; priced like the other DSP tasks.
+    "mixdown": Rate(rate=1.0, unit="output_minute", minimum=1),
 }
 
 # Float noise (e.g. 180.00000001 s from a container header) must not tip a price over to the next credit.

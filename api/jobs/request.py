@@ -353,7 +353,7 @@ def validate(
         if value is not None
     ]
     has_input = bool(given)
-    if spec.input_kind == "text":
+    if spec.input_kind != "audio":
         if has_input or create.duration_s is not None:
             raise invalid("unexpected_input", "Unexpected input", f"{create.task} takes no audio input.")
     else:

@@ -32,6 +32,8 @@ from db import api_keys as db_api_keys
 from db import jobs as db_jobs
 from db import ledger
 from db import uploads as db_uploads
+from inference.mixdown import track_input_name
+from inference.params import MixdownParams
 from inference.registry import TASKS
 
 log = logging.getLogger("studio.jobs")
@@ -135,6 +137,22 @@ def _input_meta(
     if input_upload:
         meta["upload_id"] = str(input_upload)
     return meta
+
+
+def _tracks_meta(params: MixdownParams, max_seconds: float) -> dict[str, Any]:
+    """A mixdown's inputs as the worker limits its decoding by them: the mix's length, and how far into each
+    track's output it reads. Past the deployment's cap either way: 422 before anything is held."""
+    seconds = params.output_seconds()
+    reads = {track_input_name(i): {"duration_s": track.end_ms / 1000} for i, track in enumerate(params.tracks)}
+    if max([seconds] + [read["duration_s"] for read in reads.values()]) > max_seconds:
+        raise Problem(
+            422,
+            "audio_too_long",
+            "The mix is too long",
+            f"A mix, and the part of each track it reads, may be at most {max_seconds:g} s.",
+            max_duration_s=max_seconds,
+        )
+    return {"source": "tracks", "duration_s": round(seconds, 3), "extra_inputs": reads}
 
 
 def fingerprint(job: JobRequest) -> str:
@@ -263,6 +281,9 @@ async def create_job(
         except BaseException:
             await state.storage.delete(settings.inputs_bucket, stored)
             raise
+    elif isinstance(job.params, MixdownParams):
+        input_meta = _tracks_meta(job.params, settings.max_duration_seconds)
+        cost = price(job.task, job.params, None)
     else:
         cost = price(job.task, job.params, None)
     submitted_at = state.clock()

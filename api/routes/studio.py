@@ -16,7 +16,9 @@ Everything else the studio does goes through the public `/v1` API with a bearer 
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
+import json
 import mimetypes
 import re
 from pathlib import Path
@@ -37,7 +39,7 @@ STATIC_DIR = Path(__file__).resolve().parents[1] / "studio_static"
 LOCAL_USER_EMAIL = "demo@localhost"  # the same demo user scripts/serve.sh tops up and prints a token for
 LOCAL_TOKEN_SECONDS = 12 * 3600  # a browser session, not the CLI's month
 # Paths the single-page app handles itself; Stripe Checkout returns to the two billing ones.
-PAGES = ("/", "/jobs", "/account", "/billing/success", "/billing/canceled")
+PAGES = ("/", "/sessions", "/jobs", "/account", "/billing/success", "/billing/canceled")
 # A Host header that is a loopback name with an optional port and nothing else (`127.0.0.1:8000@evil.example` is not).
 _LOOPBACK_HOST = re.compile(r"(?:localhost|127\.0\.0\.1|\[::1\])(?::[0-9]{1,5})?", re.IGNORECASE)
 # Headers a proxy or tunnel adds: a request carrying any of them did not come from a browser on this machine.
@@ -57,6 +59,11 @@ FORWARDING_HEADERS = (
     "x-client-ip",
     "x-cluster-client-ip",
 )
+SESSION_PAGE = "/sessions/{session_id}"  # the timeline of one session (the app checks the id)
+SERVICE_WORKER = STATIC_DIR / "sw.js"
+# Never part of the offline shell: licences and the lock file are for people, sw.js is the worker itself.
+_NOT_SHELL = (".LICENSE", "vendor.lock.json", "sw.js")
+_MEDIA_TYPES = {".js": "text/javascript", ".mjs": "text/javascript", ".webmanifest": "application/manifest+json"}
 
 
 def content_security_policy(settings: Settings) -> str:
@@ -75,6 +82,8 @@ def content_security_policy(settings: Settings) -> str:
             f"media-src 'self' blob:{supabase}",
             f"connect-src 'self'{supabase}",
             "font-src 'self'",
+            "worker-src 'self'",
+            "manifest-src 'self'",
             "object-src 'none'",
             "base-uri 'none'",
             "form-action 'self'",
@@ -91,6 +100,32 @@ def _security_headers(settings: Settings) -> dict[str, str]:
         "Referrer-Policy": "no-referrer",
         "Permissions-Policy": "microphone=(self), camera=(), geolocation=()",
     }
+
+
+def shell_files() -> list[str]:
+    """What the service worker caches: the page and every file under /studio/ the app loads (sorted)."""
+    names = sorted(
+        path.relative_to(STATIC_DIR).as_posix()
+        for path in STATIC_DIR.rglob("*")
+        if path.is_file() and not path.name.endswith(_NOT_SHELL)
+    )
+    return ["/", *(f"/studio/{name}" for name in names)]
+
+
+def release_hash() -> str:
+    """A hash of every static file: a new release (any file changed) gets a new service worker and a new cache."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in STATIC_DIR.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(STATIC_DIR).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def service_worker_source() -> str:
+    return (
+        SERVICE_WORKER.read_text()
+        .replace('"__RELEASE__"', json.dumps(release_hash()))
+        .replace("__SHELL__", json.dumps(shell_files()))
+    )
 
 
 class StudioConfig(BaseModel):
@@ -140,15 +175,22 @@ def build_router(settings: Settings) -> APIRouter:
     async def page() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", media_type="text/html", headers=headers)
 
-    for path in PAGES:
+    for path in (*PAGES, SESSION_PAGE):
         router.add_api_route(path, page, methods=["GET"], include_in_schema=False, response_class=FileResponse)
+
+    worker = service_worker_source()  # read once: a release is a restart
+
+    @router.get("/sw.js", include_in_schema=False)
+    async def service_worker() -> Response:
+        """At the root so its scope is the whole app; never cached by HTTP, so a new release is seen at once."""
+        return Response(worker, media_type="text/javascript", headers=headers)
 
     @router.get("/studio/{name:path}", include_in_schema=False)
     async def static_file(name: str) -> Response:
         path = (STATIC_DIR / name).resolve()
         if not path.is_relative_to(STATIC_DIR) or not path.is_file():
             raise Problem(404, "not_found", "Not found")
-        media_type = "text/javascript" if path.suffix in (".js", ".mjs") else mimetypes.guess_type(path.name)[0]
+        media_type = _MEDIA_TYPES.get(path.suffix) or mimetypes.guess_type(path.name)[0]
         return FileResponse(path, media_type=media_type, headers=headers)
 
     @router.get("/v1/config", response_model=StudioConfig, tags=["studio"], summary="Public config for the studio")

@@ -12,14 +12,14 @@ from api.jobs.inputs import SUPPORTED_FORMATS
 from api.jobs.pricing import RATES
 from api.jobs.request import deployment_defaults, install_command, lock_entries, model_enabled, model_installed
 from api.settings import Settings
-from inference.registry import TASKS, TaskSpec
+from inference.registry import TASKS, PriceUnit, TaskSpec
 
 router = APIRouter(tags=["jobs"])
 
 
 class Price(BaseModel):
     rate: float = Field(description="Credits per unit.")
-    unit: Literal["audio_minute", "variant_second"]
+    unit: PriceUnit
     minimum: int
 
 
@@ -65,7 +65,9 @@ class Limits(BaseModel):
 class TaskInfo(BaseModel):
     task: str
     description: str
-    input_kind: Literal["audio", "text"]
+    input_kind: Literal["audio", "text", "tracks"] = Field(
+        description="audio: one input file; text: none; tracks: none, the params name your earlier jobs' outputs."
+    )
     params_schema: dict[str, Any]
     price: Price
     limits: Limits

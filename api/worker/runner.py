@@ -41,7 +41,8 @@ from db import jobs as db_jobs
 from db.jobs import JobStatus
 from inference import audio
 from inference.base import Engine, EngineError, EngineResult
-from inference.params import TASK_PARAMS
+from inference.mixdown import track_input_name
+from inference.params import TASK_PARAMS, MixdownParams
 from inference.registry import TASKS
 
 log = logging.getLogger("studio.runner")
@@ -188,6 +189,27 @@ async def _delete_input(ctx: WorkerContext, conn: AsyncConnection, job_id: UUID)
     await db_jobs.clear_input_ref(conn, job_id, refs[0])
 
 
+async def _fetch_tracks(ctx: WorkerContext, user_id: UUID, params: MixdownParams, workdir: Path) -> dict[str, Path]:
+    """Download each track's output from the outputs bucket. Only the job owner's own succeeded jobs' outputs that
+    are still stored are found: anything else (another user's job, an output past retention) fails the job, safely
+    worded, before the engine runs."""
+    async with await ctx.connect() as conn:
+        refs = await db_jobs.live_output_refs(conn, user_id, sorted({track.job_id for track in params.tracks}))
+    paths: dict[str, Path] = {}
+    for index, track in enumerate(params.tracks):
+        ref = refs.get((track.job_id, track.output))
+        if ref is None:
+            raise EngineError(
+                f"track {index + 1}: {track.output} of job {track.job_id} is not available (past retention, or "
+                "not a finished job of yours)",
+                code="track_unavailable",
+            )
+        name = track_input_name(index)
+        dest = workdir / f"{name}{PurePosixPath(ref).suffix}"
+        paths[name] = await ctx.storage.get_file(ctx.settings.outputs_bucket, ref, dest)
+    return paths
+
+
 def _run_engine(
     engine: Engine,
     input_path: Path | None,
@@ -218,6 +240,8 @@ async def _execute(
         suffix = PurePosixPath(ref).suffix
         extra_paths[name] = await ctx.storage.get_file(settings.inputs_bucket, ref, workdir / f"{name}{suffix}")
     params = TASK_PARAMS[job["task"]].model_validate(job["params"])
+    if isinstance(params, MixdownParams):
+        extra_paths = await _fetch_tracks(ctx, job["user_id"], params, workdir)
     try:
         engine = await asyncio.to_thread(ctx.engine, job["task"], job["model_key"])
     except FileNotFoundError as exc:
@@ -246,7 +270,9 @@ async def _execute(
         settings.max_sample_rate,
     )
     # Engines of tasks with second inputs take them as a keyword (inference.base.MultiInputEngine); others never see it.
-    extra = {"extra_inputs": extra_paths} if TASKS[job["task"]].extra_inputs else {}
+    # A mixdown's tracks come the same way, one per track (inference.mixdown.track_input_name).
+    spec = TASKS[job["task"]]
+    extra = {"extra_inputs": extra_paths} if spec.extra_inputs or spec.input_kind == "tracks" else {}
     with audio.decode_limits(limits):
         result: EngineResult = await asyncio.to_thread(
             _run_engine, engine, input_path, params, out_dir, progress, extra

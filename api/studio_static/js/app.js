@@ -8,31 +8,50 @@ import { buildParamsForm } from "./form.js";
 import { startRecording } from "./record.js";
 import { clearResults, renderResults } from "./results.js";
 import * as session from "./session.js";
+import { closeTimeline, showSessions, showTimeline } from "./timeline.js";
 import { downloadUsageCsv, loadUsage } from "./usage.js";
 
 const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
 const FINAL = new Set(["succeeded", "failed", "canceled"]);
-const VIEWS = { "/": "studio", "/jobs": "jobs", "/account": "account", "/billing/success": "billing", "/billing/canceled": "billing" };
+const VIEWS = { "/": "studio", "/sessions": "sessions", "/jobs": "jobs", "/account": "account", "/billing/success": "billing", "/billing/canceled": "billing" };
 const PROVIDERS = ["google", "github"]; // offered in Supabase mode; a provider the project has not enabled answers an error
 
 let config = null;
-let tasks = [];
+let allTasks = []; // GET /v1/tasks: every task (the jobs filter)
+let tasks = []; // the ones the task form runs
 let form = null; // the params form of the chosen task
 let input = null; // the File (picked, dropped or recorded) for audio tasks
 let inputDuration = null;
 let currentJob = null; // {id, follower, input}
 let jobsCursor = null;
+let intoSession = null; // /?session=<id>: a job run from here adds its audio outputs to that session when it succeeds
 const jobFollowers = new Map(); // live rows on the jobs page
 
 // ---- boot ----
 
+// The offline banner follows the browser's connectivity; the service worker (/sw.js) serves the app shell then.
+function watchConnectivity() {
+  const show = () => ($("#offline").hidden = navigator.onLine);
+  window.addEventListener("online", show);
+  window.addEventListener("offline", show);
+  show();
+  if ("serviceWorker" in navigator) navigator.serviceWorker.register("/sw.js").catch(() => {});
+}
+
 async function boot() {
   configure({ token: session.token, unauthorized: () => {} });
+  watchConnectivity();
   try {
-    [config, tasks] = await Promise.all([get("/v1/config"), get("/v1/tasks").then((list) => list.data)]);
+    [config, allTasks] = await Promise.all([get("/v1/config"), get("/v1/tasks").then((list) => list.data)]);
+    // A mixdown (input_kind tracks) is started from a session, not from the task form.
+    tasks = allTasks.filter((t) => t.input_kind !== "tracks");
     await session.startSession(config, route);
   } catch (error) {
-    $("#boot").textContent = `The studio could not start: ${error.message}`;
+    if (!navigator.onLine || error instanceof TypeError) {
+      // fetch() rejects with a TypeError when there is no network: the shell loaded from the cache, the API did not.
+      $("#boot").hidden = true;
+      $("#offline").hidden = false;
+    } else $("#boot").textContent = `The studio could not start: ${error.message}`;
     return;
   }
   $("#boot").hidden = true;
@@ -80,7 +99,9 @@ async function route() {
     document.title = "Sign in · Audio Studio";
     return;
   }
-  const view = VIEWS[location.pathname] || "studio";
+  const sessionPage = location.pathname.match(/^\/sessions\/([0-9a-f-]{36})$/);
+  const view = sessionPage ? "session" : VIEWS[location.pathname] || "studio";
+  if (view !== "session") closeTimeline();
   showView(view);
   document.title = `${view[0].toUpperCase()}${view.slice(1)} · Audio Studio`;
   $("#main").focus({ preventScroll: true });
@@ -88,9 +109,19 @@ async function route() {
   if (view === "studio") {
     const reopen = new URLSearchParams(location.search).get("job");
     if (reopen && (!currentJob || currentJob.id !== reopen)) openJob(reopen);
-  } else if (view === "jobs") loadJobs(true);
+    const into = new URLSearchParams(location.search).get("session");
+    intoSession = into && /^[0-9a-f-]{36}$/.test(into) ? into : null;
+    $("#into-session").hidden = !intoSession;
+    if (intoSession) $("#into-session-link").setAttribute("href", `/sessions/${intoSession}`);
+  } else if (view === "sessions") showSessions($("#sessions-body"), timelineHelpers()).catch((e) => flash(describe(e)));
+  else if (view === "session") showTimeline($("#session-body"), sessionPage[1], timelineHelpers()).catch((e) => flash(describe(e)));
+  else if (view === "jobs") loadJobs(true);
   else if (view === "account") loadAccount();
   else if (view === "billing") billingReturn(location.pathname.endsWith("success"));
+}
+
+function timelineHelpers() {
+  return { navigate, describe, refreshBalance, paywall: openPaywall };
 }
 
 function flash(text) {
@@ -385,7 +416,7 @@ async function submit(event) {
     const body = await submitBody(info, params);
     // One key per click: a network retry of this request cannot create a second job or charge twice.
     const job = await request("POST", "/v1/jobs", { ...body, extraHeaders: { "Idempotency-Key": crypto.randomUUID() } });
-    history.replaceState(null, "", `/?job=${job.id}`);
+    history.replaceState(null, "", `/?job=${job.id}${intoSession ? `&session=${intoSession}` : ""}`);
     showJob(job, info.input_kind === "audio" ? input : null);
     refreshBalance();
   } catch (error) {
@@ -442,8 +473,22 @@ function updateJob(data) {
   $("#job-error").textContent = "";
 }
 
+async function addToSession(job) {
+  const sessionId = intoSession;
+  try {
+    const { tracks } = await post(`/v1/sessions/${sessionId}/tracks`, { job_id: job.id });
+    $("#into-session-status").textContent = `Added to the session: ${tracks.map((t) => t.name).join(", ")}.`;
+  } catch (error) {
+    $("#into-session-status").textContent = `Not added to the session: ${describe(error)}`;
+  }
+}
+
 function finishJob(job) {
   updateJob(job);
+  if (intoSession && job.status === "succeeded" && currentJob && currentJob.id === job.id && !currentJob.addedToSession) {
+    currentJob.addedToSession = true;
+    addToSession(job);
+  }
   $("#job-progress").value = job.status === "succeeded" ? 1 : job.progress;
   if (job.error) $("#job-error").textContent = `${job.error.message} (${job.error.code})`;
   renderResults($("#results"), job, { input: currentJob ? currentJob.input : null });
@@ -521,7 +566,7 @@ async function billingReturn(success) {
 
 function wireJobs() {
   const filter = $("#jobs-filter");
-  for (const t of tasks) filter.append(el("option", { value: t.task }, t.task));
+  for (const t of allTasks) filter.append(el("option", { value: t.task }, t.task));
   filter.addEventListener("change", () => loadJobs(true));
   $("#jobs-more").addEventListener("click", () => loadJobs(false));
 }

@@ -66,6 +66,10 @@ export function buildParamsForm(container, schema, idPrefix, { optionState = () 
       if (s.minimum !== undefined) input.min = String(s.minimum);
       if (s.maximum !== undefined) input.max = String(s.maximum);
       input.value = s.default ?? "";
+    } else if (jsonArray(s)) {
+      // A list of objects (fx's chain): JSON text, e.g. [{"effect": "reverb"}].
+      input = el("textarea", { id, name, rows: "3", placeholder: '[{"effect": "reverb"}]', spellcheck: "false" });
+      input.value = Array.isArray(s.default) ? JSON.stringify(s.default) : "";
     } else if (s.type === "array") {
       input = el("input", { id, name, type: "text", placeholder: "comma-separated" });
       input.value = Array.isArray(s.default) ? s.default.join(", ") : "";
@@ -130,6 +134,14 @@ function readField({ schema: s, required, input }) {
     if (s.maximum !== undefined && number > s.maximum) return { message: `Must be at most ${s.maximum}.` };
     return { value: number };
   }
+  if (jsonArray(s)) {
+    try {
+      const value = JSON.parse(text);
+      return Array.isArray(value) ? { value } : { message: "A JSON list, e.g. [{\"effect\": \"reverb\"}]." };
+    } catch {
+      return { message: "Not valid JSON: a list such as [{\"effect\": \"reverb\"}]." };
+    }
+  }
   if (s.type === "array") {
     return { value: text.split(",").map((part) => part.trim()).filter(Boolean) };
   }
@@ -138,4 +150,9 @@ function readField({ schema: s, required, input }) {
   // The API refuses control characters in text params; say so before sending.
   if (/[\u0000-\u0008\u000b-\u001f\u007f]/.test(text)) return { message: "Remove control characters." };
   return { value: text };
+}
+
+// Arrays of plain values are typed comma-separated; arrays of objects (or of mixed kinds) as JSON.
+function jsonArray(s) {
+  return s.type === "array" && !(s.items && ["string", "number", "integer"].includes(s.items.type));
 }

@@ -73,6 +73,9 @@ def _serve(pg_server: Any, template: str, **overrides: Any) -> Iterator[LiveStud
         "stripe_webhook_secret": None,
         "checkout_success_url": f"{base}/billing/success?session_id={{CHECKOUT_SESSION_ID}}",
         "checkout_cancel_url": f"{base}/billing/canceled",
+        # One demo user drives every test of a module against this server: the per-user request limit (tested in
+        # test_ratelimit / test_http_limits) would otherwise count the whole module as one minute of clicking.
+        "rate_limit_per_minute": 10_000,
     }
     settings = Settings(**{**values, **overrides})
     server = LiveStudio(settings, sock)

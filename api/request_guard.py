@@ -27,8 +27,9 @@ from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.errors import PROBLEM_JSON, Problem
+from api.errors import PROBLEM_JSON, Problem, openai_error
 from api.jobs.inputs import MAX_FORM_BYTES, too_large
+from api.jobs.openai_audio import PATH_PREFIX as OPENAI_PATH_PREFIX
 from api.jobs.request import EXTRA_INPUT_NAMES
 from api.security import unauthorized
 from api.settings import Settings
@@ -142,10 +143,9 @@ async def _answer(scope: Scope, send: Send, problem: Problem, *, close: bool) ->
     async def nothing() -> Message:
         return {"type": "http.disconnect"}
 
-    response = JSONResponse(
-        problem.body(),
-        status_code=problem.status,
-        headers={**problem.headers, **({"Connection": "close"} if close else {})},
-        media_type=PROBLEM_JSON,
-    )
+    headers = {**problem.headers, **({"Connection": "close"} if close else {})}
+    if scope["path"].startswith(OPENAI_PATH_PREFIX):  # those routes answer OpenAI's error object, as api.main does
+        response = JSONResponse(openai_error(problem), status_code=problem.status, headers=headers)
+    else:
+        response = JSONResponse(problem.body(), status_code=problem.status, headers=headers, media_type=PROBLEM_JSON)
     await response(scope, nothing, send)

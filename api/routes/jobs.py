@@ -308,9 +308,14 @@ _NOT_FOUND = {404: problem_doc(404, "job_not_found", "No such job for this user"
     responses={**AUTH_RESPONSES, **_NOT_FOUND},
 )
 async def get_job(job_id: str, user: CurrentUser, state: State) -> JSONResponse:
-    """Status, progress, params, cost, outputs (signed URLs minted on each call), error, timings, metrics."""
+    """Status, progress, params, cost, outputs (signed URLs minted on each call; while running, the output files
+    already finished), error, timings, metrics."""
     async with state.pool.connection() as conn:
         row = await db_jobs.get_job(conn, _job_id(job_id), user.id)
+        if row is not None and row["status"] == db_jobs.JobStatus.RUNNING:
+            # Finished output files are downloadable before the job ends (separation's stems as each is written).
+            files = await db_jobs.partial_outputs(conn, row["id"], kind="file")
+            row = {**row, "outputs": [file["data"] for file in files]}
     if row is None:
         raise _not_found()
     return JSONResponse(await with_download_urls(state, job_resource(row), row))

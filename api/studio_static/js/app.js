@@ -5,7 +5,7 @@ import { ApiError, configure, del, followJob, get, jobBody, post, request } from
 import { $, el, formatDate, formatMoney } from "./dom.js";
 import { buildParamsForm } from "./form.js";
 import { startRecording } from "./record.js";
-import { clearResults, renderResults } from "./results.js";
+import { clearResults, renderResults, showPartial } from "./results.js";
 import * as session from "./session.js";
 import { downloadUsageCsv, loadUsage } from "./usage.js";
 
@@ -405,6 +405,7 @@ function showJob(job, jobInput) {
   mine.follower = followJob(job.id, (kind, data) => {
     if (currentJob !== mine) return;
     if (kind === "status" || kind === "progress") updateJob(data);
+    else if (kind === "output") showPartial($("#results"), data);
     else if (kind === "done") finishJob(data);
     else if (kind === "reconnecting") $("#job-stage").textContent = "connection lost, reconnecting…";
     else if (kind === "error") $("#job-error").textContent = describe(data);

@@ -62,7 +62,8 @@ def _seconds(value: float) -> float:
     return round(value, 3)
 
 
-def _segment_json(index: int, segment: Segment) -> dict[str, Any]:
+def segment_json(index: int, segment: Segment) -> dict[str, Any]:
+    """A segment as transcript.json has it (and as its partial output is emitted)."""
     item: dict[str, Any] = {
         "id": index,
         "start": _seconds(segment.start),
@@ -120,7 +121,7 @@ class TranscriptWriter:
 
     def add(self, segment: Segment) -> dict[str, Any]:
         """Write one segment; returns it as transcript.json has it."""
-        data = _segment_json(self.count, segment)
+        data = segment_json(self.count, segment)
         item = json.dumps(data, ensure_ascii=False, indent=2).replace("\n", "\n    ")
         self.json_out.write(("," if self.count else "") + "\n    " + item)
         self.count += 1
@@ -168,17 +169,26 @@ FILE_NAMES = {"json_out": "transcript.json", "txt": "transcript.txt", "srt": "tr
 
 
 def write_transcript(
-    out_dir: Path, segments: Iterable[Segment], *, language: str, task: str, model: str, duration: float
+    out_dir: Path,
+    segments: Iterable[Segment],
+    *,
+    language: str,
+    task: str,
+    model: str,
+    duration: float,
+    emit: bool = True,
 ) -> list[OutputFile]:
     """Stream `segments` into transcript.json / .txt / .srt / .vtt in `out_dir` (segments may be a generator), each
-    segment also emitted as a partial output once written."""
+    segment also emitted as a partial output once written (`emit=False`: the engine emitted them as decoded)."""
     with ExitStack() as stack:
         streams = {
             key: stack.enter_context((out_dir / name).open("w", encoding="utf-8")) for key, name in FILE_NAMES.items()
         }
         writer = TranscriptWriter(**streams, language=language, task=task, model=model, duration=duration)
         for segment in segments:
-            emit_partial(writer.add(segment))  # as decoded, when `segments` is the decoder's generator
+            data = writer.add(segment)
+            if emit:
+                emit_partial(data)  # as decoded, when `segments` is the decoder's generator
         writer.close()
     metadata: dict[str, Any] = {"language": language, "segments": writer.count}
     return [

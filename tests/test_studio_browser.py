@@ -525,6 +525,28 @@ def test_supabase_mode_signs_in_by_magic_link(page: Page, live_supabase: LiveStu
     shot(page, "14-sign-in-supabase")
 
 
+def test_transcript_grows_while_the_job_runs(page: Page, live_builtin: LiveStudio, shared_data: Path) -> None:
+    """Each SSE `output` segment is added to "Transcript so far" while the job is still running; the full view
+    replaces it once done. A MutationObserver records every line as it is added, with the job's status then."""
+    page.add_init_script(
+        "window.__partial = [];"
+        "new MutationObserver((records) => { for (const record of records) for (const node of record.addedNodes)"
+        "  if (node.nodeType === 1 && node.parentElement && node.parentElement.matches('ol.partial-segments'))"
+        "    window.__partial.push({ text: node.textContent,"
+        "      status: document.querySelector('#job-status').textContent }); })"
+        ".observe(document, { subtree: true, childList: true });"
+    )
+    sign_in(page, live_builtin)
+    submit(page, "transcribe", shared_data / "speech_clean_48k.wav")
+    expect(page.locator("#job-status")).to_have_text("succeeded", timeout=JOB_TIMEOUT_MS)
+    final = page.locator("ol.segments li")
+    expect(final.first).to_be_visible()
+    partial = page.evaluate("window.__partial")
+    assert len(partial) == final.count() and all(line["text"].endswith("[speech]") for line in partial), partial
+    assert all(line["status"] != "succeeded" for line in partial), partial
+    expect(page.locator("ol.partial-segments")).to_have_count(0)  # replaced by the full transcript
+
+
 def test_events_reconnect_with_last_event_id(page: Page, live_builtin: LiveStudio) -> None:
     """A stream that drops before `done`: the page reconnects, sending the last event id it saw."""
     seen: list[str | None] = []

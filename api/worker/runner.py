@@ -164,7 +164,13 @@ async def _publish_partials(
     while progress.partials:
         partial = progress.partials.popleft()
         if isinstance(partial, OutputFile):
-            record = progress.uploaded.get(partial.name) or await _store_output(ctx, job, partial)
+            try:
+                record = progress.uploaded.get(partial.name) or await _store_output(ctx, job, partial)
+            except Exception:
+                # Best effort: the heartbeat must go on (or the job would look dead), and the file is uploaded
+                # again with the job's outputs when it ends.
+                log.warning("early upload of %s for job %s failed", partial.name, job["id"], exc_info=True)
+                continue
             progress.uploaded[partial.name] = record
             items.append(("file", record))
         else:

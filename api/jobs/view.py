@@ -281,7 +281,10 @@ class JobOut(BaseModel):
     params: dict[str, Any]
     cost: int = Field(description="Credits held at submit; captured on success, released otherwise.")
     input: dict[str, Any] | None
-    outputs: list[JobOutput]
+    outputs: list[JobOutput] = Field(
+        description="The job's files with signed URLs; while it runs, those already finished (e.g. each stem as"
+        " written)."
+    )
     outputs_expire_at: str | None
     outputs_deleted: bool
     error: JobError | None

@@ -138,7 +138,9 @@ _INPUT_ERRORS: dict[int | str, dict[str, Any]] = {
         "invalid_params",
         "Invalid task, params or input (undecodable_audio, empty_file, "
         "audio_too_long, too_many_channels, sample_rate_too_high, unknown_task, model_not_enabled, "
-        "unexpected_input, idempotency_key_reused, invalid_cancel_after...)",
+        "model_not_installed, unexpected_input, idempotency_key_reused, invalid_cancel_after...). Also for requests the"
+        " schema allows: the audio must decode, params are checked per task, and a model must be enabled and (for a"
+        " submit) installed on this deployment (GET /v1/tasks lists each task's params and models)",
     ),
 }
 

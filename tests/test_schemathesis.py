@@ -138,3 +138,26 @@ def test_schema_matches_the_server(live_api: _LiveApi) -> None:
         tested.append(f"{operation.method.upper()} {operation.path}")
     assert "POST /v1/jobs" in tested and "GET /v1/jobs/{job_id}" in tested
     assert not found, "\n".join(sorted(set(found)))
+
+
+async def test_every_error_answer_is_documented_with_the_media_type_sent(client: Any) -> None:
+    """Each 4xx/5xx of every operation: a schema under application/problem+json, or, on the OpenAI-compatible
+    routes, OpenAI's error object under application/json; FastAPI's validation error body appears nowhere."""
+    document = (await client.get("/openapi.json")).json()
+    checked = 0
+    for path, operations in document["paths"].items():
+        for operation in operations.values():
+            for status, response in operation["responses"].items():
+                if status[0] not in "45":
+                    continue
+                content = response["content"]
+                if path.startswith("/v1/audio/"):
+                    assert content["application/json"]["schema"] == {"$ref": "#/components/schemas/OpenAIError"}
+                else:
+                    assert list(content) == ["application/problem+json"], (path, status, content)
+                    assert content["application/problem+json"]["schema"]["$ref"].startswith("#/components/schemas/")
+                checked += 1
+    assert checked > 100
+    assert "HTTPValidationError" not in document["components"]["schemas"]
+    submit = document["paths"]["/v1/jobs"]["post"]["responses"]
+    assert {"400", "401", "402", "403", "408", "409", "413", "415", "422", "429", "503"} <= set(submit)

@@ -122,9 +122,9 @@ def _error_schema(response: dict[str, Any], status: str, components: dict[str, A
 def complete_error_responses(openapi: dict[str, Any], openai_prefix: str) -> dict[str, Any]:
     """The one place that makes every operation's error answers exact, after FastAPI built the document.
 
-    Every 4xx answer is documented as what the API sends: `application/problem+json` with its schema (FastAPI files a
-    `responses=` model under application/json, and its default 422 is a body we never send), or, under
-    `openai_prefix`, OpenAI's error object as application/json. Each operation also lists the answers no route
+    Every 4xx and 5xx answer is documented as what the API sends: `application/problem+json` with its schema
+    (FastAPI files a `responses=` model under application/json, and its default 422 is a body we never send), or,
+    under `openai_prefix`, OpenAI's error object as application/json. Each operation also lists the answers no route
     declares: 400/408/413 where it takes a body, 400/422 where it takes parameters, 429 where it needs credentials.
     """
     components = openapi.setdefault("components", {}).setdefault("schemas", {})
@@ -146,7 +146,7 @@ def complete_error_responses(openapi: dict[str, Any], openai_prefix: str) -> dic
                 example = openai_error(problem) if openai else problem.body()
                 responses[status] = {"description": description, "content": {"application/json": {"example": example}}}
             for status, response in responses.items():
-                if not status.startswith("4"):
+                if status[0] not in "45":
                     continue
                 content = response.setdefault("content", {})
                 if openai:

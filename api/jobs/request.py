@@ -94,7 +94,10 @@ class JobCreate(BaseModel):
     )
     prompt: str | None = Field(default=None, description="Same as params.prompt (generate only).")
     webhook_url: str | None = None
-    webhook_events: list[str] | None = Field(default=None, description=f"Subset of {list(WEBHOOK_EVENTS)}.")
+    webhook_events: list[str] | None = Field(
+        default=None,
+        description=f"Subset of {list(WEBHOOK_EVENTS)}; default: all but job.output (partial results, opt-in).",
+    )
     duration_s: float | None = Field(default=None, gt=0, description="Quotes only: price this much audio.")
     deadline_s: float | None = Field(
         default=None,

@@ -115,7 +115,10 @@ _SUBMIT_BODY = {
                         "reference_url": {"type": "string", "description": "master only: the reference as a URL."},
                         "prompt": {"type": "string"},
                         "webhook_url": {"type": "string"},
-                        "webhook_events": {"type": "string", "description": "JSON array or comma-separated."},
+                        "webhook_events": {
+                            "type": "string",
+                            "description": "JSON array or comma-separated; default: every event but job.output.",
+                        },
                         "deadline_s": {
                             "type": "number",
                             "minimum": 1,

@@ -527,13 +527,14 @@ def test_supabase_mode_signs_in_by_magic_link(page: Page, live_supabase: LiveStu
 
 def test_transcript_grows_while_the_job_runs(page: Page, live_builtin: LiveStudio, shared_data: Path) -> None:
     """Each SSE `output` segment is added to "Transcript so far" while the job is still running; the full view
-    replaces it once done. A MutationObserver records every line as it is added, with the job's status then."""
+    replaces it once done. A MutationObserver logs, in the order they happen, the lines added and each status the
+    page shows (records keep their order; the text nodes added hold the value set then)."""
     page.add_init_script(
-        "window.__partial = [];"
-        "new MutationObserver((records) => { for (const record of records) for (const node of record.addedNodes)"
-        "  if (node.nodeType === 1 && node.parentElement && node.parentElement.matches('ol.partial-segments'))"
-        "    window.__partial.push({ text: node.textContent,"
-        "      status: document.querySelector('#job-status').textContent }); })"
+        "window.__log = [];"
+        "new MutationObserver((records) => { for (const record of records) for (const node of record.addedNodes) {"
+        "  if (record.target.id === 'job-status') window.__log.push('status ' + node.textContent);"
+        "  else if (node.nodeType === 1 && record.target.matches && record.target.matches('ol.partial-segments'))"
+        "    window.__log.push('line ' + node.textContent); } })"
         ".observe(document, { subtree: true, childList: true });"
     )
     sign_in(page, live_builtin)
@@ -541,9 +542,10 @@ def test_transcript_grows_while_the_job_runs(page: Page, live_builtin: LiveStudi
     expect(page.locator("#job-status")).to_have_text("succeeded", timeout=JOB_TIMEOUT_MS)
     final = page.locator("ol.segments li")
     expect(final.first).to_be_visible()
-    partial = page.evaluate("window.__partial")
-    assert len(partial) == final.count() and all(line["text"].endswith("[speech]") for line in partial), partial
-    assert all(line["status"] != "succeeded" for line in partial), partial
+    log: list[str] = page.evaluate("window.__log")
+    lines = [index for index, entry in enumerate(log) if entry.startswith("line ")]
+    assert len(lines) == final.count() and all(log[index].endswith("[speech]") for index in lines), log
+    assert lines[-1] < log.index("status succeeded"), log  # every line was shown before the job was
     expect(page.locator("ol.partial-segments")).to_have_count(0)  # replaced by the full transcript
 
 

@@ -103,7 +103,7 @@ def _fuzz(live_api: _LiveApi, operation: Any, mode: GenerationMode) -> list[str]
     found: list[str] = []
 
     @given(case=operation.as_strategy(generation_mode=mode))
-    @settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck), database=None)
     def check(case: Any) -> None:
         response = case.call(base_url=live_api.base_url, headers=live_api.headers, timeout=30)
         if response.status_code == 503 and response.json().get("code") in DESIGNED_503:

@@ -35,7 +35,7 @@ AllowedTasks = Annotated[
 ]
 # No control characters and at least one visible one: the label is shown in lists and tables. A pattern rather than a
 # validator, so the OpenAPI document states exactly what is accepted.
-NAME_PATTERN = r"^[^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f][^\x00-\x1f\x7f]*$"
+NAME_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
 Name = Annotated[
     str,
     Field(min_length=1, max_length=100, pattern=NAME_PATTERN, description="A label to tell your keys apart."),

@@ -86,7 +86,8 @@ class JobCreate(BaseModel):
         },
     )
 
-    task: str = Field(description="One of the tasks listed by GET /v1/tasks.")
+    # The enum is stated in the schema only: the server's own check answers 422 `unknown_task` with the list.
+    task: str = Field(description="One of the tasks listed by GET /v1/tasks.", json_schema_extra={"enum": list(TASKS)})
     params: dict[str, Any] = Field(default_factory=dict, description="The task's params (see GET /v1/tasks).")
     input_url: str | None = Field(default=None, description="An https URL of the input audio.")
     reference_url: str | None = Field(

@@ -32,6 +32,7 @@ from api.routes import (
     usage,
     webhooks,
 )
+from api.routes.responses import complete_error_responses
 from api.state import AppState, BackgroundService
 
 log = logging.getLogger("studio.api")
@@ -82,7 +83,19 @@ def create_app(state: AppState, background: list[BackgroundService] | None = Non
     # The web studio's pages sit at the root; its two /v1 routes (config, local sign-in) carry their own prefix.
     app.include_router(studio.build_router(state.settings))
     app.add_middleware(RequestGuard, settings=lambda: state.settings)
+    _document_errors_exactly(app)
     return app
+
+
+def _document_errors_exactly(app: FastAPI) -> None:
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = complete_error_responses(build(), OPENAI_PATH_PREFIX)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to customise the document
 
 
 def problem_response(problem: Problem, request: Request) -> JSONResponse:

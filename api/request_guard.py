@@ -169,7 +169,7 @@ async def _answer(scope: Scope, send: Send, problem: Problem, *, close: bool) ->
         return {"type": "http.disconnect"}
 
     headers = {**problem.headers, **({"Connection": "close"} if close else {})}
-    if scope["path"].startswith(OPENAI_PATH_PREFIX):
+    if scope["path"].startswith(OPENAI_PATH_PREFIX):  # those routes answer OpenAI's error object, as api.main does
         response = JSONResponse(openai_error(problem), status_code=problem.status, headers=headers)
     else:
         response = JSONResponse(problem.body(), status_code=problem.status, headers=headers, media_type=PROBLEM_JSON)

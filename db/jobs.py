@@ -504,3 +504,40 @@ async def mark_outputs_deleted(conn: AsyncConnection, job_id: UUID, now: datetim
     await conn.execute(
         "UPDATE jobs SET outputs_deleted_at = %s WHERE id = %s AND outputs_deleted_at IS NULL", (now, job_id)
     )
+
+
+# ---- partial outputs while a job runs (migration 0018) ----
+
+
+async def add_partial_output(
+    conn: AsyncConnection, job_id: UUID, attempt: int, kind: str, data: dict[str, Any]
+) -> int | None:
+    """Record one partial output of this attempt; returns its event id (the job's new event_seq), or None when the
+    job is no longer this attempt's. The UPDATE bumps event_seq, which announces the output on `job_events`."""
+    cursor = await conn.execute(
+        "UPDATE jobs SET partial_outputs = partial_outputs + 1"
+        " WHERE id = %s AND status = 'running' AND attempts = %s RETURNING event_seq",
+        (job_id, attempt),
+    )
+    row = await cursor.fetchone()
+    if row is None:
+        return None
+    await conn.execute(
+        "INSERT INTO job_outputs (job_id, seq, attempt, kind, data) VALUES (%s, %s, %s, %s, %s)",
+        (job_id, row[0], attempt, kind, Jsonb(data)),
+    )
+    return int(row[0])
+
+
+async def partial_outputs(
+    conn: AsyncConnection, job_id: UUID, *, after_seq: int = -1, up_to_seq: int | None = None, kind: str | None = None
+) -> list[dict[str, Any]]:
+    """The current attempt's partial outputs with an event id in (`after_seq`, `up_to_seq`], oldest first."""
+    cursor = conn.cursor(row_factory=dict_row)
+    await cursor.execute(
+        "SELECT o.seq, o.kind, o.data FROM job_outputs o JOIN jobs j ON j.id = o.job_id AND o.attempt = j.attempts"
+        " WHERE o.job_id = %(id)s AND o.seq > %(after)s AND (%(up_to)s::bigint IS NULL OR o.seq <= %(up_to)s)"
+        " AND (%(kind)s::text IS NULL OR o.kind = %(kind)s) ORDER BY o.seq",
+        {"id": job_id, "after": after_seq, "up_to": up_to_seq, "kind": kind},
+    )
+    return await cursor.fetchall()

@@ -18,11 +18,18 @@ library needs: a torch module moves its tensors; a CTranslate2 model, whose devi
 rebuilt on the new device. `device` is where the last build or move that succeeded put the weights (the libraries
 raise rather than put them elsewhere), never a request that failed. CPU-only engines (DSP, ONNX, the Rust runtime)
 have neither and read as "cpu". tests/test_modal_lifecycle.py drives every worker class through this protocol.
+
+Partial outputs: an engine hands over what it has finished before the whole run ends with `emit_partial` (a
+transcript segment as transcript.json writes it, or an `OutputFile` it has written and closed and will return). The
+worker collects them with `partial_outputs` around the run (asyncio.to_thread copies the context into the engine's
+thread); with no collector they are dropped, so engines call it unconditionally.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -93,3 +100,27 @@ def engine_device(engine: object) -> str:
 
 def no_progress(fraction: float, stage: str | None = None) -> None:
     """A ProgressFn that drops updates."""
+
+
+# A transcript segment (a dict, as in transcript.json's `segments`) or a finished output file.
+Partial = dict[str, Any] | OutputFile
+PartialSink = Callable[[Partial], None]
+_PARTIAL_SINK: ContextVar[PartialSink | None] = ContextVar("partial_sink", default=None)
+
+
+@contextmanager
+def partial_outputs(sink: PartialSink) -> Iterator[None]:
+    """Send every `emit_partial` in this context (and threads started from it with to_thread) to `sink`."""
+    token = _PARTIAL_SINK.set(sink)
+    try:
+        yield
+    finally:
+        _PARTIAL_SINK.reset(token)
+
+
+def emit_partial(partial: Partial) -> None:
+    """Hand a finished part of the result to whoever runs the engine (dropped when nobody collects). Cheap: the
+    collector only queues it."""
+    sink = _PARTIAL_SINK.get()
+    if sink is not None:
+        sink(partial)

@@ -37,7 +37,7 @@ import soxr
 from pydantic import BaseModel
 
 from inference import audio
-from inference.base import EngineError, EngineResult, OutputFile, ProgressFn
+from inference.base import EngineError, EngineResult, OutputFile, ProgressFn, emit_partial
 from inference.mixdown import MixdownEngine
 from inference.params import (
     NOTE_NAMES,
@@ -181,6 +181,8 @@ class BuiltinEngine:
             OutputFile(path.name, path, audio.CONTENT_TYPES[params.format], {"stem": stem})
             for stem, path in paths.items()
         ]
+        for output in outputs:
+            emit_partial(output)
         progress(1.0, "done")
         return EngineResult(outputs, {"audio_seconds": info.duration_s})
 

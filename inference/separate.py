@@ -34,7 +34,7 @@ from demucs.pretrained import get_model
 from pydantic import BaseModel
 
 from inference import audio
-from inference.base import EngineError, EngineResult, OutputFile, ProgressFn, no_progress
+from inference.base import EngineError, EngineResult, OutputFile, ProgressFn, emit_partial, no_progress
 from inference.params import SeparateParams
 
 # 60 s windows with 2 s cross-fades: ~3% extra compute, ~90 MB of stems per window for 4 sources.
@@ -136,15 +136,15 @@ class SeparateEngine:
         finally:
             for writer in writers.values():
                 writer.close()
-        progress(1.0, "done")
         metadata = {"sample_rate": self.samplerate, "channels": self.channels, "duration_s": length / self.samplerate}
-        return EngineResult(
-            outputs=[
-                OutputFile(path.name, path, audio.CONTENT_TYPES[params.format], {"stem": stem, **metadata})
-                for stem, path in paths.items()
-            ],
-            metrics={"audio_seconds": length / self.samplerate},
-        )
+        outputs = [
+            OutputFile(path.name, path, audio.CONTENT_TYPES[params.format], {"stem": stem, **metadata})
+            for stem, path in paths.items()
+        ]
+        for output in outputs:  # every stem is complete once its writer closed: downloadable before the job ends
+            emit_partial(output)
+        progress(1.0, "done")
+        return EngineResult(outputs=outputs, metrics={"audio_seconds": length / self.samplerate})
 
     def _load(self, path: Path) -> torch.Tensor:
         """The decoded track at the model's rate and channel count (demucs's convert_audio_channels rules)."""

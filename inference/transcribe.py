@@ -28,12 +28,13 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
+from types import FrameType, SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -42,10 +43,10 @@ import whisper
 from pydantic import BaseModel
 
 from inference import audio
-from inference.base import EngineResult, ProgressFn
+from inference.base import EngineResult, ProgressFn, emit_partial
 from inference.models import load_lock, sha256_file
 from inference.params import TranscribeParams
-from inference.transcript import DecoderStats, Segment, Word, write_transcript
+from inference.transcript import DecoderStats, Segment, Word, segment_json, write_transcript
 
 if TYPE_CHECKING:
     from inference.transcribe_ct2 import FasterWhisperEngine
@@ -90,8 +91,29 @@ _TRANSCRIBE_LOCK = threading.Lock()
 _WHISPER_TRANSCRIBE_MODULE = importlib.import_module("whisper.transcribe")
 
 
+class _SegmentsAsDecoded:
+    """Emits whisper.transcribe's segments window by window (numbered as write_transcript numbers them): its
+    progress bar is updated right after each window's segments join its `all_segments` list, read from its frame."""
+
+    def __init__(self, with_words: bool) -> None:
+        self.with_words = with_words
+        self.seen = 0  # raw segments already looked at
+        self.count = 0  # non-empty segments emitted
+
+    def after_window(self, transcribe_frame: FrameType | None) -> None:
+        raw_segments = transcribe_frame.f_locals.get("all_segments") if transcribe_frame is not None else None
+        if not isinstance(raw_segments, list):
+            return  # another whisper release: the transcript's segments are then emitted as it is written
+        for raw in raw_segments[self.seen :]:
+            segment = _segment(raw, self.with_words)
+            if segment.text:
+                emit_partial(segment_json(self.count, segment))
+                self.count += 1
+        self.seen = len(raw_segments)
+
+
 @contextmanager
-def _whisper_hooks(progress: ProgressFn, start: float) -> Iterator[None]:
+def _whisper_hooks(progress: ProgressFn, start: float, decoded: _SegmentsAsDecoded) -> Iterator[None]:
     class FrameProgress:
         def __init__(self, total: int, **_: Any) -> None:
             self.total = max(1, total)
@@ -104,6 +126,7 @@ def _whisper_hooks(progress: ProgressFn, start: float) -> Iterator[None]:
             return None
 
         def update(self, frames: int) -> None:
+            decoded.after_window(sys._getframe(1))  # whisper/transcribe.py calls pbar.update after each window
             self.done += frames
             progress(start + (1.0 - start) * min(1.0, self.done / self.total), "transcribing")
 
@@ -178,7 +201,8 @@ class TranscribeEngine:
         samples = audio.decode(input_path, sample_rate=SAMPLE_RATE, mono=True)[0]
         duration = len(samples) / SAMPLE_RATE
         progress(DECODE_SHARE, "transcribing")
-        with _TRANSCRIBE_LOCK, _whisper_hooks(progress, DECODE_SHARE):
+        decoded = _SegmentsAsDecoded(params.word_timestamps)
+        with _TRANSCRIBE_LOCK, _whisper_hooks(progress, DECODE_SHARE, decoded):
             result = whisper.transcribe(
                 self.model,
                 samples,
@@ -195,7 +219,7 @@ class TranscribeEngine:
         language = str(result["language"])
 
         outputs = write_transcript(out_dir, segments, language=language, task=params.task, model=self.name,
-                                   duration=duration)  # fmt: skip
+                                   duration=duration, emit=decoded.seen == 0)  # fmt: skip
         progress(1.0, "done")
         return EngineResult(outputs=outputs, metrics={"audio_seconds": duration})
 

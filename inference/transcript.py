@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from inference.base import OutputFile
+from inference.base import OutputFile, emit_partial
 
 CONTENT_TYPES = {
     "json": "application/json",
@@ -62,7 +62,8 @@ def _seconds(value: float) -> float:
     return round(value, 3)
 
 
-def _segment_json(index: int, segment: Segment) -> dict[str, Any]:
+def segment_json(index: int, segment: Segment) -> dict[str, Any]:
+    """A segment as transcript.json has it (and as its partial output is emitted)."""
     item: dict[str, Any] = {
         "id": index,
         "start": _seconds(segment.start),
@@ -118,8 +119,10 @@ class TranscriptWriter:
         self.json_out.write(json.dumps(header, ensure_ascii=False, indent=2)[:-2] + ',\n  "segments": [')
         self.vtt.write("WEBVTT\n\n")
 
-    def add(self, segment: Segment) -> None:
-        item = json.dumps(_segment_json(self.count, segment), ensure_ascii=False, indent=2).replace("\n", "\n    ")
+    def add(self, segment: Segment) -> dict[str, Any]:
+        """Write one segment; returns it as transcript.json has it."""
+        data = segment_json(self.count, segment)
+        item = json.dumps(data, ensure_ascii=False, indent=2).replace("\n", "\n    ")
         self.json_out.write(("," if self.count else "") + "\n    " + item)
         self.count += 1
         self._texts.append(segment.text)
@@ -127,6 +130,7 @@ class TranscriptWriter:
         self.txt.write(f"{cue}\n")
         self.srt.write(f"{self.count}\n{_timestamp(segment.start, ',')} --> {_timestamp(segment.end, ',')}\n{cue}\n\n")
         self.vtt.write(f"{_timestamp(segment.start, '.')} --> {_timestamp(segment.end, '.')}\n{cue}\n\n")
+        return data
 
     def close(self) -> None:
         text = json.dumps(" ".join(self._texts), ensure_ascii=False)
@@ -165,16 +169,26 @@ FILE_NAMES = {"json_out": "transcript.json", "txt": "transcript.txt", "srt": "tr
 
 
 def write_transcript(
-    out_dir: Path, segments: Iterable[Segment], *, language: str, task: str, model: str, duration: float
+    out_dir: Path,
+    segments: Iterable[Segment],
+    *,
+    language: str,
+    task: str,
+    model: str,
+    duration: float,
+    emit: bool = True,
 ) -> list[OutputFile]:
-    """Stream `segments` into transcript.json / .txt / .srt / .vtt in `out_dir` (segments may be a generator)."""
+    """Stream `segments` into transcript.json / .txt / .srt / .vtt in `out_dir` (segments may be a generator), each
+    segment also emitted as a partial output once written (`emit=False`: the engine emitted them as decoded)."""
     with ExitStack() as stack:
         streams = {
             key: stack.enter_context((out_dir / name).open("w", encoding="utf-8")) for key, name in FILE_NAMES.items()
         }
         writer = TranscriptWriter(**streams, language=language, task=task, model=model, duration=duration)
         for segment in segments:
-            writer.add(segment)
+            data = writer.add(segment)
+            if emit:
+                emit_partial(data)  # as decoded, when `segments` is the decoder's generator
         writer.close()
     metadata: dict[str, Any] = {"language": language, "segments": writer.count}
     return [

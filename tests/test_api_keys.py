@@ -74,3 +74,20 @@ async def test_unknown_key_and_bad_names(client, alice):
                        "invalid_request")  # fmt: skip
     assert_problem(await client.post("/v1/api-keys", json={"name": "x"}), 401, "unauthorized")
     assert_problem(await client.delete("/v1/api-keys/not-a-uuid", headers=alice["headers"]), 422, "invalid_request")
+
+
+async def test_names_and_edits_are_refused_exactly_as_the_document_states(client, alice):
+    """The name's pattern and the PATCH body's minProperties are in /openapi.json; what they refuse is a 422."""
+    document = (await client.get("/openapi.json")).json()
+    schemas = document["components"]["schemas"]
+    assert schemas["ApiKeyUpdate"]["minProperties"] == 1
+    name_schema = schemas["ApiKeyCreate"]["properties"]["name"]
+    assert name_schema["pattern"] and name_schema["type"] == "string"  # not nullable, in create and update alike
+    assert schemas["ApiKeyUpdate"]["properties"]["name"]["type"] == "string"
+    for name in ("   ", "tab\there", "bell\x07", "c1\x85control"):
+        refused = await client.post("/v1/api-keys", json={"name": name}, headers=alice["headers"])
+        assert_problem(refused, 422, "invalid_request")
+    created = (await client.post("/v1/api-keys", json={"name": "ok ✓"}, headers=alice["headers"])).json()
+    for body in ({}, {"name": None}, {"name": " "}):
+        refused = await client.patch(f"/v1/api-keys/{created['id']}", json=body, headers=alice["headers"])
+        assert_problem(refused, 422, "invalid_request")

@@ -16,7 +16,7 @@ import yaml
 from demucs.apply import apply_model
 from demucs.htdemucs import HTDemucs
 
-from inference.base import EngineError
+from inference.base import EngineError, partial_outputs
 from inference.params import SeparateParams
 from inference.separate import SeparateEngine, build_engine
 from tests.tiny_demucs import build_tiny_demucs, save_demucs, tiny_htdemucs
@@ -83,7 +83,11 @@ def test_checksum_is_verified_on_load(weights, tmp_path):
 def test_all_stems_match_demucs_apply_model(engine, song, tmp_path):
     """One window (chunk longer than the track): the files equal demucs's own normalise/apply/denormalise."""
     events: list[float] = []
-    result = engine.run(song, SeparateParams(shifts=0), tmp_path, lambda fraction, stage: events.append(fraction))
+    emitted: list[tuple[Any, int]] = []  # each stem as announced, with its size then: complete before the run ends
+    with partial_outputs(lambda output: emitted.append((output, output.path.stat().st_size))):
+        result = engine.run(song, SeparateParams(shifts=0), tmp_path, lambda fraction, stage: events.append(fraction))
+    assert [output for output, _ in emitted] == result.outputs
+    assert [size for _, size in emitted] == [output.path.stat().st_size for output in result.outputs]
 
     assert [o.name for o in result.outputs] == ["drums.wav", "bass.wav", "other.wav", "vocals.wav"]
     assert result.metrics["audio_seconds"] == pytest.approx(3.0)

@@ -18,7 +18,7 @@ import soundfile as sf
 import torch
 from whisper.tokenizer import get_tokenizer
 
-from inference.base import EngineError
+from inference.base import EngineError, partial_outputs
 from inference.models import UnknownModel
 from inference.params import WHISPER_LANGUAGE_NAMES, WHISPER_LANGUAGES, WHISPER_MODELS, TranscribeParams
 from inference.registry import load_engine
@@ -319,3 +319,17 @@ def test_real_tiny_en_tensors_through_openai_whisper(shared_data: Path, tmp_path
     for ours_word, ref_word in zip(got, want, strict=True):
         assert ours_word["start"] == pytest.approx(ref_word["start"], abs=0.1)
         assert ours_word["end"] == pytest.approx(ref_word["end"], abs=0.1)
+
+
+@pytest.mark.engine
+def test_segments_are_emitted_as_whisper_decodes_them(
+    engine: TranscribeEngine, speech_file: Path, tmp_path: Path
+) -> None:
+    """Each window's segments are partial outputs before the transcript files are written, numbered and shaped as
+    transcript.json has them, and emitted once."""
+    emitted: list[tuple[dict, bool]] = []
+    written = tmp_path / "transcript.json"
+    with partial_outputs(lambda item: emitted.append((item, written.exists()))):
+        document, _ = transcribe(engine, speech_file, tmp_path, word_timestamps=True)
+    assert document["segments"] and [item for item, _ in emitted] == document["segments"]
+    assert not any(already_written for _, already_written in emitted)

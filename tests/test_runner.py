@@ -19,7 +19,7 @@ from api.storage import LocalStorage
 from api.worker.runner import WorkerContext, run_job
 from db import ledger
 from db.jobs import request_cancel_running
-from inference.base import EngineResult, OutputFile, ProgressFn
+from inference.base import EngineResult, OutputFile, ProgressFn, emit_partial
 from tests import hostile_audio
 from tests.jobs_support import job_row, ledger_kinds, make_job, make_user, wait_until, write_tone
 
@@ -364,3 +364,78 @@ async def test_a_reaped_attempt_cannot_overwrite_the_final_state(
     assert await ledger_kinds(conn, job_id) == ["hold", "release"]
     assert await _balances(conn, user) == (100, 0)
     await dispatcher.close()
+
+
+class EarlyFileEngine(PacedEngine):
+    """Finishes one output file first and announces it (a stem written), then runs on until released."""
+
+    def run(self, input_path: Path | None, params: BaseModel, out_dir: Path, progress: ProgressFn) -> EngineResult:
+        first = out_dir / "first.txt"
+        first.write_text("finished early")
+        emit_partial(OutputFile("first.txt", first, "text/plain"))
+        rest = super().run(input_path, params, out_dir, progress)
+        return EngineResult([OutputFile("first.txt", first, "text/plain"), *rest.outputs], rest.metrics)
+
+
+class FailingOnceStorage(LocalStorage):
+    """Local storage whose first upload fails, as a storage outage would."""
+
+    failed = False
+
+    async def put_file(self, bucket: str, key: str, path: Path, content_type: str) -> int:
+        if not self.failed:
+            self.failed = True
+            raise OSError("storage unavailable")
+        return await super().put_file(bucket, key, path, content_type)
+
+
+async def _partial_files(conn: psycopg.AsyncConnection, job_id: UUID) -> list[str]:
+    cursor = await conn.execute("SELECT data->>'name' FROM job_outputs WHERE job_id = %s AND kind = 'file'", (job_id,))
+    return [row[0] for row in await cursor.fetchall()]
+
+
+async def test_a_file_announced_early_is_stored_while_running_and_dropped_when_canceled(
+    conn: psycopg.AsyncConnection, ctx: WorkerContext, storage: LocalStorage, settings: Settings, tone: Path
+) -> None:
+    user = await make_user(conn)
+    job_id = await make_job(conn, storage, settings, user, tone, cost=10)
+    engine = EarlyFileEngine()
+    ctx.engines[("enhance", "builtin")] = engine
+    run = asyncio.create_task(run_job(ctx, job_id))
+
+    async def published() -> bool:
+        return await _partial_files(conn, job_id) == ["first.txt"]
+
+    await wait_until(published, what="the early file to be published")
+    stored = _outputs_folder(storage, user, job_id) / "first.txt"
+    assert stored.read_text() == "finished early" and (await job_row(conn, job_id))["status"] == "running"
+    await conn.execute("UPDATE jobs SET cancel_requested = true WHERE id = %s", (job_id,))
+    assert await asyncio.wait_for(run, 30) == "canceled"
+    assert not stored.exists()  # a canceled job keeps no outputs, early ones included
+
+
+async def test_a_failed_early_upload_keeps_the_heartbeat_and_the_file_is_stored_at_the_end(
+    conn: psycopg.AsyncConnection, ctx: WorkerContext, settings: Settings, tone: Path
+) -> None:
+    storage = FailingOnceStorage(settings.state_dir / "files", "test-signing-key", "http://testserver")
+    ctx.storage = storage
+    storage.failed = True  # the input upload below succeeds; the worker's first upload (the early file) fails
+    user = await make_user(conn)
+    job_id = await make_job(conn, storage, settings, user, tone, cost=10)
+    storage.failed = False
+    engine = EarlyFileEngine()
+    ctx.engines[("enhance", "builtin")] = engine
+    run = asyncio.create_task(run_job(ctx, job_id))
+
+    async def beating() -> bool:
+        job = await job_row(conn, job_id)
+        return storage.failed and job["status"] == "running" and job["progress"] > 0
+
+    # The engine runs until released (at most ~30 s): progress recorded while it runs is a heartbeat after the failure.
+    await wait_until(beating, timeout=20, what="heartbeats after the failed upload")
+    engine.release.set()
+    assert await asyncio.wait_for(run, 30) == "succeeded"
+    job = await job_row(conn, job_id)
+    assert [item["name"] for item in job["outputs"]] == ["first.txt", "result.txt"]
+    assert await _partial_files(conn, job_id) == []  # never announced: its upload failed
+    assert (_outputs_folder(storage, user, job_id) / "first.txt").read_text() == "finished early"

@@ -595,6 +595,30 @@ def test_supabase_mode_signs_in_by_magic_link(page: Page, live_supabase: LiveStu
     shot(page, "14-sign-in-supabase")
 
 
+def test_transcript_grows_while_the_job_runs(page: Page, live_builtin: LiveStudio, shared_data: Path) -> None:
+    """Each SSE `output` segment is added to "Transcript so far" while the job is still running; the full view
+    replaces it once done. A MutationObserver logs, in the order they happen, the lines added and each status the
+    page shows (records keep their order; the text nodes added hold the value set then)."""
+    page.add_init_script(
+        "window.__log = [];"
+        "new MutationObserver((records) => { for (const record of records) for (const node of record.addedNodes) {"
+        "  if (record.target.id === 'job-status') window.__log.push('status ' + node.textContent);"
+        "  else if (node.nodeType === 1 && record.target.matches && record.target.matches('ol.partial-segments'))"
+        "    window.__log.push('line ' + node.textContent); } })"
+        ".observe(document, { subtree: true, childList: true });"
+    )
+    sign_in(page, live_builtin)
+    submit(page, "transcribe", shared_data / "speech_clean_48k.wav")
+    expect(page.locator("#job-status")).to_have_text("succeeded", timeout=JOB_TIMEOUT_MS)
+    final = page.locator("ol.segments li")
+    expect(final.first).to_be_visible()
+    log: list[str] = page.evaluate("window.__log")
+    lines = [index for index, entry in enumerate(log) if entry.startswith("line ")]
+    assert len(lines) == final.count() and all(log[index].endswith("[speech]") for index in lines), log
+    assert lines[-1] < log.index("status succeeded"), log  # every line was shown before the job was
+    expect(page.locator("ol.partial-segments")).to_have_count(0)  # replaced by the full transcript
+
+
 def test_events_reconnect_with_last_event_id(page: Page, live_builtin: LiveStudio) -> None:
     """A stream that drops before `done`: the page reconnects, sending the last event id it saw."""
     seen: list[str | None] = []

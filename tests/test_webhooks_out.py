@@ -27,7 +27,7 @@ from api.errors import Problem
 from api.jobs import outbox
 from api.jobs.view import job_resource
 from api.settings import Settings
-from db.jobs import get_job
+from db.jobs import add_partial_output, get_job
 
 
 @pytest.fixture
@@ -372,6 +372,34 @@ async def test_progress_events_are_throttled(app_state, alice, receiver, clock):
         assert [float(value) for (value,) in await cursor.fetchall()] == [0.2, 0.3]
     # Other events are never throttled.
     assert await enqueue(app_state, clock, job_id, "job.succeeded", status="succeeded", progress=1.0) is not None
+
+
+async def test_output_events_are_opt_in_throttled_and_carry_every_partial_output(app_state, alice, receiver, clock):
+    by_default = await new_job(app_state, alice["id"], receiver.url)
+    await enqueue(app_state, clock, by_default, "job.started", status="running", attempts=1)
+    assert await enqueue(app_state, clock, by_default, "job.output") is None  # only when the filter names it
+
+    job_id = await new_job(app_state, alice["id"], receiver.url, ["job.output"])
+    await enqueue(app_state, clock, job_id, "job.started", status="running", attempts=1)
+
+    async def segment(index: int) -> str | None:
+        async with app_state.pool.connection() as conn, conn.transaction():
+            data = {"id": index, "start": float(index), "end": index + 1.0, "text": f"part {index}"}
+            assert await add_partial_output(conn, job_id, 1, "segment", data) is not None
+            return await outbox.enqueue_job_event(conn, job_id, "job.output", now=clock())
+
+    first = await segment(0)
+    assert first is not None
+    clock.advance(1)
+    assert await segment(1) is None  # within 5 s of the last one
+    clock.advance(5)
+    last = await segment(2)
+    assert last is not None
+    async with app_state.pool.connection() as conn:
+        cursor = await conn.execute("SELECT payload FROM webhook_deliveries WHERE id = %s", (last,))
+        (payload,) = await cursor.fetchone()
+    texts = [item["segment"]["text"] for item in payload["partial_outputs"]]
+    assert texts == ["part 0", "part 1", "part 2"]  # the throttled one is not lost
 
 
 # ---- SSRF policy ----

@@ -13,11 +13,12 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from api.jobs import view
-from db.jobs import get_job
+from db.jobs import get_job, partial_outputs
 
 DELIVERIES_CHANNEL = "webhook_deliveries"
 
-# job.progress is throttled: at most one per job per interval, and only after a large enough step.
+# job.progress is throttled: at most one per job per interval, and only after a large enough step. job.output (partial
+# results) too, by the interval alone: each carries every partial output so far, so a dropped one loses nothing.
 PROGRESS_MIN_INTERVAL_SECONDS = 5.0
 PROGRESS_MIN_STEP = 0.1
 # progress is a float4 column: 0.3 - 0.2 comes out as 0.0999999, which must still count as a 10% step.
@@ -27,7 +28,7 @@ _ENQUEUE_SQL = """
 WITH t AS (SELECT COALESCE(%(now)s::timestamptz, now()) AS now),
 last AS (
   SELECT created_at, (payload->>'progress')::float8 AS progress FROM webhook_deliveries
-  WHERE job_id = %(job_id)s AND event = 'job.progress' ORDER BY created_at DESC LIMIT 1
+  WHERE job_id = %(job_id)s AND event = %(event)s ORDER BY created_at DESC LIMIT 1
 ),
 inserted AS (
   INSERT INTO webhook_deliveries (id, job_id, user_id, event, url, payload, created_at, next_attempt_at)
@@ -54,8 +55,11 @@ async def enqueue_job_event(
     job = await get_job(conn, job_id)
     if job is None or not job["webhook_url"]:
         return None
-    if job["webhook_events"] is not None and event not in job["webhook_events"]:
+    if event not in (job["webhook_events"] or view.DEFAULT_WEBHOOK_EVENTS):
         return None
+    payload = view.job_resource(job)
+    if event == "job.output":
+        payload["partial_outputs"] = [view.partial_output(row) for row in await partial_outputs(conn, job_id)]
     cursor = conn.cursor(row_factory=dict_row)
     await cursor.execute(
         _ENQUEUE_SQL,
@@ -67,10 +71,11 @@ async def enqueue_job_event(
             "user_id": job["user_id"],
             "event": event,
             "url": job["webhook_url"],
-            "payload": Jsonb(view.job_resource(job)),
-            "throttle": event == "job.progress",
+            "payload": Jsonb(payload),
+            "throttle": event in ("job.progress", "job.output"),
             "progress": float(job["progress"]),
-            "step": PROGRESS_MIN_STEP - _PROGRESS_EPSILON,
+            # job.output's throttle is the interval alone: any progress difference passes this step.
+            "step": PROGRESS_MIN_STEP - _PROGRESS_EPSILON if event == "job.progress" else -1.0,
             "interval": PROGRESS_MIN_INTERVAL_SECONDS,
         },
     )

@@ -88,7 +88,8 @@ class JobCreate(BaseModel):
         },
     )
 
-    task: str = Field(description="One of the tasks listed by GET /v1/tasks.")
+    # The enum is stated in the schema only: the server's own check answers 422 `unknown_task` with the list.
+    task: str = Field(description="One of the tasks listed by GET /v1/tasks.", json_schema_extra={"enum": list(TASKS)})
     params: dict[str, Any] = Field(default_factory=dict, description="The task's params (see GET /v1/tasks).")
     input_url: str | None = Field(default=None, description="An https URL of the input audio.")
     input_upload: UUID | None = Field(
@@ -99,7 +100,10 @@ class JobCreate(BaseModel):
     )
     prompt: str | None = Field(default=None, description="Same as params.prompt (generate only).")
     webhook_url: str | None = None
-    webhook_events: list[str] | None = Field(default=None, description=f"Subset of {list(WEBHOOK_EVENTS)}.")
+    webhook_events: list[str] | None = Field(
+        default=None,
+        description=f"Subset of {list(WEBHOOK_EVENTS)}; default: all but job.output (partial results, opt-in).",
+    )
     duration_s: float | None = Field(default=None, gt=0, description="Quotes only: price this much audio.")
     deadline_s: float | None = Field(
         default=None,

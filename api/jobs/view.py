@@ -16,7 +16,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from api.state import AppState
 from db.jobs import JobStatus, get_job
 
-WEBHOOK_EVENTS = ("job.started", "job.progress", "job.succeeded", "job.failed", "job.canceled")
+WEBHOOK_EVENTS = ("job.started", "job.progress", "job.output", "job.succeeded", "job.failed", "job.canceled")
+# Without a `webhook_events` filter a webhook gets every event but job.output (partial results, many per job): that
+# one is delivered only when the filter names it.
+DEFAULT_WEBHOOK_EVENTS = tuple(event for event in WEBHOOK_EVENTS if event != "job.output")
 _INPUT_KEYS = (
     "source",
     "filename",
@@ -84,7 +87,7 @@ def job_resource(row: Mapping[str, Any]) -> dict[str, Any]:
     if row.get("webhook_url"):
         webhook = {
             "url": row["webhook_url"],
-            "events": list(row.get("webhook_events") or WEBHOOK_EVENTS),
+            "events": list(row.get("webhook_events") or DEFAULT_WEBHOOK_EVENTS),
             "last_delivery": row.get("last_delivery"),
         }
     return {
@@ -120,6 +123,16 @@ def job_resource(row: Mapping[str, Any]) -> dict[str, Any]:
         "webhook": webhook,
         "links": job_links(job_id),
     }
+
+
+def partial_output(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A job_outputs row as clients see it (SSE `output` events, job.output webhooks): a transcript segment as
+    transcript.json has it, or a finished output file (no storage key; GET /v1/jobs/{id} signs its URL)."""
+    data = row["data"]
+    if row["kind"] == "segment":
+        return {"seq": row["seq"], "kind": "segment", "segment": data}
+    file = {key: data.get(key) for key in ("name", "content_type", "bytes")} | {"metadata": data.get("metadata") or {}}
+    return {"seq": row["seq"], "kind": "file", "file": file}
 
 
 async def with_download_urls(
@@ -269,7 +282,10 @@ class JobOut(BaseModel):
     params: dict[str, Any]
     cost: int = Field(description="Credits held at submit; captured on success, released otherwise.")
     input: dict[str, Any] | None
-    outputs: list[JobOutput]
+    outputs: list[JobOutput] = Field(
+        description="The job's files with signed URLs; while it runs, those already finished (e.g. each stem as"
+        " written)."
+    )
     outputs_expire_at: str | None
     outputs_deleted: bool
     error: JobError | None

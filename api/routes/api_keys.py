@@ -33,16 +33,17 @@ AllowedTasks = Annotated[
     list[TaskName] | None,
     Field(min_length=1, description="The tasks this key may submit; null: every task."),
 ]
-Name = Annotated[str, Field(min_length=1, max_length=100, description="A label to tell your keys apart.")]
+# No control characters and at least one visible one: the label is shown in lists and tables. A pattern rather than a
+# validator, so the OpenAPI document states exactly what is accepted.
+NAME_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+Name = Annotated[
+    str,
+    Field(min_length=1, max_length=100, pattern=NAME_PATTERN, description="A label to tell your keys apart."),
+]
 
 
-def _printable_name(value: str | None) -> str | None:
-    if value is None:  # only an update may send it, and is refused for it
-        return None
-    value = value.strip()
-    if not value or not value.isprintable():
-        raise ValueError("name must be non-empty printable text")
-    return value
+def _strip(value: str) -> str:
+    return value.strip()
 
 
 def _distinct_tasks(value: list[TaskName] | None) -> list[TaskName] | None:
@@ -55,21 +56,21 @@ class ApiKeyCreate(BaseModel):
     monthly_credit_cap: CreditCap = None
     allowed_tasks: AllowedTasks = None
 
-    _name = field_validator("name")(_printable_name)
+    _name = field_validator("name")(_strip)
     _tasks = field_validator("allowed_tasks")(_distinct_tasks)
 
 
 class ApiKeyUpdate(BaseModel):
-    """Only the fields sent change; `null` clears a cap or the task list."""
+    """Only the fields sent change (at least one); `null` clears a cap or the task list, never the name."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"minProperties": 1})
 
-    name: Name | None = None
+    name: Name = None  # type: ignore[assignment]  # absent means unchanged; null is refused by the type
     daily_credit_cap: CreditCap = None
     monthly_credit_cap: CreditCap = None
     allowed_tasks: AllowedTasks = None
 
-    _name = field_validator("name")(_printable_name)
+    _name = field_validator("name")(_strip)
     _tasks = field_validator("allowed_tasks")(_distinct_tasks)
 
 
@@ -129,8 +130,6 @@ async def update_api_key(key_id: UUID, body: ApiKeyUpdate, user: CurrentUser, st
     changes = body.model_dump(exclude_unset=True)
     if not changes:
         raise Problem(422, "invalid_request", "Nothing to change", "Send at least one field to change.")
-    if "name" in changes and changes["name"] is None:
-        raise Problem(422, "invalid_request", "A key needs a name", "`name` cannot be null.")
     if changes.get("allowed_tasks") is not None:
         changes["allowed_tasks"] = [str(task) for task in changes["allowed_tasks"]]
     async with state.pool.connection() as conn:

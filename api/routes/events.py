@@ -19,7 +19,7 @@ from api.jobs import view
 from api.ratelimit import UserSlots
 from api.routes.responses import problem_doc
 from api.state import AppState, JobEvents
-from db.jobs import FINAL_STATES, get_job, job_state
+from db.jobs import FINAL_STATES, get_job, job_state, partial_outputs
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -69,6 +69,18 @@ class _SlotResponse(StreamingResponse):
             self._slots.release(self._user_id)
 
 
+async def _public_output(state: AppState, job_id: UUID, row: dict[str, Any]) -> dict[str, Any]:
+    """An `output` event's data: the job id and the partial output, a file with a fresh signed URL."""
+    output = {"id": str(job_id), **view.partial_output(row)}
+    if row["kind"] == "file":
+        seconds = state.settings.signed_url_seconds
+        url = await state.storage.signed_url(
+            state.settings.outputs_bucket, row["data"]["ref"], seconds, row["data"]["name"]
+        )
+        output["file"]["url"] = url
+    return output
+
+
 async def _final_resource(state: AppState, job_id: UUID) -> dict[str, Any]:
     async with state.pool.connection() as conn:
         row = await get_job(conn, job_id)
@@ -85,6 +97,7 @@ async def stream_job_events(state: AppState, hub: JobEvents, job_id: UUID, after
     async with hub.subscribe(job_id) as queue:
         sent_seq = after if after is not None else -1
         sent_status: str | None = None
+        sent_state: tuple[Any, ...] | None = None
         update: Update = RESYNC
         yield "retry: 3000\n\n"
         while True:
@@ -94,10 +107,19 @@ async def stream_job_events(state: AppState, hub: JobEvents, job_id: UUID, after
                 if update is None:
                     return
             if update["seq"] > sent_seq:
+                # Partial outputs share the job's event ids: those announced up to this update, then the state if
+                # it changed (an update that only announced outputs repeats no progress frame).
+                async with state.pool.connection() as conn:
+                    outputs = await partial_outputs(conn, job_id, after_seq=sent_seq, up_to_seq=update["seq"])
+                for output in outputs:
+                    yield _sse("output", await _public_output(state, job_id, output), output["seq"])
                 final = update["status"] in FINAL_STATES
-                kind = "status" if update["status"] != sent_status else "progress"
-                yield _sse(kind, _public(update), None if final else update["seq"])
-                sent_seq, sent_status = update["seq"], update["status"]
+                public = _public(update)
+                current = (public["status"], public["progress"], public["stage"])
+                if current != sent_state or final:
+                    kind = "status" if update["status"] != sent_status else "progress"
+                    yield _sse(kind, public, None if final else update["seq"])
+                sent_seq, sent_status, sent_state = update["seq"], update["status"], current
                 if final:
                     yield _sse("done", await _final_resource(state, job_id), update["seq"])
                     return
@@ -113,14 +135,19 @@ async def stream_job_events(state: AppState, hub: JobEvents, job_id: UUID, after
     "/{job_id}/events",
     response_class=StreamingResponse,
     summary="Follow a job as server-sent events",
-    description="Events `status`, `progress` and `done` (data: the job as GET returns it; the stream then closes). "
-    "Send `Last-Event-ID` to resume; `: keep-alive` comments while idle. 204 when resuming after `done`.",
+    description="Events `status`, `progress`, `output` and `done` (data: the job as GET returns it; the stream then "
+    "closes). `output` is a partial result while the job runs: a transcript segment as decoded (`kind: segment`, "
+    "`segment` as in transcript.json) or a finished output file (`kind: file`, `file` with a signed `url`), each "
+    "once, in order. Send `Last-Event-ID` to resume: outputs and changes after that id follow; `: keep-alive` "
+    "comments while idle. 204 when resuming after `done`.",
     responses={
         200: {
             "content": {
                 "text/event-stream": {
                     "example": 'event: progress\nid: 3\ndata: {"id":"...",'
-                    '"status":"running","progress":0.4,"stage":"separating"}\n\n'
+                    '"status":"running","progress":0.4,"stage":"transcribing"}\n\n'
+                    'event: output\nid: 4\ndata: {"id":"...","seq":4,"kind":"segment",'
+                    '"segment":{"id":0,"start":0.0,"end":2.5,"text":"Hello there."}}\n\n'
                 }
             }
         },

@@ -115,7 +115,10 @@ _SUBMIT_BODY = {
                         "reference_url": {"type": "string", "description": "master only: the reference as a URL."},
                         "prompt": {"type": "string"},
                         "webhook_url": {"type": "string"},
-                        "webhook_events": {"type": "string", "description": "JSON array or comma-separated."},
+                        "webhook_events": {
+                            "type": "string",
+                            "description": "JSON array or comma-separated; default: every event but job.output.",
+                        },
                         "deadline_s": {
                             "type": "number",
                             "minimum": 1,
@@ -138,7 +141,9 @@ _INPUT_ERRORS: dict[int | str, dict[str, Any]] = {
         "invalid_params",
         "Invalid task, params or input (undecodable_audio, empty_file, "
         "audio_too_long, too_many_channels, sample_rate_too_high, unknown_task, model_not_enabled, "
-        "unexpected_input, idempotency_key_reused, invalid_cancel_after...)",
+        "model_not_installed, unexpected_input, idempotency_key_reused, invalid_cancel_after...). Also for requests the"
+        " schema allows: the audio must decode, params are checked per task, and a model must be enabled and (for a"
+        " submit) installed on this deployment (GET /v1/tasks lists each task's params and models)",
     ),
 }
 
@@ -309,9 +314,14 @@ _NOT_FOUND = {404: problem_doc(404, "job_not_found", "No such job for this user"
     responses={**AUTH_RESPONSES, **_NOT_FOUND},
 )
 async def get_job(job_id: str, user: CurrentUser, state: State) -> JSONResponse:
-    """Status, progress, params, cost, outputs (signed URLs minted on each call), error, timings, metrics."""
+    """Status, progress, params, cost, outputs (signed URLs minted on each call; while running, the output files
+    already finished), error, timings, metrics."""
     async with state.pool.connection() as conn:
         row = await db_jobs.get_job(conn, _job_id(job_id), user.id)
+        if row is not None and row["status"] == db_jobs.JobStatus.RUNNING:
+            # Finished output files are downloadable before the job ends (separation's stems as each is written).
+            files = await db_jobs.partial_outputs(conn, row["id"], kind="file")
+            row = {**row, "outputs": [file["data"] for file in files]}
     if row is None:
         raise _not_found()
     return JSONResponse(await with_download_urls(state, job_resource(row), row))

@@ -11,6 +11,7 @@ to deterministic keys (a retry overwrites, never duplicates) and the ledger appl
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import tempfile
 import threading
@@ -40,7 +41,7 @@ from api.settings import Settings
 from db import jobs as db_jobs
 from db.jobs import JobStatus
 from inference import audio
-from inference.base import Engine, EngineError, EngineResult
+from inference.base import Engine, EngineError, EngineResult, OutputFile, Partial, partial_outputs
 from inference.mixdown import track_input_name
 from inference.params import TASK_PARAMS, MixdownParams
 from inference.registry import TASKS
@@ -109,11 +110,15 @@ class WorkerContext:
 
 
 class _Progress:
-    """Shared between the engine thread (reports) and the heartbeat task (writes, reads cancel_requested)."""
+    """Shared between the engine thread (reports, partial outputs) and the heartbeat task (writes, reads
+    cancel_requested)."""
 
     def __init__(self, interrupted: threading.Event | None = None, preempted: threading.Event | None = None) -> None:
         self.interrupted = interrupted
         self.preempted = preempted
+        self.partials: collections.deque[Partial] = collections.deque()  # emitted, not yet published
+        self.uploaded: dict[str, dict[str, Any]] = {}  # output files stored, by name
+        self.publish_last = False  # set once the engine succeeded: the heartbeat's last beat publishes what is left
         self.fraction = 0.0
         self.stage: str | None = "running"
         self.canceled = threading.Event()
@@ -154,9 +159,55 @@ async def claim(
     return job
 
 
-async def _heartbeat(conn: AsyncConnection, job_id: UUID, attempt: int, progress: _Progress, interval: float) -> None:
+async def _store_output(ctx: WorkerContext, job: dict[str, Any], output: OutputFile) -> dict[str, Any]:
+    """Upload one output file to its deterministic key (a retry overwrites it); its record as jobs.outputs has it."""
+    key = f"{job['user_id']}/{job['id']}/{output.name}"
+    size = await ctx.storage.put_file(ctx.settings.outputs_bucket, key, output.path, output.content_type)
+    return {
+        "name": output.name,
+        "ref": key,
+        "content_type": output.content_type,
+        "bytes": size,
+        "metadata": output.metadata,
+    }
+
+
+async def _publish_partials(
+    ctx: WorkerContext, conn: AsyncConnection, job: dict[str, Any], progress: _Progress
+) -> None:
+    """Store what the engine emitted since the last beat: files are uploaded first, then every item becomes a
+    job_outputs row (announced to SSE streams) and one throttled `job.output` webhook, in one transaction."""
+    items: list[tuple[str, dict[str, Any]]] = []
+    while progress.partials:
+        partial = progress.partials.popleft()
+        if isinstance(partial, OutputFile):
+            try:
+                record = progress.uploaded.get(partial.name) or await _store_output(ctx, job, partial)
+            except Exception:
+                # Best effort: the heartbeat must go on (or the job would look dead), and the file is uploaded
+                # again with the job's outputs when it ends.
+                log.warning("early upload of %s for job %s failed", partial.name, job["id"], exc_info=True)
+                continue
+            progress.uploaded[partial.name] = record
+            items.append(("file", record))
+        else:
+            items.append(("segment", partial))
+    if not items:
+        return
+    async with conn.transaction():
+        for kind, data in items:
+            if await db_jobs.add_partial_output(conn, job["id"], job["attempts"], kind, data) is None:
+                return  # no longer this attempt's job: the heartbeat notices and stops the engine
+        await enqueue_job_event(conn, job["id"], "job.output")  # the outbox throttles these
+
+
+async def _heartbeat(
+    ctx: WorkerContext, conn: AsyncConnection, job: dict[str, Any], progress: _Progress, interval: float
+) -> None:
+    job_id, attempt = job["id"], job["attempts"]
     sent: tuple[float, str | None] | None = None
     while True:
+        await _publish_partials(ctx, conn, job, progress)
         snapshot = (progress.fraction, progress.stage)
         async with conn.transaction():
             answer = await db_jobs.heartbeat(conn, job_id, attempt, snapshot[0], snapshot[1])
@@ -175,9 +226,11 @@ async def _heartbeat(conn: AsyncConnection, job_id: UUID, attempt: int, progress
         sent = snapshot
         try:
             await asyncio.wait_for(progress.done.wait(), interval)
-            return
         except TimeoutError:
             continue
+        if progress.publish_last:
+            await _publish_partials(ctx, conn, job, progress)  # what the engine emitted in its last moments
+        return
 
 
 async def _delete_input(ctx: WorkerContext, conn: AsyncConnection, job_id: UUID) -> None:
@@ -273,23 +326,15 @@ async def _execute(
     # A mixdown's tracks come the same way, one per track (inference.mixdown.track_input_name).
     spec = TASKS[job["task"]]
     extra = {"extra_inputs": extra_paths} if spec.extra_inputs or spec.input_kind == "tracks" else {}
-    with audio.decode_limits(limits):
+    with audio.decode_limits(limits), partial_outputs(progress.partials.append):
         result: EngineResult = await asyncio.to_thread(
             _run_engine, engine, input_path, params, out_dir, progress, extra
         )
     compute_seconds = time.monotonic() - started
     for output in result.outputs:
-        key = f"{job['user_id']}/{job['id']}/{output.name}"
-        size = await ctx.storage.put_file(settings.outputs_bucket, key, output.path, output.content_type)
-        outputs.append(
-            {
-                "name": output.name,
-                "ref": key,
-                "content_type": output.content_type,
-                "bytes": size,
-                "metadata": output.metadata,
-            }
-        )
+        record = progress.uploaded.get(output.name) or await _store_output(ctx, job, output)
+        progress.uploaded[output.name] = record
+        outputs.append(record)
     metrics: dict[str, Any] = dict(result.metrics)
     metrics.setdefault("audio_seconds", (job["input_meta"] or {}).get("duration_s"))
     metrics["compute_seconds"] = round(compute_seconds, 3)
@@ -368,7 +413,7 @@ async def run_claimed(
     job_id: UUID = job["id"]
     attempt = job["attempts"]
     progress = _Progress(interrupted, preempted)
-    heartbeat = asyncio.create_task(_heartbeat(conn, job_id, attempt, progress, ctx.heartbeat_interval))
+    heartbeat = asyncio.create_task(_heartbeat(ctx, conn, job, progress, ctx.heartbeat_interval))
     outputs: list[dict[str, Any]] = []
     retention = ctx.settings.output_retention_seconds
     status: JobStatus | None
@@ -379,7 +424,8 @@ async def run_claimed(
             raise JobPreempted()  # between the claim and here: nothing ran yet
         with tempfile.TemporaryDirectory(prefix="studio-job-") as tmp:
             metrics = await _execute(ctx, job, Path(tmp), progress, outputs)
-        await _stop(heartbeat, progress)
+            progress.publish_last = True
+            await _stop(heartbeat, progress)  # the last partial outputs are published while their files exist
         status = await finish_attempt(
             conn,
             job_id,
@@ -435,8 +481,9 @@ async def run_claimed(
             status = await finish_attempt(
                 conn, job_id, attempt, JobStatus.FAILED, retention_seconds=retention, error=WORKER_INTERRUPTED
             )
-    if status != JobStatus.SUCCEEDED and outputs:
-        await _drop_orphans(ctx, conn, job_id, [item["ref"] for item in outputs])
+    stored = {item["ref"] for item in outputs} | {item["ref"] for item in progress.uploaded.values()}
+    if status != JobStatus.SUCCEEDED and stored:
+        await _drop_orphans(ctx, conn, job_id, sorted(stored))
     await _delete_input(ctx, conn, job_id)  # only a final job's: a requeued one keeps its input for the retry
     if interruption is not None:
         raise interruption

@@ -6,7 +6,7 @@ import { uploadResumable } from "./upload.js";
 import { $, el, formatDate, formatMoney } from "./dom.js";
 import { buildParamsForm } from "./form.js";
 import { startRecording } from "./record.js";
-import { clearResults, renderResults } from "./results.js";
+import { clearResults, renderResults, showPartial } from "./results.js";
 import * as session from "./session.js";
 import { closeTimeline, showSessions, showTimeline } from "./timeline.js";
 import { downloadUsageCsv, loadUsage } from "./usage.js";
@@ -457,6 +457,7 @@ function showJob(job, jobInput) {
   mine.follower = followJob(job.id, (kind, data) => {
     if (currentJob !== mine) return;
     if (kind === "status" || kind === "progress") updateJob(data);
+    else if (kind === "output") showPartial($("#results"), data);
     else if (kind === "done") finishJob(data);
     else if (kind === "reconnecting") $("#job-stage").textContent = "connection lost, reconnecting…";
     else if (kind === "error") $("#job-error").textContent = describe(data);

@@ -62,6 +62,29 @@ export function player(title, source, { slug }) {
   return { box, audio, ws, loaded };
 }
 
+// A running job's partial outputs (SSE `output` events): the transcript growing segment by segment, and each output
+// file as soon as it is finished. renderResults replaces them with the full view when the job is done.
+export function showPartial(container, output) {
+  if (output.kind === "segment") {
+    let list = container.querySelector("ol.partial-segments");
+    if (!list) {
+      const section = el("section", { class: "transcript", "aria-label": "Transcript so far" }, el("h3", {}, "Transcript so far"));
+      list = el("ol", { class: "segments partial-segments", "aria-live": "polite" });
+      section.append(list);
+      container.append(section);
+    }
+    const { start, text } = output.segment;
+    list.append(el("li", { "data-seq": output.seq }, el("span", { class: "hint" }, formatSeconds(start)), " ", el("span", {}, text)));
+  } else if (output.kind === "file") {
+    let list = container.querySelector("ul.partial-files");
+    if (!list) {
+      list = el("ul", { class: "files partial-files", "aria-live": "polite" });
+      container.append(el("h3", {}, "Ready so far"), list);
+    }
+    list.append(el("li", { "data-seq": output.seq }, downloadLink(output.file)));
+  }
+}
+
 export function renderResults(container, job, { input } = {}) {
   clearResults(container);
   if (job.status !== "succeeded") return;

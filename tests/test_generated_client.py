@@ -9,6 +9,7 @@ embedded Postgres with the builtin engines and the local worker pool.
 from __future__ import annotations
 
 import importlib
+import re
 import shutil
 import socket
 import subprocess
@@ -73,8 +74,13 @@ def generated(server: InProcessServer, tmp_path: Path) -> Iterator[Any]:
         text=True,
         timeout=300,
     )
-    # The generator prints a warning for each part of the document it could not turn into code.
-    assert run.returncode == 0 and "Warning" not in run.stdout + run.stderr, run.stdout + run.stderr
+    # The generator prints a warning for each part of the document it could not turn into code. One is expected: the
+    # tus PATCH takes `application/offset+octet-stream`, a media type the generator has no code for; tus clients
+    # (tus-js-client, the CLI's) speak that endpoint, and everything else must generate.
+    output = run.stdout + run.stderr
+    skipped = re.findall(r"WARNING parsing (\S+ \S+)", output)
+    assert run.returncode == 0 and skipped == ["PATCH /v1/uploads/{upload_id}"], output
+    assert "Unsupported content type application/offset+octet-stream" in output
     sys.path.insert(0, str(tmp_path))
     try:
         yield importlib.import_module(PACKAGE)

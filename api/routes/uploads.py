@@ -218,7 +218,12 @@ async def get_upload(upload_id: str, request: Request, user: CurrentUser, state:
     "/uploads/{upload_id}",
     status_code=200,
     summary="tus: how many bytes the upload has (resume from Upload-Offset)",
-    responses={200: {"description": "Upload-Offset, Upload-Length, Upload-Expires", "headers": _TUS_OPTIONS_HEADERS}},
+    responses={
+        200: {"description": "Upload-Offset, Upload-Length, Upload-Expires", "headers": _TUS_OPTIONS_HEADERS},
+        **AUTH_RESPONSES,
+        **_NOT_FOUND,
+        412: problem_doc(412, "tus_version_unsupported", "Tus-Resumable is not 1.0.0"),
+    },
 )
 async def head_upload(
     upload_id: str, user: CurrentUser, state: State, tus_resumable: Annotated[str | None, Header()] = None

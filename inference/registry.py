@@ -15,9 +15,18 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from inference.base import Engine
-from inference.params import TASK_PARAMS, GenerateParams, SeparateParams, TranscribeParams
+from inference.params import (
+    SONG_DEFAULT_STEPS,
+    TASK_PARAMS,
+    CoverParams,
+    GenerateParams,
+    RepaintParams,
+    SeparateParams,
+    SongParams,
+    TranscribeParams,
+)
 
-PriceUnit = Literal["audio_minute", "variant_second"]
+PriceUnit = Literal["audio_minute", "variant_second", "song_minute"]
 DEFAULT_GENERATE_STEPS: int = GenerateParams.model_fields["steps"].default
 
 
@@ -53,6 +62,13 @@ class TaskSpec:
     libraries: tuple[Library, ...] = ()
     # Named inputs besides the main one, all optional (the engine is a `MultiInputEngine`); other tasks refuse them.
     extra_inputs: tuple[str, ...] = ()
+    # The task whose models.lock rows this one runs on, when it shares another task's weights (cover, repaint: song's).
+    models_from: str | None = None
+
+    @property
+    def lock_task(self) -> str:
+        """The `task` of this task's rows in models.lock."""
+        return self.models_from or self.task
 
     @property
     def params_model(self) -> type[BaseModel]:
@@ -60,7 +76,10 @@ class TaskSpec:
 
     def price_units(self, params: BaseModel, audio_seconds: float | None) -> float:
         """Units the rate applies to: audio minutes (times the passes, for separation), or variants x output
-        seconds x steps / default steps for generation (SPEC section 2)."""
+        seconds x steps / default steps for generation (SPEC section 2); for songs, generated minutes x variants x
+        steps / default steps (a cover or repaint generates as long as its input: the pipeline denoises all of it)."""
+        if self.price_unit == "song_minute":
+            return _song_minutes(params, audio_seconds)
         if self.price_unit == "variant_second":
             assert isinstance(params, GenerateParams)
             # Diffusion cost grows linearly with steps: unpriced, steps=250 would cost 2.5x the compute at one price.
@@ -69,6 +88,15 @@ class TaskSpec:
         minutes = audio_seconds / 60.0
         # Separation's cost scales with its passes (shifts, bag size): price them, or shifts=10 runs at a loss.
         return minutes * params.compute_factor() if isinstance(params, SeparateParams) else minutes
+
+
+def _song_minutes(params: BaseModel, audio_seconds: float | None) -> float:
+    if isinstance(params, SongParams):
+        seconds, variants = params.duration_s, params.variants
+    else:
+        assert isinstance(params, CoverParams | RepaintParams) and audio_seconds is not None
+        seconds, variants = audio_seconds, params.variants if isinstance(params, CoverParams) else 1
+    return variants * seconds / 60.0 * params.steps / SONG_DEFAULT_STEPS
 
 
 def _separate_key(params: SeparateParams) -> str:
@@ -100,6 +128,17 @@ _SPECS = (
     TaskSpec(task="generate", description="Text to audio (diffusers).", input_kind="text",
              family="generation", gpu=True, price_unit="variant_second",
              engine_factory="inference.generate:build_engine", model_key=_generate_key),
+    TaskSpec(task="song", description="Text and lyrics to a song with vocals (ACE-Step 1.5).", input_kind="text",
+             family="generation", gpu=True, price_unit="song_minute",
+             engine_factory="inference.song:build_engine", model_key=lambda params: params.model),
+    TaskSpec(task="cover", description="The same song in another style (ACE-Step 1.5 cover).", input_kind="audio",
+             family="generation", gpu=True, price_unit="song_minute",
+             engine_factory="inference.song:build_engine", model_key=lambda params: params.model,
+             models_from="song"),
+    TaskSpec(task="repaint", description="Regenerate one span of a song; the rest is kept (ACE-Step 1.5 repaint).",
+             input_kind="audio", family="generation", gpu=True, price_unit="song_minute",
+             engine_factory="inference.song:build_engine", model_key=lambda params: params.model,
+             models_from="song"),
     TaskSpec(task="master", description="Master to a loudness target (LUFS, true-peak ceiling), optionally matched "
              "to a reference track.", input_kind="audio", family="dsp", gpu=False, price_unit="audio_minute",
              engine_factory="inference.master:build_engine", model_key=lambda params: "dsp/master",

@@ -101,3 +101,32 @@ def build_ace_step(folder: Path) -> Path:
     )  # fmt: skip
     pipeline.save_pretrained(folder)
     return folder
+
+
+def lock_pinning_folder(lock_path: Path, folder: Path, base_url: str, model_key: str = "ace-step-1.5") -> Path:
+    """A copy of the repo's models.lock whose `model_key` row pins every file of `folder` (sha256 and size, served
+    from `base_url`): what an operator writes for weights of their own, so `studio models pull` installs the tiny
+    pipeline the way it installs real weights, checking each file."""
+    import hashlib
+
+    from inference.models import DEFAULT_LOCK_PATH
+
+    kept, skipping = [], False
+    for line in DEFAULT_LOCK_PATH.read_text().splitlines():
+        if line.startswith("["):  # a table header: the repo's own row (and its files) for this key is dropped
+            skipping = line.startswith((f'[models."{model_key}"]', f'[[models."{model_key}".files]]'))
+        if not skipping:
+            kept.append(line)
+    entry = [
+        f'\n[models."{model_key}"]', 'task = "song"', 'source = "built by tests/tiny_ace_step.py"', 'licence = "MIT"',
+        "commercial_use = true", "enabled_by_default = true",
+    ]  # fmt: skip
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        relative = path.relative_to(folder).as_posix()
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        entry += [
+            f'\n[[models."{model_key}".files]]', f'path = "{relative}"', f'url = "{base_url}/{relative}"',
+            f'sha256 = "{digest}"', f"bytes = {path.stat().st_size}",
+        ]  # fmt: skip
+    lock_path.write_text("\n".join(kept + entry) + "\n")
+    return lock_path

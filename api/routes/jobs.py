@@ -12,7 +12,7 @@ import binascii
 import re
 import shutil
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 from uuid import UUID
 
 from fastapi import APIRouter, Header, Query, Request
@@ -31,7 +31,7 @@ from api.jobs.view import JobList, JobOut, JobStatus, job_resource, with_downloa
 from api.routes.responses import AUTH_RESPONSES, problem_doc
 from db import jobs as db_jobs
 from db import ledger
-from inference.registry import TASKS, TaskName
+from inference.registry import TASKS, PriceUnit, TaskName
 
 router = APIRouter(tags=["jobs"])
 
@@ -60,7 +60,7 @@ class Quote(BaseModel):
     task: str
     credits: int
     rate: float
-    unit: Literal["audio_minute", "variant_second"]
+    unit: PriceUnit
     units: float
     minimum: int
     duration_s: float | None = Field(description="The audio duration priced (audio tasks).")

@@ -11,14 +11,14 @@ from api.deps import State
 from api.jobs.inputs import SUPPORTED_FORMATS
 from api.jobs.pricing import RATES
 from api.jobs.request import lock_entries, model_enabled, model_installed
-from inference.registry import TASKS
+from inference.registry import TASKS, PriceUnit
 
 router = APIRouter(tags=["jobs"])
 
 
 class Price(BaseModel):
     rate: float = Field(description="Credits per unit.")
-    unit: Literal["audio_minute", "variant_second"]
+    unit: PriceUnit
     minimum: int
 
 

@@ -474,6 +474,12 @@ class _SongParams(_Params):
     def _lyrics_text(cls, value: str) -> str:
         return _check_lyrics(value)
 
+    @field_validator("time_signature", mode="before")
+    @classmethod
+    def _beats_as_text(cls, value: object) -> object:
+        # 4 and "4" mean the same; `studio submit --param time_signature=4` sends the number.
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
 
 def _style_prompt(value: str) -> str:
     _reject_control_chars(value)

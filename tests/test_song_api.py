@@ -5,11 +5,7 @@ engine: the builtin engines serve those tests)."""
 
 from __future__ import annotations
 
-import functools
 import json
-import threading
-from collections.abc import Iterator
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -22,34 +18,22 @@ from db import ledger
 from inference.models import LOCK_ENV, pull
 from inference.params import CoverParams, RepaintParams, SongParams
 from tests.jobs_api_support import wait_final
-from tests.tiny_ace_step import ACE_STEP_RATE, build_ace_step, lock_pinning_folder
+from tests.tiny_ace_step import ACE_STEP_RATE, build_ace_step, lock_pinning_folder, served_folder
 
 LYRICS = "[verse]\nhello world we sing tonight\n[chorus]\nla la la"
 PROBLEM = "application/problem+json"
 
 
-class _Quiet(SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture
-def song_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+def song_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """The tiny pipeline served over HTTP and pulled into a weights folder through models.lock, as real weights are.
     The lock is set in the environment before the app starts, so the API and its spawned workers both read it."""
     source = build_ace_step(tmp_path / "hub" / "ace-step-1.5")
-    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(source)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        lock = lock_pinning_folder(tmp_path / "models.lock", source, f"http://127.0.0.1:{server.server_port}")
-        monkeypatch.setenv(LOCK_ENV, str(lock))
-        weights = tmp_path / "weights"
-        [pulled] = pull(["ace-step-1.5"], weights)
-        assert pulled.state == "present"
-        yield weights
-    finally:
-        server.shutdown()
+    with served_folder(source) as hub:
+        monkeypatch.setenv(LOCK_ENV, str(lock_pinning_folder(tmp_path / "models.lock", source, hub)))
+        [pulled] = pull(["ace-step-1.5"], tmp_path / "weights")
+    assert pulled.state == "present"
+    return tmp_path / "weights"
 
 
 async def _balance(app_state: Any, user: dict[str, Any]) -> tuple[int, int]:

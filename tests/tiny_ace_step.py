@@ -11,6 +11,12 @@ second of song costs milliseconds on a CPU.
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import torch
@@ -107,8 +113,6 @@ def lock_pinning_folder(lock_path: Path, folder: Path, base_url: str, model_key:
     """A copy of the repo's models.lock whose `model_key` row pins every file of `folder` (sha256 and size, served
     from `base_url`): what an operator writes for weights of their own, so `studio models pull` installs the tiny
     pipeline the way it installs real weights, checking each file."""
-    import hashlib
-
     from inference.models import DEFAULT_LOCK_PATH
 
     kept, skipping = [], False
@@ -130,3 +134,20 @@ def lock_pinning_folder(lock_path: Path, folder: Path, base_url: str, model_key:
         ]  # fmt: skip
     lock_path.write_text("\n".join(kept + entry) + "\n")
     return lock_path
+
+
+class _QuietFiles(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@contextmanager
+def served_folder(folder: Path) -> Iterator[str]:
+    """`folder`'s files over HTTP on a free local port (standing in for the hub); yields the base URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietFiles, directory=str(folder)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -142,6 +142,18 @@ def test_repaint_changes_only_the_span(engine: SongEngine, input_song: Path, tmp
     assert json.loads(result.outputs[1].path.read_text())["params"]["start_s"] == 0.5
 
 
+def test_the_pipeline_alone_changes_audio_outside_the_span(engine: SongEngine, input_song: Path) -> None:
+    """Why the engine splices: AceStepPipeline's repaint regenerates and re-normalises the whole waveform."""
+    source = read(input_song).astype(np.float32)
+    direct = engine.pipeline(
+        prompt="brighter", lyrics="", task_type="repaint", src_audio=torch.from_numpy(source), repainting_start=0.5,
+        repainting_end=1.25, num_inference_steps=3, generator=torch.Generator().manual_seed(5), output_type="np",
+        guidance_scale=1.0,
+    ).audios[0][:, : source.shape[1]]  # fmt: skip
+    before = source[:, : round(0.5 * ACE_STEP_RATE)]
+    assert np.max(np.abs(direct[:, : before.shape[1]] - before)) > 0.01
+
+
 def test_repaint_past_the_end_of_the_input_is_refused(engine: SongEngine, input_song: Path, tmp_path: Path) -> None:
     with pytest.raises(EngineError) as error:
         engine.run(input_song, RepaintParams(start_s=1.0, end_s=2.5, seed=1, steps=1), tmp_path, Progress())

@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from inference.base import Engine
 from inference.params import (
     SONG_DEFAULT_STEPS,
+    SONG_MAX_SECONDS,
     TASK_PARAMS,
     CoverParams,
     GenerateParams,
@@ -64,6 +65,9 @@ class TaskSpec:
     extra_inputs: tuple[str, ...] = ()
     # The task whose models.lock rows this one runs on, when it shares another task's weights (cover, repaint: song's).
     models_from: str | None = None
+    # params, input seconds -> (code, detail) when the params cannot run on an input that long (checked at submit and
+    # quote, before any hold; the engine checks again on what it decodes).
+    input_problem: Callable[[Any, float], tuple[str, str] | None] | None = None
 
     @property
     def lock_task(self) -> str:
@@ -97,6 +101,17 @@ def _song_minutes(params: BaseModel, audio_seconds: float | None) -> float:
         assert isinstance(params, CoverParams | RepaintParams) and audio_seconds is not None
         seconds, variants = audio_seconds, params.variants if isinstance(params, CoverParams) else 1
     return variants * seconds / 60.0 * params.steps / SONG_DEFAULT_STEPS
+
+
+def _song_input_problem(params: CoverParams | RepaintParams, audio_seconds: float) -> tuple[str, str] | None:
+    if audio_seconds > SONG_MAX_SECONDS:
+        return (
+            "input_too_long",
+            f"{params.model} takes songs up to {SONG_MAX_SECONDS:g} s; this one is {audio_seconds:.1f} s.",
+        )
+    if isinstance(params, RepaintParams) and params.end_s > audio_seconds:
+        return "span_outside_input", f"end_s ({params.end_s:g}) is past the end of the input ({audio_seconds:.3f} s)."
+    return None
 
 
 def _separate_key(params: SeparateParams) -> str:
@@ -134,11 +149,11 @@ _SPECS = (
     TaskSpec(task="cover", description="The same song in another style (ACE-Step 1.5 cover).", input_kind="audio",
              family="generation", gpu=True, price_unit="song_minute",
              engine_factory="inference.song:build_engine", model_key=lambda params: params.model,
-             models_from="song"),
+             models_from="song", input_problem=_song_input_problem),
     TaskSpec(task="repaint", description="Regenerate one span of a song; the rest is kept (ACE-Step 1.5 repaint).",
              input_kind="audio", family="generation", gpu=True, price_unit="song_minute",
              engine_factory="inference.song:build_engine", model_key=lambda params: params.model,
-             models_from="song"),
+             models_from="song", input_problem=_song_input_problem),
     TaskSpec(task="master", description="Master to a loudness target (LUFS, true-peak ceiling), optionally matched "
              "to a reference track.", input_kind="audio", family="dsp", gpu=False, price_unit="audio_minute",
              engine_factory="inference.master:build_engine", model_key=lambda params: "dsp/master",

@@ -170,6 +170,25 @@ async def test_bad_lyrics_and_params_are_422_and_nothing_is_charged(
     assert row == (0,)
 
 
+async def test_params_that_do_not_fit_the_input_are_422_before_any_hold(
+    client: Any, alice: dict[str, Any], app_state: Any, tmp_path: Path
+) -> None:
+    song = _input_song(tmp_path / "input.wav", seconds=2.0)
+    cases = [({"start_s": 1.0, "end_s": 2.5}, {}, "span_outside_input"),
+             ({"start_s": 1.0, "end_s": 2.5}, {"duration_s": "2"}, "span_outside_input"),  # a quote by duration
+             ({"start_s": 1.0, "end_s": 1.5}, {"duration_s": "601"}, "input_too_long")]  # fmt: skip
+    for params, quote_fields, code in cases:
+        form = {"task": "repaint", "params": json.dumps(params), **quote_fields}
+        for path in ("/v1/quotes",) if quote_fields else ("/v1/quotes", "/v1/jobs"):
+            files = None if quote_fields else {"file": ("input.wav", song.read_bytes(), "audio/wav")}
+            response = await client.post(path, headers=alice["headers"], data=form, files=files)
+            assert response.status_code == 422, (path, params, response.text)
+            assert response.json()["code"] == code
+    assert await _balance(app_state, alice) == (100, 0)
+    root = app_state.settings.state_dir / "files" / app_state.settings.inputs_bucket
+    assert not root.exists() or not [p for p in root.rglob("*") if p.is_file()]  # nothing stored
+
+
 async def test_lyrics_keep_line_breaks_tabs_and_joiners(client: Any, alice: dict[str, Any]) -> None:
     lyrics = "[verse]\r\n\tmi\u200cxed\n[chorus]\nla"
     body = {"task": "song", "prompt": "pop", "params": {"lyrics": lyrics}}

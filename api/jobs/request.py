@@ -86,6 +86,14 @@ FORM_FIELDS = frozenset(
 )
 
 
+def check_input_fits(task: str, params: BaseModel, audio_seconds: float) -> None:
+    """422 when the params cannot run on an input this long (e.g. a repaint span past its end): before any hold."""
+    check = TASKS[task].input_problem
+    problem = check(params, audio_seconds) if check is not None else None
+    if problem is not None:
+        raise invalid(problem[0], "The params do not fit the input", problem[1])
+
+
 def invalid(code: str, title: str, detail: str, **extra: Any) -> Problem:
     return Problem(422, code, title, detail, **extra)
 

@@ -20,7 +20,7 @@ from api.jobs import idempotency
 from api.jobs.dispatch import DispatchError, dispatch_job
 from api.jobs.inputs import FetchPolicy, ProbedInput, ReceivedInput, fetch_url, probe_input
 from api.jobs.pricing import price
-from api.jobs.request import JobRequest
+from api.jobs.request import JobRequest, check_input_fits
 from api.jobs.view import job_resource
 from api.state import AppState
 from db import jobs as db_jobs
@@ -127,6 +127,7 @@ async def create_job(
         received, probed = await obtain_input(state, job, workdir)
         extras = await obtain_extra_inputs(state, job, workdir)
         seconds = probed.info.duration_s
+        check_input_fits(job.task, job.params, seconds)
         input_meta = _input_meta(received, probed, job.input_url)
         if extras:
             input_meta["extra_inputs"] = {

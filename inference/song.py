@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import secrets
 import threading
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -97,14 +96,7 @@ class SongEngine:
         self.pipeline = self.pipeline.to(self.device, _dtype(self.device))
         return self
 
-    def run(
-        self,
-        input_path: Path | None,
-        params: BaseModel,
-        out_dir: Path,
-        progress: ProgressFn,
-        extra_inputs: Mapping[str, Path] | None = None,
-    ) -> EngineResult:
+    def run(self, input_path: Path | None, params: BaseModel, out_dir: Path, progress: ProgressFn) -> EngineResult:
         if not isinstance(params, SongParams | CoverParams | RepaintParams):
             raise TypeError(f"the song engine cannot run {type(params).__name__}")
         if params.model != self.model_key:

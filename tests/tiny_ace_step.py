@@ -5,8 +5,8 @@ transformer, condition_encoder, scheduler, audio_tokenizer, audio_token_detokeni
 configs and written with `save_pretrained`, so the song engine loads it through `AceStepPipeline.from_pretrained`,
 the path real weights take. The text encoder is a 2-layer Qwen3 (the real one is Qwen3-Embedding-0.6B) and the
 tokenizer a byte-level BPE trained here on a few lines, with Qwen's `<|endoftext|>` token (the pipeline's prompt
-templates end with it). Geometry: 1.6 kHz stereo, 32 samples per latent frame = 50 latent frames per second, so a
-second of song costs milliseconds on a CPU.
+templates end with it). Geometry: 1.6 kHz stereo, 64 samples per latent frame = 25 latent frames per second (the
+real model's frame rate, at 48 kHz), so a second of song costs little on a CPU.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3Model
 
 ACE_STEP_RATE = 1600
-ACE_STEP_HOP = 32  # product of the VAE's downsampling ratios
+ACE_STEP_HOP = 64  # product of the VAE's downsampling ratios
 _ACOUSTIC = 4  # latent channels (the real model: 64)
 _HIDDEN = 16
 _TEXT_HIDDEN = 16
@@ -78,7 +78,7 @@ def build_ace_step(folder: Path) -> Path:
         )
     )  # fmt: skip
     vae = AutoencoderOobleck(
-        encoder_hidden_size=2 * _ACOUSTIC, downsampling_ratios=[4, 8], decoder_channels=6,
+        encoder_hidden_size=2 * _ACOUSTIC, downsampling_ratios=[8, ACE_STEP_HOP // 8], decoder_channels=6,
         decoder_input_channels=_ACOUSTIC, audio_channels=2, channel_multiples=[1, 2], sampling_rate=ACE_STEP_RATE,
     )  # fmt: skip
     transformer = AceStepTransformer1DModel(

@@ -51,6 +51,11 @@ class JobCreate(BaseModel):
                     "input_url": "https://example.com/talk.mp3",
                 },
                 {"task": "generate", "params": {"prompt": "warm analog synth pad", "duration_s": 8}},
+                {
+                    "task": "song",
+                    "prompt": "upbeat synth pop, female vocals",
+                    "params": {"lyrics": "[verse]\nNeon on the water\n[chorus]\nWe run all night", "duration_s": 60},
+                },
             ]
         },
     )
@@ -61,7 +66,7 @@ class JobCreate(BaseModel):
     reference_url: str | None = Field(
         default=None, description="master only: an https URL of a reference track (or a multipart `reference` file)."
     )
-    prompt: str | None = Field(default=None, description="Same as params.prompt (generate only).")
+    prompt: str | None = Field(default=None, description="Same as params.prompt (text tasks: generate, song).")
     webhook_url: str | None = None
     webhook_events: list[str] | None = Field(default=None, description=f"Subset of {list(WEBHOOK_EVENTS)}.")
     duration_s: float | None = Field(default=None, gt=0, description="Quotes only: price this much audio.")

@@ -417,6 +417,16 @@ class GenerateWorker(_JobWorker):
     preload_models = ("stable-audio-open",)
 
 
+@app.cls(**_worker_options("generation", gpu=True))
+class SongWorker(_JobWorker):
+    """song, cover and repaint: one ACE-Step 1.5 pipeline (~11.5 GB in bf16: it fits the A10G's 24 GB) serves all
+    three; inference/song.py loads it once per weights folder, so the engines the runner builds for cover and repaint
+    are the one preloaded here (already on the GPU)."""
+
+    task = "song"
+    preload_models = ("ace-step-1.5",)
+
+
 # The DSP tasks run on CPU from libraries alone: the "model" preloaded is the engine itself (no models.lock row).
 @app.cls(**_worker_options("dsp", gpu=False), cpu=2.0)
 class MasterWorker(_JobWorker):
@@ -448,6 +458,9 @@ WORKERS = {
     "transcribe": TranscribeWorker,
     "midi": MidiWorker,
     "generate": GenerateWorker,
+    "song": SongWorker,
+    "cover": SongWorker,
+    "repaint": SongWorker,
     "master": MasterWorker,
     "tune": TuneWorker,
     "fx": FxWorker,

@@ -15,6 +15,9 @@ engines, from simple signal processing:
   shape; the audio passes through untouched (f0 after = before);
 - fx: only `gain` entries are applied (the others are listed as skipped), plus `tail_s` of silence;
 - mixdown: the real engine (inference.mixdown), which needs nothing more.
+- song: seeded tones of exactly `duration_s` per variant, at 48 kHz stereo like ACE-Step; cover: the input with seeded
+  tones mixed in; repaint: the input with seeded tones spliced into the span exactly as the real engine splices
+  (inference/song_common.py); each with song.json in the real shape.
 
 These need nothing beyond the core install (numpy, soxr, soundfile, PyAV): no scipy, pedalboard or pyworld.
 
@@ -43,16 +46,20 @@ from inference.params import (
     NOTE_NAMES,
     SCALES,
     TASK_PARAMS,
+    CoverParams,
     EnhanceParams,
     FxParams,
     GenerateParams,
     MasterParams,
     MidiParams,
     MixdownParams,
+    RepaintParams,
     SeparateParams,
+    SongParams,
     TranscribeParams,
     TuneParams,
 )
+from inference.song_common import output_names, splice, write_song_json
 from inference.transcript import Segment, Word, write_transcript
 
 BLOCK_SECONDS = 10.0
@@ -60,6 +67,7 @@ BLOCK_SECONDS = 10.0
 _STEM_ORDER = ("bass", "piano", "guitar", "vocals", "other", "drums")
 _GENERATE_RATE = 44100
 _ENHANCE_RATE = 48000  # the real enhancer (DeepFilterNet3) writes 48 kHz
+_SONG_RATE = 48000  # ACE-Step 1.5's VAE rate
 # Test hook: when this variable names a file, a run holds at its first progress report (repeating that report, so
 # a cancel still ends it) until the file exists. Tests use it to keep a job running for exactly as long as they
 # need, whatever the input's length; it is never set in production.
@@ -130,6 +138,8 @@ class BuiltinEngine:
         if isinstance(params, MixdownParams):
             # The real mixdown needs nothing beyond the core install: it is its own stand-in.
             return MixdownEngine().run(input_path, params, out_dir, progress, extra_inputs)
+        if isinstance(params, SongParams):
+            return self._song(None, params, out_dir, progress)
         if input_path is None:
             raise EngineError("this task needs an audio file", code="missing_input")
         if isinstance(params, SeparateParams):
@@ -146,6 +156,8 @@ class BuiltinEngine:
             return self._tune(input_path, params, out_dir, progress)
         if isinstance(params, FxParams):
             return self._fx(input_path, params, out_dir, progress)
+        if isinstance(params, CoverParams | RepaintParams):
+            return self._song(input_path, params, out_dir, progress)
         raise TypeError(f"the builtin engine cannot run {type(params).__name__}")
 
     def _separate(self, input_path: Path, params: SeparateParams, out_dir: Path, progress: ProgressFn) -> EngineResult:
@@ -427,6 +439,49 @@ class BuiltinEngine:
             }))  # fmt: skip
             progress(index / params.variants, "generating")
         return EngineResult(outputs, {"output_seconds": params.variants * params.duration_s})
+
+    def _song(
+        self,
+        input_path: Path | None,
+        params: SongParams | CoverParams | RepaintParams,
+        out_dir: Path,
+        progress: ProgressFn,
+    ) -> EngineResult:
+        seed = params.seed if params.seed is not None else 0
+        source = None
+        if input_path is not None:
+            source = audio.decode(input_path, sample_rate=_SONG_RATE, mono=True)
+            source = np.repeat(source, 2, axis=0)
+            if isinstance(params, RepaintParams) and params.end_s > source.shape[1] / _SONG_RATE:
+                raise EngineError("end_s is past the end of the input", code="span_outside_input")
+        samples = source.shape[1] if source is not None else max(1, round(params.duration_s * _SONG_RATE))
+        t = np.arange(samples) / _SONG_RATE
+        outputs = []
+        names = output_names(params)
+        for index, name in enumerate(names, start=1):
+            rng = np.random.default_rng([seed, index, zlib.crc32((params.prompt + params.lyrics).encode())])
+            tones = sum(0.1 * np.sin(2 * np.pi * freq * t) for freq in rng.uniform(110.0, 880.0, 3))
+            generated = np.stack([tones, tones]).astype(np.float32)
+            if isinstance(params, RepaintParams):
+                assert source is not None
+                song = splice(source, generated, params.start_s, params.end_s, _SONG_RATE)
+            else:
+                song = generated if source is None else (0.7 * source + 0.3 * generated).astype(np.float32)
+            path = audio.encode(out_dir / f"{name}.{params.format}", song, _SONG_RATE, params.format)
+            outputs.append(OutputFile(path.name, path, audio.CONTENT_TYPES[params.format], {
+                "model": self.model_key, "seed": seed, "sample_rate": _SONG_RATE, "duration_s": samples / _SONG_RATE,
+            }))  # fmt: skip
+            progress(index / len(names), "generating")
+        outputs.append(
+            write_song_json(
+                out_dir, params, model=self.model_key, revision=None, seed=seed, sample_rate=_SONG_RATE,
+                duration_s=samples / _SONG_RATE, outputs=outputs,
+            )
+        )  # fmt: skip
+        metrics = {"output_seconds": len(names) * samples / _SONG_RATE}
+        if source is not None:
+            metrics["audio_seconds"] = samples / _SONG_RATE
+        return EngineResult(outputs, metrics)
 
 
 def build_engine(model_key: str, weights_dir: Path, **options: Any) -> BuiltinEngine:

@@ -469,6 +469,124 @@ class MixdownParams(_Params):
         return self.output_frames() / self.sample_rate
 
 
+# --- Songs: ACE-Step 1.5 through diffusers' AceStepPipeline (song, cover, repaint) -----------------------------------
+
+SONG_MODEL = "ace-step-1.5"  # the models.lock key of the diffusers-format checkpoint
+# The model's range per diffusers' own docs (docs/source/en/api/pipelines/ace_step.md: "variable-length stereo audio at
+# 48 kHz (10 seconds to 10 minutes)"); the pipeline source itself sets no cap (it defaults to 60 s).
+SONG_MAX_SECONDS = 600.0
+# AceStepPipeline.__call__'s default, the turbo checkpoint's distilled schedule ("The turbo model is designed for 8
+# steps"); prices count steps against it.
+SONG_DEFAULT_STEPS = 8
+LYRICS_MAX_CHARS = 4096
+PROMPT_MAX_CHARS = 512
+# Keys as the pipeline's `keyscale` takes them ("C major", "F# minor"), sharps and flats.
+_SONG_TONICS = (*NOTE_NAMES, "Db", "Eb", "Gb", "Ab", "Bb")
+SONG_KEYS = tuple(f"{tonic} {mode}" for tonic in _SONG_TONICS for mode in ("major", "minor"))
+# The pipeline's `timesignature`: beats per bar ("4" is 4/4, "3" is 3/4, "6" is 6/8).
+SONG_TIME_SIGNATURES = ("2", "3", "4", "6")
+# Layout characters lyrics may carry (line breaks, tabs) and the joiners some scripts need (ZWNJ, ZWJ); every other
+# control or format character (NUL, ESC, bidi overrides...) is refused.
+_LYRICS_ALLOWED_CONTROLS = frozenset("\n\t\u200c\u200d")
+
+
+def _check_lyrics(text: str) -> str:
+    text = text.replace("\r\n", "\n")
+    if any(unicodedata.category(ch) in ("Cc", "Cf") and ch not in _LYRICS_ALLOWED_CONTROLS for ch in text):
+        raise ValueError("must not contain control characters other than line breaks and tabs")
+    return text
+
+
+class _SongParams(_Params):
+    model: Literal["ace-step-1.5"] = SONG_MODEL
+    lyrics: str = Field(
+        default="",
+        max_length=LYRICS_MAX_CHARS,
+        description="Lyrics with section tags on their own lines ([verse], [chorus], [bridge], ...); empty = "
+        "instrumental.",
+    )
+    vocal_language: str = Field(
+        default="en", pattern=r"^[a-z]{2,3}$", description="Language of the lyrics, ISO 639 code (en, zh, ja, ...)."
+    )
+    bpm: int | None = Field(default=None, ge=30, le=300, description="Tempo; unset = the model chooses.")
+    key: Literal[SONG_KEYS] | None = Field(  # type: ignore[valid-type]
+        default=None, description='Key and mode, e.g. "C major", "F# minor"; unset = the model chooses.'
+    )
+    time_signature: Literal[SONG_TIME_SIGNATURES] | None = Field(  # type: ignore[valid-type]
+        default=None, description='Beats per bar: "4" = 4/4, "3" = 3/4, "6" = 6/8; unset = the model chooses.'
+    )
+    steps: int = Field(default=SONG_DEFAULT_STEPS, ge=1, le=32, description="Denoising steps (priced per step).")
+    seed: int | None = Field(default=None, ge=0, le=2**32 - 1, description="Unset: one is picked and reported.")
+    format: AudioFormat = "wav"
+
+    @field_validator("lyrics")
+    @classmethod
+    def _lyrics_text(cls, value: str) -> str:
+        return _check_lyrics(value)
+
+    @field_validator("time_signature", mode="before")
+    @classmethod
+    def _beats_as_text(cls, value: object) -> object:
+        # 4 and "4" mean the same; `studio submit --param time_signature=4` sends the number.
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+def _style_prompt(value: str) -> str:
+    _reject_control_chars(value)
+    if not value.strip():
+        raise ValueError("must not be blank")
+    return value
+
+
+class SongParams(_SongParams):
+    prompt: str = Field(
+        min_length=1, max_length=PROMPT_MAX_CHARS, description="Style: genre, instruments, mood, voice."
+    )
+    duration_s: float = Field(default=30.0, ge=1.0, le=SONG_MAX_SECONDS, description="Length of each song.")
+    variants: int = Field(default=1, ge=1, le=4)
+
+    @field_validator("prompt")
+    @classmethod
+    def _printable(cls, value: str) -> str:
+        return _style_prompt(value)
+
+
+class CoverParams(_SongParams):
+    prompt: str = Field(
+        min_length=1, max_length=PROMPT_MAX_CHARS, description="The new style: genre, instruments, mood, voice."
+    )
+    strength: float = Field(
+        default=1.0,
+        ge=0.0,
+        le=1.0,
+        description="How closely the cover follows the input's structure (the pipeline's audio_cover_strength): "
+        "1 = only the input-conditioned model; lower blends in plain text-to-music, freeing the style further.",
+    )
+    variants: int = Field(default=1, ge=1, le=4)
+
+    @field_validator("prompt")
+    @classmethod
+    def _printable(cls, value: str) -> str:
+        return _style_prompt(value)
+
+
+class RepaintParams(_SongParams):
+    start_s: float = Field(ge=0.0, le=SONG_MAX_SECONDS, description="Start of the span regenerated, seconds.")
+    end_s: float = Field(gt=0.0, le=SONG_MAX_SECONDS, description="End of the span (at most the input's length).")
+    prompt: str = Field(default="", max_length=PROMPT_MAX_CHARS, description="Style for the span; empty = as is.")
+
+    @field_validator("prompt")
+    @classmethod
+    def _printable(cls, value: str) -> str:
+        return _reject_control_chars(value)
+
+    @model_validator(mode="after")
+    def _span(self) -> RepaintParams:
+        if self.end_s <= self.start_s:
+            raise ValueError("end_s must be after start_s")
+        return self
+
+
 TASK_PARAMS: dict[str, type[_Params]] = {
     "separate": SeparateParams,
     "enhance": EnhanceParams,
@@ -479,4 +597,7 @@ TASK_PARAMS: dict[str, type[_Params]] = {
     "tune": TuneParams,
     "fx": FxParams,
     "mixdown": MixdownParams,
+    "song": SongParams,
+    "cover": CoverParams,
+    "repaint": RepaintParams,
 }

@@ -15,9 +15,20 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from inference.base import Engine
-from inference.params import TASK_PARAMS, GenerateParams, MixdownParams, SeparateParams, TranscribeParams
+from inference.params import (
+    SONG_DEFAULT_STEPS,
+    SONG_MAX_SECONDS,
+    TASK_PARAMS,
+    CoverParams,
+    GenerateParams,
+    MixdownParams,
+    RepaintParams,
+    SeparateParams,
+    SongParams,
+    TranscribeParams,
+)
 
-PriceUnit = Literal["audio_minute", "variant_second", "output_minute"]
+PriceUnit = Literal["audio_minute", "variant_second", "output_minute", "song_minute"]
 # audio: one uploaded (or fetched) input; text: none; tracks: none uploaded, the params name outputs of the user's
 # own earlier jobs, which the worker reads from the outputs bucket (mixdown).
 InputKind = Literal["audio", "text", "tracks"]
@@ -64,11 +75,22 @@ class TaskSpec:
     libraries: tuple[Library, ...] = ()
     # Named inputs besides the main one, all optional (the engine is a `MultiInputEngine`); other tasks refuse them.
     extra_inputs: tuple[str, ...] = ()
+    # The task whose models.lock rows this one runs on, when it shares another task's weights (cover, repaint: song's).
+    models_from: str | None = None
+    # params, input seconds -> (code, detail) when the params cannot run on an input that long (checked at submit and
+    # quote, before any hold; the engine checks again on what it decodes).
+    input_problem: Callable[[Any, float], tuple[str, str] | None] | None = None
+
+    @property
+    def lock_task(self) -> str:
+        """The `task` of this task's rows in models.lock."""
+        return self.models_from or self.task
 
     def priced_seconds(self, params: BaseModel, audio_seconds: float | None) -> float:
-        """The seconds the price counts: audio or mix seconds (x passes) or generated variant-seconds (x steps)."""
+        """The seconds the price counts: audio, mix or song seconds (x passes, variants, steps) or generated
+        variant-seconds (x steps)."""
         units = self.price_units(params, audio_seconds)
-        return units * 60.0 if self.price_unit in ("audio_minute", "output_minute") else units
+        return units * 60.0 if self.price_unit in ("audio_minute", "output_minute", "song_minute") else units
 
     @property
     def params_model(self) -> type[BaseModel]:
@@ -76,10 +98,14 @@ class TaskSpec:
 
     def price_units(self, params: BaseModel, audio_seconds: float | None) -> float:
         """Units the rate applies to: audio minutes (times the passes, for separation), variants x output
-        seconds x steps / default steps for generation (SPEC section 2), or the mix's minutes for a mixdown."""
+        seconds x steps / default steps for generation (SPEC section 2), the mix's minutes for a mixdown; for songs,
+        generated minutes x variants x steps / default steps (a cover or repaint generates as long as its input: the
+        pipeline denoises all of it)."""
         if self.price_unit == "output_minute":
             assert isinstance(params, MixdownParams)
             return params.output_seconds() / 60.0
+        if self.price_unit == "song_minute":
+            return _song_minutes(params, audio_seconds)
         if self.price_unit == "variant_second":
             assert isinstance(params, GenerateParams)
             # Diffusion cost grows linearly with steps: unpriced, steps=250 would cost 2.5x the compute at one price.
@@ -88,6 +114,26 @@ class TaskSpec:
         minutes = audio_seconds / 60.0
         # Separation's cost scales with its passes (shifts, bag size): price them, or shifts=10 runs at a loss.
         return minutes * params.compute_factor() if isinstance(params, SeparateParams) else minutes
+
+
+def _song_minutes(params: BaseModel, audio_seconds: float | None) -> float:
+    if isinstance(params, SongParams):
+        seconds, variants = params.duration_s, params.variants
+    else:
+        assert isinstance(params, CoverParams | RepaintParams) and audio_seconds is not None
+        seconds, variants = audio_seconds, params.variants if isinstance(params, CoverParams) else 1
+    return variants * seconds / 60.0 * params.steps / SONG_DEFAULT_STEPS
+
+
+def _song_input_problem(params: CoverParams | RepaintParams, audio_seconds: float) -> tuple[str, str] | None:
+    if audio_seconds > SONG_MAX_SECONDS:
+        return (
+            "input_too_long",
+            f"{params.model} takes songs up to {SONG_MAX_SECONDS:g} s; this one is {audio_seconds:.1f} s.",
+        )
+    if isinstance(params, RepaintParams) and params.end_s > audio_seconds:
+        return "span_outside_input", f"end_s ({params.end_s:g}) is past the end of the input ({audio_seconds:.3f} s)."
+    return None
 
 
 def _separate_key(params: SeparateParams) -> str:
@@ -124,6 +170,18 @@ _SPECS = (
              family="generation", gpu=True, price_unit="variant_second",
              engine_factory="inference.generate:build_engine", model_key=_generate_key,
              worst_realtime_factor=120.0),
+    TaskSpec(task="song", description="Text and lyrics to a song with vocals (ACE-Step 1.5).", input_kind="text",
+             family="generation", gpu=True, price_unit="song_minute",
+             engine_factory="inference.song:build_engine", model_key=lambda params: params.model,
+             worst_realtime_factor=120.0),
+    TaskSpec(task="cover", description="The same song in another style (ACE-Step 1.5 cover).", input_kind="audio",
+             family="generation", gpu=True, price_unit="song_minute",
+             engine_factory="inference.song:build_engine", model_key=lambda params: params.model,
+             models_from="song", input_problem=_song_input_problem, worst_realtime_factor=120.0),
+    TaskSpec(task="repaint", description="Regenerate one span of a song; the rest is kept (ACE-Step 1.5 repaint).",
+             input_kind="audio", family="generation", gpu=True, price_unit="song_minute",
+             engine_factory="inference.song:build_engine", model_key=lambda params: params.model,
+             models_from="song", input_problem=_song_input_problem, worst_realtime_factor=120.0),
     TaskSpec(task="master", description="Master to a loudness target (LUFS, true-peak ceiling), optionally matched "
              "to a reference track.", input_kind="audio", family="dsp", gpu=False, price_unit="audio_minute",
              engine_factory="inference.master:build_engine", model_key=lambda params: "dsp/master",

@@ -49,7 +49,11 @@ def test_tiny_run_gives_every_engine_its_rows(tmp_path: Path) -> None:
     generate = [row for row in rows if row["engine"] == "generate"]
     assert [row["check"] for row in generate] == ["ok: 1 files of [0.512] s", "ok: 4 files of [0.512] s"]
 
-    timed = separate + [whisper_row] + generate
+    song = [row for row in rows if row["engine"] == "song"]
+    assert [row["check"] for row in song] == ["ok: 1 files of [2.0] s", "ok: 4 files of [2.0] s"]
+    assert all(row["unit"] == "generated minute" for row in song)
+
+    timed = separate + [whisper_row] + generate + song
     for row in timed:
         assert row["seconds_per_unit"] > 0 and row["realtime_x"] > 0, row
         assert row["precision"] == "fp32" and row["peak_gpu_mib"] is None  # CPU: fp32, no GPU memory

@@ -13,12 +13,15 @@ from inference import audio
 from inference.base import EngineError
 from inference.builtin import HOLD_UNTIL_ENV, BuiltinEngine, build_engine, builtin_engine
 from inference.params import (
+    CoverParams,
     EnhanceParams,
     FxParams,
     GenerateParams,
     MasterParams,
     MidiParams,
+    RepaintParams,
     SeparateParams,
+    SongParams,
     TranscribeParams,
     TuneParams,
 )
@@ -159,6 +162,27 @@ def test_generate_is_seeded_and_exactly_as_long_as_asked(tmp_path):
     np.testing.assert_array_equal(sf.read(str(again.outputs[0].path))[0], one)
     other_seed = engine.run(None, params.model_copy(update={"seed": 8}), tmp_path / "c", _Progress())
     assert not np.allclose(sf.read(str(other_seed.outputs[0].path))[0], one)
+
+
+def test_song_cover_and_repaint_have_the_real_outputs_and_repaint_keeps_the_rest(tmp_path):
+    engine = build_engine("ace-step-1.5", tmp_path)
+    song = engine.run(None, SongParams(prompt="pop", duration_s=2.0, variants=2, seed=3), tmp_path / "a", _Progress())
+    assert [o.name for o in song.outputs] == ["variant_1.wav", "variant_2.wav", "song.json"]
+    assert sf.info(str(song.outputs[0].path)).frames == 2 * 48000
+    record = json.loads(song.outputs[2].path.read_text())
+    assert record["task"] == "song" and record["seed"] == 3 and record["params"]["variants"] == 2
+    source_path = song.outputs[0].path
+    cover = engine.run(source_path, CoverParams(prompt="rock", variants=1), tmp_path / "b", _Progress())
+    assert [o.name for o in cover.outputs] == ["variant_1.wav", "song.json"]
+    repaint = engine.run(source_path, RepaintParams(start_s=0.5, end_s=1.0, format="flac"), tmp_path / "c", _Progress())
+    assert [o.name for o in repaint.outputs] == ["repainted.flac", "song.json"]
+    source = audio.decode(source_path, mono=True)[0]  # the builtin engine reads its input as mono
+    repainted = sf.read(str(repaint.outputs[0].path), always_2d=True)[0][:, 0]
+    assert np.max(np.abs(repainted[:24000] - source[:24000])) <= 2.0**-23
+    assert not np.allclose(repainted[25000:47000], source[25000:47000])
+    with pytest.raises(EngineError) as past_the_end:
+        engine.run(source_path, RepaintParams(start_s=1.0, end_s=3.0), tmp_path / "d", _Progress())
+    assert past_the_end.value.code == "span_outside_input"
 
 
 def test_task_pinning_and_input_errors(tmp_path):

@@ -12,12 +12,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.jobs_support import write_tone
+from tests.tiny_ace_step import build_ace_step, lock_pinning_folder, served_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDIO = [sys.executable, "-m", "api.cli"]
@@ -31,10 +33,16 @@ def _free_port() -> int:
 
 @pytest.fixture
 def served(database_url: str, tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
+    with _serve(database_url, tmp_path, STUDIO_ENGINES="builtin") as running:
+        yield running
+
+
+@contextmanager
+def _serve(database_url: str, tmp_path: Path, **extra_env: str) -> Iterator[tuple[str, dict[str, str]]]:
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     env = {**os.environ, "DATABASE_URL": database_url, "STUDIO_STATE_DIR": str(tmp_path / "state"),
-           "STUDIO_ENGINES": "builtin", "STUDIO_PUBLIC_BASE_URL": base, "STUDIO_WELCOME_CREDITS": "100"}  # fmt: skip
+           "STUDIO_PUBLIC_BASE_URL": base, "STUDIO_WELCOME_CREDITS": "100", **extra_env}  # fmt: skip
     server = subprocess.Popen([*STUDIO, "serve", "--port", str(port), "--workers", "1"], cwd=ROOT, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
     try:
@@ -144,3 +152,28 @@ def test_the_client_follows_the_served_port_without_studio_api_url(
     job_id = submitted.stdout.split()[1]
     job = httpx.get(f"{base}/v1/jobs/{job_id}", headers={"Authorization": f"Bearer {bearer}"})
     assert job.json()["status"] == "succeeded"
+
+
+@pytest.mark.engine
+def test_submit_a_song_with_the_tiny_pipeline_installed_like_real_weights(database_url: str, tmp_path: Path) -> None:
+    """The README's song line on the real engine: `studio models pull` installs the tiny AceStepPipeline from a lock
+    pinning its files (as an operator pins weights), `studio serve` runs it, `studio submit song` gets the song."""
+    source = build_ace_step(tmp_path / "hub" / "ace-step-1.5")
+    weights_env = {"STUDIO_MODELS_LOCK": str(tmp_path / "models.lock"), "STUDIO_WEIGHTS_DIR": str(tmp_path / "weights")}
+    with served_folder(source) as hub:
+        lock_pinning_folder(tmp_path / "models.lock", source, hub)
+        pulled = _studio({**os.environ, **weights_env}, "models", "pull", "ace-step-1.5")
+    assert pulled.returncode == 0, pulled.stdout + pulled.stderr
+    with _serve(database_url, tmp_path, STUDIO_ENGINES="real", **weights_env) as (base, env):
+        bearer = _studio(env, "token", "--email", "singer@example.com").stdout.strip()
+        client_env = {**env, "STUDIO_API_URL": base, "STUDIO_TOKEN": bearer}
+        out = tmp_path / "out"
+        lyrics = "[verse]\nhello world we sing tonight\n[chorus]\nla la la"
+        args = ["--param", "prompt=upbeat synth pop", "--param", f"lyrics={lyrics}", "--param", "duration_s=1.5",
+                "--param", "steps=2", "--param", "time_signature=4", "--wait", "--out", str(out)]  # fmt: skip
+        submitted = _studio(client_env, "submit", "song", *args)
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    assert sorted(path.name for path in out.iterdir()) == ["song.json", "variant_1.wav"]
+    record = json.loads((out / "song.json").read_text())
+    assert record["params"]["lyrics"] == lyrics and record["params"]["time_signature"] == "4"
+    assert record["model"] == "ace-step-1.5" and isinstance(record["seed"], int)

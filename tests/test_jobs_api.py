@@ -46,7 +46,10 @@ async def test_tasks_are_public_with_prices_limits_and_licences(client: Any) -> 
     response = await client.get("/v1/tasks")
     assert response.status_code == 200
     tasks = {item["task"]: item for item in response.json()["data"]}
-    assert set(tasks) == {"separate", "enhance", "transcribe", "midi", "generate", "master", "tune", "fx", "mixdown"}
+    assert set(tasks) == {
+        "separate", "enhance", "transcribe", "midi", "generate", "master", "tune", "fx", "mixdown", "song", "cover",
+        "repaint",
+    }  # fmt: skip
     dsp = {"master", "tune", "fx", "mixdown"}
     for name, item in tasks.items():
         assert item["price"] == {"rate": RATES[name].rate, "unit": RATES[name].unit, "minimum": RATES[name].minimum}

@@ -31,7 +31,8 @@ ROOT = Path(modal_app.__file__).parent
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 WORKER_TASKS = {"separate": "SeparateWorker", "enhance": "EnhanceWorker", "transcribe": "TranscribeWorker",
                 "midi": "MidiWorker", "generate": "GenerateWorker", "master": "MasterWorker", "tune": "TuneWorker",
-                "fx": "FxWorker", "mixdown": "MixdownWorker"}  # fmt: skip
+                "fx": "FxWorker", "mixdown": "MixdownWorker", "song": "SongWorker", "cover": "SongWorker",
+                "repaint": "SongWorker"}  # fmt: skip
 
 
 def _closure(obj: Any) -> dict[str, Any]:
@@ -149,7 +150,8 @@ def test_each_worker_class_is_configured_for_its_engine(task: str) -> None:
     assert synchronizer._translate_in(volume)._mount_options.read_only is True
     assert {secret._name for secret in definition["secrets"]} >= {"studio-database", "studio-supabase", "studio-app"}
     assert definition["image"] is synchronizer._translate_in(modal_app.IMAGES[TASKS[task].family])
-    assert cls._get_user_cls().task == task
+    # cover and repaint run on song's worker: the same pipeline (TaskSpec.models_from).
+    assert cls._get_user_cls().task == (TASKS[task].models_from or task)
 
 
 def test_the_api_is_an_asgi_app_with_concurrency_and_no_gpu() -> None:

@@ -168,10 +168,10 @@ def test_models_lock_parses_and_every_entry_is_complete():
     lock = load_lock()
     expected = {f"demucs/{name}" for name in DEMUCS_SOURCES} | {f"whisper/{name}" for name in WHISPER_MODELS}
     expected |= {f"faster-whisper/{name}" for name in FASTER_WHISPER_MODELS}
-    expected |= {"basic-pitch", "deepfilternet3", "stable-audio-open", "audioldm2"}
+    expected |= {"basic-pitch", "deepfilternet3", "stable-audio-open", "audioldm2", "ace-step-1.5"}
     assert set(lock.models) == expected
     for entry in lock.models.values():
-        assert entry.task in {"separate", "enhance", "transcribe", "midi", "generate"}
+        assert entry.task in {"separate", "enhance", "transcribe", "midi", "generate", "song"}
         assert entry.source and entry.licence and isinstance(entry.commercial_use, bool)
         if entry.verifiable:
             for f in entry.files:

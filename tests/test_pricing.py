@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from api.jobs.pricing import RATES, price
-from inference.params import GenerateParams, MidiParams, SeparateParams
+from inference.params import CoverParams, GenerateParams, MidiParams, RepaintParams, SeparateParams, SongParams
 from inference.registry import TASKS
 
 
@@ -46,3 +46,15 @@ def test_separation_prices_each_pass_it_makes() -> None:
     assert price("separate", SeparateParams(shifts=0), three_minutes) == 12  # shifts=0 is still one pass
     assert price("separate", SeparateParams(shifts=5), three_minutes) == 60
     assert price("separate", SeparateParams(model="htdemucs_ft", shifts=2), three_minutes) == 96
+
+
+def test_songs_are_priced_per_generated_minute_variant_and_step() -> None:
+    # rate 4 per generated minute x variants x steps / 8 (the turbo default).
+    assert price("song", SongParams(prompt="x", duration_s=60), None) == 4
+    assert price("song", SongParams(prompt="x", duration_s=180, variants=4), None) == 48
+    assert price("song", SongParams(prompt="x", duration_s=180, variants=4, steps=16), None) == 96
+    assert price("song", SongParams(prompt="x", duration_s=10), None) == RATES["song"].minimum
+    # A cover generates as long as its input, per variant; a repaint regenerates (and pays for) the whole input.
+    assert price("cover", CoverParams(prompt="x", variants=2), 150.0) == 20
+    assert price("repaint", RepaintParams(start_s=10, end_s=20), 150.0) == 10
+    assert price("repaint", RepaintParams(start_s=10, end_s=20, steps=4), 150.0) == 5

@@ -970,3 +970,45 @@ def test_a_job_run_from_a_session_adds_its_outputs(page: Page, live_builtin: Liv
     page.get_by_role("link", name="Open the session").click()
     expect(page.locator("#timeline")).to_have_attribute("data-loaded", "true", timeout=60_000)
     expect(page.locator(".clip")).to_have_count(2)
+
+
+def test_song_with_the_lyrics_editor_then_repaint_a_span_of_the_result(page: Page, live_builtin: LiveStudio) -> None:
+    sign_in(page, live_builtin)
+    page.locator("#task").select_option("song")
+    expect(page.locator("#audio-input")).to_be_hidden()
+    page.get_by_label("Prompt *").fill("upbeat synth pop")
+    lyrics = page.get_by_label("Lyrics")
+    lyrics.fill("Neon on the water")
+    page.get_by_role("toolbar", name="Insert a section tag").get_by_role("button", name="[chorus]").click()
+    lyrics.press("End")
+    lyrics.type("We run all night")
+    expect(lyrics).to_have_value("Neon on the water\n[chorus]\nWe run all night")
+    expect(page.locator("#param-song-lyrics-count")).to_have_text("43 / 4096 characters")
+    page.get_by_label("Duration S").fill("3")
+    page.get_by_label("Variants").fill("2")
+    expect(page.locator("#quote")).to_contain_text(" · you have ")
+    page.get_by_role("button", name="Run").click()
+    expect(page.locator("#job-status")).to_have_text("succeeded", timeout=JOB_TIMEOUT_MS)
+    expect(page.locator('audio[data-player="variant_2"]')).to_be_attached()
+    shot(page, "14-song")
+
+    # Repaint a span of the first variant: it becomes the input, the span is marked on its waveform.
+    page.locator('figure[data-output="variant_1"] button[data-reuse="repaint"]').click()
+    expect(page.locator("#task")).to_have_value("repaint")
+    expect(page.locator("#audio-input")).to_be_visible()
+    expect(page.locator("#file-info")).to_contain_text("variant_1.wav · 3.0 s")
+    picker = page.locator('audio[data-player="span"]')
+    page.wait_for_function('() => { const a = document.querySelector(`audio[data-player="span"]`); '
+                           "return a && isFinite(a.duration) && a.duration > 2.9; }")  # fmt: skip
+    picker.evaluate("audio => { audio.currentTime = 1.0; }")
+    page.locator("#span-start").click()
+    picker.evaluate("audio => { audio.currentTime = 2.0; }")
+    page.locator("#span-end").click()
+    expect(page.get_by_label("Start S *")).to_have_value("1.00")
+    expect(page.get_by_label("End S *")).to_have_value("2.00")
+    page.get_by_role("button", name="Run").click()
+    expect(page.locator("#job-status")).to_have_text("succeeded", timeout=JOB_TIMEOUT_MS)
+    page.wait_for_function('() => { const a = document.querySelector(`audio[data-player="repainted"]`); '
+                           "return a && isFinite(a.duration) && Math.abs(a.duration - 3) < 0.05; }")  # fmt: skip
+    expect(page.locator("#span-picker .wave canvas").first).to_be_attached()  # its waveform outlives the results
+    shot(page, "15-repaint")

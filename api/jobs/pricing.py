@@ -28,6 +28,13 @@ RATES: dict[str, Rate] = {
     "transcribe": Rate(rate=2.0, unit="audio_minute", minimum=1),
     "midi": Rate(rate=1.0, unit="audio_minute", minimum=1),
     "generate": Rate(rate=0.5, unit="variant_second", minimum=2),
+    # Songs (ACE-Step 1.5 turbo, 8 steps): per generated minute x variants. Estimate, not yet measured on an A10G: the
+    # one public A10G figure is ~3 s per generated minute (../shared/NOTES.md), i.e. ~0.1 US cents of GPU at
+    # USD 0.000306/s; a price near the seed studio's "create-song" (5 credits) leaves room for cold starts, VAE
+    # decoding of long songs and a margin. docs/COSTS.md says how to measure it (bench/gpu).
+    "song": Rate(rate=4.0, unit="song_minute", minimum=2),
+    "cover": Rate(rate=4.0, unit="song_minute", minimum=2),
+    "repaint": Rate(rate=4.0, unit="song_minute", minimum=2),
     # CPU DSP tasks: a few CPU seconds per audio minute (docs/COSTS.md); one credit covers them with margin.
     "master": Rate(rate=1.0, unit="audio_minute", minimum=1),
     "tune": Rate(rate=1.0, unit="audio_minute", minimum=1),

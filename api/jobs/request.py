@@ -84,6 +84,11 @@ class JobCreate(BaseModel):
                     "input_url": "https://example.com/talk.mp3",
                 },
                 {"task": "generate", "params": {"prompt": "warm analog synth pad", "duration_s": 8}},
+                {
+                    "task": "song",
+                    "prompt": "upbeat synth pop, female vocals",
+                    "params": {"lyrics": "[verse]\nNeon on the water\n[chorus]\nWe run all night", "duration_s": 60},
+                },
             ]
         },
     )
@@ -98,7 +103,7 @@ class JobCreate(BaseModel):
     reference_url: str | None = Field(
         default=None, description="master only: an https URL of a reference track (or a multipart `reference` file)."
     )
-    prompt: str | None = Field(default=None, description="Same as params.prompt (generate only).")
+    prompt: str | None = Field(default=None, description="Same as params.prompt (text tasks: generate, song).")
     webhook_url: str | None = None
     webhook_events: list[str] | None = Field(
         default=None,
@@ -144,6 +149,14 @@ FORM_FIELDS = frozenset(
         "deadline_s",
     }
 )
+
+
+def check_input_fits(task: str, params: BaseModel, audio_seconds: float) -> None:
+    """422 when the params cannot run on an input this long (e.g. a repaint span past its end): before any hold."""
+    check = TASKS[task].input_problem
+    problem = check(params, audio_seconds) if check is not None else None
+    if problem is not None:
+        raise invalid(problem[0], "The params do not fit the input", problem[1])
 
 
 def invalid(code: str, title: str, detail: str, **extra: Any) -> Problem:

@@ -25,7 +25,7 @@ from api.jobs import idempotency, uploads
 from api.jobs.dispatch import DispatchError, dispatch_job
 from api.jobs.inputs import FetchPolicy, ProbedInput, ReceivedInput, fetch_url, probe_input
 from api.jobs.pricing import price
-from api.jobs.request import JobRequest
+from api.jobs.request import JobRequest, check_input_fits
 from api.jobs.view import job_resource
 from api.state import AppState
 from db import api_keys as db_api_keys
@@ -256,6 +256,7 @@ async def create_job(
         received, probed = await obtain_input(state, user_id, job, workdir)
         extras = await obtain_extra_inputs(state, user_id, job, workdir)
         seconds = probed.info.duration_s
+        check_input_fits(job.task, job.params, seconds)
         input_meta = _input_meta(received, probed, job.input_url, job.input_upload)
         if extras:
             input_meta["extra_inputs"] = {

@@ -25,7 +25,7 @@ from api.errors import Problem
 from api.jobs import cancel, idempotency
 from api.jobs.inputs import SUPPORTED_FORMATS, lazy_workdir
 from api.jobs.pricing import RATES, price
-from api.jobs.request import JobCreate, invalid, parse_cancel_after, parse_request
+from api.jobs.request import JobCreate, check_input_fits, invalid, parse_cancel_after, parse_request
 from api.jobs.submit import naming_job, obtain_extra_inputs, obtain_input, submit_once
 from api.jobs.view import JobList, JobOut, JobStatus, job_resource, with_download_urls
 from api.routes.responses import AUTH_RESPONSES, SPEND_RESPONSES, problem_doc
@@ -184,6 +184,7 @@ async def create_quote(request: Request, user: CurrentUser, state: State) -> Quo
                 _, probed = await obtain_input(state, user.id, job, workdir)
                 seconds = probed.info.duration_s
             await obtain_extra_inputs(state, user.id, job, workdir)  # checked as a submit would, never priced
+            check_input_fits(job.task, job.params, seconds)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     credits = price(job.task, job.params, seconds)

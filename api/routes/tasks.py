@@ -129,7 +129,7 @@ async def list_tasks(state: State) -> TaskList:
                 source=entry.source,
             )
             for entry in lock_entries().values()
-            if entry.task == spec.task
+            if entry.task == spec.lock_task
         ]
         data.append(
             TaskInfo(

@@ -16,6 +16,13 @@ saved in the library's own format and loaded and run THROUGH OUR ENGINE CLASSES 
   row, skipped with the reason when its engine module or CTranslate2's CUDA libraries are not there.
 - generate: Stable Audio Open 1.0's DiT + Oobleck VAE + T5-base at their published configs, fp16 on CUDA, 100 steps,
   47 s, 1 and 4 variants (classifier-free guidance at the default scale, so the DiT runs 2 x variants per step).
+- song: ACE-Step 1.5 XL turbo (the checkpoint models.lock names) through the song engine (inference/song.py), bf16 on
+  CUDA, the turbo default of 8 steps, one generated minute, 1 and 4 variants (turbo: no guidance, one DiT pass per
+  variant per step). DiT: hidden 2560, 32 layers, 32 heads, condition width 2048 (ACE-Step/acestep-v15-xl-base-
+  diffusers' card), intermediate 9728 and 8 key/value heads (a third-party XL card, scragnog/ace-step-1.5-gguf-merge-
+  models: ~4.7B parameters); condition encoder, audio tokenizer and detokenizer at diffusers' class defaults; a
+  Qwen3-0.6B-sized text encoder; an Oobleck VAE with the pipeline's 1920-sample hop at 48 kHz. The note prices a
+  3-minute song.
 
 Every row: device, precision, seconds per unit, x real time (audio seconds per compute second), peak GPU memory
 (torch's allocator peak, reset per row) and an ESTIMATED USD per unit on Modal's A10G: H200 seconds x
@@ -62,6 +69,8 @@ DEFAULT_A10G_SLOWDOWN = 6.0
 
 SEPARATE_BATCHES = (1, 2, 4, 8)
 GENERATE_VARIANTS = (1, 4)
+SONG_VARIANTS = (1, 4)
+SONG_MINUTES_PER_SONG = 3.0  # what "a song" is priced as in the row's note
 
 
 @dataclass
@@ -416,6 +425,100 @@ def bench_generate(setup: Setup) -> list[Row]:
     return rows
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# song
+
+
+def _build_ace_step(folder: Path, device: torch.device) -> None:
+    """An AceStepPipeline at the XL turbo's DiT config (module docstring), random weights, built in bf16 on `device`
+    (4.7B parameters initialise in seconds there) and saved with `save_pretrained` like the hub snapshot."""
+    from diffusers import (
+        AceStepPipeline,
+        AceStepTransformer1DModel,
+        AutoencoderOobleck,
+        FlowMatchEulerDiscreteScheduler,
+    )
+    from diffusers.pipelines.ace_step.modeling_ace_step import (
+        AceStepAudioTokenDetokenizer,
+        AceStepAudioTokenizer,
+        AceStepConditionEncoder,
+    )
+    from transformers import Qwen3Config, Qwen3Model
+
+    from tests.tiny_ace_step import _tokenizer
+
+    torch.manual_seed(0)
+    tokenizer = _tokenizer()  # a small trained stand-in: prompt encoding is a tiny share of the work
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with torch.device(device):
+            text_encoder = Qwen3Model(
+                Qwen3Config(vocab_size=len(tokenizer), hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
+                            num_attention_heads=16, num_key_value_heads=8, head_dim=128,
+                            max_position_embeddings=32768)
+            )  # fmt: skip
+            vae = AutoencoderOobleck(
+                encoder_hidden_size=128, downsampling_ratios=[2, 4, 4, 6, 10], channel_multiples=[1, 2, 4, 8, 16],
+                decoder_channels=128, decoder_input_channels=64, audio_channels=2, sampling_rate=48000,
+            )  # fmt: skip
+            transformer = AceStepTransformer1DModel(
+                hidden_size=2560, intermediate_size=9728, num_hidden_layers=32, num_attention_heads=32,
+                num_key_value_heads=8, head_dim=128, encoder_hidden_size=2048, is_turbo=True, model_version="turbo",
+            )  # fmt: skip
+            pipeline = AceStepPipeline(
+                vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer,
+                condition_encoder=AceStepConditionEncoder(), audio_tokenizer=AceStepAudioTokenizer(),
+                audio_token_detokenizer=AceStepAudioTokenDetokenizer(),
+                scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1),
+            )  # fmt: skip
+    finally:
+        torch.set_default_dtype(previous)
+    pipeline.save_pretrained(folder)
+
+
+def bench_song(setup: Setup) -> list[Row]:
+    from inference.params import SongParams
+    from inference.song import build_engine
+    from tests.tiny_ace_step import build_ace_step
+
+    folder = setup.work / "weights" / "ace-step-1.5"
+    if setup.tiny:
+        build_ace_step(folder)
+    else:
+        _build_ace_step(folder, setup.device)
+    engine = build_engine("ace-step-1.5", setup.work / "weights")  # CUDA + bf16 with a GPU, else CPU + fp32
+    seconds_per_song = 2.0 if setup.tiny else 60.0
+    steps = SongParams.model_fields["steps"].default
+    lyrics = "[verse]\nhello world we sing tonight\n[chorus]\nla la la"
+
+    def params(variants: int, duration: float) -> SongParams:
+        return SongParams(prompt="upbeat synth pop", lyrics=lyrics, duration_s=duration, steps=steps, seed=0,
+                          variants=variants)  # fmt: skip
+
+    engine.run(None, params(1, max(1.0, seconds_per_song / 4)), setup.work / "song-warmup", _no_progress)
+    rows = []
+    for variants in SONG_VARIANTS:
+        out = setup.work / f"song-v{variants}"
+        call = functools.partial(engine.run, None, params(variants, seconds_per_song), out, _no_progress)
+        seconds, peak = _timed(setup.device, call)
+        written = sorted(path.name for path in out.glob("variant_*.wav"))
+        lengths = {round(sf.info(str(out / name)).duration, 3) for name in written}
+        verdict = "ok" if len(written) == variants and lengths == {round(seconds_per_song, 3)} else "FAILED"
+        minutes = variants * seconds_per_song / 60
+        row = setup.row("song", f"ACE-Step 1.5 XL turbo arch, {steps} steps, {variants} variant(s) of "
+                        f"{seconds_per_song:g} s", _precision(engine.pipeline.transformer.dtype), "generated minute",
+                        seconds, minutes, variants * seconds_per_song, peak,
+                        check=f"{verdict}: {len(written)} files of {sorted(lengths)} s")  # fmt: skip
+        if row.usd_per_unit_a10g_estimate is not None:
+            per_song = row.usd_per_unit_a10g_estimate * SONG_MINUTES_PER_SONG
+            row.note = f"estimate: USD {per_song:.4f} per {SONG_MINUTES_PER_SONG:g}-minute song on an A10G"
+        rows.append(row)
+    del engine
+    _free(setup.device)
+    return rows
+
+
 def _free(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -425,6 +528,7 @@ BENCHES: dict[str, Callable[[Setup], list[Row]]] = {
     "separate": bench_separate,
     "transcribe": bench_transcribe,
     "generate": bench_generate,
+    "song": bench_song,
 }
 
 

@@ -6,7 +6,7 @@ import { uploadResumable } from "./upload.js";
 import { $, el, formatDate, formatMoney } from "./dom.js";
 import { buildParamsForm } from "./form.js";
 import { startRecording } from "./record.js";
-import { clearResults, renderResults, showPartial } from "./results.js";
+import { clearResults, player, renderResults, showPartial } from "./results.js";
 import * as session from "./session.js";
 import { closeTimeline, showSessions, showTimeline } from "./timeline.js";
 import { downloadUsageCsv, loadUsage } from "./usage.js";
@@ -309,13 +309,55 @@ function chooseTask() {
     optionState: (name, value) => modelOptionState(info, name, value),
   });
   $("#submit-error").textContent = "";
+  showSpanPicker();
   scheduleQuote();
+}
+
+function selectTask(task) {
+  $("#task").value = task;
+  chooseTask();
+}
+
+// Cover or repaint an audio result: it becomes the input of the chosen task (results.js offers the buttons).
+function reuseOutput(blob, name, task) {
+  selectTask(task);
+  setInput(new File([blob], name, { type: blob.type || "audio/wav" }));
+  $("#job-form").scrollIntoView({ block: "start" });
+}
+
+// repaint: the input on a waveform; click or drag to a point, then mark it as the span's start or end.
+let spanPlayer = null;
+function showSpanPicker() {
+  const box = $("#span-picker");
+  if (spanPlayer) spanPlayer.ws.destroy();
+  spanPlayer = null;
+  const info = taskInfo();
+  const fields = info && info.task === "repaint" && form ? Object.fromEntries(form.fields.map((f) => [f.name, f.input])) : {};
+  box.replaceChildren();
+  box.hidden = !(input && fields.start_s && fields.end_s);
+  if (box.hidden) return;
+  const p = player(`Pick the span to repaint in ${input.name}`, input, { slug: "span", owned: true });
+  spanPlayer = p;
+  const mark = (name) => () => {
+    fields[name].value = p.audio.currentTime.toFixed(2);
+    fields[name].dispatchEvent(new Event("input", { bubbles: true }));
+  };
+  box.append(
+    p.box,
+    el(
+      "div",
+      { class: "row" },
+      el("button", { type: "button", class: "secondary", id: "span-start", onclick: mark("start_s") }, "Start here"),
+      el("button", { type: "button", class: "secondary", id: "span-end", onclick: mark("end_s") }, "End here"),
+    ),
+  );
 }
 
 function setInput(file) {
   input = file;
   inputDuration = null;
   $("#file-info").textContent = "";
+  showSpanPicker();
   if (!file) return scheduleQuote();
   $("#drop-text").textContent = file.name;
   // The browser's own reading of the duration prices the live quote without uploading; the API re-measures at submit.
@@ -492,7 +534,7 @@ function finishJob(job) {
   }
   $("#job-progress").value = job.status === "succeeded" ? 1 : job.progress;
   if (job.error) $("#job-error").textContent = `${job.error.message} (${job.error.code})`;
-  renderResults($("#results"), job, { input: currentJob ? currentJob.input : null });
+  renderResults($("#results"), job, { input: currentJob ? currentJob.input : null, reuse: reuseOutput });
   refreshBalance();
 }
 

@@ -31,6 +31,38 @@ function hint(schema) {
   return parts.join(" · ");
 }
 
+// Section tags the song model reads in lyrics (ACE-Step 1.5), inserted on their own line by the lyrics editor.
+const LYRIC_TAGS = ["[intro]", "[verse]", "[pre-chorus]", "[chorus]", "[bridge]", "[outro]"];
+
+// A lyrics editor: a tall textarea, buttons that insert section tags at the cursor, and a live character count
+// against the schema's maximum (what the API enforces).
+function lyricsEditor(input, schema, id) {
+  input.rows = 10;
+  input.spellcheck = true;
+  const count = el("small", { id: `${id}-count`, class: "hint", "aria-live": "polite" });
+  const update = () => {
+    const length = input.value.length;
+    count.textContent = `${length} / ${schema.maxLength} characters`;
+    count.classList.toggle("error-text", length > schema.maxLength);
+  };
+  const insert = (tag) => {
+    const { selectionStart: start, selectionEnd: end, value } = input;
+    const before = value.slice(0, start);
+    const text = `${before && !before.endsWith("\n") ? "\n" : ""}${tag}\n`;
+    input.setRangeText(text, start, end, "end");
+    input.focus();
+    input.dispatchEvent(new Event("input", { bubbles: true }));
+  };
+  input.addEventListener("input", update);
+  update();
+  const tags = el(
+    "div",
+    { class: "lyric-tags", role: "toolbar", "aria-label": "Insert a section tag" },
+    LYRIC_TAGS.map((tag) => el("button", { type: "button", class: "secondary", onclick: () => insert(tag) }, tag)),
+  );
+  return { tags, count };
+}
+
 // `optionState(name, value)` may return {disabled, note} for an enum option: it is shown disabled with the note
 // (e.g. a model this deployment has not installed), and never chosen by default.
 export function buildParamsForm(container, schema, idPrefix, { optionState = () => null } = {}) {
@@ -81,12 +113,15 @@ export function buildParamsForm(container, schema, idPrefix, { optionState = () 
       input.value = s.default ?? "";
     }
     if (required.has(name)) input.required = true;
-    input.setAttribute("aria-describedby", `${hintId} ${errorId}`);
+    const lyrics = name === "lyrics" && input.tagName === "TEXTAREA" ? lyricsEditor(input, s, id) : null;
+    input.setAttribute("aria-describedby", `${hintId} ${errorId}` + (lyrics ? ` ${id}-count` : ""));
     const field = el(
       "div",
       { class: s.type === "boolean" ? "field check" : "field" },
       el("label", { for: id }, label(name, s) + (required.has(name) ? " *" : "")),
+      lyrics && lyrics.tags,
       input,
+      lyrics && lyrics.count,
       el("small", { id: hintId, class: "hint" }, hint(s)),
       el("small", { id: errorId, class: "error-text", role: "alert" }),
     );

@@ -39,8 +39,9 @@ function downloadLink(output) {
   return el("a", { href: output.url, download: output.name, class: "button secondary" }, `Download ${output.name}`);
 }
 
-// A waveform player: our own <audio controls> element (keyboard-usable) that WaveSurfer draws and drives.
-export function player(title, source, { slug }) {
+// A waveform player: our own <audio controls> element (keyboard-usable) that WaveSurfer draws and drives. Results'
+// players are destroyed with the results; `owned` players (the repaint span picker) are destroyed by their caller.
+export function player(title, source, { slug, owned = false }) {
   const audio = el("audio", { controls: true, preload: "metadata", "data-player": slug, "aria-label": title });
   const wave = el("div", { class: "wave", "aria-hidden": "true" });
   const box = el("figure", { class: "player", "data-output": slug }, el("figcaption", {}, title), wave, audio);
@@ -58,7 +59,7 @@ export function player(title, source, { slug }) {
     return blob;
   });
   loaded.catch((error) => box.append(el("p", { class: "error-text", role: "alert" }, String(error.message || error))));
-  active.push({ destroy: () => ws.destroy() });
+  if (!owned) active.push({ destroy: () => ws.destroy() });
   return { box, audio, ws, loaded };
 }
 
@@ -85,7 +86,13 @@ export function showPartial(container, output) {
   }
 }
 
-export function renderResults(container, job, { input } = {}) {
+// Tasks that take any audio result as their input, offered under each audio output.
+const REUSE_TASKS = [
+  ["cover", "Cover this"],
+  ["repaint", "Repaint this"],
+];
+
+export function renderResults(container, job, { input, reuse } = {}) {
   clearResults(container);
   if (job.status !== "succeeded") return;
   if (job.outputs_deleted) {
@@ -106,6 +113,12 @@ export function renderResults(container, job, { input } = {}) {
     const slug = output.name.replace(/\.[^.]+$/, "");
     const p = player(output.name, output.url, { slug });
     p.box.append(downloadLink(output));
+    if (reuse) {
+      for (const [task, text] of REUSE_TASKS) {
+        const use = async () => reuse(await p.loaded, output.name, task);
+        p.box.append(el("button", { type: "button", class: "secondary", "data-reuse": task, onclick: use }, text));
+      }
+    }
     blobs[output.name] = p.loaded;
     players.append(p.box);
   }

@@ -49,20 +49,24 @@ _LOADED: dict[tuple[str, Path], SongEngine] = {}
 _LOADING = threading.Lock()
 
 
-def build_engine(model_key: str, weights_dir: Path) -> SongEngine:
-    """The engine for `model_key`, loading its pipeline once per weights folder (slow for the real weights: ~11 GB)."""
+def build_engine(model_key: str, weights_dir: Path, *, device: str | None = None) -> SongEngine:
+    """The engine for `model_key`, loading its pipeline once per weights folder (slow for the real weights: ~11 GB), on
+    `device`; None picks CUDA when available (a Modal worker passes "cpu" before its snapshot: inference/base.py
+    `DeviceEngine`)."""
     folder = Path(weights_dir) / model_key
     with _LOADING:
         engine = _LOADED.get((model_key, folder))
         if engine is None:
-            engine = _LOADED[(model_key, folder)] = _load(model_key, folder)
+            engine = _LOADED[(model_key, folder)] = _load(model_key, folder, device)
+        elif device is not None and engine.device != torch.device(device):
+            engine.to(device)
         return engine
 
 
-def _load(model_key: str, folder: Path) -> SongEngine:
+def _load(model_key: str, folder: Path, device_name: str | None) -> SongEngine:
     if not (folder / "model_index.json").is_file():
         raise FileNotFoundError(f"no diffusers pipeline for {model_key} at {folder} (pull the model weights first)")
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device_name or ("cuda" if torch.cuda.is_available() else "cpu"))
     pipeline = AceStepPipeline.from_pretrained(folder, local_files_only=True, torch_dtype=_dtype(device))
     pipeline.set_progress_bar_config(disable=True)
     return SongEngine(model_key, pipeline.to(device), device, revision=_revision(folder))

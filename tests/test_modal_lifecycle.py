@@ -52,6 +52,12 @@ def _tiny_stable_audio(weights: Path) -> None:
     build_stable_audio(weights / "stable-audio-open")
 
 
+def _tiny_ace_step(weights: Path) -> None:
+    from tests.tiny_ace_step import build_ace_step
+
+    build_ace_step(weights / "ace-step-1.5")
+
+
 def _nothing(weights: Path) -> None:
     """The DSP engines read no weights."""
 
@@ -61,6 +67,7 @@ STAND_INS: dict[str, tuple[str, Callable[[Path], None]]] = {
     "demucs/htdemucs": ("demucs/htdemucs", _tiny_demucs),
     "faster-whisper/large-v3-turbo": ("faster-whisper/tiny.en", _pull("faster-whisper/tiny.en")),
     "stable-audio-open": ("stable-audio-open", _tiny_stable_audio),
+    "ace-step-1.5": ("ace-step-1.5", _tiny_ace_step),
     "deepfilternet3": ("deepfilternet3", _pull("deepfilternet3")),
     "basic-pitch": ("basic-pitch", _pull("basic-pitch")),
     "dsp/master": ("dsp/master", _nothing),
@@ -72,9 +79,12 @@ STAND_INS: dict[str, tuple[str, Callable[[Path], None]]] = {
 JOB_PARAMS: dict[str, dict[str, Any]] = {
     "separate": {"two_stems": "vocals"},
     "generate": {"prompt": "rain", "duration_s": 0.2, "steps": 2},
+    "song": {"prompt": "rain", "duration_s": 1.0, "steps": 2},
+    "cover": {"prompt": "rain", "steps": 2},
+    "repaint": {"start_s": 0.5, "end_s": 1.0, "steps": 2},
     "fx": {"chain": [{"effect": "highpass", "params": {"cutoff_frequency_hz": 60}}]},
 }
-NO_INPUT = {"generate", "mixdown"}
+NO_INPUT = {"generate", "song", "mixdown"}
 
 
 def _mixdown_source(database_url: str, settings: Settings, user_id: Any, audio: Path) -> dict[str, Any]:

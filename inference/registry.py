@@ -15,7 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from inference.base import Engine
-from inference.params import TASK_PARAMS, GenerateParams, SeparateParams, TranscribeParams
+from inference.params import TASK_PARAMS, GenerateParams, SeparateParams, TranscribeParams, separate_model_key
 
 PriceUnit = Literal["audio_minute", "variant_second"]
 DEFAULT_GENERATE_STEPS: int = GenerateParams.model_fields["steps"].default
@@ -72,7 +72,7 @@ class TaskSpec:
 
 
 def _separate_key(params: SeparateParams) -> str:
-    return f"demucs/{params.model}"
+    return separate_model_key(params.model)
 
 
 def _transcribe_key(params: TranscribeParams) -> str:
@@ -84,7 +84,7 @@ def _generate_key(params: GenerateParams) -> str:
 
 
 _SPECS = (
-    TaskSpec(task="separate", description="Split music into stems (demucs).", input_kind="audio",
+    TaskSpec(task="separate", description="Split music into stems (RoFormer; demucs).", input_kind="audio",
              family="separation", gpu=True, price_unit="audio_minute",
              engine_factory="inference.separate:build_engine", model_key=_separate_key),
     TaskSpec(task="enhance", description="Remove noise from speech (DeepFilterNet3).", input_kind="audio",

@@ -22,6 +22,12 @@ class Price(BaseModel):
     minimum: int
 
 
+class PublishedSdr(BaseModel):
+    sdr: dict[str, float] = Field(description="Signal-to-distortion ratio in dB per stem (higher is better).")
+    benchmark: str
+    source: str = Field(description="Where the figures are published.")
+
+
 class ModelInfo(BaseModel):
     key: str
     licence: str
@@ -34,6 +40,11 @@ class ModelInfo(BaseModel):
         " `model_not_installed`."
     )
     source: str
+    stems: list[str] = Field(description="A separation model's output stems (empty for other tasks).")
+    published_sdr: PublishedSdr | None = Field(
+        description="A separation model's published quality: SDR in dB per stem, the benchmark and where it is "
+        "published (null when none is recorded)."
+    )
 
 
 class LibraryInfo(BaseModel):
@@ -92,6 +103,10 @@ async def list_tasks(state: State) -> TaskList:
                 enabled=model_enabled(entry, state),
                 installed=model_installed(entry, settings),
                 source=entry.source,
+                stems=list(entry.stems),
+                published_sdr=PublishedSdr(sdr=entry.sdr, benchmark=entry.sdr_benchmark, source=entry.sdr_source)
+                if entry.sdr
+                else None,
             )
             for entry in lock_entries().values()
             if entry.task == spec.task

@@ -240,7 +240,7 @@ function chooseTask() {
   shownTask = info.task;
   $("#task-description").textContent = `${info.description} · ${plural(info.price.rate, "credit")} per ${info.price.unit.replace("_", " ")} (minimum ${info.price.minimum})`;
   $("#audio-input").hidden = info.input_kind !== "audio";
-  form = buildParamsForm($("#params"), info.params_schema, `param-${info.task}`);
+  form = buildParamsForm($("#params"), info.params_schema, `param-${info.task}`, info.models);
   $("#submit-error").textContent = "";
   scheduleQuote();
 }

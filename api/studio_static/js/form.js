@@ -31,7 +31,22 @@ function hint(schema) {
   return parts.join(" · ");
 }
 
-export function buildParamsForm(container, schema, idPrefix) {
+// What the model picker says about one model (GET /v1/tasks `models`): its stems, licence and published SDR.
+export function describeModel(option, models) {
+  const matches = models.filter((m) => m.key === option || m.key.endsWith(`/${option}`));
+  if (matches.length !== 1) return String(option);
+  const [m] = matches;
+  const parts = [];
+  if (m.stems && m.stems.length) parts.push(m.stems.join(", "));
+  parts.push(m.commercial_use ? m.licence : `${m.licence}, non-commercial`);
+  if (m.published_sdr) {
+    const figures = Object.entries(m.published_sdr.sdr).map(([stem, db]) => `${stem} ${db}`).join(", ");
+    parts.push(`SDR dB ${figures} (${m.published_sdr.benchmark})`);
+  }
+  return `${option} — ${parts.join(" · ")}`;
+}
+
+export function buildParamsForm(container, schema, idPrefix, models = []) {
   container.replaceChildren();
   const fields = [];
   const required = new Set(schema.required || []);
@@ -44,7 +59,10 @@ export function buildParamsForm(container, schema, idPrefix) {
     if (Array.isArray(s.enum)) {
       input = el("select", { id, name });
       if (s.nullable) input.append(el("option", { value: "" }, "(none)"));
-      for (const option of s.enum) input.append(el("option", { value: String(option) }, String(option)));
+      for (const option of s.enum) {
+        const text = name === "model" ? describeModel(option, models) : String(option);
+        input.append(el("option", { value: String(option) }, text));
+      }
       input.value = s.default ?? "";
     } else if (s.type === "boolean") {
       input = el("input", { id, name, type: "checkbox" });

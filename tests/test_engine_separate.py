@@ -82,7 +82,9 @@ def test_checksum_is_verified_on_load(weights, tmp_path):
 def test_all_stems_match_demucs_apply_model(engine, song, tmp_path):
     """One window (chunk longer than the track): the files equal demucs's own normalise/apply/denormalise."""
     events: list[float] = []
-    result = engine.run(song, SeparateParams(shifts=0), tmp_path, lambda fraction, stage: events.append(fraction))
+    result = engine.run(
+        song, SeparateParams(model="htdemucs", shifts=0), tmp_path, lambda fraction, stage: events.append(fraction)
+    )
 
     assert [o.name for o in result.outputs] == ["drums.wav", "bass.wav", "other.wav", "vocals.wav"]
     assert result.metrics["audio_seconds"] == pytest.approx(3.0)
@@ -100,8 +102,10 @@ def test_all_stems_match_demucs_apply_model(engine, song, tmp_path):
 
 
 def test_two_stems_is_the_stem_and_the_sum_of_the_others(engine, song, tmp_path):
-    full = engine.run(song, SeparateParams(shifts=0), tmp_path / "full", lambda f, s: None)
-    pair = engine.run(song, SeparateParams(shifts=0, two_stems="vocals"), tmp_path / "pair", lambda f, s: None)
+    full = engine.run(song, SeparateParams(model="htdemucs", shifts=0), tmp_path / "full", lambda f, s: None)
+    pair = engine.run(
+        song, SeparateParams(model="htdemucs", shifts=0, two_stems="vocals"), tmp_path / "pair", lambda f, s: None
+    )
     stems = {o.name: _read(o.path) for o in full.outputs}
 
     assert [o.name for o in pair.outputs] == ["vocals.wav", "no_vocals.wav"]
@@ -114,12 +118,17 @@ def test_long_input_runs_in_crossfaded_windows(engine, weights, tmp_path):
     """6 s in two windows (3 s + 0.5 s cross-fade, on the model's 1.5 s segment grid): away from the join the stems
     equal the single-window run exactly; the join itself is a blend; lengths and progress stay right."""
     song = _write_input(tmp_path / "six.wav", 6.0)
-    whole = engine.run(song, SeparateParams(stems=["vocals", "drums"], shifts=0), tmp_path / "whole", lambda f, s: None)
+    whole = engine.run(
+        song,
+        SeparateParams(model="htdemucs", stems=["vocals", "drums"], shifts=0),
+        tmp_path / "whole",
+        lambda f, s: None,
+    )
     windowed = build_engine("demucs/htdemucs", weights, device="cpu", chunk_seconds=3.0, crossfade_seconds=0.5)
     events: list[float] = []
     result = windowed.run(
         song,
-        SeparateParams(stems=["vocals", "drums"], shifts=0),
+        SeparateParams(model="htdemucs", stems=["vocals", "drums"], shifts=0),
         tmp_path / "windowed",
         lambda fraction, stage: events.append(fraction),
     )
@@ -179,7 +188,7 @@ def long_song(tmp_path_factory) -> Path:
 
 def test_batched_windows_equal_unbatched(weights, long_song, tmp_path):
     """batch_windows=3 gives the batch_windows=1 stems to 1e-6 (float32 noise; eval HTDemucs is per-item)."""
-    params = SeparateParams(shifts=0)
+    params = SeparateParams(model="htdemucs", shifts=0)
     single = build_engine("demucs/htdemucs", weights, device="cpu", batch_windows=1, **WINDOWED)
     batched = build_engine("demucs/htdemucs", weights, device="cpu", batch_windows=3, **WINDOWED)
     assert single.batch_windows == 1 and batched.batch_windows == 3
@@ -199,7 +208,7 @@ def test_model_sees_batched_windows(weights, long_song, tmp_path):
     batched = build_engine("demucs/htdemucs", weights, device="cpu", batch_windows=3, **WINDOWED)
     seen, unhook = _record_batches(batched)
     try:
-        batched.run(long_song, SeparateParams(stems=["bass"], shifts=0), tmp_path, lambda f, s: None)
+        batched.run(long_song, SeparateParams(model="htdemucs", stems=["bass"], shifts=0), tmp_path, lambda f, s: None)
     finally:
         unhook()
     # Batches of 3 and 2 full windows, then the short last window alone (two segments per full window).
@@ -218,7 +227,7 @@ def test_cancelling_stops_a_batch(weights, long_song, tmp_path):
 
     try:
         with pytest.raises(KeyboardInterrupt):
-            batched.run(long_song, SeparateParams(shifts=0), tmp_path, cancel)
+            batched.run(long_song, SeparateParams(model="htdemucs", shifts=0), tmp_path, cancel)
     finally:
         unhook()
     assert seen == [3]
@@ -258,7 +267,7 @@ def test_one_batch_of_stems_at_a_time(weights, long_song, tmp_path, monkeypatch)
         return estimates
 
     monkeypatch.setattr(batched, "_apply", checked)
-    batched.run(long_song, SeparateParams(shifts=0), tmp_path, lambda f, s: None)
+    batched.run(long_song, SeparateParams(model="htdemucs", shifts=0), tmp_path, lambda f, s: None)
     assert len(stem_bytes) == 3
     # A batch's stems (several MB) dwarf the allowance's 64 kB of slack: one kept alive could not fit.
     assert min(stem_bytes) > 10 * 64 * 1024
@@ -273,8 +282,12 @@ def test_batch_windows_default_and_validation(engine, weights):
 
 def test_mono_48k_input_and_compressed_formats(engine, tmp_path):
     song = _write_input(tmp_path / "mono.wav", 1.5, rate=48000, channels=1)
-    flac = engine.run(song, SeparateParams(stems=["bass"], format="flac"), tmp_path / "flac", lambda f, s: None)
-    mp3 = engine.run(song, SeparateParams(stems=["bass"], format="mp3"), tmp_path / "mp3", lambda f, s: None)
+    flac = engine.run(
+        song, SeparateParams(model="htdemucs", stems=["bass"], format="flac"), tmp_path / "flac", lambda f, s: None
+    )
+    mp3 = engine.run(
+        song, SeparateParams(model="htdemucs", stems=["bass"], format="mp3"), tmp_path / "mp3", lambda f, s: None
+    )
 
     info = sf.info(str(flac.outputs[0].path))
     assert (info.format, info.samplerate, info.channels, info.frames) == ("FLAC", RATE, 2, int(1.5 * RATE))
@@ -304,10 +317,10 @@ def test_bad_input_raises_engine_error(engine, tmp_path):
     junk = tmp_path / "junk.mp3"
     junk.write_bytes(b"this is not audio at all" * 100)
     with pytest.raises(EngineError) as caught:
-        engine.run(junk, SeparateParams(), tmp_path / "out", lambda f, s: None)
+        engine.run(junk, SeparateParams(model="htdemucs"), tmp_path / "out", lambda f, s: None)
     assert caught.value.code == "undecodable_audio"
 
     empty = tmp_path / "empty.wav"
     sf.write(str(empty), np.zeros((0, 2), np.float32), RATE)
     with pytest.raises(EngineError):
-        engine.run(empty, SeparateParams(), tmp_path / "out", lambda f, s: None)
+        engine.run(empty, SeparateParams(model="htdemucs"), tmp_path / "out", lambda f, s: None)

@@ -107,8 +107,10 @@ class SeparateParams(_Params):
     def _check_stems(self) -> SeparateParams:
         sources = SEPARATE_SOURCES[self.model]
         if self.model in ROFORMER_SOURCES:
-            # RoFormer runs the overlap its config was trained and scored with, and has no shift trick.
-            given = sorted({"shifts", "overlap"} & self.model_fields_set)
+            # RoFormer runs the overlap its config was trained and scored with, and has no shift trick. Compared with
+            # the defaults rather than the fields given, so stored params (every field) validate again.
+            defaults = type(self).model_fields
+            given = [name for name in ("overlap", "shifts") if getattr(self, name) != defaults[name].default]
             if given:
                 raise ValueError(f"{' and '.join(given)} apply to demucs models only")
         if self.stems is not None and self.two_stems is not None:

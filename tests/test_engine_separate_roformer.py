@@ -211,6 +211,8 @@ def test_params_route_roformer_models_and_keep_demucs_selectable() -> None:
     assert separate_model_key("mel-roformer-kim-vocals") == "roformer/mel-roformer-kim-vocals"
     assert separate_model_key("htdemucs") == "demucs/htdemucs"
     assert SeparateParams().compute_factor() == 1
+    # A stored job's params (every field, defaults included) validate again on the worker.
+    assert SeparateParams.model_validate(SeparateParams().model_dump()) == SeparateParams()
     assert SeparateParams(model="htdemucs_ft", shifts=2).compute_factor() == 8
     with pytest.raises(ValueError, match="demucs models only"):
         SeparateParams(shifts=2)

@@ -164,16 +164,16 @@ def build_engine(
     (config_path,) = [folder / f.path for f in entry.files if f.path.endswith(".yaml")]
     config = read_config(config_path)
     target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    engine = RoformerEngine(model_key.removeprefix("roformer/"), config, load_network(config, checkpoint))
-    return engine.configure(batch_windows=batch_windows, precision=precision).to(target)
+    engine = RoformerEngine(model_key.removeprefix("roformer/"), config, load_network(config, checkpoint), target)
+    return engine.configure(batch_windows=batch_windows, precision=precision)
 
 
 class RoformerEngine:
-    def __init__(self, name: str, config: RoformerConfig, model: torch.nn.Module) -> None:
+    def __init__(self, name: str, config: RoformerConfig, model: torch.nn.Module, device: torch.device) -> None:
         self.name = name
         self.config = config
-        self.model = model
-        self.device = torch.device("cpu")
+        self.model = model.to(device)
+        self.device = device
         self.sources = config.sources
         self.samplerate = config.sample_rate
         self.channels = config.channels

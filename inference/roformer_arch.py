@@ -8,6 +8,7 @@ it cannot load them strictly; MSST itself is not a package. This is MSST's infer
 modules in the same order under the same attribute names (so `load_state_dict(strict=True)` accepts the released
 files), minus the training-only parts (losses, gradient checkpointing, the PoPE variant no released model uses).
 Rotary embeddings come from `rotary-embedding-torch` (MIT) as in MSST: its `freqs` parameter is in the checkpoints.
+The mel filter bank is librosa's, recomputed here (see mel_filter_bank).
 
 Shapes: forward takes (batch, channels, samples) and returns (batch, stems, channels, samples) for both classes.
 """
@@ -395,7 +396,7 @@ class MelBandRoformer(_RoformerBase):
             skip_connection=skip_connection,
         )
         self.match_input_audio_length = match_input_audio_length
-        bands = torch.from_numpy(_mel_filter_bank(sample_rate, stft_n_fft, num_bands)) > 0
+        bands = torch.from_numpy(mel_filter_bank(sample_rate, stft_n_fft, num_bands)) > 0
         bins = stft_n_fft // 2 + 1
         freq_indices = repeat(torch.arange(bins), "f -> b f", b=num_bands)[bands]
         if stereo:
@@ -429,12 +430,28 @@ class MelBandRoformer(_RoformerBase):
         )
 
 
-def _mel_filter_bank(sample_rate: int, n_fft: int, num_bands: int) -> np.ndarray:
-    """librosa's mel filter bank (as MSST builds it) with its first and last corners forced positive, so every
-    frequency belongs to some band."""
-    from librosa import filters
+def mel_filter_bank(sample_rate: int, n_fft: int, num_bands: int) -> np.ndarray:
+    """librosa.filters.mel(sr, n_fft, n_mels) with its defaults (Slaney mel scale and area normalisation, float32),
+    the same float operations in the same order, so the bands (its nonzero entries) are librosa's exactly
+    (tests/test_engine_separate_roformer.py compares them) without librosa in the worker image. As MSST builds it,
+    its first and last corners are then forced positive, so every frequency belongs to some band."""
+    f_sp, min_log_hz = 200.0 / 3, 1000.0
+    min_log_mel, logstep = min_log_hz / f_sp, np.log(6.4) / 27.0
 
-    bank = filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=num_bands)
+    def hz_to_mel(hz: float) -> float:
+        return float(min_log_mel + np.log(hz / min_log_hz) / logstep) if hz >= min_log_hz else hz / f_sp
+
+    mels = np.linspace(hz_to_mel(0.0), hz_to_mel(sample_rate / 2), num_bands + 2)
+    mel_f = f_sp * mels
+    log_part = mels >= min_log_mel
+    mel_f[log_part] = min_log_hz * np.exp(logstep * (mels[log_part] - min_log_mel))
+    fft_freqs = np.fft.rfftfreq(n=n_fft, d=1.0 / sample_rate)
+    fdiff = np.diff(mel_f)
+    ramps = np.subtract.outer(mel_f, fft_freqs)
+    bank = np.zeros((num_bands, 1 + n_fft // 2), dtype=np.float32)
+    for i in range(num_bands):
+        bank[i] = np.maximum(0, np.minimum(-ramps[i] / fdiff[i], ramps[i + 2] / fdiff[i + 1]))
+    bank *= (2.0 / (mel_f[2 : num_bands + 2] - mel_f[:num_bands]))[:, np.newaxis]
     bank[0][0] = 1.0
     bank[-1, -1] = 1.0
     if not (bank > 0).any(axis=0).all():

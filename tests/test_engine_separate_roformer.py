@@ -16,6 +16,7 @@ import torch
 from inference.base import EngineError
 from inference.models import DEFAULT_LOCK_PATH, load_lock
 from inference.params import DEFAULT_SEPARATE_MODEL, ROFORMER_SOURCES, SeparateParams, separate_model_key
+from inference.roformer_arch import mel_filter_bank
 from inference.separate import build_engine as build_separate_engine
 from inference.separate_roformer import RoformerEngine, build_engine, load_network, read_config
 from tests.msst_reference.demix import demix
@@ -228,3 +229,13 @@ def test_params_route_roformer_models_and_keep_demucs_selectable() -> None:
     others = [entry for entry in lock.for_task("separate") if entry.key != default.key]
     assert all(entry.sdr["vocals"] < default.sdr["vocals"] for entry in others)
     assert all(not entry.commercial_use for entry in others if entry.key.startswith("demucs/"))
+
+
+@pytest.mark.parametrize(("rate", "n_fft", "bands"), [(44100, 2048, 60), (44100, 2048, 128), (48000, 4096, 64)])
+def test_mel_bands_are_librosas(rate: int, n_fft: int, bands: int) -> None:
+    """The mel filter bank (recomputed so the worker image needs no librosa) is librosa's, bit for bit, before the
+    two corners MSST forces positive."""
+    librosa = pytest.importorskip("librosa")
+    expected = librosa.filters.mel(sr=rate, n_fft=n_fft, n_mels=bands)
+    expected[0][0] = expected[-1, -1] = 1.0
+    assert np.array_equal(mel_filter_bank(rate, n_fft, bands), expected)

@@ -66,12 +66,12 @@ PUBLISHED = {
 }
 
 
-def tiny_config(published: Published) -> dict[str, Any]:
+def tiny_config(published: Published, chunk_size: int = TINY_CHUNK) -> dict[str, Any]:
     config = load_config_yaml((DATA / published.config).read_text())
     model = config["model"]
     model.update(dim=16, depth=1, dim_head=8, heads=2, mlp_expansion_factor=1)
     model.pop("sage_attention", None)
-    config["audio"]["chunk_size"] = TINY_CHUNK
+    config["audio"]["chunk_size"] = chunk_size
     return config
 
 
@@ -93,10 +93,10 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def tiny_files(key: str, seed: int = 0) -> dict[str, bytes]:
+def tiny_files(key: str, seed: int = 0, chunk_size: int = TINY_CHUNK) -> dict[str, bytes]:
     """{file name: bytes} of the tiny model: its checkpoint (under the published name) and its YAML config."""
     published = PUBLISHED[key]
-    config = tiny_config(published)
+    config = tiny_config(published, chunk_size)
     torch.manual_seed(seed)
     model = reference_model(published, config)
     # Random norm gains too, so a mis-wired norm cannot hide behind all-ones weights.
@@ -153,12 +153,14 @@ def lock_text(url: str, models: dict[str, dict[str, bytes]]) -> str:
     return "".join(rows)
 
 
-def install_tiny(weights_dir: Path, lock_path: Path, keys: list[str], seed: int = 0) -> dict[str, dict[str, bytes]]:
+def install_tiny(
+    weights_dir: Path, lock_path: Path, keys: list[str], seed: int = 0, chunk_size: int = TINY_CHUNK
+) -> dict[str, dict[str, bytes]]:
     """Write a models.lock pinning tiny models under `keys` and pull them into `weights_dir` over HTTP (sha256
     checked by the loader). Point STUDIO_MODELS_LOCK at `lock_path` to run them."""
     from inference.models import load_lock, pull
 
-    models = {key: tiny_files(key, seed) for key in keys}
+    models = {key: tiny_files(key, seed, chunk_size) for key in keys}
     served = {f"{key}/{name}": body for key, files in models.items() for name, body in files.items()}
     with serve(served) as url:
         lock_path.write_text(lock_text(url, models))

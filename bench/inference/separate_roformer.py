@@ -45,6 +45,7 @@ def make_input(minutes: float, folder: Path) -> Path:
 def setup(scratch: Path) -> tuple[RoformerEngine, torch.nn.Module]:
     from tests.tiny_roformer import PUBLISHED, install_tiny, reference_model, tiny_config
 
+    scratch.mkdir(parents=True, exist_ok=True)
     install_tiny(scratch / "weights", scratch / "models.lock", [KEY], chunk_size=PUBLISHED_CHUNK)
     engine = build_engine(KEY, scratch / "weights", device="cpu", lock=load_lock(scratch / "models.lock"))
     reference = reference_model(PUBLISHED[KEY], tiny_config(PUBLISHED[KEY], PUBLISHED_CHUNK))

@@ -203,6 +203,15 @@ def test_the_transcription_image_carries_ctranslate2s_cuda_libraries() -> None:
         assert not any("nvidia-cu" in command for command in _dockerfile(modal_app.IMAGES[family])), family
 
 
+def test_the_separate_worker_preloads_the_default_roformer_model_and_its_image_has_the_engine() -> None:
+    from inference.params import DEFAULT_SEPARATE_MODEL, SeparateParams, separate_model_key
+
+    preload = modal_app.SeparateWorker._get_user_cls().preload_models
+    assert preload == (separate_model_key(DEFAULT_SEPARATE_MODEL),) == (separate_model_key(SeparateParams().model),)
+    [pip] = [command for command in _dockerfile(modal_app.IMAGES["separation"]) if "rotary-embedding-torch" in command]
+    assert "rotary-embedding-torch==0.9.1" in pip and "einops==" in pip
+
+
 def test_the_transcribe_worker_preloads_the_default_ctranslate2_model() -> None:
     from inference.params import DEFAULT_TRANSCRIBE_MODEL, TranscribeParams
 

@@ -386,7 +386,7 @@ def _worker_options(family: str, *, gpu: bool) -> dict[str, Any]:
 @app.cls(**_worker_options("separation", gpu=True))
 class SeparateWorker(_JobWorker):
     task = "separate"
-    preload_models = ("demucs/htdemucs",)
+    preload_models = ("roformer/mel-roformer-kim-vocals",)  # the default model (inference.params)
 
 
 @app.cls(**_worker_options("enhancement", gpu=False), cpu=4.0)

@@ -23,7 +23,7 @@ import re
 import shutil
 import tomllib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, Literal
@@ -96,6 +96,10 @@ class ModelEntry:
     gated: bool = False
     unverifiable: str = ""  # why the entry cannot be verified yet, when it cannot
     hub_small_files: tuple[str, ...] = ()  # fnmatch patterns of small (non-LFS) hub files, checked by git sha1
+    stems: tuple[str, ...] = ()  # a separation model's outputs
+    sdr: dict[str, float] = field(default_factory=dict)  # published SDR (dB) per stem, on sdr_benchmark
+    sdr_benchmark: str = ""
+    sdr_source: str = ""  # where the figures are published
 
     @property
     def restricted(self) -> bool:
@@ -189,6 +193,10 @@ def load_lock(path: Path | None = None) -> ModelsLock:
                 gated=bool(body.get("gated", False)),
                 unverifiable=body.get("unverifiable", ""),
                 hub_small_files=tuple(str(pattern) for pattern in body.get("hub_small_files", [])),
+                stems=tuple(str(stem) for stem in body.get("stems", [])),
+                sdr={str(stem): float(value) for stem, value in body.get("sdr", {}).items()},
+                sdr_benchmark=body.get("sdr_benchmark", ""),
+                sdr_source=body.get("sdr_source", ""),
             )
         except (KeyError, TypeError) as exc:
             raise ModelsError(f"{lock_path}: model {key!r} is malformed ({exc})") from exc

@@ -15,6 +15,22 @@ DEMUCS_SOURCES: dict[str, tuple[str, ...]] = {
     "htdemucs_ft": ("drums", "bass", "other", "vocals"),
     "htdemucs_6s": ("drums", "bass", "other", "vocals", "guitar", "piano"),
 }
+# RoFormer models (models.lock keys `roformer/<name>`, run by inference.separate_roformer): the stems each config's
+# training section names; a single-stem vocals model also gives `instrumental` (the mix minus its vocals).
+ROFORMER_SOURCES: dict[str, tuple[str, ...]] = {
+    "mel-roformer-kim-vocals": ("vocals", "instrumental"),
+    "bs-roformer-viperx-1297": ("vocals", "instrumental"),
+    "bs-roformer-zfturbo-4stem": ("drums", "bass", "other", "vocals"),
+}
+SEPARATE_SOURCES: dict[str, tuple[str, ...]] = {**ROFORMER_SOURCES, **DEMUCS_SOURCES}
+# The best separation whose weights are licensed for commercial use (MIT): see models.lock.
+DEFAULT_SEPARATE_MODEL = "mel-roformer-kim-vocals"
+
+
+def separate_model_key(model: str) -> str:
+    """The models.lock key of a separate `model` param."""
+    return f"roformer/{model}" if model in ROFORMER_SOURCES else f"demucs/{model}"
+
 
 WHISPER_MODELS = (
     "tiny", "tiny.en", "base", "base.en", "small", "small.en", "medium", "medium.en",
@@ -74,16 +90,31 @@ def _reject_control_chars(text: str) -> str:
 
 
 class SeparateParams(_Params):
-    model: Literal["htdemucs", "htdemucs_ft", "htdemucs_6s"] = "htdemucs"
+    model: Literal[tuple(SEPARATE_SOURCES)] = Field(  # type: ignore[valid-type]
+        default=DEFAULT_SEPARATE_MODEL,
+        description="A RoFormer model (MIT weights where models.lock says so) or demucs/htdemucs* (research-only "
+        "weights: non-commercial). GET /v1/tasks lists each with its stems, licence and published SDR.",
+    )
     stems: list[str] | None = Field(default=None, description="Subset of the model's sources; default all.")
-    two_stems: str | None = Field(default=None, description='One source, e.g. "vocals": gives it and its no_<source>.')
-    shifts: int = Field(default=1, ge=0, le=10)
-    overlap: float = Field(default=0.25, ge=0.0, le=0.9)
+    two_stems: str | None = Field(
+        default=None,
+        description='One source, e.g. "vocals": gives it and no_<source> (the other sources summed for demucs, the '
+        "mix minus the source for RoFormer).",
+    )
+    shifts: int = Field(default=1, ge=0, le=10, description="demucs only: random time shifts averaged.")
+    overlap: float = Field(default=0.25, ge=0.0, le=0.9, description="demucs only: segment overlap.")
     format: AudioFormat = "wav"
 
     @model_validator(mode="after")
     def _check_stems(self) -> SeparateParams:
-        sources = DEMUCS_SOURCES[self.model]
+        sources = SEPARATE_SOURCES[self.model]
+        if self.model in ROFORMER_SOURCES:
+            # RoFormer runs the overlap its config was trained and scored with, and has no shift trick. Compared with
+            # the defaults rather than the fields given, so stored params (every field) validate again.
+            defaults = type(self).model_fields
+            given = [name for name in ("overlap", "shifts") if getattr(self, name) != defaults[name].default]
+            if given:
+                raise ValueError(f"{' and '.join(given)} apply to demucs models only")
         if self.stems is not None and self.two_stems is not None:
             raise ValueError("give either stems or two_stems, not both")
         if self.stems is not None:
@@ -97,13 +128,16 @@ class SeparateParams(_Params):
         return self
 
     def compute_factor(self) -> int:
-        """How many model passes a job makes: each shift is a pass, and htdemucs_ft is a bag of four models."""
+        """How many model passes a job makes: each demucs shift is a pass, and htdemucs_ft is a bag of four models;
+        a RoFormer model makes one."""
+        if self.model in ROFORMER_SOURCES:
+            return 1
         return max(1, self.shifts) * (4 if self.model == "htdemucs_ft" else 1)
 
     def output_stems(self) -> list[str]:
         if self.two_stems:
             return [self.two_stems, f"no_{self.two_stems}"]
-        return list(self.stems or DEMUCS_SOURCES[self.model])
+        return list(self.stems or SEPARATE_SOURCES[self.model])
 
 
 class EnhanceParams(_Params):

@@ -26,6 +26,7 @@ from inference.params import (
     SeparateParams,
     SongParams,
     TranscribeParams,
+    separate_model_key,
 )
 
 PriceUnit = Literal["audio_minute", "variant_second", "output_minute", "song_minute"]
@@ -137,7 +138,7 @@ def _song_input_problem(params: CoverParams | RepaintParams, audio_seconds: floa
 
 
 def _separate_key(params: SeparateParams) -> str:
-    return f"demucs/{params.model}"
+    return separate_model_key(params.model)
 
 
 def _transcribe_key(params: TranscribeParams) -> str:
@@ -149,7 +150,7 @@ def _generate_key(params: GenerateParams) -> str:
 
 
 _SPECS = (
-    TaskSpec(task="separate", description="Split music into stems (demucs).", input_kind="audio",
+    TaskSpec(task="separate", description="Split music into stems (RoFormer; demucs).", input_kind="audio",
              family="separation", gpu=True, price_unit="audio_minute",
              engine_factory="inference.separate:build_engine", model_key=_separate_key,
              worst_realtime_factor=30.0),

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from demucs.apply import BagOfModels, apply_model
@@ -36,6 +36,9 @@ from pydantic import BaseModel
 from inference import audio
 from inference.base import EngineError, EngineResult, OutputFile, ProgressFn, emit_partial, no_progress
 from inference.params import SeparateParams
+
+if TYPE_CHECKING:
+    from inference.separate_roformer import RoformerEngine
 
 # 60 s windows with 2 s cross-fades: ~3% extra compute, ~90 MB of stems per window for 4 sources.
 DEFAULT_CHUNK_SECONDS = 60.0
@@ -56,7 +59,13 @@ def build_engine(
     chunk_seconds: float = DEFAULT_CHUNK_SECONDS,
     crossfade_seconds: float = DEFAULT_CROSSFADE_SECONDS,
     batch_windows: int | None = None,
-) -> SeparateEngine:
+) -> SeparateEngine | RoformerEngine:
+    """Load `demucs/<name>` here, or hand `roformer/<name>` keys to inference.separate_roformer (the registry's one
+    factory for the separate task)."""
+    if model_key.startswith("roformer/"):
+        from inference import separate_roformer
+
+        return separate_roformer.build_engine(model_key, weights_dir, device=device, batch_windows=batch_windows)
     repo = weights_dir / model_key
     if not repo.is_dir():
         raise FileNotFoundError(f"no demucs weights at {repo}: pull {model_key} first")

@@ -30,7 +30,11 @@ def test_tiny_run_gives_every_engine_its_rows(tmp_path: Path) -> None:
     rows = report["rows"]
     assert report["tiny"] is True and report["environment"]["device"].startswith("cpu")
 
-    separate = [row for row in rows if row["engine"] == "separate"]
+    separate = [row for row in rows if row["engine"] == "separate" and row["case"].startswith("htdemucs")]
+    roformer = [row for row in rows if row["engine"] == "separate" and row["case"] not in {r["case"] for r in separate}]
+    names = ["mel-roformer-kim-vocals", "bs-roformer-viperx-1297", "bs-roformer-zfturbo-4stem"]
+    assert [row["case"].split(",")[0] for row in roformer] == [name for name in names for _ in range(4)]
+    assert all(row["check"].startswith("ok:") and "max |diff| 0.0e+00" in row["check"] for row in roformer)
     models = ["htdemucs (1 model)"] * 4 + ["htdemucs_ft (2 models)"] * 4
     assert [row["case"].split(",")[0] for row in separate] == models
     assert [row["case"].split("batch ")[1].split(" ")[0] for row in separate] == ["1", "2", "4", "8"] * 2
@@ -53,7 +57,7 @@ def test_tiny_run_gives_every_engine_its_rows(tmp_path: Path) -> None:
     assert [row["check"] for row in song] == ["ok: 1 files of [2.0] s", "ok: 4 files of [2.0] s"]
     assert all(row["unit"] == "generated minute" for row in song)
 
-    timed = separate + [whisper_row] + generate + song
+    timed = separate + roformer + [whisper_row] + generate + song
     for row in timed:
         assert row["seconds_per_unit"] > 0 and row["realtime_x"] > 0, row
         assert row["precision"] == "fp32" and row["peak_gpu_mib"] is None  # CPU: fp32, no GPU memory

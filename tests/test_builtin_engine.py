@@ -59,7 +59,9 @@ def test_separate_writes_one_file_per_stem_and_the_bands_sum_to_the_input(tmp_pa
     mix = _tone(60, 12.0) + _tone(1000, 12.0) + _tone(12000, 12.0)  # longer than one 10 s block: crosses a seam
     source = _write(tmp_path / "mix.wav", mix)
     progress = _Progress()
-    result = build_engine("demucs/htdemucs", tmp_path).run(source, SeparateParams(), tmp_path / "out", progress)
+    result = build_engine("demucs/htdemucs", tmp_path).run(
+        source, SeparateParams(model="htdemucs"), tmp_path / "out", progress
+    )
     progress.check()
     assert [o.name for o in result.outputs] == ["drums.wav", "bass.wav", "other.wav", "vocals.wav"]
     assert {o.content_type for o in result.outputs} == {"audio/wav"}
@@ -76,7 +78,9 @@ def test_separate_writes_one_file_per_stem_and_the_bands_sum_to_the_input(tmp_pa
 def test_separate_two_stems_and_six_sources(tmp_path):
     source = _write(tmp_path / "mix.wav", _tone(1000, 2.0) + _tone(60, 2.0))
     engine = builtin_engine("separate")
-    two = engine.run(source, SeparateParams(two_stems="vocals", format="flac"), tmp_path / "two", _Progress())
+    two = engine.run(
+        source, SeparateParams(model="htdemucs", two_stems="vocals", format="flac"), tmp_path / "two", _Progress()
+    )
     assert [o.name for o in two.outputs] == ["vocals.flac", "no_vocals.flac"]
     vocals, rest = (audio.decode(o.path) for o in two.outputs)
     assert _rms(vocals) == pytest.approx(_rms(_tone(1000, 1.0)), rel=0.05)
@@ -196,7 +200,7 @@ def test_task_pinning_and_input_errors(tmp_path):
     garbage = tmp_path / "junk.wav"
     garbage.write_bytes(b"RIFF0000WAVEjunk" * 100)
     with pytest.raises(EngineError) as bad:
-        BuiltinEngine().run(garbage, SeparateParams(), tmp_path / "out", _Progress())
+        BuiltinEngine().run(garbage, SeparateParams(model="htdemucs"), tmp_path / "out", _Progress())
     assert bad.value.code == "undecodable_audio"
 
 

@@ -85,7 +85,9 @@ def test_all_stems_match_demucs_apply_model(engine, song, tmp_path):
     events: list[float] = []
     emitted: list[tuple[Any, int]] = []  # each stem as announced, with its size then: complete before the run ends
     with partial_outputs(lambda output: emitted.append((output, output.path.stat().st_size))):
-        result = engine.run(song, SeparateParams(shifts=0), tmp_path, lambda fraction, stage: events.append(fraction))
+        result = engine.run(
+            song, SeparateParams(model="htdemucs", shifts=0), tmp_path, lambda fraction, stage: events.append(fraction)
+        )
     assert [output for output, _ in emitted] == result.outputs
     assert [size for _, size in emitted] == [output.path.stat().st_size for output in result.outputs]
 
@@ -105,8 +107,10 @@ def test_all_stems_match_demucs_apply_model(engine, song, tmp_path):
 
 
 def test_two_stems_is_the_stem_and_the_sum_of_the_others(engine, song, tmp_path):
-    full = engine.run(song, SeparateParams(shifts=0), tmp_path / "full", lambda f, s: None)
-    pair = engine.run(song, SeparateParams(shifts=0, two_stems="vocals"), tmp_path / "pair", lambda f, s: None)
+    full = engine.run(song, SeparateParams(model="htdemucs", shifts=0), tmp_path / "full", lambda f, s: None)
+    pair = engine.run(
+        song, SeparateParams(model="htdemucs", shifts=0, two_stems="vocals"), tmp_path / "pair", lambda f, s: None
+    )
     stems = {o.name: _read(o.path) for o in full.outputs}
 
     assert [o.name for o in pair.outputs] == ["vocals.wav", "no_vocals.wav"]
@@ -119,12 +123,17 @@ def test_long_input_runs_in_crossfaded_windows(engine, weights, tmp_path):
     """6 s in two windows (3 s + 0.5 s cross-fade, on the model's 1.5 s segment grid): away from the join the stems
     equal the single-window run exactly; the join itself is a blend; lengths and progress stay right."""
     song = _write_input(tmp_path / "six.wav", 6.0)
-    whole = engine.run(song, SeparateParams(stems=["vocals", "drums"], shifts=0), tmp_path / "whole", lambda f, s: None)
+    whole = engine.run(
+        song,
+        SeparateParams(model="htdemucs", stems=["vocals", "drums"], shifts=0),
+        tmp_path / "whole",
+        lambda f, s: None,
+    )
     windowed = build_engine("demucs/htdemucs", weights, device="cpu", chunk_seconds=3.0, crossfade_seconds=0.5)
     events: list[float] = []
     result = windowed.run(
         song,
-        SeparateParams(stems=["vocals", "drums"], shifts=0),
+        SeparateParams(model="htdemucs", stems=["vocals", "drums"], shifts=0),
         tmp_path / "windowed",
         lambda fraction, stage: events.append(fraction),
     )
@@ -184,7 +193,7 @@ def long_song(tmp_path_factory) -> Path:
 
 def test_batched_windows_equal_unbatched(weights, long_song, tmp_path):
     """batch_windows=3 gives the batch_windows=1 stems to 1e-6 (float32 noise; eval HTDemucs is per-item)."""
-    params = SeparateParams(shifts=0)
+    params = SeparateParams(model="htdemucs", shifts=0)
     single = build_engine("demucs/htdemucs", weights, device="cpu", batch_windows=1, **WINDOWED)
     batched = build_engine("demucs/htdemucs", weights, device="cpu", batch_windows=3, **WINDOWED)
     assert single.batch_windows == 1 and batched.batch_windows == 3
@@ -204,7 +213,7 @@ def test_model_sees_batched_windows(weights, long_song, tmp_path):
     batched = build_engine("demucs/htdemucs", weights, device="cpu", batch_windows=3, **WINDOWED)
     seen, unhook = _record_batches(batched)
     try:
-        batched.run(long_song, SeparateParams(stems=["bass"], shifts=0), tmp_path, lambda f, s: None)
+        batched.run(long_song, SeparateParams(model="htdemucs", stems=["bass"], shifts=0), tmp_path, lambda f, s: None)
     finally:
         unhook()
     # Batches of 3 and 2 full windows, then the short last window alone (two segments per full window).
@@ -223,7 +232,7 @@ def test_cancelling_stops_a_batch(weights, long_song, tmp_path):
 
     try:
         with pytest.raises(KeyboardInterrupt):
-            batched.run(long_song, SeparateParams(shifts=0), tmp_path, cancel)
+            batched.run(long_song, SeparateParams(model="htdemucs", shifts=0), tmp_path, cancel)
     finally:
         unhook()
     assert seen == [3]
@@ -273,7 +282,7 @@ def test_one_batch_of_stems_at_a_time(weights, long_song, tmp_path, monkeypatch)
     monkeypatch.setattr(batched, "_apply", checked)
     tracemalloc.start()
     try:
-        batched.run(long_song, SeparateParams(shifts=0), tmp_path, lambda f, s: None)
+        batched.run(long_song, SeparateParams(model="htdemucs", shifts=0), tmp_path, lambda f, s: None)
         gc.collect()
         retained = tracemalloc.get_traced_memory()[0]
     finally:
@@ -296,8 +305,12 @@ def test_batch_windows_default_and_validation(engine, weights):
 
 def test_mono_48k_input_and_compressed_formats(engine, tmp_path):
     song = _write_input(tmp_path / "mono.wav", 1.5, rate=48000, channels=1)
-    flac = engine.run(song, SeparateParams(stems=["bass"], format="flac"), tmp_path / "flac", lambda f, s: None)
-    mp3 = engine.run(song, SeparateParams(stems=["bass"], format="mp3"), tmp_path / "mp3", lambda f, s: None)
+    flac = engine.run(
+        song, SeparateParams(model="htdemucs", stems=["bass"], format="flac"), tmp_path / "flac", lambda f, s: None
+    )
+    mp3 = engine.run(
+        song, SeparateParams(model="htdemucs", stems=["bass"], format="mp3"), tmp_path / "mp3", lambda f, s: None
+    )
 
     info = sf.info(str(flac.outputs[0].path))
     assert (info.format, info.samplerate, info.channels, info.frames) == ("FLAC", RATE, 2, int(1.5 * RATE))
@@ -327,10 +340,10 @@ def test_bad_input_raises_engine_error(engine, tmp_path):
     junk = tmp_path / "junk.mp3"
     junk.write_bytes(b"this is not audio at all" * 100)
     with pytest.raises(EngineError) as caught:
-        engine.run(junk, SeparateParams(), tmp_path / "out", lambda f, s: None)
+        engine.run(junk, SeparateParams(model="htdemucs"), tmp_path / "out", lambda f, s: None)
     assert caught.value.code == "undecodable_audio"
 
     empty = tmp_path / "empty.wav"
     sf.write(str(empty), np.zeros((0, 2), np.float32), RATE)
     with pytest.raises(EngineError):
-        engine.run(empty, SeparateParams(), tmp_path / "out", lambda f, s: None)
+        engine.run(empty, SeparateParams(model="htdemucs"), tmp_path / "out", lambda f, s: None)

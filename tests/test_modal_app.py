@@ -223,6 +223,15 @@ def test_ctranslate2_loads_cublas_12_and_no_cudnn() -> None:
     assert b"cudnn" not in data.lower()
 
 
+def test_the_separate_worker_preloads_the_default_roformer_model_and_its_image_has_the_engine() -> None:
+    from inference.params import DEFAULT_SEPARATE_MODEL, SeparateParams, separate_model_key
+
+    preload = modal_app.SeparateWorker._get_user_cls().preload_models
+    assert preload == (separate_model_key(DEFAULT_SEPARATE_MODEL),) == (separate_model_key(SeparateParams().model),)
+    [pip] = [command for command in _dockerfile(modal_app.IMAGES["separation"]) if "rotary-embedding-torch" in command]
+    assert "rotary-embedding-torch==0.9.1" in pip and "einops==" in pip
+
+
 def test_the_transcribe_worker_preloads_the_default_ctranslate2_model() -> None:
     from inference.params import DEFAULT_TRANSCRIBE_MODEL, TranscribeParams
 
@@ -333,16 +342,18 @@ async def _add_reference(database_url: str, settings: Settings, job_id: UUID, re
 @pytest.mark.engine
 @pytest.mark.parametrize("task", ["separate", "generate"])
 def test_gpu_worker_classes_run_tiny_real_models_through_local(
-    task: str, worker_env: Settings, database_url: str, tmp_path: Path
+    task: str, worker_env: Settings, database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Tiny random models saved in each library's own format where the real weights would be, loaded by the
     same enter hooks (and preload) the containers run."""
-    from tests.tiny_demucs import build_tiny_demucs
     from tests.tiny_diffusers import build_stable_audio
+    from tests.tiny_roformer import install_tiny
 
     if task == "separate":
-        build_tiny_demucs(worker_env.weights_path)
-        model_key, params, audio = "demucs/htdemucs", {"two_stems": "vocals"}, write_tone(tmp_path / "mix.wav")
+        model_key = "roformer/mel-roformer-kim-vocals"  # the default: a tiny checkpoint in MSST's format, pulled
+        install_tiny(worker_env.weights_path, tmp_path / "models.lock", [model_key])
+        monkeypatch.setenv("STUDIO_MODELS_LOCK", str(tmp_path / "models.lock"))
+        params, audio = {"two_stems": "vocals"}, write_tone(tmp_path / "mix.wav")
         expected = {"vocals.wav", "no_vocals.wav"}
     else:
         build_stable_audio(worker_env.weights_path / "stable-audio-open")

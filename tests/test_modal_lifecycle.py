@@ -52,6 +52,14 @@ def _tiny_stable_audio(weights: Path) -> None:
     build_stable_audio(weights / "stable-audio-open")
 
 
+def _tiny_roformer(weights: Path) -> dict[str, str]:
+    from tests.tiny_roformer import install_tiny
+
+    lock = weights.parent / "roformer-models.lock"
+    install_tiny(weights, lock, ["roformer/mel-roformer-kim-vocals"])
+    return {"STUDIO_MODELS_LOCK": str(lock)}  # the engine checks its files against the lock that pins the tiny ones
+
+
 def _tiny_ace_step(weights: Path) -> None:
     from tests.tiny_ace_step import build_ace_step
 
@@ -62,8 +70,10 @@ def _nothing(weights: Path) -> None:
     """The DSP engines read no weights."""
 
 
-# A preloaded models.lock key -> (the key run in its place, how to put its weights in the weights folder).
-STAND_INS: dict[str, tuple[str, Callable[[Path], None]]] = {
+# A preloaded models.lock key -> (the key run in its place, how to put its weights in the weights folder; the builder
+# may return environment variables the worker process needs to find them).
+STAND_INS: dict[str, tuple[str, Callable[[Path], dict[str, str] | None]]] = {
+    "roformer/mel-roformer-kim-vocals": ("roformer/mel-roformer-kim-vocals", _tiny_roformer),
     "demucs/htdemucs": ("demucs/htdemucs", _tiny_demucs),
     "faster-whisper/large-v3-turbo": ("faster-whisper/tiny.en", _pull("faster-whisper/tiny.en")),
     "stable-audio-open": ("stable-audio-open", _tiny_stable_audio),
@@ -110,8 +120,9 @@ def _live(task: str, settings: Settings, database_url: str, tmp_path: Path) -> t
     missing = [key for key in preload if key not in STAND_INS]
     assert not missing, f"no tiny stand-in for {missing}: add one to STAND_INS"
     stand_ins = [STAND_INS[key] for key in preload]
+    extra_env: dict[str, str] = {}
     for _, build in stand_ins:
-        build(settings.weights_path)
+        extra_env |= build(settings.weights_path) or {}
     model_key = stand_ins[0][0]
     audio = write_tone(tmp_path / "input.wav", seconds=2.0, rate=44100)
     jobs: dict[str, str] = {}
@@ -126,6 +137,7 @@ def _live(task: str, settings: Settings, database_url: str, tmp_path: Path) -> t
     # A fresh interpreter, as a container is: no network but loopback (the test database), no Modal credentials.
     env = {key: value for key, value in os.environ.items() if not key.startswith("MODAL_")}
     env["HOME"] = str(tmp_path)
+    env |= extra_env
     code = NETWORK_GUARD + "from tests.modal_lifecycle import main\nmain()\n"
     result = subprocess.run(
         [sys.executable, "-c", code, json.dumps(spec)],

@@ -123,14 +123,16 @@ def test_a_torch_without_a_known_cuda_build_stops_the_deploy() -> None:
 def test_weights_load_before_the_snapshot_and_move_after_the_restore(
     worker_env: Settings, database_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """A tiny demucs where htdemucs would be: loaded once, in the pre-snapshot hook (on the CPU: there is no GPU in
-    that phase), moved to the worker's GPU device after the restore (the CPU stands in for CUDA here), and the job
-    runs on that engine without loading anything again."""
+    """A tiny RoFormer where the default separation model would be: loaded once, in the pre-snapshot hook (on the
+    CPU: there is no GPU in that phase), moved to the worker's GPU device after the restore (the CPU stands in for
+    CUDA here), and the job runs on that engine without loading anything again."""
     import api.worker.runner as runner
-    from inference.separate import SeparateEngine
-    from tests.tiny_demucs import build_tiny_demucs
+    from inference.separate_roformer import RoformerEngine
+    from tests.tiny_roformer import install_tiny
 
-    build_tiny_demucs(worker_env.weights_path)
+    key = "roformer/mel-roformer-kim-vocals"
+    install_tiny(worker_env.weights_path, tmp_path / "models.lock", [key])
+    monkeypatch.setenv("STUDIO_MODELS_LOCK", str(tmp_path / "models.lock"))
     events: list[tuple[str, str]] = []
     build = runner.build_engine
 
@@ -138,26 +140,26 @@ def test_weights_load_before_the_snapshot_and_move_after_the_restore(
         events.append(("load", f"{model_key} on {device}"))
         return build(settings, task, model_key, device=device)
 
-    move = SeparateEngine.to
+    move = RoformerEngine.to
 
-    def recording_move(self: SeparateEngine, device: str) -> SeparateEngine:
+    def recording_move(self: RoformerEngine, device: str) -> RoformerEngine:
         events.append(("move", str(device)))
         return move(self, device)
 
     monkeypatch.setattr(runner, "build_engine", counting_build)
-    monkeypatch.setattr(SeparateEngine, "to", recording_move)
+    monkeypatch.setattr(RoformerEngine, "to", recording_move)
     user_cls = modal_app.SeparateWorker._get_user_cls()
     monkeypatch.setattr(user_cls, "cuda_available", staticmethod(lambda: True))
     monkeypatch.setattr(user_cls, "gpu_device", "cpu")
 
     worker = _restore(modal_app.SeparateWorker, lambda: events.append(("restore", "")))
-    assert events == [("load", "demucs/htdemucs on cpu"), ("restore", ""), ("move", "cpu")]
-    assert isinstance(worker.context.engines[("separate", "demucs/htdemucs")], SeparateEngine)
+    assert events == [("load", f"{key} on cpu"), ("restore", ""), ("move", "cpu")]
+    assert isinstance(worker.context.engines[("separate", key)], RoformerEngine)
 
     events.clear()
-    _, job_id = _queued_job(database_url, worker_env, write_tone(tmp_path / "mix.wav"), "separate", "demucs/htdemucs")
+    _, job_id = _queued_job(database_url, worker_env, write_tone(tmp_path / "mix.wav"), "separate", key)
     assert modal_app.SeparateWorker().run.local(str(job_id)) == "succeeded"
-    assert events == [("load", "demucs/htdemucs on cpu"), ("move", "cpu")]  # .local() enters once; the run loads none
+    assert events == [("load", f"{key} on cpu"), ("move", "cpu")]  # .local() enters once; the run loads nothing
     job, kinds = _finished(database_url, job_id)
     assert job["status"] == "succeeded" and kinds == ["hold", "capture"]
 

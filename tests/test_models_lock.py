@@ -29,7 +29,14 @@ from inference.models import (
     sha256_file,
     status,
 )
-from inference.params import DEMUCS_SOURCES, FASTER_WHISPER_MODELS, WHISPER_MODELS
+from inference.params import (
+    DEMUCS_SOURCES,
+    FASTER_WHISPER_MODELS,
+    ROFORMER_SOURCES,
+    SEPARATE_SOURCES,
+    WHISPER_MODELS,
+    separate_model_key,
+)
 
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB, not all one byte so a wrong offset changes the hash
 PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()
@@ -169,7 +176,13 @@ def test_models_lock_parses_and_every_entry_is_complete():
     expected = {f"demucs/{name}" for name in DEMUCS_SOURCES} | {f"whisper/{name}" for name in WHISPER_MODELS}
     expected |= {f"faster-whisper/{name}" for name in FASTER_WHISPER_MODELS}
     expected |= {"basic-pitch", "deepfilternet3", "stable-audio-open", "audioldm2", "ace-step-1.5"}
+    expected |= {f"roformer/{name}" for name in ROFORMER_SOURCES}
     assert set(lock.models) == expected
+    # Every separation model names its stems (as the params know them) and its published SDR with the source.
+    for name, sources in SEPARATE_SOURCES.items():
+        entry = lock.get(separate_model_key(name))
+        assert entry.stems == sources and entry.sdr and entry.sdr_benchmark and entry.sdr_source.startswith("https://")
+        assert set(entry.sdr) <= set(sources), name
     for entry in lock.models.values():
         assert entry.task in {"separate", "enhance", "transcribe", "midi", "generate", "song"}
         assert entry.source and entry.licence and isinstance(entry.commercial_use, bool)

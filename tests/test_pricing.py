@@ -43,8 +43,8 @@ def test_generation_prices_its_diffusion_steps() -> None:
 def test_separation_prices_each_pass_it_makes() -> None:
     three_minutes = 180.0
     assert price("separate", SeparateParams(), three_minutes) == 12
-    assert price("separate", SeparateParams(shifts=0), three_minutes) == 12  # shifts=0 is still one pass
-    assert price("separate", SeparateParams(shifts=5), three_minutes) == 60
+    assert price("separate", SeparateParams(model="htdemucs", shifts=0), three_minutes) == 12  # still one pass
+    assert price("separate", SeparateParams(model="htdemucs", shifts=5), three_minutes) == 60
     assert price("separate", SeparateParams(model="htdemucs_ft", shifts=2), three_minutes) == 96
 
 

@@ -392,6 +392,13 @@ def test_jobs_page_updates_live_when_a_job_finishes(page: Page, live: LiveStudio
 
 def test_separate_stem_mixer(page: Page, live_builtin: LiveStudio, shared_data: Path) -> None:
     sign_in(page, live_builtin)
+    # The model picker says what each model gives, its licence and its published SDR (GET /v1/tasks).
+    page.locator("#task").select_option("separate")
+    picker = page.locator("#param-separate-model")
+    expect(picker).to_have_value("mel-roformer-kim-vocals")
+    expect(picker.locator("option:checked")).to_contain_text("vocals, instrumental · MIT · SDR dB vocals 10.98")
+    expect(picker.locator('option[value="htdemucs"]')).to_contain_text("non-commercial")
+    picker.select_option("htdemucs")  # four stems for the mixer
     submit(page, "separate", shared_data / "music_mix_20s.mp3")
     expect(page.locator("#job-status")).to_have_text("succeeded", timeout=JOB_TIMEOUT_MS)
     mixer = page.get_by_role("region", name="Stem mixer")

@@ -23,6 +23,12 @@ class Price(BaseModel):
     minimum: int
 
 
+class PublishedSdr(BaseModel):
+    sdr: dict[str, float] = Field(description="Signal-to-distortion ratio in dB per stem (higher is better).")
+    benchmark: str
+    source: str = Field(description="Where the figures are published.")
+
+
 class ModelInfo(BaseModel):
     key: str
     licence: str
@@ -45,6 +51,11 @@ class ModelInfo(BaseModel):
     )
     install: str = Field(description="The operator's command that installs its weights.")
     source: str
+    stems: list[str] = Field(description="A separation model's output stems (empty for other tasks).")
+    published_sdr: PublishedSdr | None = Field(
+        description="A separation model's published quality: SDR in dB per stem, the benchmark and where it is "
+        "published (null when none is recorded)."
+    )
 
 
 class LibraryInfo(BaseModel):
@@ -127,6 +138,10 @@ async def list_tasks(state: State) -> TaskList:
                 installed=model_installed(entry, settings),
                 install=install_command(entry.key),
                 source=entry.source,
+                stems=list(entry.stems),
+                published_sdr=PublishedSdr(sdr=entry.sdr, benchmark=entry.sdr_benchmark, source=entry.sdr_source)
+                if entry.sdr
+                else None,
             )
             for entry in lock_entries().values()
             if entry.task == spec.lock_task

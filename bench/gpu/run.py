@@ -8,6 +8,9 @@ saved in the library's own format and loaded and run THROUGH OUR ENGINE CLASSES 
 - separate: htdemucs (the release's HTDemucs arguments) and the 4-model bag htdemucs_ft on a 4-minute stereo
   44.1 kHz input, fp32, our window batching at 1/2/4/8 windows per apply_model call; and the stems of a short clip
   on CUDA against the CPU path (max absolute difference of the written 24-bit files, full scale 1.0).
+- separate_roformer: the three RoFormer rows of models.lock at their published configs (random weights under the
+  release's parameter names), the same 4-minute track at 1/2/4/8 windows per forward in the engine's CUDA precision
+  (fp16 autocast), after the stems of a short clip on CUDA in fp32 against the CPU path.
 - transcribe: the large-v3-turbo architecture through openai-whisper, fp16. Random weights decode garbage of any
   length, so the text decoder is scripted (tests/tiny_whisper.py): every 30 s window decodes exactly
   TOKENS_PER_WINDOW text tokens plus its timestamps and end token, which the row checks in the transcript. Whisper's
@@ -223,6 +226,83 @@ def _window_note(engine: Any, track: Path, batch: int) -> str:
     seconds = sf.info(str(track)).duration
     windows = max(1, math.ceil((seconds * engine.samplerate - engine.crossfade) / engine.chunk))
     return f"{windows} windows of {engine.chunk / engine.samplerate:.1f} s, up to {batch} per apply_model call"
+
+
+# RoFormer models (inference/separate_roformer.py): the default vocals model and the other two pinned rows.
+ROFORMER_KEYS = ("roformer/mel-roformer-kim-vocals", "roformer/bs-roformer-viperx-1297",
+                 "roformer/bs-roformer-zfturbo-4stem")  # fmt: skip
+
+
+def _install_roformer(work: Path, key: str, tiny: bool) -> Path:
+    """The model's published config (tests/data/roformer; --tiny: widths and chunk shrunk as tests/tiny_roformer.py
+    does) with random weights under the release's parameter names, laid out and pinned in a models.lock as `studio
+    models pull` leaves them (build_engine checks every sha256). Returns the lock's path."""
+    import yaml
+
+    from inference.separate_roformer import build_network, load_config_yaml, read_config
+    from tests.tiny_roformer import DATA, PUBLISHED, lock_text, tiny_config
+
+    published = PUBLISHED[key]
+    folder = work / "weights" / key
+    folder.mkdir(parents=True, exist_ok=True)
+    config_path = folder / published.config
+    if tiny:
+        config = tiny_config(published)
+    else:
+        config = load_config_yaml((DATA / published.config).read_text())
+        config["model"].pop("sage_attention", None)
+    config_path.write_text(yaml.safe_dump(json.loads(json.dumps(config)), sort_keys=False))
+    torch.manual_seed(0)
+    torch.save(build_network(read_config(config_path)).state_dict(), folder / published.checkpoint)
+    files = {name: (folder / name).read_bytes() for name in (published.checkpoint, published.config)}
+    lock = work / "models.lock"
+    # The url is never fetched: the files are already in place, as after a pull.
+    rows = lock_text("http://127.0.0.1:9", {key: files})
+    lock.write_text(rows if not lock.exists() else lock.read_text() + rows.removeprefix("version = 1\n"))
+    return lock
+
+
+def bench_separate_roformer(setup: Setup) -> list[Row]:
+    """Each RoFormer model on a 4-minute stereo track at 1/2/4/8 windows per forward, the engine's CUDA precision
+    (fp16 autocast, as MSST's demix runs these models), after a CUDA-vs-CPU equality check in fp32 on a short clip."""
+    from bench.inference.separate import make_input
+    from inference.models import load_lock
+    from inference.params import SeparateParams
+    from inference.separate_roformer import build_engine
+
+    minutes, check_minutes = (0.06, 0.04) if setup.tiny else (4.0, 0.1)
+    tolerance = 2e-3  # full scale 1.0, on the written 24-bit files
+    track = make_input(minutes, setup.work / "separate")
+    clip = make_input(check_minutes, setup.work / "separate-check")
+    rows = []
+    for key in ROFORMER_KEYS:
+        lock = load_lock(_install_roformer(setup.work, key, setup.tiny))
+        name = key.removeprefix("roformer/")
+        params = SeparateParams(model=name)
+        engine = build_engine(key, setup.work / "weights", device=str(setup.device), lock=lock, precision="fp32")
+        engine.run(clip, params, setup.work / f"{name}-check-device", _no_progress)  # also the warm-up
+        reference = build_engine(key, setup.work / "weights", device="cpu", lock=lock)
+        reference.run(clip, params, setup.work / f"{name}-check-cpu", _no_progress)
+        del reference
+        device_stems = _stems(setup.work / f"{name}-check-device")
+        cpu_stems = _stems(setup.work / f"{name}-check-cpu")
+        worst = max(float(np.abs(device_stems[s] - cpu_stems[s]).max()) for s in cpu_stems)
+        verdict = "ok" if worst <= tolerance and device_stems.keys() == cpu_stems.keys() else "FAILED"
+        check = (f"{verdict}: {check_minutes * 60:g} s clip {setup.device.type} fp32 vs cpu max |diff| {worst:.1e} "
+                 f"<= {tolerance:g}")  # fmt: skip
+        engine.configure(precision=None)  # the production default from here on
+        chunk = engine.config.chunk_size
+        for batch in setup.separate_batches:
+            engine.configure(batch_windows=batch)
+            out = setup.work / f"{name}-b{batch}"
+            seconds, peak = _timed(setup.device, functools.partial(engine.run, track, params, out, _no_progress))
+            hop = chunk // engine.config.num_overlap / engine.samplerate
+            note = f"{chunk / engine.samplerate:.1f} s windows every {hop:.1f} s, up to {batch} per forward"
+            rows.append(setup.row("separate", f"{name}, batch {batch}", engine.precision, "audio minute", seconds,
+                                  minutes, minutes * 60, peak, check=check, note=note))  # fmt: skip
+        del engine
+        _free(setup.device)
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -526,6 +606,7 @@ def _free(device: torch.device) -> None:
 
 BENCHES: dict[str, Callable[[Setup], list[Row]]] = {
     "separate": bench_separate,
+    "separate_roformer": bench_separate_roformer,
     "transcribe": bench_transcribe,
     "generate": bench_generate,
     "song": bench_song,

@@ -26,7 +26,7 @@ from inference.params import DEMUCS_SOURCES, SeparateParams
 from inference.separate import SeparateEngine, build_engine
 
 RATE = 44100
-PARAMS = SeparateParams(shifts=1, overlap=0.25)
+PARAMS = SeparateParams(model="htdemucs", shifts=1, overlap=0.25)
 
 
 def make_input(minutes: float, folder: Path) -> Path:

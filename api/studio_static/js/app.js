@@ -307,6 +307,7 @@ function chooseTask() {
   $("#audio-input").hidden = info.input_kind !== "audio";
   form = buildParamsForm($("#params"), info.params_schema, `param-${info.task}`, {
     optionState: (name, value) => modelOptionState(info, name, value),
+    models: info.models,
   });
   $("#submit-error").textContent = "";
   showSpanPicker();

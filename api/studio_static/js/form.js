@@ -63,9 +63,26 @@ function lyricsEditor(input, schema, id) {
   return { tags, count };
 }
 
+
+// What the model picker says about one model (GET /v1/tasks `models`): its stems, licence and published SDR.
+export function describeModel(option, models) {
+  const matches = models.filter((m) => m.key === option || m.key.endsWith(`/${option}`));
+  if (matches.length !== 1) return String(option);
+  const [m] = matches;
+  const parts = [];
+  if (m.stems && m.stems.length) parts.push(m.stems.join(", "));
+  parts.push(m.commercial_use ? m.licence : `${m.licence}, non-commercial`);
+  if (m.published_sdr) {
+    const figures = Object.entries(m.published_sdr.sdr).map(([stem, db]) => `${stem} ${db}`).join(", ");
+    parts.push(`SDR dB ${figures} (${m.published_sdr.benchmark})`);
+  }
+  return `${option} — ${parts.join(" · ")}`;
+}
+
 // `optionState(name, value)` may return {disabled, note} for an enum option: it is shown disabled with the note
-// (e.g. a model this deployment has not installed), and never chosen by default.
-export function buildParamsForm(container, schema, idPrefix, { optionState = () => null } = {}) {
+// (e.g. a model this deployment has not installed), and never chosen by default. `models` (GET /v1/tasks) describe
+// the model picker's options.
+export function buildParamsForm(container, schema, idPrefix, { optionState = () => null, models = [] } = {}) {
   container.replaceChildren();
   const fields = [];
   const required = new Set(schema.required || []);
@@ -80,7 +97,8 @@ export function buildParamsForm(container, schema, idPrefix, { optionState = () 
       if (s.nullable) input.append(el("option", { value: "" }, "(none)"));
       for (const option of s.enum) {
         const state = optionState(name, option);
-        const item = el("option", { value: String(option) }, state ? `${option} (${state.note})` : String(option));
+        const text = name === "model" ? describeModel(option, models) : String(option);
+        const item = el("option", { value: String(option) }, state ? `${text} (${state.note})` : text);
         if (state && state.disabled) item.disabled = true;
         input.append(item);
       }

@@ -13,7 +13,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from inference.base import EngineError
+from inference.base import EngineError, partial_outputs
 from inference.models import DEFAULT_LOCK_PATH, load_lock
 from inference.params import DEFAULT_SEPARATE_MODEL, ROFORMER_SOURCES, SeparateParams, separate_model_key
 from inference.roformer_arch import mel_filter_bank
@@ -147,8 +147,12 @@ def test_run_writes_vocals_and_the_instrumental(installed: Any, tmp_path: Path) 
     params = SeparateParams()
     assert params.model == DEFAULT_SEPARATE_MODEL == "mel-roformer-kim-vocals"
     progress: list[float] = []
-    result = engine.run(path, params, tmp_path / "out", lambda fraction, stage=None: progress.append(fraction))
+    emitted: list[tuple[Any, int]] = []  # each stem as announced, with its size then: complete before the run ends
+    with partial_outputs(lambda output: emitted.append((output, output.path.stat().st_size))):
+        result = engine.run(path, params, tmp_path / "out", lambda fraction, stage=None: progress.append(fraction))
     assert [out.name for out in result.outputs] == ["vocals.wav", "instrumental.wav"]
+    assert [output for output, _ in emitted] == result.outputs
+    assert [size for _, size in emitted] == [output.path.stat().st_size for output in result.outputs]
     vocals, rate = sf.read(result.outputs[0].path, dtype="float32")
     instrumental, _ = sf.read(result.outputs[1].path, dtype="float32")
     assert rate == RATE and vocals.shape == instrumental.shape == (mix.shape[-1], 2)

@@ -19,7 +19,16 @@ from inference.models import load_lock
 from tests.jobs_api_support import multipart, write_audio
 from tests.jobs_support import job_row, ledger_kinds, make_job, make_user, write_tone
 
-RESTRICTED = {"demucs/htdemucs", "demucs/htdemucs_ft", "demucs/htdemucs_6s", "stable-audio-open", "audioldm2"}
+RESTRICTED = {
+    "demucs/htdemucs",
+    "demucs/htdemucs_ft",
+    "demucs/htdemucs_6s",
+    "roformer/bs-roformer-viperx-1297",
+    "roformer/bs-roformer-zfturbo-4stem",
+    "stable-audio-open",
+    "audioldm2",
+    "ace-step-1.5",
+}
 
 
 def _models(tasks: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -88,7 +97,9 @@ async def test_production_refuses_restricted_weights_before_any_hold_and_shows_t
 
     audio = write_audio(tmp_path / "song.wav", seconds=1.0)
     refusals = [
-        await client.post("/v1/jobs", headers=alice["headers"], **multipart("separate", {}, audio, "audio/wav")),
+        await client.post(
+            "/v1/jobs", headers=alice["headers"], **multipart("separate", {"model": "htdemucs"}, audio, "audio/wav")
+        ),
         await client.post("/v1/jobs", headers=alice["headers"], json={"task": "generate", "prompt": "rain on a roof"}),
         await client.post(
             "/v1/jobs",

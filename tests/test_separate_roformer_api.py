@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from api.jobs.request import lock_entries
+from api.jobs.request import _lock_entries_at
 from api.settings import Settings
 from inference.params import DEFAULT_SEPARATE_MODEL, separate_model_key
 from tests.jobs_api_support import multipart, wait_final
@@ -27,9 +27,9 @@ def settings(settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     lock = tmp_path / "models.lock"
     install_tiny(real.weights_path, lock, [DEFAULT_KEY])
     monkeypatch.setenv("STUDIO_MODELS_LOCK", str(lock))
-    lock_entries.cache_clear()
+    _lock_entries_at.cache_clear()
     yield real
-    lock_entries.cache_clear()
+    _lock_entries_at.cache_clear()
 
 
 async def test_default_separate_runs_end_to_end_with_the_roformer_engine(

@@ -18,6 +18,7 @@ Second inputs (`TaskSpec.extra_inputs`, e.g. master's `reference`): a multipart 
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ from api.jobs.view import WEBHOOK_EVENTS
 from api.outbound import validate_webhook_url
 from api.settings import Settings
 from api.state import AppState
-from inference.models import ModelEntry, ModelsLock, load_lock, status
+from inference.models import DEFAULT_LOCK_PATH, LOCK_ENV, ModelEntry, ModelsLock, load_lock, status
 from inference.registry import TASKS
 
 # Every second input any task declares: the multipart reader accepts these file parts, then `validate` refuses one
@@ -250,9 +251,14 @@ def _parse_create(data: Any) -> JobCreate:
         ) from exc
 
 
-@cache
 def lock_entries() -> dict[str, ModelEntry]:
-    return dict(load_lock().models)
+    """The models.lock rows in force ($STUDIO_MODELS_LOCK, else the repository's), parsed once per file."""
+    return _lock_entries_at(os.environ.get(LOCK_ENV) or str(DEFAULT_LOCK_PATH))
+
+
+@cache
+def _lock_entries_at(path: str) -> dict[str, ModelEntry]:
+    return dict(load_lock(Path(path)).models)
 
 
 def model_enabled(entry: ModelEntry, settings: Settings) -> bool:

@@ -7,6 +7,7 @@ from uuid import UUID
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from psycopg import AsyncConnection
 
 from api import ratelimit
 from api.errors import Problem
@@ -60,14 +61,14 @@ async def current_user(
     limiter, limit = state.failed_auth, state.settings.failed_auth_per_minute
     # Only an API key costs a database lookup before it is known to be valid (a token is checked in memory).
     if not token.startswith(API_KEY_PREFIX) or not limiter.limited(host, now=state.clock(), limit=limit):
-        return await _authenticate_counting_failures(state, token, host)
+        return await _authenticate_counting_failures(state, token, host, request.method)
     async with limiter.throttle:
-        return await _authenticate_counting_failures(state, token, host)
+        return await _authenticate_counting_failures(state, token, host, request.method)
 
 
-async def _authenticate_counting_failures(state: AppState, token: str, host: str | None) -> User:
+async def _authenticate_counting_failures(state: AppState, token: str, host: str | None, method: str) -> User:
     try:
-        return await _authenticate(state, token)
+        return await _authenticate(state, token, method)
     except Problem as exc:
         if exc.status != 401:
             raise
@@ -77,11 +78,20 @@ async def _authenticate_counting_failures(state: AppState, token: str, host: str
         raise too_many from exc
 
 
-async def _authenticate(state: AppState, token: str) -> User:
+async def _count_request(state: AppState, conn: AsyncConnection, user_id: UUID, method: str) -> None:
+    """Reads in this process's memory, everything else (what can cost money) in Postgres (`api.ratelimit`)."""
+    limit = state.settings.rate_limit_per_minute
+    if method in ratelimit.READ_METHODS:
+        state.reads.enforce(user_id, now=state.clock(), limit=limit)
+    else:
+        await ratelimit.enforce(conn, user_id, now=state.clock(), limit=limit)
+
+
+async def _authenticate(state: AppState, token: str, method: str) -> User:
     if token.startswith(API_KEY_PREFIX):
         async with state.pool.connection() as conn:
             user = await api_key_user(conn, token)
-            await ratelimit.enforce(conn, user.id, now=state.clock(), limit=state.settings.rate_limit_per_minute)
+            await _count_request(state, conn, user.id, method)
         return user
     claims = await token_verifier(state).verify(token)
     if claims.get("is_anonymous") is True:
@@ -96,7 +106,7 @@ async def _authenticate(state: AppState, token: str) -> User:
     email = claims.get("email")
     user = User(id=user_id, email=email if isinstance(email, str) and email else None, via="token")
     async with state.pool.connection() as conn:
-        await ratelimit.enforce(conn, user.id, now=state.clock(), limit=state.settings.rate_limit_per_minute)
+        await _count_request(state, conn, user.id, method)
         await ensure_account(conn, user.id, state.settings.welcome_credits)
     return user
 

@@ -3,6 +3,10 @@
 - The per-user request-rate limit: fixed windows counted in Postgres (`rate_limit_windows`), so the limit holds
   however many API processes serve the user. One upsert per request; a window's first request also drops the
   user's finished windows, which keeps the table at about one row per active user. Costly requests count more.
+  Only requests that can cost money (anything but GET/HEAD) are counted there.
+- Reads (GET/HEAD) per user (`ReadLimiter`), in the process's memory with the same limit: a read costs no money,
+  and a Postgres write per read was most of a read's cost. Each API container enforces it on its own, so a user
+  spread over N containers may read up to N times the limit.
 - Failed authentication per client address (`FailedAuthLimiter`), in the process's memory: it exists to spare the
   database, so it must not cost a query itself.
 - Open event streams and input URL fetches per user (`UserSlots`), per process.
@@ -80,15 +84,44 @@ async def enforce(
         return
     decision = await hit(conn, user_id, now=now, limit=limit, window_seconds=window_seconds, cost=cost)
     if not decision.allowed:
-        raise Problem(
-            429,
-            "rate_limited",
-            "Too many requests",
-            f"At most {limit} requests per {window_seconds} seconds; retry in {decision.retry_after} s.",
-            headers={"Retry-After": str(decision.retry_after)},
-            limit=limit,
-            retry_after=decision.retry_after,
-        )
+        raise _rate_limited(limit, window_seconds, decision.retry_after)
+
+
+READ_METHODS = frozenset({"GET", "HEAD"})
+
+
+@dataclass
+class ReadLimiter:
+    """Reads per user in fixed windows, in memory (one process's view); bounded like `FailedAuthLimiter`."""
+
+    window: datetime | None = None
+    reads: Counter[UUID] = field(default_factory=Counter)
+
+    def enforce(self, user_id: UUID, *, now: datetime, limit: int, window_seconds: int = WINDOW_SECONDS) -> None:
+        """Count a read; raise the same 429 problem as `enforce` past `limit` (limit <= 0: off)."""
+        if limit <= 0:
+            return
+        start = window_start(now, window_seconds)
+        if start != self.window:
+            self.window, self.reads = start, Counter()
+        if user_id not in self.reads and len(self.reads) >= MAX_TRACKED_ADDRESSES:
+            return  # a full table forgets new users rather than grow; reads cost no money
+        self.reads[user_id] += 1
+        if self.reads[user_id] > limit:
+            retry_after = max(1, math.ceil(start.timestamp() + window_seconds - now.timestamp()))
+            raise _rate_limited(limit, window_seconds, retry_after)
+
+
+def _rate_limited(limit: int, window_seconds: int, retry_after: int) -> Problem:
+    return Problem(
+        429,
+        "rate_limited",
+        "Too many requests",
+        f"At most {limit} requests per {window_seconds} seconds; retry in {retry_after} s.",
+        headers={"Retry-After": str(retry_after)},
+        limit=limit,
+        retry_after=retry_after,
+    )
 
 
 # Distinct addresses remembered per window. Once the table is full, addresses not in it are not remembered (a flood

@@ -13,7 +13,7 @@ from uuid import UUID
 from psycopg_pool import AsyncConnectionPool
 
 from api.protocols import Clock, Dispatcher, Storage
-from api.ratelimit import FailedAuthLimiter, UserSlots
+from api.ratelimit import FailedAuthLimiter, ReadLimiter, UserSlots
 from api.security import TokenVerifier
 from api.settings import Settings
 
@@ -85,6 +85,7 @@ class AppState:
     wake_reaper: Callable[[], None] | None = None
     token_verifier: TokenVerifier | None = None  # built on first use (api.deps); tests put their own in place
     failed_auth: FailedAuthLimiter = field(default_factory=FailedAuthLimiter)
+    reads: ReadLimiter = field(default_factory=ReadLimiter)
     weights: WeightsRefresh | None = None  # Modal: reloads the weights Volume the API mounts (None: a local folder)
     event_streams: UserSlots = field(
         default_factory=lambda: UserSlots("event streams", "too_many_streams", "close one (or poll GET /v1/jobs/{id}).")

@@ -57,3 +57,23 @@ def test_tiny_run_gives_every_engine_its_rows(tmp_path: Path) -> None:
         assert row["case"].endswith("[tiny config]")
     # The printed table carries the same rows.
     assert done.stdout.count("[tiny config]") == len(timed)
+
+
+def test_faster_whisper_on_cuda_needs_cublas_12_loaded_not_just_ctranslate2_imported() -> None:
+    """CTranslate2 answers its device count and compute types without cuBLAS; the row's check loads
+    libcublas.so.12 itself, so on a machine without it the row says why instead of failing mid-run."""
+    import ctypes
+
+    import torch
+
+    from bench.gpu.run import ctranslate2_cannot_run
+
+    try:
+        ctypes.CDLL("libcublas.so.12")
+    except OSError:
+        pass
+    else:
+        pytest.fail("this machine has libcublas.so.12: the check below needs a machine without it")
+    reason = ctranslate2_cannot_run(torch.device("cuda"))
+    assert reason is not None and reason.startswith("ctranslate2 4.8.5 needs libcublas.so.12"), reason
+    assert "nvidia-cublas-cu12 is not carried" in reason

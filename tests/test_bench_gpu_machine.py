@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import inspect
 import json
 import os
 import re
@@ -88,7 +89,7 @@ def _environment() -> Path:
     interpreter = _python_3_12()
     version = subprocess.run([interpreter, "--version"], capture_output=True, text=True, check=True).stdout
     inputs = [MACHINE_LIST.read_bytes(), wheels.MANIFEST.read_bytes(), (ROOT / "bench/gpu/remote.sh").read_bytes(),
-              json.dumps([version, TORCH, LISTED, SETS]).encode()]  # fmt: skip
+              json.dumps([version, TORCH, LISTED, SETS]).encode(), inspect.getsource(_build).encode()]  # fmt: skip
     key = hashlib.sha256(b"\0".join(inputs)).hexdigest()[:16]
     folder = CACHE / key
     if not (folder / "venv" / "bin" / "python").exists():
@@ -96,11 +97,26 @@ def _environment() -> Path:
         shutil.rmtree(building, ignore_errors=True)
         building.mkdir(parents=True)
         _build(building, interpreter)
-        building.rename(folder)  # everything runs as `venv/bin/python -m`, which finds its prefix from its own path
-        for stale in CACHE.iterdir():  # earlier inputs' environments (~6 GB each); another build's is left alone
-            if stale != folder and ".building-" not in stale.name:
+        try:  # everything runs as `venv/bin/python -m`, which finds its prefix from its own path
+            building.rename(folder)
+        except OSError:  # a concurrent run finished the same environment first
+            shutil.rmtree(building)
+        for stale in CACHE.iterdir():  # earlier inputs' environments (~6 GB each) and dead builds'
+            if stale != folder and not _building_now(stale):
                 shutil.rmtree(stale, ignore_errors=True)
     return folder
+
+
+def _building_now(folder: Path) -> bool:
+    """Whether `folder` is a build in progress: `<key>.building-<pid>` of a live process."""
+    _, marker, pid = folder.name.partition(".building-")
+    if not marker:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, ValueError):
+        return False
+    return True
 
 
 def _installed(python: Path, path: str) -> dict[str, str]:

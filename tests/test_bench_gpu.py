@@ -44,11 +44,9 @@ def test_tiny_run_gives_every_engine_its_rows(tmp_path: Path) -> None:
     whisper_row, faster_row = [row for row in rows if row["engine"] == "transcribe"]
     # The decode loop was bounded as scripted: one segment per 30 s window.
     assert whisper_row["check"] == "ok: 2 segments for 2 windows of 8 scripted text tokens each", whisper_row
-    # faster-whisper: a figure, or a skip that says why (its engine is another branch's work).
-    if faster_row["seconds_per_unit"] is None:
-        assert faster_row["note"].startswith("skipped:") and "ctranslate2" in faster_row["note"], faster_row
-    else:
-        assert faster_row["seconds_per_unit"] > 0
+    # faster-whisper runs the same script through CTranslate2 (int8 on the CPU): a figure, never a skip.
+    assert faster_row["check"] == whisper_row["check"], faster_row
+    assert faster_row["precision"].startswith("int8") and faster_row["case"].startswith("faster-whisper"), faster_row
 
     generate = [row for row in rows if row["engine"] == "generate"]
     assert [row["check"] for row in generate] == ["ok: 1 files of [0.512] s", "ok: 4 files of [0.512] s"]
@@ -57,11 +55,33 @@ def test_tiny_run_gives_every_engine_its_rows(tmp_path: Path) -> None:
     assert [row["check"] for row in song] == ["ok: 1 files of [2.0] s", "ok: 4 files of [2.0] s"]
     assert all(row["unit"] == "generated minute" for row in song)
 
-    timed = separate + roformer + [whisper_row] + generate + song
+    timed = separate + roformer + [whisper_row, faster_row] + generate + song
+    assert not [row for row in rows if row not in timed], rows  # no error or "cannot run" row
     for row in timed:
         assert row["seconds_per_unit"] > 0 and row["realtime_x"] > 0, row
-        assert row["precision"] == "fp32" and row["peak_gpu_mib"] is None  # CPU: fp32, no GPU memory
+        assert row["peak_gpu_mib"] is None  # CPU: no GPU memory
+        assert row["precision"] == "fp32" or row is faster_row
         assert row["usd_per_unit_a10g_estimate"] is None  # priced only from CUDA measurements
         assert row["case"].endswith("[tiny config]")
     # The printed table carries the same rows.
     assert done.stdout.count("[tiny config]") == len(timed)
+
+
+def test_faster_whisper_on_cuda_needs_cublas_12_loaded_not_just_ctranslate2_imported() -> None:
+    """CTranslate2 answers its device count and compute types without cuBLAS; the row's check loads
+    libcublas.so.12 itself, so on a machine without it the row says why instead of failing mid-run."""
+    import ctypes
+
+    import torch
+
+    from bench.gpu.run import ctranslate2_cannot_run
+
+    try:
+        ctypes.CDLL("libcublas.so.12")
+    except OSError:
+        pass
+    else:
+        pytest.fail("this machine has libcublas.so.12: the check below needs a machine without it")
+    reason = ctranslate2_cannot_run(torch.device("cuda"))
+    assert reason is not None and reason.startswith("ctranslate2 4.8.5 needs libcublas.so.12"), reason
+    assert "nvidia-cublas-cu12 is not carried" in reason

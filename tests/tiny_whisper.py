@@ -64,10 +64,11 @@ def scripted_whisper(dims: ModelDimensions, text_tokens: Sequence[int], end_seco
     if max(targets) >= dims.n_text_ctx // 2 + 3:
         raise ValueError(f"{len(text_tokens)} text tokens do not fit whisper's sample_len of {dims.n_text_ctx // 2}")
     state = dims.n_text_state
-    # Orthonormal, zero-mean directions (LayerNorm removes the mean), one per position.
-    basis = torch.randn(state, dims.n_text_ctx)
+    # Orthonormal, zero-mean directions (LayerNorm removes the mean), one per position; a context longer than the
+    # state (faster-whisper needs 448 positions) gets random directions past it, where nothing is scripted.
+    basis = torch.randn(state, min(dims.n_text_ctx, state))
     basis -= basis.mean(dim=0, keepdim=True)
-    directions = torch.linalg.qr(basis).Q.T  # (n_text_ctx, state)
+    directions = torch.cat([torch.linalg.qr(basis).Q.T, torch.randn(max(0, dims.n_text_ctx - state), state)])
     directions -= directions.mean(dim=1, keepdim=True)
     directions /= directions.norm(dim=1, keepdim=True)
     with torch.no_grad():

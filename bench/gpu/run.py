@@ -16,7 +16,8 @@ saved in the library's own format and loaded and run THROUGH OUR ENGINE CLASSES 
   TOKENS_PER_WINDOW text tokens plus its timestamps and end token, which the row checks in the transcript. Whisper's
   previous-text prompt is turned off for the timed run (it would shift the scripted positions); it adds one prefill
   of at most 224 tokens per window, which the figure leaves out. The faster-whisper (CTranslate2) engine gets its own
-  row, skipped with the reason when its engine module or CTranslate2's CUDA libraries are not there.
+  row: the same scripted model converted to CTranslate2, run through FasterWhisperEngine (batched, VAD off); on
+  CUDA only where CUDA 12's cuBLAS loads (ctranslate2 4.8.5 needs it), else a "cannot run" row that says why.
 - generate: Stable Audio Open 1.0's DiT + Oobleck VAE + T5-base at their published configs, fp16 on CUDA, 100 steps,
   47 s, 1 and 4 variants (classifier-free guidance at the default scale, so the DiT runs 2 x variants per step).
 - song: ACE-Step 1.5 XL turbo (the checkpoint models.lock names) through the song engine (inference/song.py), bf16 on
@@ -43,12 +44,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
+import dataclasses
 import functools
 import hashlib
 import importlib
 import json
 import math
-import pkgutil
+import os
 import platform
 import sys
 import tempfile
@@ -63,6 +66,8 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 import torch
+
+from bench.gpu import wheels
 
 # Modal's A10G price (USD 1.10 per hour; docs/COSTS.md). A10G time is ESTIMATED from H200 time: the H200 has about
 # 8x the A10G's dense fp16 tensor throughput (989 vs 125 TFLOP/s) and memory bandwidth (4.8 vs 0.6 TB/s), but these
@@ -339,87 +344,175 @@ def _without_previous_text_prompt() -> Iterator[None]:
         whisper.transcribe = original
 
 
-def bench_transcribe(setup: Setup) -> list[Row]:
-    from bench.inference.transcribe import make_input
-    from inference.params import TranscribeParams
-    from inference.transcribe import build_engine
+def _scripted_turbo(setup: Setup, text_ctx: int | None = None) -> tuple[Any, int]:
+    """The scripted large-v3-turbo-shaped whisper both transcribe rows run (tiny dims with --tiny), and the text
+    tokens it decodes per window. `text_ctx` widens the decoder's positions (faster-whisper decodes up to 448)."""
     from tests.tiny_whisper import scripted_whisper
 
-    minutes = 1.0 if setup.tiny else 4.0
     tokens = TINY_TOKENS_PER_WINDOW if setup.tiny else TOKENS_PER_WINDOW
     dims = _turbo_dims(setup.tiny)
+    if text_ctx is not None:
+        dims = dataclasses.replace(dims, n_text_ctx=text_ctx)
+    # Distinct text tokens, so the transcript does not compress well enough to trigger whisper's temperature fallback.
+    return scripted_whisper(dims, list(range(1000, 1000 + 7 * tokens, 7)), 29.0, seed=0), tokens
+
+
+def _segments_check(out: Path, minutes: float, tokens: int) -> str:
+    segments = json.loads((out / "transcript.json").read_text())["segments"]
+    windows = math.ceil(minutes * 2)
+    verdict = "ok" if len(segments) == windows else "FAILED"
+    return f"{verdict}: {len(segments)} segments for {windows} windows of {tokens} scripted text tokens each"
+
+
+def bench_transcribe(setup: Setup) -> list[Row]:
+    from bench.inference.common import voiced_bursts
+    from inference.params import TranscribeParams
+    from inference.transcribe import build_engine
+
+    minutes = 1.0 if setup.tiny else 4.0
     name = "turbo-random"
     folder = setup.work / "weights" / "whisper" / name
     folder.mkdir(parents=True, exist_ok=True)
-    # Distinct text tokens, so the transcript does not compress well enough to trigger whisper's temperature fallback.
-    model = scripted_whisper(dims, list(range(1000, 1000 + 7 * tokens, 7)), 29.0, seed=0)
+    model, tokens = _scripted_turbo(setup)
     state = {key: value.half() for key, value in model.state_dict().items()}  # fp16 on disk, as whisper ships
-    torch.save({"dims": asdict(dims), "model_state_dict": state}, folder / f"{name}.pt")
+    torch.save({"dims": asdict(model.dims), "model_state_dict": state}, folder / f"{name}.pt")
     del model, state
     sha256 = hashlib.sha256((folder / f"{name}.pt").read_bytes()).hexdigest()
     engine = build_engine(f"whisper/{name}", setup.work / "weights", device=str(setup.device), sha256=sha256)
     params = TranscribeParams()
-    warmup = make_input(0.5, setup.work / "transcribe-warmup")
-    track = make_input(minutes, setup.work / "transcribe")
+    warmup = voiced_bursts(0.5, setup.work / "transcribe-warmup")
+    track = voiced_bursts(minutes, setup.work / "transcribe")
     out = setup.work / "transcribe-out"
     out.mkdir()
     (setup.work / "transcribe-warmup-out").mkdir()
     with _without_previous_text_prompt():
         engine.run(warmup, params, setup.work / "transcribe-warmup-out", _no_progress)
         seconds, peak = _timed(setup.device, functools.partial(engine.run, track, params, out, _no_progress))
-    segments = json.loads((out / "transcript.json").read_text())["segments"]
-    windows = math.ceil(minutes * 2)
-    verdict = "ok" if len(segments) == windows else "FAILED"
-    check = f"{verdict}: {len(segments)} segments for {windows} windows of {tokens} scripted text tokens each"
     note = "no previous-text prompt (one <=224-token prefill per window left out)"
-    rows = [setup.row("transcribe", f"openai-whisper large-v3-turbo arch, {tokens} tokens/30 s",
-                      "fp16" if engine.fp16 else "fp32", "audio minute", seconds, minutes, minutes * 60, peak,
-                      check=check, note=note)]  # fmt: skip
+    row = setup.row("transcribe", f"openai-whisper large-v3-turbo arch, {tokens} tokens/30 s",
+                    "fp16" if engine.fp16 else "fp32", "audio minute", seconds, minutes, minutes * 60, peak,
+                    check=_segments_check(out, minutes, tokens), note=note)  # fmt: skip
     del engine
     _free(setup.device)
-    rows.append(_faster_whisper_row(setup))
-    return rows
+    return [row]
 
 
-def _faster_whisper_row(setup: Setup) -> Row:
-    """The CTranslate2 engine's row: what stops it, as the figure until it runs."""
-    case = "faster-whisper (CTranslate2) large-v3-turbo arch"
-    row = Row(engine="transcribe", case=case, device=_device_name(setup.device))
-    probe = _ctranslate2_probe(setup.device)
-    module = _engine_module_using("faster_whisper")
-    if module is None:
-        row.note = f"skipped: no faster-whisper engine module in inference/ yet (issue 11); {probe}"
-    else:
-        row.note = (f"skipped: {module} exists, but this script does not yet build a random CTranslate2 conversion "
-                    f"at large-v3-turbo dims for it; {probe}")  # fmt: skip
-    return row
+FASTER_WHISPER_CASE = "faster-whisper (CTranslate2) large-v3-turbo arch"
 
 
-def _ctranslate2_probe(device: torch.device) -> str:
+def bench_faster_whisper(setup: Setup) -> list[Row]:
+    """The same scripted model as the openai-whisper row, converted to CTranslate2 (tests/ct2_whisper.py) and run
+    through our FasterWhisperEngine: batched decoding of fixed 30 s windows (VAD off: the input is not speech)."""
+    reason = ctranslate2_cannot_run(setup.device)
+    if reason is not None:
+        return [Row(engine="transcribe", case=FASTER_WHISPER_CASE, device=_device_name(setup.device),
+                    note=f"cannot run: {reason}")]  # fmt: skip
+    from bench.inference.common import voiced_bursts
+    from inference.models import DEFAULT_LOCK_PATH, LOCK_ENV
+    from inference.params import TranscribeParams
+    from inference.transcribe_ct2 import build_engine
+    from tests.ct2_whisper import write_ct2
+
+    minutes = 1.0 if setup.tiny else 4.0
+    model_key = "faster-whisper/turbo-random"
+    folder = setup.work / "weights" / model_key
+    model, tokens = _scripted_turbo(setup, text_ctx=448)
+    write_ct2(model, folder)
+    del model
+    lock = setup.work / "models.lock"
+    lock.write_text(DEFAULT_LOCK_PATH.read_text() + _lock_entry(model_key, folder))
+    with _environment(LOCK_ENV, str(lock)):
+        engine = build_engine(model_key, setup.work / "weights", device=setup.device.type)
+    params = TranscribeParams(model="faster-whisper/large-v3-turbo", vad_filter=False)
+    warmup = voiced_bursts(0.5, setup.work / "faster-whisper-warmup")
+    track = voiced_bursts(minutes, setup.work / "faster-whisper")
+    out, warmup_out = setup.work / "faster-whisper-out", setup.work / "faster-whisper-warmup-out"
+    out.mkdir()
+    warmup_out.mkdir()
+    engine.run(warmup, params, warmup_out, _no_progress)
+    seconds, peak = _timed(setup.device, functools.partial(engine.run, track, params, out, _no_progress))
+    # CTranslate2 allocates outside torch's allocator, so torch's peak would read ~0: no GPU memory figure.
+    row = setup.row("transcribe", f"{FASTER_WHISPER_CASE}, {tokens} tokens/30 s", engine.model.model.compute_type,
+                    "audio minute", seconds, minutes, minutes * 60, None, check=_segments_check(out, minutes, tokens),
+                    note="batched (8), VAD off, beam 5")  # fmt: skip
+    del engine
+    return [row]
+
+
+def _lock_entry(model_key: str, folder: Path) -> str:
+    """A models.lock entry pinning every file of a model built here (what an operator adds for a custom model)."""
+    entry = f'\n\n[models."{model_key}"]\ntask = "transcribe"\nsource = "bench/gpu/run.py"\nlicence = "MIT"\n'
+    entry += "commercial_use = true\nenabled_by_default = false\n"
+    for path in sorted(folder.iterdir()):
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        entry += (f'\n[[models."{model_key}".files]]\npath = "{path.name}"\nurl = "http://127.0.0.1:9/{path.name}"\n'
+                  f'sha256 = "{digest}"\n')  # fmt: skip
+    return entry
+
+
+@contextlib.contextmanager
+def _environment(name: str, value: str) -> Iterator[None]:
+    previous = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(name)
+        else:
+            os.environ[name] = previous
+
+
+# ctranslate2 4.8.5 loads CUDA 12's cuBLAS by this name when it first runs on CUDA (the string is in its
+# libctranslate2.so; it links the CUDA runtime statically and needs no cuDNN for Whisper).
+CUBLAS_12 = "libcublas.so.12"
+
+
+def ctranslate2_cannot_run(device: torch.device) -> str | None:
+    """Why the faster-whisper row cannot run here, or None. On CUDA this LOADS CUDA 12's cuBLAS, as CTranslate2
+    will: its own device count and compute types answer without it, so they would say "ok" where it cannot run."""
     try:
         import ctranslate2
+        import faster_whisper  # noqa: F401
     except ImportError as exc:
-        return f"ctranslate2 not importable ({exc})"
+        return missing_module(exc)
     if device.type != "cuda":
-        return f"ctranslate2 {ctranslate2.__version__} imported (CPU run: CUDA libraries not probed)"
+        return None
     try:
-        count = ctranslate2.get_cuda_device_count()
-        types = sorted(ctranslate2.get_supported_compute_types("cuda"))
-    except Exception as exc:  # its CUDA 12 cuBLAS / cuDNN 9 missing shows up here
-        return f"ctranslate2 {ctranslate2.__version__}: CUDA libraries do not load ({exc})"
-    return f"ctranslate2 {ctranslate2.__version__}: {count} CUDA device(s), compute types {','.join(types)}"
-
-
-def _engine_module_using(library: str) -> str | None:
-    """The inference module that imports `library`, if any (the engine another branch is adding)."""
-    import inference
-
-    for info in pkgutil.iter_modules(inference.__path__):
-        source = Path(inference.__path__[0], f"{info.name}.py")
-        text = source.read_text() if source.is_file() else ""
-        if f"import {library}" in text or f"from {library}" in text:
-            return f"inference.{info.name}"
+        load_cublas_12()
+    except OSError as exc:
+        return (f"ctranslate2 {ctranslate2.__version__} needs {CUBLAS_12} (CUDA 12 cuBLAS) and none loads here "
+                f"({exc}); torch here is built for CUDA {torch.version.cuda}. "
+                f"{wheels.CUBLAS_12_NOT_CARRIED}")  # fmt: skip
+    if ctranslate2.get_cuda_device_count() < 1:
+        return f"ctranslate2 {ctranslate2.__version__} sees no CUDA device"
     return None
+
+
+def load_cublas_12() -> None:
+    """Load CUDA 12's cuBLAS globally, so CTranslate2's later dlopen by soname finds it: from the loader's path, or
+    from an installed nvidia-cublas-cu12 wheel (nvidia/cublas/lib), which CTranslate2 does not search itself."""
+    try:
+        ctypes.CDLL(CUBLAS_12, mode=ctypes.RTLD_GLOBAL)
+        return
+    except OSError as exc:
+        first = exc
+    for entry in sys.path:
+        library = Path(entry or ".", "nvidia", "cublas", "lib")
+        if (library / CUBLAS_12).is_file():
+            ctypes.CDLL(str(library / "libcublasLt.so.12"), mode=ctypes.RTLD_GLOBAL)
+            ctypes.CDLL(str(library / CUBLAS_12), mode=ctypes.RTLD_GLOBAL)
+            return
+    raise first
+
+
+def missing_module(exc: ImportError) -> str:
+    """What is missing and which carried wheel set brings it (bench/gpu/wheels.txt)."""
+    name = (exc.name or "").split(".")[0]
+    carried = wheels.sets_carrying(name)
+    where = (f"its wheel travels in set {' / '.join(carried)} of bench/gpu/wheels.txt"
+             if carried else "no wheel set in bench/gpu/wheels.txt carries it")  # fmt: skip
+    return f"{exc} ({where})"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -604,10 +697,13 @@ def _free(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
+# One function per engine's rows; `--only` takes these names. A row that needs a module this machine lacks becomes a
+# "cannot run" row that names the module and the wheel set carrying it.
 BENCHES: dict[str, Callable[[Setup], list[Row]]] = {
     "separate": bench_separate,
     "separate_roformer": bench_separate_roformer,
     "transcribe": bench_transcribe,
+    "faster-whisper": bench_faster_whisper,
     "generate": bench_generate,
     "song": bench_song,
 }
@@ -667,6 +763,9 @@ def main(argv: list[str] | None = None) -> int:
             started = time.perf_counter()
             try:
                 rows.extend(BENCHES[name](setup))
+            except ImportError as exc:
+                rows.append(Row(engine=name, case="(all)", device=_device_name(device),
+                                note=f"cannot run: {missing_module(exc)}"))  # fmt: skip
             except Exception as exc:  # one broken engine must not hide the others' rows
                 rows.append(Row(engine=name, case="(all)", device=_device_name(device),
                                 note=f"error: {type(exc).__name__}: {str(exc)[:300]}"))  # fmt: skip

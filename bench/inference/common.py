@@ -35,3 +35,16 @@ def write_wav(
         for start in range(0, total, rate * 10):
             out.write(samples(np.arange(start, min(total, start + rate * 10))).astype(np.float32))
     return path
+
+
+def voiced_bursts(minutes: float, folder: Path) -> Path:
+    """Mono 44.1 kHz 16-bit audio with syllable-like voiced bursts and pauses (a speech stand-in for transcription
+    benchmarks whose models are scripted, so the content does not matter)."""
+    rate = 44_100
+
+    def samples(n: np.ndarray) -> np.ndarray:
+        t = n / rate
+        voice = np.sin(2 * np.pi * 180 * t) * np.clip(np.sin(2 * np.pi * 3 * t), 0, None)
+        return 0.3 * voice * (np.sin(2 * np.pi * 0.1 * t) > -0.5)
+
+    return write_wav(folder / f"speech_{minutes:g}min.wav", minutes, rate, 1, samples)

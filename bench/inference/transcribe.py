@@ -18,26 +18,13 @@ import soxr
 import whisper
 from whisper.utils import get_writer
 
-from bench.inference.common import BenchCase, write_wav
+from bench.inference.common import BenchCase, voiced_bursts
 from bench.inference.transcribe_ct2 import make_input as make_speech
 from bench.inference.transcribe_ct2 import write_plain_transcript
 from inference.base import no_progress
 from inference.params import TranscribeParams
 from inference.transcribe import TranscribeEngine, build_engine
 from tests.tiny_whisper import build_tiny_whisper
-
-RATE = 44_100
-
-
-def make_input(minutes: float, folder: Path) -> Path:
-    """Mono 44.1 kHz 16-bit audio with syllable-like voiced bursts and pauses."""
-
-    def samples(n: np.ndarray) -> np.ndarray:
-        t = n / RATE
-        voice = np.sin(2 * np.pi * 180 * t) * np.clip(np.sin(2 * np.pi * 3 * t), 0, None)
-        return 0.3 * voice * (np.sin(2 * np.pi * 0.1 * t) > -0.5)
-
-    return write_wav(folder / f"speech_{minutes:g}min.wav", minutes, RATE, 1, samples)
 
 
 def _setup(scratch: Path) -> TranscribeEngine:
@@ -81,7 +68,7 @@ def _direct_real(engine: TranscribeEngine, input_path: Path, out_dir: Path) -> N
 
 
 CASES = [
-    BenchCase("transcribe tiny scripted whisper (CPU)", _setup, _ours, _direct, make_input),
+    BenchCase("transcribe tiny scripted whisper (CPU)", _setup, _ours, _direct, voiced_bursts),
     BenchCase(
         "transcribe openai-whisper tiny.en real weights (CPU fp32)", _setup_real, _ours_real, _direct_real, make_speech
     ),

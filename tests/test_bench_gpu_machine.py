@@ -7,7 +7,8 @@ What differs from the machine: Python 3.12 from pyenv here (3.12.1; the machine 
 is the same PyPI build, +cu130 with the machine's cuda-toolkit / nvidia-* cu13 packages, run on the CPU), and the
 versions of listed packages the list does not publish (taken from the shared venv's). Only the listed packages that
 bench.gpu imports are installed. The environment is cached under
-~/.cache/audio-studio/bench-gpu-machine/<hash of its inputs>; the first build downloads ~3.5 GB (torch and its CUDA libraries).
+~/.cache/audio-studio/bench-gpu-machine/<hash of its inputs>; the first build downloads ~3.5 GB (torch and its
+CUDA libraries).
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ from api.jobs.openai_audio import PATH_PREFIX as OPENAI_PATH_PREFIX
 from api.request_guard import RequestGuard
 from api.routes import (
     api_keys,
+    batches,
     billing,
     credits,
     events,
@@ -60,7 +61,21 @@ def create_app(state: AppState, background: list[BackgroundService] | None = Non
     app.state.studio = state
     install_error_handlers(app)
     v1 = APIRouter(prefix="/v1")
-    resources = (health, api_keys, credits, usage, tasks, jobs, uploads, openai_audio, events, billing, webhooks, files)
+    resources = (
+        health,
+        api_keys,
+        credits,
+        usage,
+        tasks,
+        jobs,
+        batches,
+        uploads,
+        openai_audio,
+        events,
+        billing,
+        webhooks,
+        files,
+    )
     for resource in resources:
         v1.include_router(resource.router)
     app.include_router(v1)

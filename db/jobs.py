@@ -52,11 +52,13 @@ async def insert_job(
     webhook_events: list[str] | None,
     deadline_at: datetime,
     cancel_after: datetime | None = None,
+    batch_item: tuple[UUID, int] | None = None,
 ) -> None:
+    batch_id, batch_index = batch_item if batch_item is not None else (None, None)
     await conn.execute(
         "INSERT INTO jobs (id, user_id, task, params, model_key, cost, input_ref, input_meta, extra_inputs,"
-        " webhook_url, webhook_events, deadline_at, cancel_after)"
-        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        " webhook_url, webhook_events, deadline_at, cancel_after, batch_id, batch_index)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
         (
             job_id,
             user_id,
@@ -71,6 +73,8 @@ async def insert_job(
             webhook_events,
             deadline_at,
             cancel_after,
+            batch_id,
+            batch_index,
         ),
     )
 

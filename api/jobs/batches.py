@@ -1,0 +1,143 @@
+"""Batches: one task, shared params, up to MAX_ITEMS items, held all together or not at all.
+
+Each item is validated exactly as a single submit (`api.jobs.request.validate`), then received, probed, priced and
+stored (`api.jobs.submit.prepare_job`); a bad item fails the whole batch with 422 naming its index, and whatever
+the earlier items stored is deleted. Then ONE transaction inserts the batch row and every item's job and hold
+(`api.jobs.submit.insert_prepared`, per-key caps counted across the items since each sees the holds before it);
+not enough credits for all of them is one 402 for the whole batch. After the commit each job goes to dispatch,
+which leaves the ones past the user's running-job cap queued (`api.jobs.dispatch.dispatch_job`).
+"""
+
+from __future__ import annotations
+
+import shutil
+from typing import Any
+from uuid import UUID, uuid4
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from api.errors import Problem
+from api.jobs.dispatch import DispatchError, dispatch_job
+from api.jobs.inputs import lazy_workdir
+from api.jobs.request import JobCreate, JobRequest, validate_current
+from api.jobs.submit import PreparedJob, insert_prepared, insufficient, prepare_job
+from api.state import AppState
+from db import batches as db_batches
+from db import ledger
+
+MAX_ITEMS = 1000
+
+
+class BatchItem(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    input_url: str | None = None
+    input_upload: UUID | None = None
+    prompt: str | None = Field(default=None, description="Text tasks: this item's prompt.")
+    params: dict[str, Any] = Field(default_factory=dict, description="Merged over the batch's shared params.")
+
+
+class BatchCreate(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"task": "generate", "params": {"duration_s": 4}, "items": [{"prompt": "rain"}, {"prompt": "wind"}]}
+            ]
+        },
+    )
+
+    task: str
+    params: dict[str, Any] = Field(default_factory=dict, description="Shared by every item.")
+    items: list[BatchItem] = Field(min_length=1, max_length=MAX_ITEMS)
+    webhook_url: str | None = None
+    deadline_s: float | None = None
+
+
+def item_create(batch: BatchCreate, item: BatchItem) -> JobCreate:
+    """The single-job body an item stands for."""
+    return JobCreate(
+        task=batch.task,
+        params={**batch.params, **item.params},
+        input_url=item.input_url,
+        input_upload=item.input_upload,
+        prompt=item.prompt,
+        webhook_url=batch.webhook_url,
+        deadline_s=batch.deadline_s,
+    )
+
+
+def _naming_item(index: int, problem: Problem) -> Problem:
+    problem.extra["item_index"] = index
+    problem.detail = f"Item {index}: {problem.detail}"
+    return problem
+
+
+async def create_batch(
+    state: AppState, user_id: UUID, batch: BatchCreate, *, api_key_id: UUID | None
+) -> dict[str, Any]:
+    """Validate and prepare every item, then one transaction for the batch and all holds; then dispatch."""
+    requests: list[JobRequest] = []
+    for index, item in enumerate(batch.items):
+        try:
+            requests.append(await validate_current(item_create(batch, item), None, state, quote=False))
+        except Problem as problem:
+            raise _naming_item(index, problem) from None
+    batch_id = uuid4()
+    prepared: list[PreparedJob] = []
+    workdir = lazy_workdir("studio-batch-")
+    try:
+        for index, job in enumerate(requests):
+            try:
+                prepared.append(await prepare_job(state, user_id, job, uuid4(), workdir))
+            except Problem as problem:
+                raise _naming_item(index, problem) from None
+        total = sum(item.cost for item in prepared)
+        async with state.pool.connection() as conn, conn.transaction():
+            await db_batches.insert_batch(
+                conn,
+                batch_id=batch_id,
+                user_id=user_id,
+                task=batch.task,
+                params=batch.params,
+                item_count=len(prepared),
+                cost=total,
+            )
+            held = 0
+            for index, (job, item) in enumerate(zip(requests, prepared, strict=True)):
+                try:
+                    await insert_prepared(conn, user_id, job, item, api_key_id=api_key_id, batch_item=(batch_id, index))
+                except ledger.InsufficientCredits as exc:
+                    # What was available before this batch's own holds, against the whole batch's price.
+                    raise insufficient(total, exc.available + held, "batch") from exc
+                held += item.cost
+    except BaseException:
+        await state.storage.delete(state.settings.inputs_bucket, [ref for item in prepared for ref in item.stored])
+        raise
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    for item in prepared:
+        try:
+            await dispatch_job(state, item.job_id)
+        except DispatchError:
+            pass  # dispatch_job failed that job and released its hold; the batch shows it as failed
+    return await batch_resource(state, batch_id, user_id)
+
+
+async def batch_resource(state: AppState, batch_id: UUID, user_id: UUID) -> dict[str, Any]:
+    async with state.pool.connection() as conn:
+        row = await db_batches.get_batch(conn, batch_id, user_id)
+        if row is None:
+            raise Problem(404, "batch_not_found", "Batch not found", "No batch with this id belongs to you.")
+        counts = await db_batches.status_counts(conn, batch_id)
+    return {
+        "id": str(row["id"]),
+        "object": "batch",
+        "task": row["task"],
+        "params": row["params"],
+        "item_count": row["item_count"],
+        "cost": row["cost"],
+        "counts": counts,
+        "created_at": row["created_at"].isoformat(),
+        "links": {"self": f"/v1/batches/{row['id']}"},
+    }

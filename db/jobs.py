@@ -127,6 +127,18 @@ async def list_jobs(
     return await cursor.fetchall()
 
 
+async def jobs_of_batch(
+    conn: AsyncConnection, batch_id: UUID, *, limit: int, after_index: int | None
+) -> list[dict[str, Any]]:
+    """A batch's job rows in item order, keyset-paged on the item index."""
+    cursor = conn.cursor(row_factory=dict_row)
+    await cursor.execute(
+        _SELECT + " WHERE j.batch_id = %s AND j.batch_index > %s ORDER BY j.batch_index LIMIT %s",
+        (batch_id, -1 if after_index is None else after_index, limit),
+    )
+    return await cursor.fetchall()
+
+
 def stored_inputs(input_ref: str | None, extra_inputs: dict[str, str] | None) -> list[str]:
     """Every storage key a job's inputs live under: the main input first, then its second inputs."""
     return ([input_ref] if input_ref else []) + list((extra_inputs or {}).values())

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 from typing import Any
+from uuid import UUID
 
+from api.jobs import settle
 from db import ledger
 from tests.jobs_support import wait_until
 
@@ -86,3 +88,69 @@ async def test_two_batches_racing_for_one_balance_at_most_one_wins(
     assert sorted((first.status_code, second.status_code)) == [202, 402], (first.text, second.text)
     batches, jobs, holds = await _rows(app_state, alice)
     assert (batches, jobs, holds) == (1, 3, 3)
+
+
+async def _batch_completed_deliveries(app_state: Any, user: dict[str, Any]) -> list[dict[str, Any]]:
+    async with app_state.pool.connection() as conn:
+        rows = await (
+            await conn.execute(
+                "SELECT payload FROM webhook_deliveries WHERE user_id = %s AND event = 'batch.completed'",
+                (user["id"],),
+            )
+        ).fetchall()
+    return [row[0] for row in rows]
+
+
+async def test_jobs_and_batches_page(client: Any, alice: dict[str, Any], app_state: Any) -> None:
+    app_state.settings.max_running_jobs_per_user = 0  # every item waits queued: dispatch keeps to the cap
+    first = (await client.post("/v1/batches", headers=alice["headers"], json=_batch("a", "b", "c"))).json()
+    second = (await client.post("/v1/batches", headers=alice["headers"], json=_batch("d"))).json()
+    assert first["counts"] == {"queued": 3}
+    page = (await client.get(f"/v1/batches/{first['id']}/jobs?limit=2", headers=alice["headers"])).json()
+    assert [job["batch_index"] for job in page["data"]] == [0, 1] and page["has_more"] is True
+    assert [job["params"]["prompt"] for job in page["data"]] == ["a", "b"]
+    rest = await client.get(f"/v1/batches/{first['id']}/jobs?cursor={page['next_cursor']}", headers=alice["headers"])
+    assert [job["batch_index"] for job in rest.json()["data"]] == [2] and rest.json()["has_more"] is False
+    listed = (await client.get("/v1/batches?limit=1", headers=alice["headers"])).json()
+    assert [batch["id"] for batch in listed["data"]] == [second["id"]]
+    older = (await client.get(f"/v1/batches?cursor={listed['next_cursor']}", headers=alice["headers"])).json()
+    assert [batch["id"] for batch in older["data"]] == [first["id"]] and older["has_more"] is False
+
+
+async def test_cancel_all_releases_queued_items_and_completes_the_batch_once(
+    client: Any, alice: dict[str, Any], bob: dict[str, Any], app_state: Any
+) -> None:
+    app_state.settings.max_running_jobs_per_user = 0
+    body = {**_batch("a", "b", "c"), "webhook_url": "https://hooks.example.com/studio"}
+    batch = (await client.post("/v1/batches", headers=alice["headers"], json=body)).json()
+    async with app_state.pool.connection() as conn:
+        assert (await ledger.balance(conn, alice["id"])).held == 3 * ITEM_COST
+    assert (await client.post(f"/v1/batches/{batch['id']}/cancel", headers=bob["headers"])).status_code == 404
+    canceled = await client.post(f"/v1/batches/{batch['id']}/cancel", headers=alice["headers"])
+    assert canceled.status_code == 200, canceled.text
+    assert canceled.json()["counts"] == {"canceled": 3} and canceled.json()["completed_at"] is not None
+    async with app_state.pool.connection() as conn:
+        balance = await ledger.balance(conn, alice["id"])
+        assert await ledger.invariant_violations(conn) == []
+    assert (balance.available, balance.held) == (100, 0)
+    [payload] = await _batch_completed_deliveries(app_state, alice)
+    assert payload["id"] == batch["id"] and payload["counts"] == {"canceled": 3}
+
+
+async def test_two_items_settling_concurrently_queue_one_batch_webhook(
+    client: Any, alice: dict[str, Any], app_state: Any
+) -> None:
+    app_state.settings.max_running_jobs_per_user = 0
+    body = {**_batch("a", "b"), "webhook_url": "https://hooks.example.com/studio"}
+    batch = (await client.post("/v1/batches", headers=alice["headers"], json=body)).json()
+    jobs = (await client.get(f"/v1/batches/{batch['id']}/jobs", headers=alice["headers"])).json()["data"]
+    user_id = alice["id"]
+
+    async def settle_one(job_id: str) -> bool:
+        async with app_state.pool.connection() as conn:
+            return await settle.cancel_queued(conn, UUID(job_id), user_id)
+
+    # Two real transactions on two connections, each settling the batch's last-but-one or last item.
+    assert await asyncio.gather(*(settle_one(job["id"]) for job in jobs)) == [True, True]
+    [payload] = await _batch_completed_deliveries(app_state, alice)
+    assert payload["remaining"] == 0 and payload["counts"] == {"canceled": 2}

@@ -17,10 +17,12 @@ from uuid import UUID, uuid4
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.errors import Problem
+from api.jobs import cancel, view
 from api.jobs.dispatch import DispatchError, dispatch_job
 from api.jobs.inputs import lazy_workdir
 from api.jobs.request import JobCreate, JobRequest, validate_current
 from api.jobs.submit import PreparedJob, insert_prepared, insufficient, prepare_job
+from api.outbound import validate_webhook_url
 from api.state import AppState
 from db import batches as db_batches
 from db import ledger
@@ -62,7 +64,6 @@ def item_create(batch: BatchCreate, item: BatchItem) -> JobCreate:
         input_url=item.input_url,
         input_upload=item.input_upload,
         prompt=item.prompt,
-        webhook_url=batch.webhook_url,
         deadline_s=batch.deadline_s,
     )
 
@@ -83,6 +84,8 @@ async def create_batch(
             requests.append(await validate_current(item_create(batch, item), None, state, quote=False))
         except Problem as problem:
             raise _naming_item(index, problem) from None
+    # The batch's webhook gets `batch.completed`; its items send none of their own.
+    webhook_url = None if batch.webhook_url is None else validate_webhook_url(batch.webhook_url, state.settings)
     batch_id = uuid4()
     prepared: list[PreparedJob] = []
     workdir = lazy_workdir("studio-batch-")
@@ -102,6 +105,7 @@ async def create_batch(
                 params=batch.params,
                 item_count=len(prepared),
                 cost=total,
+                webhook_url=webhook_url,
             )
             held = 0
             for index, (job, item) in enumerate(zip(requests, prepared, strict=True)):
@@ -124,20 +128,25 @@ async def create_batch(
     return await batch_resource(state, batch_id, user_id)
 
 
+def not_found() -> Problem:
+    return Problem(404, "batch_not_found", "Batch not found", "No batch with this id belongs to you.")
+
+
 async def batch_resource(state: AppState, batch_id: UUID, user_id: UUID) -> dict[str, Any]:
     async with state.pool.connection() as conn:
         row = await db_batches.get_batch(conn, batch_id, user_id)
         if row is None:
-            raise Problem(404, "batch_not_found", "Batch not found", "No batch with this id belongs to you.")
-        counts = await db_batches.status_counts(conn, batch_id)
-    return {
-        "id": str(row["id"]),
-        "object": "batch",
-        "task": row["task"],
-        "params": row["params"],
-        "item_count": row["item_count"],
-        "cost": row["cost"],
-        "counts": counts,
-        "created_at": row["created_at"].isoformat(),
-        "links": {"self": f"/v1/batches/{row['id']}"},
-    }
+            raise not_found()
+        return view.batch_resource(row, await db_batches.status_counts(conn, batch_id))
+
+
+async def cancel_batch(state: AppState, batch_id: UUID, user_id: UUID) -> dict[str, Any]:
+    """Cancel-all: each queued item is canceled and released now, each running one signalled (it ends canceled).
+    An item that ended meanwhile is left as it ended."""
+    async with state.pool.connection() as conn:
+        if await db_batches.get_batch(conn, batch_id, user_id) is None:
+            raise not_found()
+        job_ids = await db_batches.unfinished_jobs(conn, batch_id)
+    for job_id in job_ids:
+        await cancel.cancel_job(state, job_id, user_id)  # CancelRaced: the route answers 409, retry-safe
+    return await batch_resource(state, batch_id, user_id)

@@ -8,6 +8,11 @@ CREATE TABLE public.batches (
   params jsonb NOT NULL DEFAULT '{}'::jsonb,
   item_count integer NOT NULL CHECK (item_count BETWEEN 1 AND 1000),
   cost bigint NOT NULL CHECK (cost >= 0),
+  webhook_url text,
+  -- Items not yet final. The settle that takes it to 0 (its UPDATE locks this row, so concurrent settles take
+  -- turns) is the one that queues `batch.completed`: exactly once.
+  remaining integer NOT NULL CHECK (remaining >= 0),
+  completed_at timestamptz,
   created_at timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX batches_user_created ON public.batches (user_id, created_at DESC, id DESC);

@@ -154,3 +154,17 @@ async def test_two_items_settling_concurrently_queue_one_batch_webhook(
     assert await asyncio.gather(*(settle_one(job["id"]) for job in jobs)) == [True, True]
     [payload] = await _batch_completed_deliveries(app_state, alice)
     assert payload["remaining"] == 0 and payload["counts"] == {"canceled": 2}
+
+
+async def test_idempotency_key_replays_the_batch_and_holds_once(
+    client: Any, alice: dict[str, Any], app_state: Any
+) -> None:
+    app_state.settings.max_running_jobs_per_user = 0
+    headers = {**alice["headers"], "Idempotency-Key": "batch-1"}
+    first = await client.post("/v1/batches", headers=headers, json=_batch("a", "b"))
+    again = await client.post("/v1/batches", headers=headers, json=_batch("a", "b"))
+    assert (first.status_code, again.status_code) == (202, 202)
+    assert again.json()["id"] == first.json()["id"] and again.headers["idempotent-replayed"] == "true"
+    assert await _rows(app_state, alice) == (1, 2, 2)
+    other = await client.post("/v1/batches", headers=headers, json=_batch("c"))
+    assert other.status_code == 422 and other.json()["code"] == "idempotency_key_reused"

@@ -17,11 +17,11 @@ from uuid import UUID, uuid4
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.errors import Problem
-from api.jobs import cancel, view
+from api.jobs import cancel, idempotency, view
 from api.jobs.dispatch import DispatchError, dispatch_job
 from api.jobs.inputs import lazy_workdir
 from api.jobs.request import JobCreate, JobRequest, validate_current
-from api.jobs.submit import PreparedJob, insert_prepared, insufficient, prepare_job
+from api.jobs.submit import PreparedJob, Submitted, insert_prepared, insufficient, prepare_job
 from api.outbound import validate_webhook_url
 from api.state import AppState
 from db import batches as db_batches
@@ -74,10 +74,48 @@ def _naming_item(index: int, problem: Problem) -> Problem:
     return problem
 
 
+async def submit_batch_once(
+    state: AppState, user_id: UUID, batch: BatchCreate, key: str | None, *, api_key_id: UUID | None
+) -> Submitted:
+    """`create_batch` behind an optional `Idempotency-Key`, as `api.jobs.submit.submit_once` does for a job: the
+    same key and body replay the first batch; a failed attempt frees the key."""
+    if key is None:
+        return Submitted(await create_batch(state, user_id, batch, api_key_id=api_key_id), 202, replayed=False)
+    settings = state.settings
+    async with state.pool.connection() as conn:
+        replay = await idempotency.claim(
+            conn,
+            user_id,
+            key,
+            idempotency.request_hash({"batch": batch.model_dump(mode="json")}),
+            settings.idempotency_ttl_seconds,
+            in_flight_lease_seconds=settings.idempotency_in_flight_lease_seconds,
+        )
+    if replay is not None:
+        return Submitted(replay.body, replay.status, replayed=True)
+    try:
+        async with idempotency.kept_alive(state.pool, user_id, key, settings.idempotency_in_flight_lease_seconds):
+            body = await create_batch(state, user_id, batch, api_key_id=api_key_id, idempotency_key=key)
+    except BaseException:
+        async with state.pool.connection() as conn:
+            await idempotency.abandon(conn, user_id, key)
+        raise
+    async with state.pool.connection() as conn:
+        await idempotency.complete(conn, user_id, key, 202, body)  # replay this answer, not the in-tx snapshot
+    return Submitted(body, 202, replayed=False)
+
+
 async def create_batch(
-    state: AppState, user_id: UUID, batch: BatchCreate, *, api_key_id: UUID | None
+    state: AppState,
+    user_id: UUID,
+    batch: BatchCreate,
+    *,
+    api_key_id: UUID | None,
+    idempotency_key: str | None = None,
 ) -> dict[str, Any]:
-    """Validate and prepare every item, then one transaction for the batch and all holds; then dispatch."""
+    """Validate and prepare every item, then one transaction for the batch and all holds; then dispatch. With
+    `idempotency_key` (claimed by the caller) the key is recorded done in that transaction, so no later failure
+    can free it and let a retry hold a second batch."""
     requests: list[JobRequest] = []
     for index, item in enumerate(batch.items):
         try:
@@ -115,6 +153,11 @@ async def create_batch(
                     # What was available before this batch's own holds, against the whole batch's price.
                     raise insufficient(total, exc.available + held, "batch") from exc
                 held += item.cost
+            if idempotency_key is not None:
+                created = await db_batches.get_batch(conn, batch_id, user_id)
+                assert created is not None  # inserted above, in this transaction
+                snapshot = view.batch_resource(created, await db_batches.status_counts(conn, batch_id))
+                await idempotency.complete(conn, user_id, idempotency_key, 202, snapshot)
     except BaseException:
         await state.storage.delete(state.settings.inputs_bucket, [ref for item in prepared for ref in item.stored])
         raise

@@ -6,13 +6,13 @@ from __future__ import annotations
 from typing import Annotated, Any
 from uuid import UUID
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Header, Query
 from fastapi.responses import JSONResponse
 
 from api.deps import CurrentUser, State
 from api.errors import Problem
-from api.jobs import cancel
-from api.jobs.batches import BatchCreate, batch_resource, cancel_batch, create_batch, not_found
+from api.jobs import cancel, idempotency
+from api.jobs.batches import BatchCreate, batch_resource, cancel_batch, not_found, submit_batch_once
 from api.jobs.request import invalid
 from api.jobs.view import batch_resource as batch_view
 from api.jobs.view import job_resource
@@ -40,13 +40,23 @@ def _batch_id(raw: str) -> UUID:
     responses={
         **AUTH_RESPONSES,
         **SPEND_RESPONSES,
+        409: problem_doc(409, "idempotency_in_flight", "A request with this Idempotency-Key is in progress"),
         422: problem_doc(422, "invalid_params", "An item is invalid (`item_index` names it); nothing was charged"),
     },
 )
-async def submit_batch(body: BatchCreate, user: CurrentUser, state: State) -> JSONResponse:
+async def submit_batch(
+    body: BatchCreate,
+    user: CurrentUser,
+    state: State,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+) -> JSONResponse:
     """Every item validated, priced and held in one transaction, or none (402 for the whole batch)."""
-    resource = await create_batch(state, user.id, body, api_key_id=user.api_key_id)
-    return JSONResponse(resource, status_code=202, headers={"Location": resource["links"]["self"]})
+    key = idempotency.check_key(idempotency_key) if idempotency_key is not None else None
+    submitted = await submit_batch_once(state, user.id, body, key, api_key_id=user.api_key_id)
+    headers = {"Location": submitted.body["links"]["self"]}
+    if submitted.replayed:
+        headers[idempotency.REPLAY_HEADER] = "true"
+    return JSONResponse(submitted.body, status_code=submitted.status, headers=headers)
 
 
 @router.get("", summary="Your batches, newest first", responses=AUTH_RESPONSES)

@@ -10,6 +10,7 @@ from uuid import UUID
 from api.jobs import settle
 from db import ledger
 from tests.jobs_support import wait_until
+from tests.test_inputs import audio_server  # noqa: F401 (a fixture: a real HTTP server of real audio)
 
 ITEM_COST = 4  # generate at 0.5 credit per variant-second: 8 s, one variant (api/jobs/pricing.py)
 
@@ -168,3 +169,31 @@ async def test_idempotency_key_replays_the_batch_and_holds_once(
     assert await _rows(app_state, alice) == (1, 2, 2)
     other = await client.post("/v1/batches", headers=headers, json=_batch("c"))
     assert other.status_code == 422 and other.json()["code"] == "idempotency_key_reused"
+
+
+def _stored_inputs(app_state: Any) -> list[Any]:
+    root = app_state.settings.state_dir / "files" / app_state.settings.inputs_bucket
+    return [path for path in root.rglob("*") if path.is_file()] if root.exists() else []
+
+
+async def test_url_items_are_fetched_probed_and_priced_and_a_bad_one_stores_nothing(
+    client: Any,
+    alice: dict[str, Any],
+    app_state: Any,
+    audio_server: tuple[str, bytes],  # noqa: F811
+) -> None:
+    base, _ = audio_server
+    app_state.settings = app_state.settings.model_copy(
+        update={"input_url_allow_insecure": True, "max_running_jobs_per_user": 0}
+    )
+    clip, gone = {"input_url": f"{base}/clip.flac"}, {"input_url": f"{base}/gone"}
+    refused = await client.post("/v1/batches", headers=alice["headers"], json={"task": "midi", "items": [clip, gone]})
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["item_index"] == 1
+    assert await _rows(app_state, alice) == (0, 0, 0) and _stored_inputs(app_state) == []
+    created = await client.post("/v1/batches", headers=alice["headers"], json={"task": "midi", "items": [clip, clip]})
+    assert created.status_code == 202, created.text
+    assert created.json()["cost"] == 2  # midi: at least 1 credit per item (api/jobs/pricing.py)
+    jobs = (await client.get(f"/v1/batches/{created.json()['id']}/jobs", headers=alice["headers"])).json()["data"]
+    assert [job["input"]["source"] for job in jobs] == ["url", "url"]
+    assert len(_stored_inputs(app_state)) == 2

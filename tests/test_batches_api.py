@@ -59,6 +59,14 @@ async def test_batch_holds_every_item_and_counts_them_to_the_end(
 
 async def test_batch_without_credits_for_all_holds_none(client: Any, alice: dict[str, Any], app_state: Any) -> None:
     await _drain_to(app_state, alice, 2 * ITEM_COST)  # two of the three items would fit
+    quote = await client.post("/v1/batches?dry_run=true", headers=alice["headers"], json=_batch("rain", "wind", "sea"))
+    assert quote.status_code == 200, quote.text
+    assert (quote.json()["credits"], quote.json()["available"], quote.json()["sufficient"]) == (
+        3 * ITEM_COST,
+        2 * ITEM_COST,
+        False,
+    )
+    assert [item["credits"] for item in quote.json()["items"]] == [ITEM_COST] * 3
     response = await client.post("/v1/batches", headers=alice["headers"], json=_batch("rain", "wind", "sea"))
     assert response.status_code == 402, response.text
     body = response.json()

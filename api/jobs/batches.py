@@ -20,12 +20,14 @@ from api.errors import Problem
 from api.jobs import cancel, idempotency, view
 from api.jobs.dispatch import DispatchError, dispatch_job
 from api.jobs.inputs import lazy_workdir
+from api.jobs.pricing import price
 from api.jobs.request import JobCreate, JobRequest, validate_current
-from api.jobs.submit import PreparedJob, Submitted, insert_prepared, insufficient, prepare_job
+from api.jobs.submit import PreparedJob, Submitted, insert_prepared, insufficient, obtain_input, prepare_job
 from api.outbound import validate_webhook_url
 from api.state import AppState
 from db import batches as db_batches
 from db import ledger
+from inference.registry import TASKS
 
 MAX_ITEMS = 1000
 
@@ -74,6 +76,49 @@ def _naming_item(index: int, problem: Problem) -> Problem:
     return problem
 
 
+async def _validated(state: AppState, batch: BatchCreate) -> list[JobRequest]:
+    """Every item as a single submit would validate it; the first bad one is a 422 naming its index."""
+    requests: list[JobRequest] = []
+    for index, item in enumerate(batch.items):
+        try:
+            requests.append(await validate_current(item_create(batch, item), None, state, quote=False))
+        except Problem as problem:
+            raise _naming_item(index, problem) from None
+    return requests
+
+
+async def quote_batch(state: AppState, user_id: UUID, batch: BatchCreate) -> dict[str, Any]:
+    """The whole batch priced before anything runs (`?dry_run=true`): every item validated, URL and upload items
+    fetched and probed exactly as the submit would, nothing stored or held."""
+    requests = await _validated(state, batch)
+    items: list[dict[str, Any]] = []
+    workdir = lazy_workdir("studio-batch-quote-")
+    try:
+        for index, job in enumerate(requests):
+            seconds: float | None = None
+            if TASKS[job.task].input_kind == "audio":
+                try:
+                    _, probed = await obtain_input(state, user_id, job, workdir)
+                except Problem as problem:
+                    raise _naming_item(index, problem) from None
+                seconds = probed.info.duration_s
+            duration = None if seconds is None else round(seconds, 3)
+            items.append({"index": index, "credits": price(job.task, job.params, seconds), "duration_s": duration})
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    total = sum(item["credits"] for item in items)
+    async with state.pool.connection() as conn:
+        available = (await ledger.balance(conn, user_id)).available
+    return {
+        "object": "batch_quote",
+        "task": batch.task,
+        "credits": total,
+        "available": available,
+        "sufficient": available >= total,
+        "items": items,
+    }
+
+
 async def submit_batch_once(
     state: AppState, user_id: UUID, batch: BatchCreate, key: str | None, *, api_key_id: UUID | None
 ) -> Submitted:
@@ -116,12 +161,7 @@ async def create_batch(
     """Validate and prepare every item, then one transaction for the batch and all holds; then dispatch. With
     `idempotency_key` (claimed by the caller) the key is recorded done in that transaction, so no later failure
     can free it and let a retry hold a second batch."""
-    requests: list[JobRequest] = []
-    for index, item in enumerate(batch.items):
-        try:
-            requests.append(await validate_current(item_create(batch, item), None, state, quote=False))
-        except Problem as problem:
-            raise _naming_item(index, problem) from None
+    requests = await _validated(state, batch)
     # The batch's webhook gets `batch.completed`; its items send none of their own.
     webhook_url = None if batch.webhook_url is None else validate_webhook_url(batch.webhook_url, state.settings)
     batch_id = uuid4()

@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from api.deps import CurrentUser, State
 from api.errors import Problem
 from api.jobs import cancel, idempotency
-from api.jobs.batches import BatchCreate, batch_resource, cancel_batch, not_found, submit_batch_once
+from api.jobs.batches import BatchCreate, batch_resource, cancel_batch, not_found, quote_batch, submit_batch_once
 from api.jobs.request import invalid
 from api.jobs.view import batch_resource as batch_view
 from api.jobs.view import job_resource
@@ -49,8 +49,13 @@ async def submit_batch(
     user: CurrentUser,
     state: State,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+    dry_run: Annotated[
+        bool, Query(description="Price the whole batch (200, `batch_quote`): validated and probed, nothing held.")
+    ] = False,
 ) -> JSONResponse:
     """Every item validated, priced and held in one transaction, or none (402 for the whole batch)."""
+    if dry_run:
+        return JSONResponse(await quote_batch(state, user.id, body))
     key = idempotency.check_key(idempotency_key) if idempotency_key is not None else None
     submitted = await submit_batch_once(state, user.id, body, key, api_key_id=user.api_key_id)
     headers = {"Location": submitted.body["links"]["self"]}

@@ -58,6 +58,37 @@ class BatchCreate(BaseModel):
     deadline_s: float | None = None
 
 
+class BatchOut(BaseModel):
+    """A batch as GET /v1/batches/{id} returns it (`api.jobs.view.batch_resource`)."""
+
+    id: UUID
+    object: str = "batch"
+    task: str
+    params: dict[str, Any]
+    item_count: int
+    cost: int = Field(description="Credits held for all items at the submit.")
+    counts: dict[str, int] = Field(description="Items by job status.")
+    remaining: int = Field(description="Items not yet final.")
+    created_at: str
+    completed_at: str | None = Field(description="When the last item ended.")
+    links: dict[str, str]
+
+
+class BatchQuoteItem(BaseModel):
+    index: int
+    credits: int
+    duration_s: float | None
+
+
+class BatchQuote(BaseModel):
+    object: str = "batch_quote"
+    task: str
+    credits: int
+    available: int
+    sufficient: bool
+    items: list[BatchQuoteItem]
+
+
 def item_create(batch: BatchCreate, item: BatchItem) -> JobCreate:
     """The single-job body an item stands for."""
     return JobCreate(

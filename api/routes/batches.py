@@ -12,7 +12,16 @@ from fastapi.responses import JSONResponse
 from api.deps import CurrentUser, State
 from api.errors import Problem
 from api.jobs import cancel, idempotency
-from api.jobs.batches import BatchCreate, batch_resource, cancel_batch, not_found, quote_batch, submit_batch_once
+from api.jobs.batches import (
+    BatchCreate,
+    BatchOut,
+    BatchQuote,
+    batch_resource,
+    cancel_batch,
+    not_found,
+    quote_batch,
+    submit_batch_once,
+)
 from api.jobs.request import invalid
 from api.jobs.view import batch_resource as batch_view
 from api.jobs.view import job_resource
@@ -38,6 +47,8 @@ def _batch_id(raw: str) -> UUID:
     status_code=202,
     summary="Submit a batch of jobs",
     responses={
+        200: {"model": BatchQuote, "description": "`?dry_run=true`: the whole batch priced, nothing held."},
+        202: {"model": BatchOut, "description": "Accepted: every item held and queued or started."},
         **AUTH_RESPONSES,
         **SPEND_RESPONSES,
         409: problem_doc(409, "idempotency_in_flight", "A request with this Idempotency-Key is in progress"),
@@ -81,7 +92,9 @@ async def list_batches(
 
 
 @router.get(
-    "/{batch_id}", summary="A batch, with its items counted by status", responses={**AUTH_RESPONSES, **_NOT_FOUND}
+    "/{batch_id}",
+    summary="A batch, with its items counted by status",
+    responses={200: {"model": BatchOut}, **AUTH_RESPONSES, **_NOT_FOUND},
 )
 async def get_batch(batch_id: str, user: CurrentUser, state: State) -> JSONResponse:
     return JSONResponse(await batch_resource(state, _batch_id(batch_id), user.id))
@@ -111,7 +124,11 @@ async def list_batch_jobs(
     return JSONResponse({"object": "list", "data": data, "has_more": more, "next_cursor": next_cursor})
 
 
-@router.post("/{batch_id}/cancel", summary="Cancel every unfinished item", responses={**AUTH_RESPONSES, **_NOT_FOUND})
+@router.post(
+    "/{batch_id}/cancel",
+    summary="Cancel every unfinished item",
+    responses={200: {"model": BatchOut}, **AUTH_RESPONSES, **_NOT_FOUND},
+)
 async def cancel_all(batch_id: str, user: CurrentUser, state: State) -> JSONResponse:
     """Queued items: canceled and released now. Running items: signalled; they end canceled."""
     try:

@@ -9,6 +9,7 @@ from uuid import UUID
 
 from api.jobs import settle
 from db import ledger
+from tests.auth_support import headers
 from tests.jobs_support import wait_until
 from tests.test_inputs import audio_server  # noqa: F401 (a fixture: a real HTTP server of real audio)
 
@@ -205,3 +206,17 @@ async def test_url_items_are_fetched_probed_and_priced_and_a_bad_one_stores_noth
     jobs = (await client.get(f"/v1/batches/{created.json()['id']}/jobs", headers=alice["headers"])).json()["data"]
     assert [job["input"]["source"] for job in jobs] == ["url", "url"]
     assert len(_stored_inputs(app_state)) == 2
+
+
+async def test_a_keys_daily_cap_counts_the_whole_batch(client: Any, alice: dict[str, Any], app_state: Any) -> None:
+    app_state.settings.max_running_jobs_per_user = 0
+    created = await client.post(
+        "/v1/api-keys", json={"name": "capped", "daily_credit_cap": 2 * ITEM_COST}, headers=alice["headers"]
+    )
+    assert created.status_code == 201, created.text
+    via_key = headers(created.json()["key"])
+    refused = await client.post("/v1/batches", headers=via_key, json=_batch("a", "b", "c"))
+    assert refused.status_code == 402 and refused.json()["code"] == "key_daily_cap", refused.text
+    assert await _rows(app_state, alice) == (0, 0, 0)
+    accepted = await client.post("/v1/batches", headers=via_key, json=_batch("a", "b"))
+    assert accepted.status_code == 202, accepted.text

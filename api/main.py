@@ -18,6 +18,7 @@ from api.jobs.openai_audio import PATH_PREFIX as OPENAI_PATH_PREFIX
 from api.request_guard import RequestGuard
 from api.routes import (
     api_keys,
+    batches,
     billing,
     credits,
     events,
@@ -69,6 +70,7 @@ def create_app(state: AppState, background: list[BackgroundService] | None = Non
         usage,
         tasks,
         jobs,
+        batches,
         uploads,
         openai_audio,
         events,

@@ -52,11 +52,13 @@ async def insert_job(
     webhook_events: list[str] | None,
     deadline_at: datetime,
     cancel_after: datetime | None = None,
+    batch_item: tuple[UUID, int] | None = None,
 ) -> None:
+    batch_id, batch_index = batch_item if batch_item is not None else (None, None)
     await conn.execute(
         "INSERT INTO jobs (id, user_id, task, params, model_key, cost, input_ref, input_meta, extra_inputs,"
-        " webhook_url, webhook_events, deadline_at, cancel_after)"
-        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        " webhook_url, webhook_events, deadline_at, cancel_after, batch_id, batch_index)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
         (
             job_id,
             user_id,
@@ -71,6 +73,8 @@ async def insert_job(
             webhook_events,
             deadline_at,
             cancel_after,
+            batch_id,
+            batch_index,
         ),
     )
 
@@ -119,6 +123,18 @@ async def list_jobs(
     await cursor.execute(
         _SELECT + " WHERE " + " AND ".join(clauses) + " ORDER BY j.created_at DESC, j.id DESC LIMIT %s",
         (*args, limit),
+    )
+    return await cursor.fetchall()
+
+
+async def jobs_of_batch(
+    conn: AsyncConnection, batch_id: UUID, *, limit: int, after_index: int | None
+) -> list[dict[str, Any]]:
+    """A batch's job rows in item order, keyset-paged on the item index."""
+    cursor = conn.cursor(row_factory=dict_row)
+    await cursor.execute(
+        _SELECT + " WHERE j.batch_id = %s AND j.batch_index > %s ORDER BY j.batch_index LIMIT %s",
+        (batch_id, -1 if after_index is None else after_index, limit),
     )
     return await cursor.fetchall()
 

@@ -13,6 +13,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from api.jobs import view
+from db import batches as db_batches
 from db.jobs import get_job, partial_outputs
 
 DELIVERIES_CHANNEL = "webhook_deliveries"
@@ -76,6 +77,38 @@ async def enqueue_job_event(
             "progress": float(job["progress"]),
             # job.output's throttle is the interval alone: any progress difference passes this step.
             "step": PROGRESS_MIN_STEP - _PROGRESS_EPSILON if event == "job.progress" else -1.0,
+            "interval": PROGRESS_MIN_INTERVAL_SECONDS,
+        },
+    )
+    inserted = await cursor.fetchone()
+    return inserted["id"] if inserted else None
+
+
+async def enqueue_batch_completed(
+    conn: psycopg.AsyncConnection, job_id: UUID, now: datetime | None = None
+) -> str | None:
+    """In the transaction that settles `job_id`: counts the item final in its batch and, when it was the last one,
+    queues `batch.completed` for the batch's webhook. The batch row's lock makes exactly one settle see the last
+    item, however many finish at once. The delivery row names the last job (deliveries belong to a job)."""
+    batch = await db_batches.count_item_final(conn, job_id, now)
+    if batch is None or not batch["webhook_url"]:
+        return None
+    payload = view.batch_resource(batch, await db_batches.status_counts(conn, batch["id"]))
+    cursor = conn.cursor(row_factory=dict_row)
+    await cursor.execute(
+        _ENQUEUE_SQL,
+        {
+            "channel": DELIVERIES_CHANNEL,
+            "now": now,
+            "id": f"msg_{uuid4().hex}",
+            "job_id": job_id,
+            "user_id": batch["user_id"],
+            "event": "batch.completed",
+            "url": batch["webhook_url"],
+            "payload": Jsonb(payload),
+            "throttle": False,
+            "progress": 0.0,
+            "step": PROGRESS_MIN_STEP,
             "interval": PROGRESS_MIN_INTERVAL_SECONDS,
         },
     )

@@ -15,7 +15,7 @@ from uuid import UUID
 import psycopg
 from psycopg import AsyncConnection
 
-from api.jobs.outbox import enqueue_job_event
+from api.jobs.outbox import enqueue_batch_completed, enqueue_job_event
 from api.jobs.view import DEADLINE_CODE
 from db import jobs as db_jobs
 from db import ledger
@@ -83,6 +83,7 @@ async def _finish(
         await ledger.release(conn, job_id, expired=expired)
     if webhook:
         await enqueue_job_event(conn, job_id, f"job.{status}")
+    await enqueue_batch_completed(conn, job_id, finished_at)
 
 
 async def finish_attempt(

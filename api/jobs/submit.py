@@ -227,43 +227,53 @@ async def hold_for_job(
     await ledger.hold(conn, user_id, job_id, cost, expires_at, api_key_id=api_key_id)
 
 
-async def create_job(
-    state: AppState,
-    user_id: UUID,
-    job: JobRequest,
-    workdir: Path,
-    *,
-    idempotency_key: str | None = None,
-    api_key_id: UUID | None = None,
-) -> dict[str, Any]:
-    """Probe, price, store, hold, dispatch. Returns the job resource; leaves nothing held or stored on error.
-    `api_key_id`: the key the request came with, whose allowed tasks and spend caps apply (`hold_for_job`).
+@dataclass
+class PreparedJob:
+    """A job ready for its transaction: received, probed, priced, and its inputs stored under its id."""
 
-    With `idempotency_key` (claimed by the caller), the key is recorded as done, with the new job to replay, in the
-    transaction that creates the job and its hold: no failure after that commit can free the key and let a retry
-    create (and charge) a second job. Only a refused dispatch, which released the hold, frees it again.
-    """
+    job_id: UUID
+    cost: int
+    input_ref: str | None
+    input_meta: dict[str, Any]
+    extra_refs: dict[str, str]
+    stored: list[str]  # objects this submit wrote, deleted again if it fails (a resumable upload is not one)
+    submitted_at: datetime
+    deadline_at: datetime
+    cancel_after: datetime | None
+
+
+def insufficient(required: int, available: int, what: str) -> Problem:
+    return Problem(
+        402,
+        "insufficient_credits",
+        "Not enough credits",
+        f"This {what} costs {required} credits and {available} are available.",
+        required=required,
+        available=available,
+    )
+
+
+async def prepare_job(state: AppState, user_id: UUID, job: JobRequest, job_id: UUID, workdir: Path) -> PreparedJob:
+    """Everything a submit does before its transaction: inputs received, probed, priced and stored under `job_id`.
+    The caller deletes `stored` if its transaction fails."""
     settings = state.settings
     spec = TASKS[job.task]
-    job_id = uuid4()
     input_ref: str | None = None
-    stored: list[str] = []  # objects this submit wrote, deleted again if it fails (a resumable upload is not one)
+    stored: list[str] = []
     input_meta: dict[str, Any] = {}
     extra_refs: dict[str, str] = {}
-    seconds: float | None = None
     if spec.input_kind == "audio":
         # Every input is received and probed before anything is stored: a bad reference stores nothing.
         received, probed = await obtain_input(state, user_id, job, workdir)
         extras = await obtain_extra_inputs(state, user_id, job, workdir)
-        seconds = probed.info.duration_s
-        check_input_fits(job.task, job.params, seconds)
+        check_input_fits(job.task, job.params, probed.info.duration_s)
         input_meta = _input_meta(received, probed, job.input_url, job.input_upload)
         if extras:
             input_meta["extra_inputs"] = {
                 name: _input_meta(extra, extra_probed, job.extra_urls.get(name))
                 for name, (extra, extra_probed) in extras.items()
             }
-        cost = price(job.task, job.params, seconds)  # the main input's duration only
+        cost = price(job.task, job.params, probed.info.duration_s)  # the main input's duration only
         # Upload first under the fresh job id: if the transaction then fails, the objects are deleted and no job
         # row ever pointed at them; if the upload fails, nothing was written to the database at all.
         if job.input_upload is not None:
@@ -288,58 +298,96 @@ async def create_job(
     else:
         cost = price(job.task, job.params, None)
     submitted_at = state.clock()
-    deadline_at: datetime = submitted_at + timedelta(seconds=settings.job_deadline_seconds)
-    cancel_after = None if job.deadline_s is None else submitted_at + timedelta(seconds=job.deadline_s)
+    return PreparedJob(
+        job_id=job_id,
+        cost=cost,
+        input_ref=input_ref,
+        input_meta=input_meta,
+        extra_refs=extra_refs,
+        stored=stored,
+        submitted_at=submitted_at,
+        deadline_at=submitted_at + timedelta(seconds=settings.job_deadline_seconds),
+        cancel_after=None if job.deadline_s is None else submitted_at + timedelta(seconds=job.deadline_s),
+    )
+
+
+async def insert_prepared(
+    conn: AsyncConnection,
+    user_id: UUID,
+    job: JobRequest,
+    prepared: PreparedJob,
+    *,
+    api_key_id: UUID | None,
+    batch_item: tuple[UUID, int] | None = None,
+) -> None:
+    """The job row, its hold (key caps first) and its upload consumed, inside the caller's transaction."""
+    await db_jobs.insert_job(
+        conn,
+        job_id=prepared.job_id,
+        user_id=user_id,
+        task=job.task,
+        params=job.params.model_dump(mode="json"),
+        model_key=TASKS[job.task].model_key(job.params),
+        cost=prepared.cost,
+        input_ref=prepared.input_ref,
+        input_meta=prepared.input_meta,
+        extra_inputs=prepared.extra_refs,
+        webhook_url=job.webhook_url,
+        webhook_events=job.webhook_events,
+        deadline_at=prepared.deadline_at,
+        cancel_after=prepared.cancel_after,
+        batch_item=batch_item,
+    )
+    await hold_for_job(
+        conn,
+        user_id,
+        prepared.job_id,
+        job.task,
+        prepared.cost,
+        prepared.deadline_at + HOLD_MARGIN,
+        api_key_id=api_key_id,
+        now=prepared.submitted_at,
+    )
+    if job.input_upload is not None and not await db_uploads.consume(conn, job.input_upload, user_id, prepared.job_id):
+        raise uploads.used()  # another submit took it since this one read it
+
+
+async def create_job(
+    state: AppState,
+    user_id: UUID,
+    job: JobRequest,
+    workdir: Path,
+    *,
+    idempotency_key: str | None = None,
+    api_key_id: UUID | None = None,
+) -> dict[str, Any]:
+    """Probe, price, store, hold, dispatch. Returns the job resource; leaves nothing held or stored on error.
+    `api_key_id`: the key the request came with, whose allowed tasks and spend caps apply (`hold_for_job`).
+
+    With `idempotency_key` (claimed by the caller), the key is recorded as done, with the new job to replay, in the
+    transaction that creates the job and its hold: no failure after that commit can free the key and let a retry
+    create (and charge) a second job. Only a refused dispatch, which released the hold, frees it again.
+    """
+    job_id = uuid4()
+    prepared = await prepare_job(state, user_id, job, job_id, workdir)
     try:
         async with state.pool.connection() as conn, conn.transaction():
-            await db_jobs.insert_job(
-                conn,
-                job_id=job_id,
-                user_id=user_id,
-                task=job.task,
-                params=job.params.model_dump(mode="json"),
-                model_key=spec.model_key(job.params),
-                cost=cost,
-                input_ref=input_ref,
-                input_meta=input_meta,
-                extra_inputs=extra_refs,
-                webhook_url=job.webhook_url,
-                webhook_events=job.webhook_events,
-                deadline_at=deadline_at,
-                cancel_after=cancel_after,
-            )
-            await hold_for_job(
-                conn,
-                user_id,
-                job_id,
-                job.task,
-                cost,
-                deadline_at + HOLD_MARGIN,
-                api_key_id=api_key_id,
-                now=submitted_at,
-            )
-            if job.input_upload is not None and not await db_uploads.consume(conn, job.input_upload, user_id, job_id):
-                raise uploads.used()  # another submit took it since this one read it
+            await insert_prepared(conn, user_id, job, prepared, api_key_id=api_key_id)
             if idempotency_key is not None:
                 created = await db_jobs.get_job(conn, job_id)
                 assert created is not None  # inserted above, in this transaction
                 await idempotency.complete(conn, user_id, idempotency_key, 202, job_resource(created))
     except BaseException as exc:
-        await state.storage.delete(settings.inputs_bucket, stored)
+        await state.storage.delete(state.settings.inputs_bucket, prepared.stored)
         if isinstance(exc, ledger.InsufficientCredits):
-            raise Problem(
-                402,
-                "insufficient_credits",
-                "Not enough credits",
-                f"This job costs {exc.required} credits and {exc.available} are available.",
-                required=exc.required,
-                available=exc.available,
-            ) from exc
+            raise insufficient(exc.required, exc.available, "job") from exc
         raise
-    if cancel_after is not None and state.wake_reaper is not None:
+    if prepared.cancel_after is not None and state.wake_reaper is not None:
         state.wake_reaper()  # its next pass may now be due sooner
     with naming_job(job_id):
-        return await _dispatch(state, user_id, job_id, idempotency_key, input_ref, stored, job.input_upload)
+        return await _dispatch(
+            state, user_id, job_id, idempotency_key, prepared.input_ref, prepared.stored, job.input_upload
+        )
 
 
 async def _dispatch(

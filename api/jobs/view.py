@@ -140,7 +140,7 @@ async def with_download_urls(
 ) -> dict[str, Any]:
     """`resource` with a fresh signed `url` and `expires_at` on each output. `row` (the jobs row the resource was
     built from) supplies the storage keys; without it the row is read from the database."""
-    if not resource["outputs"]:
+    if not resource.get("outputs"):  # also a batch's resource (`batch.completed`), which has none
         return resource
     if row is None:
         async with state.pool.connection() as conn:
@@ -167,6 +167,25 @@ async def with_download_urls(
 class JobError(BaseModel):
     code: str | None = Field(description="Stable machine-readable code, e.g. `undecodable_audio`.")
     message: str | None
+
+
+def batch_resource(row: Mapping[str, Any], counts: dict[str, int]) -> dict[str, Any]:
+    """The public view of a batches row and its items counted by status. Pure: no clock, no I/O."""
+    batch_id = str(row["id"])
+    completed = row["completed_at"]
+    return {
+        "id": batch_id,
+        "object": "batch",
+        "task": row["task"],
+        "params": row["params"],
+        "item_count": row["item_count"],
+        "cost": row["cost"],
+        "counts": counts,
+        "remaining": row["remaining"],
+        "created_at": row["created_at"].isoformat(),
+        "completed_at": None if completed is None else completed.isoformat(),
+        "links": {"self": f"/v1/batches/{batch_id}", "jobs": f"/v1/batches/{batch_id}/jobs"},
+    }
 
 
 class JobOutput(BaseModel):

@@ -279,21 +279,21 @@ async def list_jobs(
     task: Annotated[TaskName | None, Query()] = None,
 ) -> JobList:
     """Cursor-paginated on (created_at, id). Outputs here carry no download URLs: GET the job for those."""
-    after = _decode_cursor(cursor) if cursor else None
+    after = decode_cursor(cursor) if cursor else None
     async with state.pool.connection() as conn:
         rows = await db_jobs.list_jobs(conn, user.id, limit=limit + 1, status=status, task=task, after=after)
     page, more = rows[:limit], len(rows) > limit
-    next_cursor = _encode_cursor(page[-1]["created_at"], page[-1]["id"]) if more else None
+    next_cursor = encode_cursor(page[-1]["created_at"], page[-1]["id"]) if more else None
     return JobList(
         data=[JobOut.model_validate(job_resource(row)) for row in page], has_more=more, next_cursor=next_cursor
     )
 
 
-def _encode_cursor(created_at: datetime, job_id: UUID) -> str:
+def encode_cursor(created_at: datetime, job_id: UUID) -> str:
     return base64.urlsafe_b64encode(f"{created_at.isoformat()}|{job_id}".encode()).decode().rstrip("=")
 
 
-def _decode_cursor(cursor: str) -> tuple[datetime, UUID]:
+def decode_cursor(cursor: str) -> tuple[datetime, UUID]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         created, job_id = raw.split("|", 1)

@@ -163,12 +163,16 @@ class BuiltinEngine:
     def _separate(self, input_path: Path, params: SeparateParams, out_dir: Path, progress: ProgressFn) -> EngineResult:
         info = audio.probe(input_path)
         stems = params.output_stems()
-        if params.two_stems:
-            bands_for = [params.two_stems]  # one band; its complement is everything else
+        # A stem and its complement: `two_stems`, or a vocals model's vocals + instrumental (the RoFormer default).
+        pair = (params.two_stems, f"no_{params.two_stems}") if params.two_stems else None
+        if "instrumental" in stems:
+            pair = ("vocals", "instrumental")
+        if pair:
+            bands_for = [pair[0]]  # one band; its complement is everything else
         else:
             bands_for = sorted(stems, key=_STEM_ORDER.index)
         cutoffs = list(np.geomspace(150.0, 6000.0, len(bands_for) - 1)) if len(bands_for) > 1 else []
-        if params.two_stems:
+        if pair:
             cutoffs = [150.0, 4000.0]  # the chosen stem gets the middle band
         splitter = _BandSplitter(info.sample_rate, info.channels, cutoffs)
         paths = {stem: out_dir / f"{stem}.{params.format}" for stem in stems}
@@ -178,10 +182,9 @@ class BuiltinEngine:
         }
         try:
             for bands, done in _blocks_with_flush(input_path, splitter.push, info.sample_rate, resample=False):
-                if params.two_stems:
-                    chosen = bands[1]
-                    writers[params.two_stems].write(chosen)
-                    writers[f"no_{params.two_stems}"].write(bands[0] + bands[2])
+                if pair:
+                    writers[pair[0]].write(bands[1])
+                    writers[pair[1]].write(bands[0] + bands[2])
                 else:
                     for stem, band in zip(bands_for, bands, strict=True):
                         writers[stem].write(band)

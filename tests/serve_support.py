@@ -1,19 +1,26 @@
-"""A real `studio serve` process on 127.0.0.1 and a free port, for tests that kill and restart the API."""
+"""Servers for tests over real HTTP: a real `studio serve` process on 127.0.0.1 and a free port (for tests that kill
+and restart the API), and the app served in-process by uvicorn on its own fresh database (`serve_in_process`)."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+
+from db import embedded
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -116,3 +123,35 @@ class InProcessServer:
         if self.server is not None:
             self.server.should_exit = True
         self.thread.join(60)
+
+
+def serve_in_process(
+    pg_server: Any, template: str, prefix: str, server_cls: type[InProcessServer] = InProcessServer, **overrides: Any
+) -> Iterator[Any]:
+    """A `server_cls` on its own copy of the migrated template database and its own state folder, local mode with one
+    worker and no Stripe, plus `overrides`; dropped again when the generator ends."""
+    from api.settings import Settings
+
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    database_url = embedded.create_database(pg_server, name, template=template)
+    folder = Path(tempfile.mkdtemp(prefix=f"studio-{prefix}-"))
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    defaults: dict[str, Any] = {
+        "database_url": database_url,
+        "state_dir": folder / "state",
+        "local_workers": 1,
+        "secret_key": f"{prefix}-test-key-not-for-production-{'0' * 24}",
+        "public_base_url": f"http://127.0.0.1:{sock.getsockname()[1]}",
+        "stripe_secret_key": None,
+        "stripe_webhook_secret": None,
+    }
+    server = server_cls(Settings(**{**defaults, **overrides}), sock)
+    server.thread.start()
+    assert server.ready.wait(120), "the server did not start"
+    if server.error is not None:
+        raise server.error
+    yield server
+    server.stop()
+    embedded.drop_database(pg_server, name)
+    shutil.rmtree(folder, ignore_errors=True)

@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import importlib
 import re
-import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,8 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from db import embedded
-from tests.serve_support import InProcessServer
+from tests.serve_support import InProcessServer, serve_in_process
 
 GENERATOR = Path(sys.executable).parent / "openapi-python-client"
 PACKAGE = "studio_generated_client"
@@ -32,32 +28,7 @@ PACKAGE = "studio_generated_client"
 
 @pytest.fixture
 def server(pg_server: Any, template_database: str) -> Iterator[InProcessServer]:
-    from api.settings import Settings
-
-    name = f"gen_{uuid.uuid4().hex[:10]}"
-    database_url = embedded.create_database(pg_server, name, template=template_database)
-    folder = Path(tempfile.mkdtemp(prefix="studio-genclient-"))
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    settings = Settings(
-        database_url=database_url,
-        state_dir=folder / "state",
-        engines="builtin",
-        local_workers=1,
-        secret_key="generated-client-test-key-not-for-production-0000",
-        public_base_url=f"http://127.0.0.1:{sock.getsockname()[1]}",
-        stripe_secret_key=None,
-        stripe_webhook_secret=None,
-    )
-    live = InProcessServer(settings, sock)
-    live.thread.start()
-    assert live.ready.wait(120), "the server did not start"
-    if live.error is not None:
-        raise live.error
-    yield live
-    live.stop()
-    embedded.drop_database(pg_server, name)
-    shutil.rmtree(folder, ignore_errors=True)
+    yield from serve_in_process(pg_server, template_database, "genclient", engines="builtin")
 
 
 @pytest.fixture

@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import socket
-import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,8 +20,8 @@ import openai
 import pytest
 import soundfile as sf
 
-from db import embedded, ledger
-from tests.serve_support import InProcessServer
+from db import ledger
+from tests.serve_support import InProcessServer, serve_in_process
 
 REFERENCE = Path(__file__).parent / "data" / "speech_clean_48k.faster-whisper-tiny.en.json"
 TINY_EN = "faster-whisper/tiny.en"
@@ -58,32 +55,7 @@ class LiveServer(InProcessServer):
 
 
 def _serve(pg_server: Any, template: str, **overrides: Any) -> Iterator[LiveServer]:
-    from api.settings import Settings
-
-    name = f"openai_{uuid.uuid4().hex[:10]}"
-    database_url = embedded.create_database(pg_server, name, template=template)
-    folder = Path(tempfile.mkdtemp(prefix="studio-openai-"))
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    settings = Settings(
-        database_url=database_url,
-        state_dir=folder / "state",
-        local_workers=1,
-        secret_key="openai-sdk-test-key-not-for-production-000000000",
-        public_base_url=f"http://127.0.0.1:{sock.getsockname()[1]}",
-        stripe_secret_key=None,
-        stripe_webhook_secret=None,
-        **overrides,
-    )
-    server = LiveServer(settings, sock)
-    server.thread.start()
-    assert server.ready.wait(120), "the server did not start"
-    if server.error is not None:
-        raise server.error
-    yield server
-    server.stop()
-    embedded.drop_database(pg_server, name)
-    shutil.rmtree(folder, ignore_errors=True)
+    yield from serve_in_process(pg_server, template, "openai", LiveServer, **overrides)
 
 
 def sdk(server: LiveServer, key: str) -> openai.OpenAI:

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
-import socket
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -26,41 +24,15 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from db import embedded
 from db import jobs as db_jobs
-from tests.serve_support import InProcessServer
+from tests.serve_support import InProcessServer, serve_in_process
 from tests.test_webhooks_out import Receiver
 
 TINY_EN = "faster-whisper/tiny.en"
 
 
 def _serve(pg_server: Any, template: str, **overrides: Any) -> Iterator[InProcessServer]:
-    from api.settings import Settings
-
-    name = f"partial_{uuid.uuid4().hex[:10]}"
-    database_url = embedded.create_database(pg_server, name, template=template)
-    folder = Path(tempfile.mkdtemp(prefix="studio-partial-"))
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    settings = Settings(
-        database_url=database_url,
-        state_dir=folder / "state",
-        local_workers=1,
-        secret_key="partial-outputs-test-key-not-for-production-00000",
-        public_base_url=f"http://127.0.0.1:{sock.getsockname()[1]}",
-        stripe_secret_key=None,
-        stripe_webhook_secret=None,
-        **overrides,
-    )
-    server = InProcessServer(settings, sock)
-    server.thread.start()
-    assert server.ready.wait(120), "the server did not start"
-    if server.error is not None:
-        raise server.error
-    yield server
-    server.stop()
-    embedded.drop_database(pg_server, name)
-    shutil.rmtree(folder, ignore_errors=True)
+    yield from serve_in_process(pg_server, template, "partial", **overrides)
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import secrets
-import shutil
 import socket
-import tempfile
 import threading
 import time
 import uuid
@@ -26,10 +24,9 @@ import httpx
 import pytest
 
 from api import client as cli_client
-from db import embedded
 from tests.fake_supabase_storage import TUS_SIGNED, UPLOAD_SIGN, FakeSupabaseStorage
 from tests.jobs_api_support import write_audio
-from tests.serve_support import InProcessServer
+from tests.serve_support import InProcessServer, serve_in_process
 
 CAP = 4 * 1024 * 1024  # the deployment's resumable cap in these tests
 
@@ -110,34 +107,8 @@ def _has_bytes(server: InProcessServer, user_id: uuid.UUID) -> Callable[[], bool
 
 
 def _serve(pg_server: Any, template: str, **overrides: Any) -> Iterator[InProcessServer]:
-    from api.settings import Settings
-
-    name = f"uploads_{uuid.uuid4().hex[:10]}"
-    database_url = embedded.create_database(pg_server, name, template=template)
-    folder = Path(tempfile.mkdtemp(prefix="studio-uploads-"))
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    settings = Settings(
-        database_url=database_url,
-        state_dir=folder / "state",
-        engines="builtin",
-        local_workers=1,
-        secret_key="uploads-test-key-not-for-production-0000000000000",
-        public_base_url=f"http://127.0.0.1:{sock.getsockname()[1]}",
-        stripe_secret_key=None,
-        stripe_webhook_secret=None,
-        max_resumable_upload_bytes=CAP,
-        **overrides,
-    )
-    server = InProcessServer(settings, sock)
-    server.thread.start()
-    assert server.ready.wait(120), "the server did not start"
-    if server.error is not None:
-        raise server.error
-    yield server
-    server.stop()
-    embedded.drop_database(pg_server, name)
-    shutil.rmtree(folder, ignore_errors=True)
+    settings = {"engines": "builtin", "max_resumable_upload_bytes": CAP, **overrides}
+    yield from serve_in_process(pg_server, template, "uploads", **settings)
 
 
 @pytest.fixture(scope="module")

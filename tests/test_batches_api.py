@@ -86,6 +86,14 @@ async def test_bad_item_is_422_naming_its_index_and_nothing_is_held(
     assert response.json()["code"] == "invalid_params" and response.json()["item_index"] == 2
     assert await _rows(app_state, alice) == (0, 0, 0)
 
+    # A field the single-job body checks (deadline_s >= 1, prompt without control characters): 422 naming the item,
+    # never a 500.
+    for bad in ({"deadline_s": 0}, {"items": [{"prompt": "rain"}, {"prompt": "bell\x07"}]}):
+        response = await client.post("/v1/batches", headers=alice["headers"], json={**_batch("rain", "wind"), **bad})
+        assert response.status_code == 422, response.text
+        assert response.json()["item_index"] in (0, 1)
+    assert await _rows(app_state, alice) == (0, 0, 0)
+
 
 async def test_two_batches_racing_for_one_balance_at_most_one_wins(
     client: Any, alice: dict[str, Any], app_state: Any

@@ -33,7 +33,9 @@ async def new_session(client: Any, user: dict[str, Any], name: str = "Demo") -> 
 
 
 async def test_session_lifecycle_with_tracks_from_a_separation(client, alice, app_state, tmp_path):
-    job = await finished_job(client, alice, app_state, "separate", write_audio(tmp_path / "s.wav", 2.0, 22050, 2))
+    job = await finished_job(
+        client, alice, app_state, "separate", write_audio(tmp_path / "s.wav", 2.0, 22050, 2), {"model": "htdemucs"}
+    )  # four stems
     session = await new_session(client, alice, "  Beat  ")
     assert session["name"] == "Beat" and session["tracks"] == [] and session["track_count"] == 0
 
@@ -166,7 +168,9 @@ async def test_caps_on_sessions_and_tracks(client, alice, app_state, tmp_path):
                              409, "too_many_sessions")  # fmt: skip
     assert problem["limit"] == MAX_SESSIONS_PER_USER
 
-    job = await finished_job(client, alice, app_state, "separate", write_audio(tmp_path / "s.wav", 1.0, 22050, 2))
+    job = await finished_job(
+        client, alice, app_state, "separate", write_audio(tmp_path / "s.wav", 1.0, 22050, 2), {"model": "htdemucs"}
+    )  # four stems
     async with app_state.pool.connection() as conn:
         await conn.execute(
             "INSERT INTO session_tracks (session_id, user_id, job_id, output_name, position, name, duration_ms)"

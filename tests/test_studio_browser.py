@@ -212,7 +212,7 @@ def test_opens_on_a_task_it_can_run_and_disables_models_that_are_not_installed(
     sign_in(page, live)
     task = page.locator("#task")
     expect(task).to_have_value("enhance")
-    for name, command in (("separate", "demucs/htdemucs"), ("generate", "stable-audio-open")):
+    for name, command in (("separate", "roformer/mel-roformer-kim-vocals"), ("generate", "stable-audio-open")):
         option = task.locator(f'option[value="{name}"]')
         expect(option).to_be_disabled()
         expect(option).to_contain_text(f"studio models pull {command}")

@@ -21,7 +21,7 @@ from api.jobs import cancel, idempotency, view
 from api.jobs.dispatch import DispatchError, dispatch_job
 from api.jobs.inputs import lazy_workdir
 from api.jobs.pricing import price
-from api.jobs.request import JobCreate, JobRequest, validate_current
+from api.jobs.request import JobCreate, JobRequest, parse_create, validate_current
 from api.jobs.submit import PreparedJob, Submitted, insert_prepared, insufficient, obtain_input, prepare_job
 from api.outbound import validate_webhook_url
 from api.state import AppState
@@ -90,15 +90,16 @@ class BatchQuote(BaseModel):
 
 
 def item_create(batch: BatchCreate, item: BatchItem) -> JobCreate:
-    """The single-job body an item stands for."""
-    return JobCreate(
-        task=batch.task,
-        params={**batch.params, **item.params},
-        input_url=item.input_url,
-        input_upload=item.input_upload,
-        prompt=item.prompt,
-        deadline_s=batch.deadline_s,
-    )
+    """The single-job body an item stands for, validated as a submit's body is (422 problem on a bad field)."""
+    body = {
+        "task": batch.task,
+        "params": {**batch.params, **item.params},
+        "input_url": item.input_url,
+        "input_upload": item.input_upload,
+        "prompt": item.prompt,
+        "deadline_s": batch.deadline_s,
+    }
+    return parse_create(body)
 
 
 def _naming_item(index: int, problem: Problem) -> Problem:

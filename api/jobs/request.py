@@ -214,7 +214,7 @@ async def _read_body(
             data = json.loads(raw)
         except ValueError as exc:
             raise Problem(400, "bad_request", "Malformed JSON body", "The body is not valid JSON.") from exc
-        return _parse_create(data), None, {}
+        return parse_create(data), None, {}
     raise Problem(
         415,
         "unsupported_media_type",
@@ -234,10 +234,10 @@ def _from_fields(fields: dict[str, str]) -> JobCreate:
         data["params"] = _json_field(fields["params"] or "{}", "params")
     if "webhook_events" in fields:
         data["webhook_events"] = _events_field(fields["webhook_events"])
-    return _parse_create(data)
+    return parse_create(data)
 
 
-def _parse_create(data: Any) -> JobCreate:
+def parse_create(data: Any) -> JobCreate:
     if not isinstance(data, dict):
         raise invalid("invalid_request", "The request is not valid", "The body must be an object.")
     try:

@@ -282,7 +282,12 @@ async def patch_upload(
     "/uploads/{upload_id}",
     status_code=204,
     summary="tus termination: delete an upload no job has taken",
-    responses={**AUTH_RESPONSES, **_NOT_FOUND, 409: problem_doc(409, "upload_used", "A job has taken the upload")},
+    responses={
+        **AUTH_RESPONSES,
+        **_NOT_FOUND,
+        409: problem_doc(409, "upload_used", "A job has taken the upload"),
+        412: problem_doc(412, "tus_version_unsupported", "Tus-Resumable is not 1.0.0"),
+    },
 )
 async def delete_upload(
     upload_id: str, user: CurrentUser, state: State, tus_resumable: Annotated[str | None, Header()] = None

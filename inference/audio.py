@@ -20,13 +20,14 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import av
 import numpy as np
 import soundfile as sf
 import soxr
 
-from inference.base import EngineError
+from inference.base import EngineError, OutputFile, emit_partial
 
 CONTENT_TYPES = {"wav": "audio/wav", "flac": "audio/flac", "mp3": "audio/mpeg"}
 _SOUNDFILE_FORMATS = {"wav": ("WAV", "PCM_24"), "flac": ("FLAC", "PCM_24"), "mp3": ("MP3", "MPEG_LAYER_III")}
@@ -354,3 +355,14 @@ def _frame_to_float(frame: av.AudioFrame) -> np.ndarray:
     elif array.dtype.kind == "u":  # 8-bit PCM is unsigned, centred on 128
         array = (array.astype(np.float32) - 128.0) / 128.0
     return array.astype(np.float32, copy=False)
+
+
+def finished_stems(paths: dict[str, Path], format: str, metadata: dict[str, Any]) -> list[OutputFile]:
+    """One output per stem file whose writer has closed, each announced as a partial output at once (complete, so
+    downloadable before the job ends). `format` is the files' audio format."""
+    outputs = [
+        OutputFile(path.name, path, CONTENT_TYPES[format], {"stem": stem, **metadata}) for stem, path in paths.items()
+    ]
+    for output in outputs:
+        emit_partial(output)
+    return outputs

@@ -34,7 +34,7 @@ from demucs.pretrained import get_model
 from pydantic import BaseModel
 
 from inference import audio
-from inference.base import EngineError, EngineResult, OutputFile, ProgressFn, emit_partial, no_progress
+from inference.base import EngineError, EngineResult, ProgressFn, no_progress
 from inference.params import SeparateParams
 
 if TYPE_CHECKING:
@@ -146,12 +146,7 @@ class SeparateEngine:
             for writer in writers.values():
                 writer.close()
         metadata = {"sample_rate": self.samplerate, "channels": self.channels, "duration_s": length / self.samplerate}
-        outputs = [
-            OutputFile(path.name, path, audio.CONTENT_TYPES[params.format], {"stem": stem, **metadata})
-            for stem, path in paths.items()
-        ]
-        for output in outputs:  # every stem is complete once its writer closed: downloadable before the job ends
-            emit_partial(output)
+        outputs = audio.finished_stems(paths, params.format, metadata)
         progress(1.0, "done")
         return EngineResult(outputs=outputs, metrics={"audio_seconds": length / self.samplerate})
 

@@ -35,7 +35,7 @@ import yaml
 from pydantic import BaseModel
 
 from inference import audio
-from inference.base import EngineError, EngineResult, OutputFile, ProgressFn, emit_partial, no_progress
+from inference.base import EngineError, EngineResult, ProgressFn, no_progress
 from inference.models import ModelsLock, load_lock, sha256_file
 from inference.params import SeparateParams
 from inference.roformer_arch import BSRoformer, MelBandRoformer
@@ -227,12 +227,7 @@ class RoformerEngine:
             for writer in writers.values():
                 writer.close()
         metadata = {"sample_rate": self.samplerate, "channels": self.channels, "duration_s": length / self.samplerate}
-        outputs = [
-            OutputFile(path.name, path, audio.CONTENT_TYPES[params.format], {"stem": stem, **metadata})
-            for stem, path in paths.items()
-        ]
-        for output in outputs:  # every stem is complete once its writer closed: downloadable before the job ends
-            emit_partial(output)
+        outputs = audio.finished_stems(paths, params.format, metadata)
         progress(1.0, "done")
         return EngineResult(outputs=outputs, metrics={"audio_seconds": length / self.samplerate})
 
